@@ -1,0 +1,115 @@
+"""The flag-change agent: decides each command on `flag-changes` and writes the verdict.
+
+Read top to bottom: make sure the table holds everything already decided for this partition,
+decode, skip redeliveries, decide, then either append the new version to the changelog (and
+wait until this worker's table holds it, so the next decision sees it) or send a dead letter.
+Nothing a writer sends can stop this loop: every failure is a value that ends in a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from app import metrics
+from app.changes import decide, decode_change
+from app.main import faust_app, flag_table, replication, settings
+from app.records import AppliedChange, DeadLetter, DeadLetterCode, FlagChange, Rejection, dumps
+from app.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+
+log = logging.getLogger(__name__)
+
+flag_changes_topic = faust_app.topic(
+    FLAG_CHANGES,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.flag_change_partitions,
+)
+
+# Partitions whose changelog this worker has fenced since it was last assigned them.
+synced_partitions: set[int] = set()
+
+
+@faust_app.on_partitions_revoked.connect
+async def _forget_synced(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    synced_partitions.clear()
+
+
+@faust_app.agent(flag_changes_topic)
+async def apply_flag_changes(stream: Any) -> None:
+    async for event in stream.events():
+        message = event.message
+        await handle(message.value, message.partition, message.offset)
+
+
+async def handle(raw: bytes | None, partition: int, offset: int) -> None:
+    """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
+    if partition not in synced_partitions:
+        await replication.sync([partition])
+        synced_partitions.add(partition)
+    try:
+        change, verdict = _decode_and_decide(raw, partition)
+    except Exception as exc:  # a bug must not stop the control plane: park the record
+        log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
+        change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
+    if verdict is None:
+        metrics.FLAG_CHANGES.labels("duplicate").inc()
+        return
+    if isinstance(verdict, Rejection):
+        await send_dead_letter(verdict, raw, partition, offset, change)
+        return
+    await append_to_changelog(verdict, partition)
+    metrics.FLAG_CHANGES.labels("applied").inc()
+
+
+def _decode_and_decide(
+    raw: bytes | None, partition: int
+) -> tuple[FlagChange | None, AppliedChange | Rejection | None]:
+    """The command in `raw` and its verdict; None for a change already applied."""
+    change = decode_change(raw)
+    if isinstance(change, Rejection):
+        return None, change
+    if partition != partition_for(change.environment, settings.flag_change_partitions):
+        reason = "a change must be keyed by its environment (Kafka's default partitioner)"
+        return change, Rejection(DeadLetterCode.MALFORMED, reason)
+    if flag_table.applied(change.environment, change.change_id) is not None:
+        return change, None
+    current = flag_table.get(change.environment, change.flag)
+    seq = flag_table.environment_seq(change.environment)
+    return change, decide(change, current, seq, now=time.time())
+
+
+async def append_to_changelog(change: AppliedChange, partition: int) -> None:
+    metadata = await faust_app.producer.send_and_wait(
+        FLAGS_CHANGELOG,
+        change.environment.encode(),
+        dumps(change.to_json()),
+        partition,
+        None,
+        None,
+    )
+    await replication.wait_applied(partition, metadata.offset)
+
+
+async def send_dead_letter(
+    rejection: Rejection, raw: bytes | None, partition: int, offset: int, change: FlagChange | None
+) -> None:
+    letter = DeadLetter(
+        code=rejection.code,
+        reason=rejection.reason,
+        topic=FLAG_CHANGES,
+        partition=partition,
+        offset=offset,
+        payload=raw or b"",
+        problems=rejection.problems,
+        change_id=change.change_id if change else None,
+        environment=change.environment if change else None,
+        flag=change.flag if change else None,
+        current_version=rejection.current_version,
+        at=time.time(),
+    )
+    await faust_app.producer.send_and_wait(DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None)
+    metrics.DEAD_LETTERS.labels(rejection.code.value).inc()
+    metrics.FLAG_CHANGES.labels("rejected").inc()
+    log.info("dead letter %s at %s/%d/%d: %s", rejection.code, FLAG_CHANGES, partition, offset, rejection.reason)

@@ -1,0 +1,132 @@
+"""Decoding and deciding flag changes: pure functions from bytes and state to a verdict.
+
+The flag-change agent is a thin loop around these two calls, so everything that can go wrong
+with a change (bytes that are not JSON, a definition flagd would refuse, a stale
+`expected_version`, a redelivery) is decided here, without Kafka, and tested as data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from app.engine.schema import flag_problems
+from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+
+# Environment and flag keys end up in URLs, Kafka keys and RocksDB keys separated by "/".
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+STATES = ("ENABLED", "DISABLED")
+
+
+def valid_key(key: str) -> bool:
+    """Whether `key` may name an environment or a flag."""
+    return KEY_PATTERN.match(key) is not None
+
+
+def _malformed(reason: str, *problems: tuple[str, str]) -> Rejection:
+    return Rejection(DeadLetterCode.MALFORMED, reason, problems)
+
+
+def decode_change(raw: bytes | None) -> FlagChange | Rejection:
+    """Turn the bytes of a `flag-changes` record into a change, or say what is wrong."""
+    if not raw:
+        return _malformed("empty record")
+    try:
+        data: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return _malformed(f"not JSON: {exc}")
+    if not isinstance(data, dict):
+        return _malformed("a change must be a JSON object")
+    problems: list[tuple[str, str]] = []
+
+    def text(name: str, *, required: bool = True) -> str:
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            return value
+        if required or value is not None:
+            problems.append((f"$.{name}", "must be a non-empty string"))
+        return ""
+
+    change_id, environment, flag, actor = text("change_id"), text("environment"), text("flag"), text("actor")
+    for name, key in (("environment", environment), ("flag", flag)):
+        if key and not valid_key(key):
+            problems.append((f"$.{name}", f"must match {KEY_PATTERN.pattern}"))
+    try:
+        op = ChangeOp(data.get("op"))
+    except ValueError:
+        problems.append(("$.op", f"must be one of {[o.value for o in ChangeOp]}"))
+        op = ChangeOp.PUT
+    expected = data.get("expected_version")
+    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
+        problems.append(("$.expected_version", "must be a non-negative integer or null"))
+    produced_at = data.get("produced_at", 0.0)
+    if not isinstance(produced_at, int | float) or isinstance(produced_at, bool):
+        problems.append(("$.produced_at", "must be a number (unix seconds)"))
+        produced_at = 0.0
+    definition = data.get("definition")
+    state = data.get("state")
+    if op is ChangeOp.PUT and not isinstance(definition, dict):
+        problems.append(("$.definition", "a put needs a flag definition object"))
+    if op is ChangeOp.STATE and state not in STATES:
+        problems.append(("$.state", f"must be one of {list(STATES)}"))
+    if problems:
+        return _malformed("the change envelope is invalid", *problems)
+    return FlagChange(
+        change_id=change_id,
+        environment=environment,
+        flag=flag,
+        op=op,
+        actor=actor,
+        produced_at=float(produced_at),
+        definition=definition if op is ChangeOp.PUT else None,
+        state=state if op is ChangeOp.STATE else None,
+        expected_version=expected,
+    )
+
+
+def decide(
+    change: FlagChange, current: AppliedChange | None, environment_seq: int, now: float
+) -> AppliedChange | Rejection:
+    """The next version of the flag, or why there is none.
+
+    `current` is the flag's latest applied version (a deleted flag is a version with no
+    definition), `environment_seq` the last sequence number of the environment. Duplicate
+    detection (same change_id) happens before, in the table, which remembers change ids.
+    """
+    live = current is not None and not current.deleted
+    current_version = current.version if current is not None else 0
+    if change.expected_version is not None and change.expected_version != current_version:
+        return Rejection(
+            DeadLetterCode.VERSION_CONFLICT,
+            f"expected version {change.expected_version}, the flag is at version {current_version}",
+            current_version=current_version,
+        )
+    if change.op is ChangeOp.PUT:
+        definition = change.definition
+        assert definition is not None  # decode_change guarantees it
+    else:
+        if not live:
+            return Rejection(DeadLetterCode.FLAG_NOT_FOUND, f"flag {change.flag!r} does not exist")
+        assert current is not None and current.definition is not None
+        definition = None if change.op is ChangeOp.DELETE else {**current.definition, "state": change.state}
+    if definition is not None:
+        problems = flag_problems(definition)
+        if problems:
+            return Rejection(
+                DeadLetterCode.INVALID_DEFINITION,
+                f"the flag definition has {len(problems)} problem(s)",
+                tuple((p.path, p.message) for p in problems),
+            )
+    return AppliedChange(
+        change_id=change.change_id,
+        environment=change.environment,
+        flag=change.flag,
+        op=change.op,
+        seq=environment_seq + 1,
+        version=current_version + 1,
+        definition=definition,
+        actor=change.actor,
+        updated_at=now,
+        produced_at=change.produced_at,
+    )

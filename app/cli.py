@@ -1,0 +1,236 @@
+"""`flagstream`: run the service (`up`, `worker`, `broker`) and manage flags (`flags ...`).
+
+`up` is the newcomer's one command: the embedded broker, one worker, the example flags, and
+the URLs and keys to try them, stopped cleanly by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from app.client import AdminClient, AdminError
+from app.flagfile import FlagFileError, flags_of, plan
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flags.json"
+
+
+def default_url() -> str:
+    return os.environ.get("FLAGSTREAM_URL") or "http://{}:{}".format(
+        os.environ.get("FLAGSTREAM_WEB_HOST", "127.0.0.1"), os.environ.get("FLAGSTREAM_WEB_PORT", "6066")
+    )
+
+
+# -- running the service -------------------------------------------------------------------
+
+
+def run_worker(_: argparse.Namespace) -> int:
+    """Create the topics, then run the Faust worker in this process until it is stopped."""
+    from app.main import faust_app, settings
+    from app.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    sys.argv = ["flagstream", "worker", "-l", settings.log_level]
+    faust_app.main()
+    return 0
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    from app.broker import broker_command
+
+    os.execv(broker_command(args.host, args.port)[0], broker_command(args.host, args.port))
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Broker + one worker + the example flags; Ctrl-C stops both."""
+    from app.broker import free_port, port_open, start_broker, stop
+
+    host = "127.0.0.1"
+    kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
+    web_port = args.port if not port_open(host, args.port) else free_port()
+    admin_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or "admin-" + secrets.token_urlsafe(16)
+    sdk_key = "sdk-development-" + secrets.token_urlsafe(8)
+    # The embedded broker keeps nothing across restarts, so neither may the worker's tables.
+    data_dir = Path(tempfile.mkdtemp(prefix="flagstream-up-"))
+    env = {
+        **os.environ,
+        "FLAGSTREAM_BROKERS": f"{host}:{kafka_port}",
+        "FLAGSTREAM_WEB_HOST": host,
+        "FLAGSTREAM_WEB_PORT": str(web_port),
+        "FLAGSTREAM_DATA_DIR": str(data_dir),
+        "FLAGSTREAM_ADMIN_TOKEN": admin_token,
+        "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
+        "FLAGSTREAM_REBALANCE_TIMEOUT_S": os.environ.get("FLAGSTREAM_REBALANCE_TIMEOUT_S", "3"),
+        "FLAGSTREAM_FETCH_MAX_WAIT_MS": os.environ.get("FLAGSTREAM_FETCH_MAX_WAIT_MS", "10"),
+    }
+    url = f"http://{host}:{web_port}"
+    print(f"starting the embedded broker on {host}:{kafka_port} ...", flush=True)
+    broker = start_broker(host, kafka_port, data_dir / "broker.log")
+    worker: subprocess.Popen[bytes] | None = None
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        print("starting a worker ...", flush=True)
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+        wait_ready(url, worker, timeout_s=120)
+        client = AdminClient(url, admin_token, actor="flagstream-up")
+        apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
+        print(
+            f"\nflagstream is up.\n"
+            f"  flags:       {url}/api/v1/environments/development/flags\n"
+            f"  changes:     {url}/api/v1/environments/development/stream (server-sent events)\n"
+            f"  metrics:     {url}/metrics\n"
+            f"  admin token: {admin_token}\n"
+            f"  SDK key:     {sdk_key}  (environment development)\n"
+            f"  try:         curl -H 'Authorization: Bearer {admin_token}' {url}/api/v1/environments/development/flags\n"
+            f"  or:          FLAGSTREAM_URL={url} FLAGSTREAM_ADMIN_TOKEN={admin_token} flagstream flags list --env development\n"
+            f"Ctrl-C stops everything.",
+            flush=True,
+        )
+        while worker.poll() is None and broker.poll() is None:
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        if worker is not None:
+            stop(worker, timeout_s=20)
+        stop(broker)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- managing flags ------------------------------------------------------------------------
+
+
+def apply_file(client: AdminClient, path: Path, env: str, *, prune: bool, dry_run: bool) -> int:
+    """Make the environment's flags equal to the file's; print and return the changes made."""
+    desired = flags_of(json.loads(path.read_text()))
+    versions = {row["flag"]: row["version"] for row in client.summary(env)}
+    current = client.flags(env)
+    created, updated, deleted = plan(desired, current, prune)
+    for key in created:
+        if not dry_run:
+            client.put(env, key, desired[key])
+        print(f"created {env}/{key}")
+    for key in updated:
+        if not dry_run:
+            client.put(env, key, desired[key], versions[key])
+        print(f"updated {env}/{key}")
+    for key in deleted:
+        if not dry_run:
+            client.delete(env, key, versions[key])
+        print(f"deleted {env}/{key}")
+    unchanged = len(desired) - len(created) - len(updated)
+    print(f"{len(created)} created, {len(updated)} updated, {len(deleted)} deleted, {unchanged} unchanged")
+    return len(created) + len(updated) + len(deleted)
+
+
+def run_flags(args: argparse.Namespace) -> int:
+    client = AdminClient(args.url, args.token or os.environ.get("FLAGSTREAM_ADMIN_TOKEN", ""))
+    env: str = args.env
+    if args.action == "apply":
+        apply_file(client, Path(args.file), env, prune=args.prune, dry_run=args.dry_run)
+    elif args.action == "export":
+        text = json.dumps({"flags": client.flags(env)}, indent=2, sort_keys=True) + "\n"
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            sys.stdout.write(text)
+    elif args.action == "list":
+        for row in client.summary(env):
+            print(f"{row['flag']:<32} {row['state'] or '':<9} v{row['version']:<5} {row['actor']}")
+    elif args.action == "get":
+        reply = client.flag(env, args.key)
+        if reply.status >= 400:
+            raise AdminError(reply)
+        print(f"# {env}/{args.key} version {reply.headers.get('X-Flag-Version')}")
+        print(json.dumps(reply.body, indent=2))
+    elif args.action == "history":
+        for version in client.history(env, args.key):
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version["updated_at"]))
+            print(f"v{version['version']:<5} {version['op']:<7} {stamp} {version['actor']} {version['change_id']}")
+    elif args.action in ("on", "off"):
+        result = client.set_state(env, args.key, "ENABLED" if args.action == "on" else "DISABLED")
+        print(f"{env}/{args.key} is {result['definition']['state']} (version {result['version']})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="flagstream", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="embedded broker + one worker + the example flags")
+    up.add_argument("--port", type=int, default=6066, help="HTTP port (a free one if taken)")
+    up.add_argument("--kafka-port", type=int, default=9092, help="broker port (a free one if taken)")
+    up.add_argument("-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`")
+    up.set_defaults(run=run_up)
+
+    commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS").set_defaults(run=run_worker)
+
+    broker = commands.add_parser("broker", help="the embedded broker alone")
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(run=run_broker)
+
+    flags = commands.add_parser("flags", help="manage flags through the admin API")
+    flags.set_defaults(run=run_flags)
+    actions = flags.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help_text)
+        sub.add_argument("--env", required=True, help="environment")
+        sub.add_argument("--url", default=default_url(), help="API base URL (FLAGSTREAM_URL)")
+        sub.add_argument("--token", default=None, help="admin token (FLAGSTREAM_ADMIN_TOKEN)")
+        return sub
+
+    apply = action("apply", "make an environment's flags equal to a flagd file (idempotent)")
+    apply.add_argument("-f", "--file", required=True)
+    apply.add_argument("--prune", action="store_true", help="delete flags missing from the file")
+    apply.add_argument("--dry-run", action="store_true", help="print the changes, make none")
+    export = action("export", "write the environment's flags as a flagd file")
+    export.add_argument("-o", "--output", default=None)
+    action("list", "one line per flag")
+    for name, text in (("get", "one flag"), ("history", "a flag's versions"), ("on", "enable a flag"), ("off", "disable a flag (kill switch)")):
+        action(name, text).add_argument("key")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result: Any = args.run(args)
+        return int(result or 0)
+    except (AdminError, FlagFileError, OSError, ValueError) as exc:
+        print(f"flagstream: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

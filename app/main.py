@@ -1,0 +1,54 @@
+"""The Faust application: one worker process of flagstream.
+
+Built from the environment (`app.settings`), it holds the flag table (`tables.flags`) kept
+current by `tables.replication`, runs the agents in `agents/` and serves the HTTP API in
+`app/web/`. `flagstream worker` (see `app.cli`) starts it.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from app.fetch_wait import bound_fetch_wait
+from app.outcomes import Outcomes
+from app.settings import Settings
+from tables.flags import FlagTable
+from tables.replication import FlagReplication
+
+settings = Settings.from_env()
+bound_fetch_wait(settings.fetch_max_wait_ms)
+
+faust_app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{host}" for host in settings.brokers],
+    datadir=str(settings.data_dir / "faust"),
+    autodiscover=False,
+    web_enabled=True,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    broker_rebalance_timeout=settings.rebalance_timeout_s,
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=settings.heartbeat_s,
+    consumer_auto_offset_reset="earliest",
+    topic_partitions=settings.flag_change_partitions,
+    topic_replication_factor=settings.replication_factor,
+    topic_allow_declare=False,  # app.topics.ensure_topics creates every topic, once
+    producer_acks=-1,
+)
+
+flag_table = FlagTable(
+    settings.data_dir / "flags",
+    history_depth=settings.history_depth,
+    stream_depth=settings.stream_depth,
+)
+outcomes = Outcomes()
+replication = FlagReplication(settings, flag_table, outcomes)
+
+
+# Faust starts extra services with the app and accepts an instance as well as a class.
+faust_app.service(replication)  # type: ignore[arg-type]
+
+# Registration: importing these modules declares the agents and views on `faust_app`.
+from agents import flag_changes  # noqa: E402, F401
+from app.web import admin, ops, stream  # noqa: E402, F401

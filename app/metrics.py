@@ -1,0 +1,38 @@
+"""Every Prometheus metric of flagstream, declared once.
+
+Names carry their unit; labels are bounded sets (outcomes, codes, routes), never a user key.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FLAG_CHANGES = Counter(
+    "flagstream_flag_changes_total",
+    "Flag-change commands decided by this worker's agent, by outcome.",
+    ["outcome"],  # applied | rejected | duplicate
+)
+DEAD_LETTERS = Counter(
+    "flagstream_dead_letters_total",
+    "Records sent to the dead-letter topic by this worker, by code.",
+    ["code"],
+)
+CHANGELOG_RECORDS = Counter(
+    "flagstream_changelog_records_total",
+    "Flag-table changelog records read by this worker, by result.",
+    ["result"],  # applied | skipped | fence | undecodable
+)
+# From the writer's produce timestamp to the moment this worker's table holds the change.
+# Buckets from 5 ms (same host) to 30 s (a worker catching up after a pause).
+PROPAGATION_SECONDS = Histogram(
+    "flagstream_flag_propagation_seconds",
+    "Flag change produced -> applied on this worker.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+READY = Gauge("flagstream_ready", "1 once this worker's flag table has caught up after start.")
+HTTP_REQUESTS = Counter(
+    "flagstream_http_requests_total",
+    "Admin and stream API requests, by route and status.",
+    ["route", "status"],
+)
+STREAM_CLIENTS = Gauge("flagstream_stream_clients", "Open change-stream (SSE) connections.")

@@ -1,0 +1,150 @@
+"""What flagstream writes to Kafka and keeps in its tables, with their JSON forms.
+
+Every record carries `schema` (an integer) so consumers can refuse what they don't know;
+docs/topics.md documents each form. Decoding of untrusted bytes lives in `app/changes.py`;
+here are only the shapes and their lossless JSON round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+JSON = dict[str, Any]
+SCHEMA_VERSION = 1
+
+
+class ChangeOp(StrEnum):
+    """What a flag change does; `state` is the kill switch (only `state` of the flag moves)."""
+
+    PUT = "put"
+    DELETE = "delete"
+    STATE = "state"
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """A command on `flag-changes`: a writer's wish, not yet a fact."""
+
+    change_id: str
+    environment: str
+    flag: str
+    op: ChangeOp
+    actor: str
+    produced_at: float
+    definition: JSON | None = None
+    state: str | None = None
+    expected_version: int | None = None
+
+    def to_json(self) -> JSON:
+        return {"schema": SCHEMA_VERSION, **asdict(self), "op": self.op.value}
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    """A fact on `flags-changelog`: the decided new version of one flag.
+
+    `seq` numbers the changes of one environment without gaps (the change-stream event id);
+    `version` numbers the versions of one flag (the HTTP ETag). A delete is a version with
+    `definition` None, so versions never go backwards when a flag is re-created.
+    """
+
+    change_id: str
+    environment: str
+    flag: str
+    op: ChangeOp
+    seq: int
+    version: int
+    definition: JSON | None
+    actor: str
+    updated_at: float
+    produced_at: float
+
+    @property
+    def deleted(self) -> bool:
+        return self.definition is None
+
+    def to_json(self) -> JSON:
+        return {"schema": SCHEMA_VERSION, **asdict(self), "op": self.op.value}
+
+    @classmethod
+    def from_json(cls, data: JSON) -> AppliedChange:
+        return cls(
+            change_id=data["change_id"],
+            environment=data["environment"],
+            flag=data["flag"],
+            op=ChangeOp(data["op"]),
+            seq=int(data["seq"]),
+            version=int(data["version"]),
+            definition=data["definition"],
+            actor=data["actor"],
+            updated_at=float(data["updated_at"]),
+            produced_at=float(data["produced_at"]),
+        )
+
+
+class DeadLetterCode(StrEnum):
+    """Why a record was refused; each code is a label of `flagstream_dead_letters_total`."""
+
+    MALFORMED = "MALFORMED"
+    INVALID_DEFINITION = "INVALID_DEFINITION"
+    VERSION_CONFLICT = "VERSION_CONFLICT"
+    FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The decision not to apply a change, with every problem found (JSON paths)."""
+
+    code: DeadLetterCode
+    reason: str
+    problems: tuple[tuple[str, str], ...] = ()
+    current_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record on `dead-letters`: what was refused, why, and where it came from."""
+
+    code: DeadLetterCode
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    payload: bytes
+    problems: tuple[tuple[str, str], ...] = ()
+    change_id: str | None = None
+    environment: str | None = None
+    flag: str | None = None
+    current_version: int | None = None
+    at: float = 0.0
+
+    def to_json(self) -> JSON:
+        try:
+            text: str | None = self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        return {
+            "schema": SCHEMA_VERSION,
+            "code": self.code.value,
+            "reason": self.reason,
+            "problems": [{"path": p, "message": m} for p, m in self.problems],
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "payload": text,
+            "payload_base64": None if text is not None else base64.b64encode(self.payload).decode(),
+            "change_id": self.change_id,
+            "environment": self.environment,
+            "flag": self.flag,
+            "current_version": self.current_version,
+            "at": self.at,
+        }
+
+
+def dumps(data: JSON) -> bytes:
+    """Compact UTF-8 JSON, the wire form of every record."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,119 @@
+"""Settings read once from the environment.
+
+Every knob a deployment needs is an environment variable (docker-compose sets them), so the
+same image runs as a laptop worker on the embedded broker or as a replica beside real Kafka.
+The README's settings table is generated from `SETTINGS` below; keep the two in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: its name, default and what it means (for the README)."""
+
+    env: str
+    default: str
+    meaning: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("FLAGSTREAM_BROKERS", "127.0.0.1:9092", "Kafka bootstrap servers, comma separated."),
+    Setting("FLAGSTREAM_APP_ID", "flagstream", "Consumer group id and topic prefix of this deployment."),
+    Setting("FLAGSTREAM_WORKER_ID", "", "Name of this worker in logs and metrics (default: host:port)."),
+    Setting("FLAGSTREAM_DATA_DIR", "./data", "Where this worker keeps its RocksDB tables."),
+    Setting("FLAGSTREAM_WEB_HOST", "127.0.0.1", "Address the HTTP API listens on."),
+    Setting("FLAGSTREAM_WEB_PORT", "6066", "Port the HTTP API listens on."),
+    Setting("FLAGSTREAM_ADMIN_TOKEN", "", "Bearer token for writes (empty: a random one is made and printed by `up`)."),
+    Setting("FLAGSTREAM_READ_TOKENS", "", "Comma-separated bearer tokens allowed to read flags (the admin token reads too)."),
+    Setting("FLAGSTREAM_SDK_KEYS", "", "Comma-separated `key=environment` pairs for evaluation clients."),
+    Setting("FLAGSTREAM_FLAG_CHANGE_PARTITIONS", "4", "Partitions of `flag-changes` and of the flag table changelog."),
+    Setting("FLAGSTREAM_REPLICATION_FACTOR", "1", "Replication factor of every topic we create."),
+    Setting("FLAGSTREAM_FLAG_CHANGES_RETENTION_MS", "-1", "Retention of `flag-changes` (-1: forever; it is the audit log)."),
+    Setting("FLAGSTREAM_DEAD_LETTERS_RETENTION_MS", "1209600000", "Retention of `dead-letters` (default 14 days)."),
+    Setting("FLAGSTREAM_HISTORY_DEPTH", "50", "Versions of each flag kept in the history table."),
+    Setting("FLAGSTREAM_STREAM_DEPTH", "1000", "Changes per environment kept for change-stream resumption."),
+    Setting("FLAGSTREAM_MAX_BODY_BYTES", "262144", "Largest accepted request body (413 above it)."),
+    Setting("FLAGSTREAM_WRITE_TIMEOUT_S", "10", "How long a write waits for its change to be applied or rejected."),
+    Setting("FLAGSTREAM_REBALANCE_TIMEOUT_S", "60", "Consumer-group rebalance timeout; set to 3 on the embedded broker."),
+    Setting("FLAGSTREAM_SESSION_TIMEOUT_S", "30", "Consumer-group session timeout."),
+    Setting("FLAGSTREAM_HEARTBEAT_S", "3", "Consumer-group heartbeat interval."),
+    Setting("FLAGSTREAM_FETCH_MAX_WAIT_MS", "500", "Longest wait of a Kafka fetch; the embedded broker needs ~10 (it never answers early)."),
+    Setting("FLAGSTREAM_LOG_LEVEL", "info", "Worker log level (info: Faust's default `warn` costs ~12% throughput)."),
+)
+
+
+def _env(name: str) -> str:
+    default = next(s.default for s in SETTINGS if s.env == name)
+    return os.environ.get(name, default)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The typed view of `SETTINGS`; build it with `Settings.from_env()`."""
+
+    brokers: tuple[str, ...]
+    app_id: str
+    worker_id: str
+    data_dir: Path
+    web_host: str
+    web_port: int
+    admin_token: str
+    read_tokens: tuple[str, ...]
+    sdk_keys: dict[str, str]
+    flag_change_partitions: int
+    replication_factor: int
+    flag_changes_retention_ms: int
+    dead_letters_retention_ms: int
+    history_depth: int
+    stream_depth: int
+    max_body_bytes: int
+    write_timeout_s: float
+    rebalance_timeout_s: float
+    session_timeout_s: float
+    heartbeat_s: float
+    fetch_max_wait_ms: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        web_host = _env("FLAGSTREAM_WEB_HOST")
+        web_port = int(_env("FLAGSTREAM_WEB_PORT"))
+        sdk_keys = dict(pair.split("=", 1) for pair in _csv(_env("FLAGSTREAM_SDK_KEYS")) if "=" in pair)
+        return cls(
+            brokers=_csv(_env("FLAGSTREAM_BROKERS")),
+            app_id=_env("FLAGSTREAM_APP_ID"),
+            worker_id=_env("FLAGSTREAM_WORKER_ID") or f"{web_host}:{web_port}",
+            data_dir=Path(_env("FLAGSTREAM_DATA_DIR")),
+            web_host=web_host,
+            web_port=web_port,
+            admin_token=_env("FLAGSTREAM_ADMIN_TOKEN"),
+            read_tokens=_csv(_env("FLAGSTREAM_READ_TOKENS")),
+            sdk_keys=sdk_keys,
+            flag_change_partitions=int(_env("FLAGSTREAM_FLAG_CHANGE_PARTITIONS")),
+            replication_factor=int(_env("FLAGSTREAM_REPLICATION_FACTOR")),
+            flag_changes_retention_ms=int(_env("FLAGSTREAM_FLAG_CHANGES_RETENTION_MS")),
+            dead_letters_retention_ms=int(_env("FLAGSTREAM_DEAD_LETTERS_RETENTION_MS")),
+            history_depth=int(_env("FLAGSTREAM_HISTORY_DEPTH")),
+            stream_depth=int(_env("FLAGSTREAM_STREAM_DEPTH")),
+            max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
+            write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),
+            rebalance_timeout_s=float(_env("FLAGSTREAM_REBALANCE_TIMEOUT_S")),
+            session_timeout_s=float(_env("FLAGSTREAM_SESSION_TIMEOUT_S")),
+            heartbeat_s=float(_env("FLAGSTREAM_HEARTBEAT_S")),
+            fetch_max_wait_ms=int(_env("FLAGSTREAM_FETCH_MAX_WAIT_MS")),
+            log_level=_env("FLAGSTREAM_LOG_LEVEL"),
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(self.brokers)
+

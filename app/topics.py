@@ -1,0 +1,76 @@
+"""Every topic flagstream reads or writes: name, partitions, retention, in one place.
+
+We create topics ourselves (`ensure_topics`) instead of trusting broker auto-creation: Kafka
+may have it disabled, and the embedded broker would silently make 4 partitions, breaking the
+co-partitioning of `flag-changes` with the flag table changelog.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FLAG_CHANGES = "flag-changes"
+FLAGS_CHANGELOG = "flags-changelog"
+DEAD_LETTERS = "dead-letters"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """What `ensure_topics` creates: the partitions and config a topic must have."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
+    """The topics of this deployment.
+
+    `flag-changes` and `flags-changelog` are keyed by environment and must have the same
+    partition count: the agent deciding partition p of the commands writes partition p of the
+    changelog, so one environment's changes stay in one totally ordered log.
+    The changelog is not compacted: it carries every applied version, so a worker rebuilt
+    from it has the same history and change-stream log as every other worker.
+    """
+    partitions = settings.flag_change_partitions
+    forever = str(settings.flag_changes_retention_ms)
+    return (
+        TopicSpec(FLAG_CHANGES, partitions, {"retention.ms": forever}),
+        TopicSpec(FLAGS_CHANGELOG, partitions, {"retention.ms": forever}),
+        TopicSpec(DEAD_LETTERS, 1, {"retention.ms": str(settings.dead_letters_retention_ms)}),
+    )
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the topics that do not exist yet; leave existing ones alone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config)
+            for spec in topic_specs(settings)
+            if spec.name not in existing
+        ]
+        if missing:
+            await admin.create_topics(missing)
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+def partition_for(environment: str, partitions: int) -> int:
+    """The partition of `flag-changes` (and of the changelog) that owns `environment`.
+
+    Kafka's default partitioner (murmur2 of the key), so a foreign producer that keys a
+    command by its environment with any standard client lands on the same partition.
+    """
+    return (murmur2(environment.encode()) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,218 @@
+"""The admin API: flags of an environment as flagd JSON, written through `flag-changes`.
+
+Reads come from this worker's table. Writes produce a command and wait (bounded) until this
+worker's table holds the result, so a client that writes then reads the same worker sees its
+write. Versions are ETags: `If-Match` makes a write conditional (409 when stale).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from faust.web import View
+
+from app import metrics
+from app.changes import STATES, valid_key
+from app.main import faust_app, flag_table, settings
+from app.records import AppliedChange, ChangeOp
+from app.web.auth import Access, refuse
+from app.web.responses import error, ok
+from app.writer import new_change, submit
+
+API = "/api/v1/environments"
+
+# How a dead letter's code reads over HTTP.
+REJECTION_STATUS = {
+    "VERSION_CONFLICT": 409,
+    "INVALID_DEFINITION": 422,
+    "FLAG_NOT_FOUND": 404,
+    "MALFORMED": 400,
+}
+
+
+def describe(change: AppliedChange) -> dict[str, Any]:
+    """A flag version with its bookkeeping: what history and write responses return."""
+    return {
+        "environment": change.environment,
+        "flag": change.flag,
+        "version": change.version,
+        "seq": change.seq,
+        "op": change.op.value,
+        "updated_at": change.updated_at,
+        "actor": change.actor,
+        "change_id": change.change_id,
+        "definition": change.definition,
+    }
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(request: web.Request) -> int | None | web.Response:
+    """The version `If-Match` names (None when absent), or a 400 response."""
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        return error(400, "BAD_REQUEST", "If-Match must be a flag version, e.g. \"3\"")
+    return int(text)
+
+
+def check_keys(environment: str, flag: str | None = None) -> web.Response | None:
+    for name, key in (("environment", environment), ("flag", flag)):
+        if key is not None and not valid_key(key):
+            return error(400, "BAD_REQUEST", f"invalid {name} key {key!r}")
+    return None
+
+
+async def read_json(request: web.Request) -> Any | web.Response:
+    """The request body as JSON, or a 413/400 response."""
+    limit = settings.max_body_bytes
+    if (request.content_length or 0) > limit:
+        return error(413, "PAYLOAD_TOO_LARGE", f"the body may have at most {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return error(413, "PAYLOAD_TOO_LARGE", f"the body may have at most {limit} bytes")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return error(400, "BAD_REQUEST", f"the body is not JSON: {exc}")
+
+
+async def write(
+    request: web.Request, environment: str, flag: str, op: ChangeOp, **fields: Any
+) -> web.Response:
+    """Produce a change, wait for its verdict and answer with it."""
+    expected = parse_if_match(request)
+    if isinstance(expected, web.Response):
+        return expected
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key and (done := flag_table.applied(environment, idempotency_key)):
+        return ok(describe(done), headers={"ETag": etag(done.version)})
+    actor = request.headers.get("X-Actor", "admin-api")[:128]
+    change = new_change(
+        environment, flag, op, actor, expected_version=expected, change_id=idempotency_key, **fields
+    )
+    outcome = await submit(change)
+    if outcome is None:
+        return error(
+            504,
+            "TIMEOUT",
+            "the change was sent but not applied in time; retry with the same Idempotency-Key",
+            change_id=change.change_id,
+        )
+    if isinstance(outcome, AppliedChange):
+        return ok(describe(outcome), headers={"ETag": etag(outcome.version)})
+    code = str(outcome.get("code"))
+    return error(
+        REJECTION_STATUS.get(code, 400),
+        code,
+        str(outcome.get("reason")),
+        outcome.get("problems") or (),
+        change_id=change.change_id,
+        current_version=outcome.get("current_version"),
+    )
+
+
+def counted(route: str, response: web.StreamResponse) -> web.StreamResponse:
+    metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+    return response
+
+
+@faust_app.page(API)
+class Environments(View):
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.READ)
+        envs = [{"environment": e, "seq": flag_table.environment_seq(e)} for e in flag_table.environments()]
+        return counted("environments", denied or ok({"environments": envs}))
+
+
+@faust_app.page(API + "/{env}/flags")
+class Flags(View):
+    async def get(self, request: web.Request, env: str) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.READ) or check_keys(env)
+        if denied:
+            return counted("flags", denied)
+        seq = flag_table.environment_seq(env)
+        if request.headers.get("If-None-Match") == etag(seq):
+            return counted("flags", web.Response(status=304, headers={"ETag": etag(seq)}))
+        live = flag_table.live_flags(env)
+        if request.query.get("view") == "summary":
+            body: Any = {
+                "environment": env,
+                "seq": seq,
+                "flags": [
+                    {k: v for k, v in describe(c).items() if k != "definition"}
+                    | {"state": (c.definition or {}).get("state")}
+                    for _, c in sorted(live.items())
+                ],
+            }
+        else:
+            body = {"flags": {key: c.definition for key, c in sorted(live.items())}}
+        return counted("flags", ok(body, headers={"ETag": etag(seq)}))
+
+
+@faust_app.page(API + "/{env}/flags/{key}")
+class Flag(View):
+    async def get(self, request: web.Request, env: str, key: str) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.READ) or check_keys(env, key)
+        if denied:
+            return counted("flag", denied)
+        change = flag_table.get(env, key)
+        if change is None or change.deleted:
+            return counted("flag", error(404, "FLAG_NOT_FOUND", f"no flag {key!r} in {env!r}"))
+        headers = {"ETag": etag(change.version), "X-Flag-Version": str(change.version)}
+        if request.headers.get("If-None-Match") == etag(change.version):
+            return counted("flag", web.Response(status=304, headers=headers))
+        return counted("flag", ok(change.definition, headers=headers))
+
+    async def put(self, request: web.Request, env: str, key: str) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.WRITE) or check_keys(env, key)
+        if denied:
+            return counted("flag", denied)
+        definition = await read_json(request)
+        if isinstance(definition, web.Response):
+            return counted("flag", definition)
+        if not isinstance(definition, dict):
+            problem = {"path": "$", "message": "a flag definition is a JSON object"}
+            return counted("flag", error(422, "INVALID_DEFINITION", "not a flag definition", [problem]))
+        return counted("flag", await write(request, env, key, ChangeOp.PUT, definition=definition))
+
+    async def delete(self, request: web.Request, env: str, key: str) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.WRITE) or check_keys(env, key)
+        return counted("flag", denied or await write(request, env, key, ChangeOp.DELETE))
+
+
+@faust_app.page(API + "/{env}/flags/{key}/history")
+class FlagHistory(View):
+    async def get(self, request: web.Request, env: str, key: str) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.READ) or check_keys(env, key)
+        if denied:
+            return counted("history", denied)
+        versions = flag_table.history(env, key)
+        if not versions:
+            return counted("history", error(404, "FLAG_NOT_FOUND", f"no flag {key!r} in {env!r}"))
+        body = {"environment": env, "flag": key, "versions": [describe(c) for c in versions]}
+        return counted("history", ok(body))
+
+
+@faust_app.page(API + "/{env}/flags/{key}/state")
+class FlagState(View):
+    """The kill switch: flip a flag's `state` without touching the rest of its definition."""
+
+    async def post(self, request: web.Request, env: str, key: str) -> web.StreamResponse:
+        denied = refuse(request, settings, Access.WRITE) or check_keys(env, key)
+        if denied:
+            return counted("state", denied)
+        body = await read_json(request)
+        if isinstance(body, web.Response):
+            return counted("state", body)
+        state = body.get("state") if isinstance(body, dict) else None
+        if state not in STATES:
+            problem = {"path": "$.state", "message": f"must be one of {list(STATES)}"}
+            return counted("state", error(422, "INVALID_STATE", "state must be ENABLED or DISABLED", [problem]))
+        return counted("state", await write(request, env, key, ChangeOp.STATE, state=state))

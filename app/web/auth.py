@@ -1,0 +1,54 @@
+"""Who may do what: an admin token writes (and reads), read tokens read.
+
+Tokens are compared in constant time, and every configured token is compared on every
+request, so response timing reveals neither a token's prefix nor which list it is in.
+Tokens never reach a log line: only the outcome (401/403) does.
+"""
+
+from __future__ import annotations
+
+import hmac
+from enum import IntEnum
+
+from aiohttp import web
+
+from app.settings import Settings
+from app.web.responses import error
+
+
+class Access(IntEnum):
+    NONE = 0
+    READ = 1
+    WRITE = 2
+
+
+def bearer(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer` header (or `X-API-Key`, as OFREP clients send)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("X-API-Key") or None
+
+
+def access_of(token: str | None, settings: Settings) -> Access:
+    if not token:
+        return Access.NONE
+    given = token.encode()
+    is_admin = bool(settings.admin_token) and hmac.compare_digest(given, settings.admin_token.encode())
+    is_reader = False
+    for read_token in settings.read_tokens:
+        is_reader |= hmac.compare_digest(given, read_token.encode())
+    if is_admin:
+        return Access.WRITE
+    return Access.READ if is_reader else Access.NONE
+
+
+def refuse(request: web.Request, settings: Settings, needed: Access) -> web.Response | None:
+    """A 401/403 response when the request may not do what it asks, else None."""
+    granted = access_of(bearer(request), settings)
+    if granted is Access.NONE:
+        return error(401, "UNAUTHORIZED", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    if granted < needed:
+        return error(403, "FORBIDDEN", "this token may read but not write")
+    return None

@@ -1,0 +1,165 @@
+"""The flag table every worker holds in full: current versions, history and the change log.
+
+It is a state machine over the `flags-changelog` topic, persisted in RocksDB (rocksdict). The
+offset of the next changelog record of each partition is written in the same RocksDB write
+batch as the state it produced, so a worker that stops anywhere resumes exactly where its
+state ends: no record is applied twice or skipped, whatever the broker says its end offsets
+are. Reads come from an in-memory mirror of the current versions (a few KB per flag), so
+serving a flag never touches the disk.
+
+RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"):
+    o/{partition:06d}                 next changelog offset to apply
+    f/{env}/{flag}                    latest AppliedChange (deleted flags included)
+    h/{env}/{flag}/{version:012d}     the last `history_depth` versions of a flag
+    s/{env}/{seq:012d}                the last `stream_depth` changes of an environment
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from app.records import AppliedChange, dumps
+
+Listener = Callable[[AppliedChange], None]
+
+
+class FlagTable:
+    """Current flag versions per environment, their history, and the gap-free change log."""
+
+    def __init__(self, path: Path, *, history_depth: int, stream_depth: int) -> None:
+        self.path = path
+        self.history_depth = history_depth
+        self.stream_depth = stream_depth
+        self._db: Rdict | None = None
+        self._latest: dict[str, dict[str, AppliedChange]] = {}
+        self._log: dict[str, deque[AppliedChange]] = {}
+        self._change_ids: dict[str, dict[str, AppliedChange]] = {}
+        self._positions: dict[int, int] = {}
+        self._listeners: list[Listener] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open RocksDB and load the mirror; the table then holds what it held when closed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(self.path), Options(raw_mode=True))
+        for key, value in self._scan("o/"):
+            self._positions[int(key[2:])] = int(value)
+        for _, value in self._scan("f/"):
+            change = _load(value)
+            self._latest.setdefault(change.environment, {})[change.flag] = change
+        for _, value in self._scan("s/"):
+            self._remember(_load(value))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` with every change applied from now on (in changelog order)."""
+        self._listeners.append(listener)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def environments(self) -> list[str]:
+        return sorted(self._latest)
+
+    def get(self, environment: str, flag: str) -> AppliedChange | None:
+        """The latest version of a flag, a deleted one included (its definition is None)."""
+        return self._latest.get(environment, {}).get(flag)
+
+    def live_flags(self, environment: str) -> dict[str, AppliedChange]:
+        """The flags of an environment that exist now, by key."""
+        return {k: c for k, c in self._latest.get(environment, {}).items() if not c.deleted}
+
+    def environment_seq(self, environment: str) -> int:
+        """The sequence number of the environment's last applied change (0: none yet)."""
+        log = self._log.get(environment)
+        return log[-1].seq if log else 0
+
+    def applied(self, environment: str, change_id: str) -> AppliedChange | None:
+        """The change this change id produced, if it is among the last `stream_depth` ones."""
+        return self._change_ids.get(environment, {}).get(change_id)
+
+    def changes_after(self, environment: str, seq: int) -> list[AppliedChange] | None:
+        """Every change after `seq`, or None when the log no longer reaches back that far."""
+        log = self._log.get(environment, deque())
+        if seq >= self.environment_seq(environment):
+            return []
+        if not log or log[0].seq > seq + 1:
+            return None
+        return [change for change in log if change.seq > seq]
+
+    def history(self, environment: str, flag: str) -> list[AppliedChange]:
+        """The last `history_depth` versions of a flag, newest first."""
+        versions = [_load(v) for _, v in self._scan(f"h/{environment}/{flag}/")]
+        return versions[::-1]
+
+    def position(self, partition: int) -> int:
+        """The next changelog offset this table will apply for `partition`."""
+        return self._positions.get(partition, 0)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def apply(self, partition: int, offset: int, change: AppliedChange | None) -> bool:
+        """Apply the changelog record at (partition, offset); None moves the offset only.
+
+        Returns False for a record already reflected in the table (a seq not above the
+        environment's), which happens only when a changelog is rewritten by a retrying
+        producer; the offset still moves so the record is not read again.
+        """
+        assert self._db is not None, "open() the table first"
+        batch = WriteBatch(raw_mode=True)
+        batch.put(f"o/{partition:06d}".encode(), str(offset + 1).encode())
+        fresh = change is not None and change.seq > self.environment_seq(change.environment)
+        if change is not None and fresh:
+            self._stage(batch, change)
+        self._db.write(batch)
+        self._positions[partition] = offset + 1
+        if change is not None and fresh:
+            self._latest.setdefault(change.environment, {})[change.flag] = change
+            self._remember(change)
+            for listener in self._listeners:
+                listener(change)
+        return fresh
+
+    def _stage(self, batch: WriteBatch, change: AppliedChange) -> None:
+        env, flag = change.environment, change.flag
+        value = dumps(change.to_json())
+        batch.put(f"f/{env}/{flag}".encode(), value)
+        batch.put(f"h/{env}/{flag}/{change.version:012d}".encode(), value)
+        batch.put(f"s/{env}/{change.seq:012d}".encode(), value)
+        if change.version > self.history_depth:
+            batch.delete(f"h/{env}/{flag}/{change.version - self.history_depth:012d}".encode())
+        if change.seq > self.stream_depth:
+            batch.delete(f"s/{env}/{change.seq - self.stream_depth:012d}".encode())
+
+    def _remember(self, change: AppliedChange) -> None:
+        log = self._log.setdefault(change.environment, deque())
+        ids = self._change_ids.setdefault(change.environment, {})
+        log.append(change)
+        ids[change.change_id] = change
+        while len(log) > self.stream_depth:
+            ids.pop(log.popleft().change_id, None)
+
+    def _scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        assert self._db is not None, "open() the table first"
+        start = prefix.encode()
+        it = self._db.iter()
+        it.seek(start)
+        while it.valid():
+            key: bytes = it.key()
+            if not key.startswith(start):
+                break
+            yield key.decode(), it.value()
+            it.next()
+
+
+def _load(value: bytes) -> AppliedChange:
+    return AppliedChange.from_json(json.loads(value))

@@ -1,0 +1,156 @@
+"""Keeps this worker's flag table in step with the changelog, and knows when it has caught up.
+
+Every worker reads every partition of `flags-changelog` (no consumer group: the table is held
+in full everywhere) from the offset its RocksDB says comes next, and the tail of
+`dead-letters` so that writers on this worker learn about rejected changes.
+
+Caught up is decided by fences, not end offsets: a broker's end offset can stop short of the
+last record (the embedded Tansu reports the base offset of the last batch plus one), and a
+worker that trusted it would serve a stale flag forever after a restart. Instead the worker
+appends a fence record to each partition and is caught up once it has read its own fences:
+everything written before the fence has then been applied, on any Kafka-compatible broker.
+The flag-change agent uses the same fence when it takes over a partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from mode import Service
+
+from app import metrics
+from app.outcomes import Outcomes
+from app.records import AppliedChange
+from app.settings import Settings
+from app.topics import DEAD_LETTERS, FLAGS_CHANGELOG
+from tables.flags import FlagTable
+
+log = logging.getLogger(__name__)
+
+FENCE_KEY = b"__fence__"
+
+
+class FlagReplication(Service):
+    """Tails the changelog into the `FlagTable`; `ready` is set once the start fences are read."""
+
+    def __init__(self, settings: Settings, table: FlagTable, outcomes: Outcomes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.table = table
+        self.outcomes = outcomes
+        self.ready = asyncio.Event()
+        self._partitions = [
+            TopicPartition(FLAGS_CHANGELOG, p) for p in range(settings.flag_change_partitions)
+        ]
+        self._progress = asyncio.Condition()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def on_start(self) -> None:
+        self.table.open()
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all")
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        dead_letters = TopicPartition(DEAD_LETTERS, 0)
+        self._consumer.assign([*self._partitions, dead_letters])
+        for tp in self._partitions:
+            self._consumer.seek(tp, self.table.position(tp.partition))
+        # Writers only wait for outcomes of changes produced after they started waiting.
+        await self._consumer.seek_to_end(dead_letters)
+        self.add_future(self._catch_up())
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        self.table.close()
+
+    async def _catch_up(self) -> None:
+        started = time.monotonic()
+        await self.sync(range(self.settings.flag_change_partitions))
+        self.ready.set()
+        metrics.READY.set(1)
+        log.info(
+            "flag table caught up in %.2fs: %d environments",
+            time.monotonic() - started,
+            len(self.table.environments()),
+        )
+
+    async def sync(self, partitions: Iterable[int]) -> None:
+        """Return once every changelog record written before this call has been applied."""
+        assert self._producer is not None
+        sent = [
+            await self._producer.send(FLAGS_CHANGELOG, b"", key=FENCE_KEY, partition=p)
+            for p in partitions
+        ]
+        for metadata in await asyncio.gather(*sent):
+            await self.wait_applied(metadata.partition, metadata.offset)
+
+    async def wait_applied(self, partition: int, offset: int) -> None:
+        """Return once the changelog record at (partition, offset) is in the table."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.table.position(partition) > offset)
+
+    @Service.task
+    async def _tail(self) -> None:
+        assert self._consumer is not None
+        while not self.should_stop:
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
+            if not batches:
+                continue
+            for tp, records in batches.items():
+                if tp.topic == DEAD_LETTERS:
+                    self._read_dead_letters(records)
+                else:
+                    self._apply(tp.partition, records)
+            async with self._progress:
+                self._progress.notify_all()
+
+    def _apply(self, partition: int, records: Iterable[Any]) -> None:
+        for record in records:
+            change = _decode_changelog(record.key, record.value)
+            if change is None:
+                self.table.apply(partition, record.offset, None)
+                continue
+            fresh = self.table.apply(partition, record.offset, change)
+            metrics.CHANGELOG_RECORDS.labels("applied" if fresh else "skipped").inc()
+            if fresh and self.ready.is_set():
+                metrics.PROPAGATION_SECONDS.observe(max(0.0, time.time() - change.produced_at))
+            self.outcomes.resolve(change.change_id, change)
+
+    def _read_dead_letters(self, records: Iterable[Any]) -> None:
+        for record in records:
+            try:
+                letter = json.loads(record.value)
+                self.outcomes.resolve(letter.get("change_id"), letter)
+            except (ValueError, TypeError, AttributeError):
+                log.warning("unreadable dead letter at offset %s", record.offset)
+
+
+def _decode_changelog(key: bytes | None, value: bytes | None) -> AppliedChange | None:
+    """The change a changelog record holds; None for fences and (logged) undecodable records."""
+    if key == FENCE_KEY:
+        metrics.CHANGELOG_RECORDS.labels("fence").inc()
+        return None
+    try:
+        return AppliedChange.from_json(json.loads(value or b""))
+    except (ValueError, TypeError, KeyError) as exc:
+        # Only our agent writes here; a bad record is a bug or a foreign writer. Skip it loudly
+        # rather than stop every worker's table at it.
+        metrics.CHANGELOG_RECORDS.labels("undecodable").inc()
+        log.error("skipping undecodable changelog record: %s", exc)
+        return None
