@@ -41,6 +41,7 @@ def run_worker(_: argparse.Namespace) -> int:
     from app.main import faust_app, settings
     from app.topics import ensure_topics
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
     sys.argv = ["flagstream", "worker", "-l", settings.log_level]
     faust_app.main()

@@ -1,0 +1,196 @@
+"""JsonLogic's JavaScript-flavoured coercions (truthiness, numbers, strings, equality).
+
+These follow the JsonLogic implementation that flagd's Python evaluator
+(``openfeature-flagd-core``) runs, so that our results agree with it; where that
+implementation raises (division by zero, ``int(inf)``) or leaks a Python spelling
+(``True`` for a boolean), we return what JavaScript would, see docs/engine.md.
+None of these functions raises on JSON input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from math import isnan
+from typing import Any
+
+NAN = float("nan")
+
+#: Integers beyond this magnitude become floats after arithmetic, as in flagd (float64), so
+#: nested ``*`` cannot build numbers with millions of digits.
+_INT_BOUND = 2**64
+
+_NOT_A_NUMBER_WORDS = frozenset({"inf", "-inf", "+inf"})
+
+
+def truthy(value: Any) -> bool:
+    """JsonLogic truthiness: ``[]``, ``""``, ``0``, NaN and null are false, objects true."""
+    if value.__class__ is bool:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return False
+    if isinstance(value, float):
+        return value == value and value != 0.0
+    if isinstance(value, Mapping):
+        return True
+    if isinstance(value, str | int | list):
+        return bool(value)
+    return True
+
+
+def to_number(value: Any) -> int | float:
+    """JavaScript's ``Number(value)`` as JsonLogic applies it; NaN when not numeric."""
+    if isinstance(value, int | float):
+        return value
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        if value.strip().lower() in _NOT_A_NUMBER_WORDS:
+            return NAN
+        try:
+            return float(value)
+        except ValueError:
+            return NAN
+    if isinstance(value, list):
+        if not value:
+            return 0
+        if len(value) > 1:
+            return NAN
+        return to_number(value[0])
+    return NAN
+
+
+def fit_number(value: int | float) -> int | float:
+    """Turn integers too large for flagd's float64 world into floats (inf when huge)."""
+    if value.__class__ is int and not -_INT_BOUND <= value <= _INT_BOUND:
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf") if value > 0 else float("-inf")
+    return value
+
+
+def to_string(value: Any) -> str:
+    """JavaScript's ``String(value)`` as JsonLogic's ``cat`` applies it."""
+    if isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, float):
+        return "%.15g" % value
+    if isinstance(value, int):
+        return str(value)
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return ",".join([to_string(item) for item in value])
+    if isinstance(value, Mapping):
+        return "[object Object]"
+    return str(value)
+
+
+def loose_equals(a: Any, b: Any) -> bool:
+    """JsonLogic ``==``: JavaScript's abstract equality on JSON values."""
+    a_type = a.__class__
+    if a_type is b.__class__:
+        if a_type is list or a_type is dict:
+            return a is b
+        return bool(a == b)
+    if isinstance(a, int | float):
+        return bool(a == (b if isinstance(b, int | float) else to_number(b)))
+    if isinstance(b, int | float):
+        return bool(to_number(a) == b)
+    if a is None or b is None:
+        return False
+    if isinstance(a, str):
+        return isinstance(b, list | Mapping) and a == to_string(b)
+    if isinstance(a, list | Mapping):
+        if isinstance(b, str):
+            return to_string(a) == b
+        return False
+    return False
+
+
+def strict_equals(a: Any, b: Any) -> bool:
+    """JsonLogic ``===`` as flagd's Python evaluator applies it (Python equality)."""
+    try:
+        return bool(a == b)
+    except RecursionError:
+        return a is b
+
+
+def less(a: Any, b: Any) -> bool:
+    """JsonLogic ``<``: numeric when either side is a number, else string, else numeric."""
+    if isinstance(a, int | float):
+        return bool(a < to_number(b))
+    if isinstance(b, int | float):
+        return bool(to_number(a) < b)
+    if isinstance(a, str):
+        return a < to_string(b)
+    if isinstance(b, str):
+        return to_string(a) < b
+    return bool(to_number(a) < to_number(b))
+
+
+def less_or_equal(a: Any, b: Any) -> bool:
+    """JsonLogic ``<=`` with the coercions of ``less``."""
+    if isinstance(a, int | float):
+        return bool(a <= to_number(b))
+    if isinstance(b, int | float):
+        return bool(to_number(a) <= b)
+    if isinstance(a, str):
+        return a <= to_string(b)
+    if isinstance(b, str):
+        return to_string(a) <= b
+    return bool(to_number(a) <= to_number(b))
+
+
+def greater(a: Any, b: Any) -> bool:
+    """JsonLogic ``>`` with the coercions of ``less``."""
+    if isinstance(a, int | float):
+        return bool(a > to_number(b))
+    if isinstance(b, int | float):
+        return bool(to_number(a) > b)
+    if isinstance(a, str):
+        return a > to_string(b)
+    if isinstance(b, str):
+        return to_string(a) > b
+    return bool(to_number(a) > to_number(b))
+
+
+def greater_or_equal(a: Any, b: Any) -> bool:
+    """JsonLogic ``>=`` with the coercions of ``less``."""
+    if isinstance(a, int | float):
+        return bool(a >= to_number(b))
+    if isinstance(b, int | float):
+        return bool(to_number(a) >= b)
+    if isinstance(a, str):
+        return a >= to_string(b)
+    if isinstance(b, str):
+        return to_string(a) >= b
+    return bool(to_number(a) >= to_number(b))
+
+
+def substr(value: Any, start: Any, length: Any) -> str:
+    """JsonLogic ``substr``: negative start counts from the end, negative length trims."""
+    text = to_string(value)
+    size = len(text)
+    index = to_number(start)
+    if isnan(index):
+        begin = 0
+    elif index < 0:
+        begin = 0 if -index >= size else size - int(-index)
+    else:
+        begin = size if index >= size else int(index)
+    if length is None:
+        return text[begin:]
+    count = to_number(length)
+    if isnan(count) or count == float("-inf"):
+        return ""
+    if count == float("inf"):
+        return text[begin:]
+    n = int(count)
+    if n < 0:
+        return text[begin : max(size + n, begin)]
+    return text[begin : begin + n]

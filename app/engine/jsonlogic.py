@@ -1,0 +1,616 @@
+"""JsonLogic targeting compiled once into Python closures.
+
+``compile_rule`` walks a targeting rule a single time and returns a ``Rule``: a function
+of the data (the evaluation context, or an array item inside ``map``/``filter``/...)
+that never raises on JSON input. Everything that can be decided at compile time is:
+``$ref`` is resolved, constant operands are parsed (semver), constant arrays become
+sets, and the commonest shapes (``var`` of a plain key, a comparison with a constant)
+get closures of their own so evaluating them is one call.
+
+Semantics are those of the JsonLogic that flagd's Python evaluator runs (see
+``app.engine.coerce``); flagd's own operations are in ``app.engine.operators``.
+Rules that cannot be run (unknown operation, missing ``$ref``) raise ``InvalidRule``
+here, at compile time, and the flag then resolves with PARSE_ERROR; rules beyond the
+size bounds raise ``RuleTooLarge`` and the flag is rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from app.engine import coerce, operators
+from app.engine.rules import Rule, constant, get_var, is_constant, var_rule
+from app.engine.coerce import NAN, to_number, to_string, truthy
+from app.engine.model import FractionalVersion
+
+
+#: Deepest JSON nesting of a targeting rule, ``$ref`` expansions included.
+MAX_DEPTH: Final = 64
+#: Most JSON nodes in one targeting rule, ``$ref`` expansions included.
+MAX_NODES: Final = 10_000
+#: ``map``/``filter``/``reduce``/``all``/``some``/``none`` nested deeper than this are
+#: rejected: each level multiplies the work by the length of a context array.
+MAX_LOOP_NESTING: Final = 2
+#: Arrays longer than this are not iterated (the operation yields its empty result).
+MAX_LOOP_ITEMS: Final = 10_000
+
+
+class InvalidRule(Exception):  # noqa: N818 - a compile-time outcome, not an error to log
+    """The rule names an operation or evaluator that does not exist."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class RuleTooLarge(InvalidRule):
+    """The rule exceeds MAX_DEPTH, MAX_NODES or MAX_LOOP_NESTING."""
+
+
+@dataclass(slots=True)
+class Scope:
+    """What compilation of one flag's targeting needs to know and records."""
+
+    flag_key: str
+    fractional: FractionalVersion
+    evaluators: Mapping[str, Any]
+    #: Set when a rule may read ``$flagd`` (or the whole data), so evaluation must enrich.
+    needs_enrichment: bool = False
+    nodes: int = 0
+    loops: int = 0
+    refs: list[str] = field(default_factory=list)
+
+
+def compile_rule(node: Any, scope: Scope, path: str = "$.targeting", depth: int = 0) -> Rule:
+    """Compile one JsonLogic node (operation, array of nodes, or literal) into a Rule."""
+    scope.nodes += 1
+    if scope.nodes > MAX_NODES:
+        raise RuleTooLarge(path, f"targeting has more than {MAX_NODES} nodes")
+    if depth > MAX_DEPTH:
+        raise RuleTooLarge(path, f"targeting is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(node, list):
+        if is_constant(node):
+            return constant(node)
+        items = [compile_rule(item, scope, f"{path}[{i}]", depth + 1) for i, item in enumerate(node)]
+        return lambda data: [item(data) for item in items]
+    if not isinstance(node, Mapping) or len(node) != 1:
+        return constant(node)
+    ((op, raw_args),) = node.items()
+    if op == "$ref":
+        return _reference(raw_args, scope, path, depth)
+    args = raw_args if isinstance(raw_args, list) else [raw_args]
+    at = f"{path}.{op}"
+    builder = _SPECIAL.get(op)
+    if builder is not None:
+        return builder(args, scope, at, depth + 1)
+    compiled = [compile_rule(arg, scope, f"{at}[{i}]", depth + 2) for i, arg in enumerate(args)]
+    custom = operators.BUILDERS.get(op)
+    if custom is not None:
+        return custom(args, compiled, _context(scope))
+    simple = _SIMPLE.get(op)
+    if simple is None:
+        raise InvalidRule(at, f"unknown operation {op!r}")
+    return simple(args, compiled)
+
+
+def _context(scope: Scope) -> operators.Context:
+    return operators.Context(scope.flag_key, scope.fractional)
+
+
+def _reference(name: Any, scope: Scope, path: str, depth: int) -> Rule:
+    """``{"$ref": "name"}``: inline the shared evaluator (flagd substitutes it textually)."""
+    if not isinstance(name, str) or name not in scope.evaluators:
+        raise InvalidRule(path, f"$ref to unknown evaluator {name!r}")
+    if name in scope.refs:
+        raise InvalidRule(path, f"$ref cycle through evaluator {name!r}")
+    scope.refs.append(name)
+    try:
+        return compile_rule(scope.evaluators[name], scope, f"$.$evaluators.{name}", depth + 1)
+    finally:
+        scope.refs.pop()
+
+
+# --- var, missing -----------------------------------------------------------------------
+
+
+def _plain_key(key: Any) -> bool:
+    """A constant key that cannot reach ``$flagd`` nor the whole data."""
+    return isinstance(key, str) and key != "" and not key.startswith("$flagd")
+
+
+def _var(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
+    key_node = args[0] if args else None
+    if not is_constant(key_node) or not _plain_key(key_node):
+        scope.needs_enrichment = True
+    if len(args) <= 1 and isinstance(key_node, str) and key_node:
+        return var_rule(key_node)
+    compiled = [compile_rule(arg, scope, f"{path}[{i}]", depth + 1) for i, arg in enumerate(args)]
+    if not compiled:
+        return lambda data: data
+    if len(compiled) == 1:
+        only = compiled[0]
+        return lambda data: get_var(data, only(data))
+    key_rule, default_rule = compiled[0], compiled[1]
+    return lambda data: get_var(data, key_rule(data), default_rule(data))
+
+
+def _missing_keys(data: Any, keys: list[Any]) -> list[Any]:
+    missing = []
+    for key in keys:
+        value = get_var(data, key)
+        if value is None or value == "":
+            missing.append(key)
+    return missing
+
+
+def _missing(args: list[Any], compiled: list[Rule]) -> Rule:
+    def missing(data: Any) -> list[Any]:
+        values = [rule(data) for rule in compiled]
+        keys = values[0] if values and isinstance(values[0], list) else values
+        return _missing_keys(data, keys)
+
+    return missing
+
+
+def _missing_some(args: list[Any], compiled: list[Rule]) -> Rule:
+    def missing_some(data: Any) -> list[Any]:
+        need = compiled[0](data) if compiled else 0
+        keys = compiled[1](data) if len(compiled) > 1 else None
+        if not isinstance(keys, list):
+            return []
+        missing = _missing_keys(data, keys)
+        if len(keys) - len(missing) >= to_number(need):
+            return []
+        return missing
+
+    return missing_some
+
+
+def _marks_enrichment(args: list[Any], scope: Scope) -> None:
+    """``missing``/``missing_some`` read keys like ``var`` does."""
+    for arg in args:
+        keys = arg if isinstance(arg, list) else [arg]
+        if not all(is_constant(key) and (_plain_key(key) or key is None) for key in keys):
+            scope.needs_enrichment = True
+
+
+def _missing_special(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
+    _marks_enrichment(args, scope)
+    compiled = [compile_rule(arg, scope, f"{path}[{i}]", depth + 1) for i, arg in enumerate(args)]
+    return _missing(args, compiled)
+
+
+def _missing_some_special(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
+    _marks_enrichment(args[1:], scope)
+    compiled = [compile_rule(arg, scope, f"{path}[{i}]", depth + 1) for i, arg in enumerate(args)]
+    return _missing_some(args, compiled)
+
+
+# --- control flow -----------------------------------------------------------------------
+
+#: Operations whose result is always a bool (or None, which is falsy too), so their
+#: Python truthiness is their JsonLogic truthiness and ``if`` can skip ``truthy``.
+_BOOLEAN_OPS: Final = frozenset(
+    {"==", "!=", "===", "!==", "<", "<=", ">", ">=", "!", "!!", "in", "all", "some", "none"}
+    | {"starts_with", "ends_with", "sem_ver"}
+)
+
+
+def _condition(node: Any, scope: Scope, path: str, depth: int) -> Rule:
+    """A rule whose result's Python truthiness is its JsonLogic truthiness."""
+    rule = compile_rule(node, scope, path, depth)
+    if isinstance(node, Mapping) and len(node) == 1 and next(iter(node)) in _BOOLEAN_OPS:
+        return rule
+    return lambda data: truthy(rule(data))
+
+
+def _if(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
+    count = len(args)
+    if count == 0:
+        return constant(None)
+    if count == 1:
+        return compile_rule(args[0], scope, f"{path}[0]", depth)
+    if count == 2:
+        test = _condition(args[0], scope, f"{path}[0]", depth)
+        then = compile_rule(args[1], scope, f"{path}[1]", depth)
+        return lambda data: then(data) if test(data) else None
+    if count == 3:
+        test = _condition(args[0], scope, f"{path}[0]", depth)
+        then = compile_rule(args[1], scope, f"{path}[1]", depth)
+        otherwise = compile_rule(args[2], scope, f"{path}[2]", depth)
+        return lambda data: then(data) if test(data) else otherwise(data)
+    # if/elif chain: pairs of (test, then), then an optional else.
+    pairs = [
+        (
+            _condition(args[i], scope, f"{path}[{i}]", depth),
+            compile_rule(args[i + 1], scope, f"{path}[{i + 1}]", depth),
+        )
+        for i in range(0, count - 1, 2)
+    ]
+    fallback = compile_rule(args[-1], scope, f"{path}[{count - 1}]", depth) if count % 2 else None
+
+    def chain(data: Any) -> Any:
+        for test, then in pairs:
+            if test(data):
+                return then(data)
+        return fallback(data) if fallback is not None else None
+
+    return chain
+
+
+def _and(args: list[Any], compiled: list[Rule]) -> Rule:
+    if len(compiled) == 2:
+        first, second = compiled
+
+        def both(data: Any) -> Any:
+            value = first(data)
+            return value if not truthy(value) else second(data)
+
+        return both
+
+    def all_of(data: Any) -> Any:
+        value = None
+        for rule in compiled:
+            value = rule(data)
+            if not truthy(value):
+                return value
+        return value
+
+    return all_of
+
+
+def _or(args: list[Any], compiled: list[Rule]) -> Rule:
+    def any_of(data: Any) -> Any:
+        value = None
+        for rule in compiled:
+            value = rule(data)
+            if truthy(value):
+                return value
+        return value
+
+    return any_of
+
+
+# --- array iteration --------------------------------------------------------------------
+
+
+def _loop(
+    make: Callable[[Rule, Rule | None, Rule | None], Rule],
+) -> Callable[[list[Any], Scope, str, int], Rule]:
+    """Compile ``[items, sublogic, extra]``; sublogic runs with each item as its data."""
+
+    def build(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
+        items = compile_rule(args[0], scope, f"{path}[0]", depth) if args else constant(None)
+        scope.loops += 1
+        if scope.loops > MAX_LOOP_NESTING:
+            raise RuleTooLarge(path, f"array operations nested deeper than {MAX_LOOP_NESTING}")
+        try:
+            sub = compile_rule(args[1], scope, f"{path}[1]", depth) if len(args) > 1 else None
+        finally:
+            scope.loops -= 1
+        extra = compile_rule(args[2], scope, f"{path}[2]", depth) if len(args) > 2 else None
+        return make(items, sub, extra)
+
+    return build
+
+
+def _items(value: Any) -> list[Any] | None:
+    if isinstance(value, list) and len(value) <= MAX_LOOP_ITEMS:
+        return value
+    return None
+
+
+def _map(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+    def map_(data: Any) -> list[Any]:
+        values = _items(items(data))
+        if values is None:
+            return []
+        if sub is None:
+            return [None] * len(values)
+        return [sub(item) for item in values]
+
+    return map_
+
+
+def _filter(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+    def filter_(data: Any) -> list[Any]:
+        values = _items(items(data))
+        if values is None or sub is None:
+            return []
+        return [item for item in values if truthy(sub(item))]
+
+    return filter_
+
+
+def _reduce(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+    def reduce_(data: Any) -> Any:
+        initial = extra(data) if extra is not None else None
+        values = _items(items(data))
+        if values is None:
+            return initial
+        accumulator = initial
+        for item in values:
+            accumulator = sub({"current": item, "accumulator": accumulator}) if sub else None
+        return accumulator
+
+    return reduce_
+
+
+def _all(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+    def all_(data: Any) -> bool:
+        values = _items(items(data))
+        if not values or sub is None:
+            return False
+        return all(truthy(sub(item)) for item in values)
+
+    return all_
+
+
+def _some(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+    def some_(data: Any) -> bool:
+        values = _items(items(data))
+        if values is None or sub is None:
+            return False
+        return any(truthy(sub(item)) for item in values)
+
+    return some_
+
+
+def _none(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+    def none_(data: Any) -> bool:
+        values = _items(items(data))
+        if values is None or sub is None:
+            return True
+        return not any(truthy(sub(item)) for item in values)
+
+    return none_
+
+
+# --- comparison -------------------------------------------------------------------------
+
+
+def _first(compiled: list[Rule]) -> Rule:
+    return compiled[0] if compiled else constant(None)
+
+
+def _second(compiled: list[Rule]) -> Rule:
+    return compiled[1] if len(compiled) > 1 else constant(None)
+
+
+def _equals(args: list[Any], compiled: list[Rule]) -> Rule:
+    left, right = _first(compiled), _second(compiled)
+    if len(args) > 1 and isinstance(args[1], str | int | float) and not isinstance(args[1], bool):
+        expected = args[1]
+        kind = expected.__class__
+
+        def equals_constant(data: Any) -> bool:
+            value = left(data)
+            if value.__class__ is kind:
+                return bool(value == expected)
+            return coerce.loose_equals(value, expected)
+
+        return equals_constant
+    return lambda data: coerce.loose_equals(left(data), right(data))
+
+
+def _not_equals(args: list[Any], compiled: list[Rule]) -> Rule:
+    equals = _equals(args, compiled)
+    return lambda data: not equals(data)
+
+
+def _strict_equals(args: list[Any], compiled: list[Rule]) -> Rule:
+    left, right = _first(compiled), _second(compiled)
+    return lambda data: coerce.strict_equals(left(data), right(data))
+
+
+def _strict_not_equals(args: list[Any], compiled: list[Rule]) -> Rule:
+    left, right = _first(compiled), _second(compiled)
+    return lambda data: not coerce.strict_equals(left(data), right(data))
+
+
+def _ordering(compare: Callable[[Any, Any], bool]) -> Callable[[list[Any], list[Rule]], Rule]:
+    """``<`` and friends; with a third argument they test ``a < b < c`` (between)."""
+
+    def build(args: list[Any], compiled: list[Rule]) -> Rule:
+        left, middle = _first(compiled), _second(compiled)
+        if len(compiled) < 3:
+            return lambda data: compare(left(data), middle(data))
+        right = compiled[2]
+
+        def between(data: Any) -> bool:
+            a, b, c = left(data), middle(data), right(data)
+            if c is None:
+                return compare(a, b)
+            return compare(a, b) and compare(b, c)
+
+        return between
+
+    return build
+
+
+def _not(args: list[Any], compiled: list[Rule]) -> Rule:
+    operand = _first(compiled)
+    return lambda data: not truthy(operand(data))
+
+
+def _double_not(args: list[Any], compiled: list[Rule]) -> Rule:
+    operand = _first(compiled)
+    return lambda data: truthy(operand(data))
+
+
+def _in(args: list[Any], compiled: list[Rule]) -> Rule:
+    needle = _first(compiled)
+    haystack_node = args[1] if len(args) > 1 else None
+    if isinstance(haystack_node, list) and is_constant(haystack_node):
+        options = haystack_node
+        try:
+            members = frozenset(options)
+        except TypeError:
+            members = None
+        if members is not None:
+            hashed = members
+
+            def in_set(data: Any) -> bool:
+                value = needle(data)
+                try:
+                    return value in hashed
+                except TypeError:
+                    return value in options
+
+            return in_set
+    haystack = _second(compiled)
+
+    def in_(data: Any) -> bool:
+        value, within = needle(data), haystack(data)
+        if isinstance(within, list):
+            return value in within
+        if isinstance(within, str):
+            return to_string(value) in within
+        return False
+
+    return in_
+
+
+# --- arithmetic and strings -------------------------------------------------------------
+
+
+def _add(args: list[Any], compiled: list[Rule]) -> Rule:
+    def add(data: Any) -> int | float:
+        total: int | float = 0
+        for rule in compiled:
+            total += to_number(rule(data))
+        return coerce.fit_number(total)
+
+    return add
+
+
+def _multiply(args: list[Any], compiled: list[Rule]) -> Rule:
+    def multiply(data: Any) -> int | float:
+        product: int | float = 1
+        for rule in compiled:
+            product = coerce.fit_number(product * to_number(rule(data)))
+        return product
+
+    return multiply
+
+
+def _subtract(args: list[Any], compiled: list[Rule]) -> Rule:
+    left, right = _first(compiled), _second(compiled)
+
+    def subtract(data: Any) -> int | float:
+        a, b = left(data), right(data)
+        if b is None:
+            return -to_number(a)
+        return coerce.fit_number(to_number(a) - to_number(b))
+
+    return subtract
+
+
+def _divide(args: list[Any], compiled: list[Rule]) -> Rule:
+    left, right = _first(compiled), _second(compiled)
+
+    def divide(data: Any) -> float | None:
+        a, b = to_number(left(data)), to_number(right(data))
+        if b == 0:
+            return None  # JavaScript gives Infinity/NaN; flagd's Python evaluator crashes
+        try:
+            return a / b
+        except OverflowError:
+            return NAN
+
+    return divide
+
+
+def _modulo(args: list[Any], compiled: list[Rule]) -> Rule:
+    left, right = _first(compiled), _second(compiled)
+
+    def modulo(data: Any) -> int | float | None:
+        a, b = to_number(left(data)), to_number(right(data))
+        if b == 0:
+            return None
+        try:
+            return a % b
+        except OverflowError:
+            return NAN
+
+    return modulo
+
+
+def _extreme(pick: Callable[..., Any]) -> Callable[[list[Any], list[Rule]], Rule]:
+    def build(args: list[Any], compiled: list[Rule]) -> Rule:
+        def extreme(data: Any) -> int | float:
+            if not compiled:
+                return NAN
+            return pick(to_number(rule(data)) for rule in compiled)  # type: ignore[no-any-return]
+
+        return extreme
+
+    return build
+
+
+def _cat(args: list[Any], compiled: list[Rule]) -> Rule:
+    return lambda data: "".join([to_string(rule(data)) for rule in compiled])
+
+
+def _substr(args: list[Any], compiled: list[Rule]) -> Rule:
+    text, start = _first(compiled), _second(compiled)
+    length = compiled[2] if len(compiled) > 2 else constant(None)
+    return lambda data: coerce.substr(text(data), start(data), length(data))
+
+
+def _merge(args: list[Any], compiled: list[Rule]) -> Rule:
+    def merge(data: Any) -> list[Any]:
+        merged: list[Any] = []
+        for rule in compiled:
+            value = rule(data)
+            if isinstance(value, list):
+                merged.extend(value)
+            else:
+                merged.append(value)
+        return merged
+
+    return merge
+
+
+_SPECIAL: Final[dict[str, Callable[[list[Any], Scope, str, int], Rule]]] = {
+    "var": _var,
+    "missing": _missing_special,
+    "missing_some": _missing_some_special,
+    "if": _if,
+    "?:": _if,
+    "map": _loop(_map),
+    "filter": _loop(_filter),
+    "reduce": _loop(_reduce),
+    "all": _loop(_all),
+    "some": _loop(_some),
+    "none": _loop(_none),
+}
+
+_SIMPLE: Final[dict[str, Callable[[list[Any], list[Rule]], Rule]]] = {
+    "and": _and,
+    "or": _or,
+    "==": _equals,
+    "!=": _not_equals,
+    "===": _strict_equals,
+    "!==": _strict_not_equals,
+    "<": _ordering(coerce.less),
+    "<=": _ordering(coerce.less_or_equal),
+    ">": _ordering(coerce.greater),
+    ">=": _ordering(coerce.greater_or_equal),
+    "!": _not,
+    "!!": _double_not,
+    "in": _in,
+    "+": _add,
+    "*": _multiply,
+    "-": _subtract,
+    "/": _divide,
+    "%": _modulo,
+    "max": _extreme(max),
+    "min": _extreme(min),
+    "cat": _cat,
+    "substr": _substr,
+    "merge": _merge,
+}

@@ -1,0 +1,285 @@
+"""flagd's own JsonLogic operations: ``fractional``, ``sem_ver``, ``starts_with``, ``ends_with``.
+
+Each builder gets the raw arguments (to specialise on constants) and their compiled
+rules, and returns a Rule. As in flagd (testbed ``@operator-errors``), an operation
+that cannot be applied yields null, never false, so the flag falls back to its
+default variant instead of looking up a "false" variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from app.engine import bucketing, semver
+from app.engine.model import FractionalVersion
+from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What an operation may know about the flag it is compiled for."""
+
+    flag_key: str
+    fractional: FractionalVersion
+
+
+Builder = Callable[[list[Any], list[Rule], Context], Rule]
+
+
+# --- starts_with / ends_with ------------------------------------------------------------
+
+
+def _string_test(method: Callable[[str, str], bool]) -> Builder:
+    def build(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
+        if len(compiled) != 2:
+            return constant(None)
+        left, right = compiled
+        affix = args[1]
+        if not isinstance(affix, str):
+            if is_constant(affix):
+                return constant(None)
+
+            def dynamic(data: Any) -> bool | None:
+                value, other = left(data), right(data)
+                if isinstance(value, str) and isinstance(other, str):
+                    return method(value, other)
+                return None
+
+            return dynamic
+        key = plain_var_key(args[0])
+        if key is not None:
+
+            def on_key(data: Any) -> bool | None:
+                value = data.get(key) if data.__class__ is dict else get_var(data, key)
+                return method(value, affix) if isinstance(value, str) else None
+
+            return on_key
+
+        def on_rule(data: Any) -> bool | None:
+            value = left(data)
+            return method(value, affix) if isinstance(value, str) else None
+
+        return on_rule
+
+    return build
+
+
+# --- sem_ver ----------------------------------------------------------------------------
+
+
+def _sem_ver(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
+    if len(compiled) != 3:
+        return constant(None)
+    left, operator_rule, right = compiled
+    operator = args[1]
+    if is_constant(operator) and operator not in semver.OPERATORS:
+        return constant(None)
+    if is_constant(args[2]) and isinstance(operator, str):
+        pinned = semver.parse_version(args[2])
+        if pinned is None:
+            return constant(None)
+        target: semver.VersionKey = pinned
+        fixed_operator: str = operator
+
+        def against_constant(data: Any) -> bool | None:
+            version = semver.parse_version(left(data))
+            if version is None:
+                return None
+            return semver.compare(version, fixed_operator, target)
+
+        return against_constant
+
+    def dynamic(data: Any) -> bool | None:
+        version, other = semver.parse_version(left(data)), semver.parse_version(right(data))
+        op = operator_rule(data)
+        if version is None or other is None or not isinstance(op, str):
+            return None
+        return semver.compare(version, op, other)
+
+    return dynamic
+
+
+# --- fractional -------------------------------------------------------------------------
+
+#: A parsed split: the variants (any JSON value) and their non-negative integer weights.
+Split = tuple[tuple[Any, ...], tuple[int, ...]]
+
+
+def _parse_split(buckets: list[Any], version: FractionalVersion) -> Split | None:
+    """Variants and weights of ``[[variant, weight?], ...]``; None when flagd would refuse.
+
+    v3 (flagd-core) wants integer weights; v1/v2 (Go, float64 numbers) truncate. A missing
+    weight is 1 and a negative one counts as 0, as in every generation.
+    """
+    variants = []
+    weights = []
+    for bucket in buckets:
+        if not isinstance(bucket, list) or not 1 <= len(bucket) <= 2:
+            return None
+        weight = 1
+        if len(bucket) == 2:
+            raw = bucket[1]
+            if isinstance(raw, bool):
+                return None
+            if isinstance(raw, int):
+                weight = raw
+            elif isinstance(raw, float) and version is not FractionalVersion.V3:
+                if raw != raw or raw in (float("inf"), float("-inf")):
+                    return None
+                weight = int(raw)
+            else:
+                return None
+        variants.append(bucket[0])
+        weights.append(max(0, weight))
+    total = sum(weights)
+    if total <= 0 or total > bucketing.MAX_TOTAL_WEIGHT:
+        return None
+    return tuple(variants), tuple(weights)
+
+
+def _choose(split: Split, bucket_value: Any, version: FractionalVersion) -> Any:
+    """The variant for a bucketing value under a split (None when it cannot be bucketed)."""
+    variants, weights = split
+    if version is FractionalVersion.V3:
+        hashed = bucketing.hash_v3(bucket_value)
+        bounds = bucketing.thresholds(weights)
+    elif not isinstance(bucket_value, str):
+        return None
+    elif version is FractionalVersion.V2:
+        hashed = bucketing.hash_v2(bucket_value)
+        bounds = bucketing.thresholds(weights)
+    else:
+        signed = bucketing.hash_v1(bucket_value)
+        if signed is None:
+            return None
+        index = bucketing.bucket_v1(signed, weights, sum(weights))
+        return None if index is None else variants[index]
+    if hashed is None or bounds is None:
+        return None
+    index = bucketing.pick(bounds, hashed)
+    return None if index is None else variants[index]
+
+
+def _fractional(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
+    """flagd's ``fractional``: ``[bucketBy?, [variant, weight?], ...]``.
+
+    Without a bucketing expression (the first argument is itself a bucket) flagd buckets
+    by the targeting key: v3 by ``[flagKey, targetingKey]`` and only for a non-empty
+    string key; v1/v2 by the string ``flagKey + targetingKey``. In v1/v2 a first argument
+    that is null is skipped and a non-string one is taken as a bucket (Go's parser).
+    """
+    if not compiled:
+        return constant(None)
+    version = context.fractional
+    flag_key = context.flag_key
+    first_node = args[0]
+    if isinstance(first_node, list):
+        return _shorthand(args, compiled, context)
+
+    static_split = None
+    if all(is_constant(node) for node in args[1:]):
+        static_split = _parse_split(list(args[1:]), version)
+        if static_split is None and version is FractionalVersion.V3:
+            return constant(None)
+    bucket_by = compiled[0]
+    rest = compiled[1:]
+
+    def by_targeting_key(data: Any, buckets: list[Any]) -> Any:
+        """v1/v2: no string to bucket by, so Go falls back to flagKey + targetingKey."""
+        key = data.get("targetingKey") if isinstance(data, Mapping) else None
+        if not isinstance(key, str):
+            return None
+        split = _parse_split(buckets, version)
+        return None if split is None else _choose(split, flag_key + key, version)
+
+    if static_split is not None:
+        variants, weights = static_split
+        bounds = bucketing.thresholds(weights)
+        count = len(variants)
+        hash_text = _TEXT_HASHERS.get(version)
+
+        def fractional_static(data: Any) -> Any:
+            value = bucket_by(data)
+            if value.__class__ is str and hash_text is not None and bounds is not None:
+                hashed = hash_text(value)
+                if hashed is None:
+                    return None
+                index = bucketing.pick(bounds, hashed)
+                return variants[index] if index is not None and index < count else None
+            return fractional_general(data, value)
+
+        def fractional_general(data: Any, value: Any) -> Any:
+            if version is FractionalVersion.V3:
+                if isinstance(value, list):
+                    return shorthand_v3(data, [value, *[rule(data) for rule in rest]])
+                return None if value is None else _choose(static_split, value, version)
+            if isinstance(value, str):
+                return _choose(static_split, value, version)
+            buckets = [rule(data) for rule in rest]
+            return by_targeting_key(data, buckets if value is None else [value, *buckets])
+
+        return fractional_static
+
+    def fractional_dynamic(data: Any) -> Any:
+        value = bucket_by(data)
+        buckets = [rule(data) for rule in rest]
+        if version is FractionalVersion.V3:
+            if isinstance(value, list):
+                return shorthand_v3(data, [value, *buckets])
+            if value is None:
+                return None
+            split = _parse_split(buckets, version)
+            return None if split is None else _choose(split, value, version)
+        if isinstance(value, str):
+            split = _parse_split(buckets, version)
+            return None if split is None else _choose(split, value, version)
+        return by_targeting_key(data, buckets if value is None else [value, *buckets])
+
+    def shorthand_v3(data: Any, buckets: list[Any]) -> Any:
+        key = data.get("targetingKey") if isinstance(data, Mapping) else None
+        if not isinstance(key, str) or not key:
+            return None
+        split = _parse_split(buckets, version)
+        return None if split is None else _choose(split, [flag_key, key], version)
+
+    return fractional_dynamic
+
+
+def _shorthand(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
+    """``fractional`` whose first argument is a bucket: bucket by the targeting key."""
+    version = context.fractional
+    flag_key = context.flag_key
+    static_split = _parse_split(list(args), version) if is_constant(args) else None
+    if is_constant(args) and static_split is None:
+        return constant(None)
+
+    def shorthand(data: Any) -> Any:
+        key = data.get("targetingKey") if isinstance(data, Mapping) else None
+        if not isinstance(key, str) or (version is FractionalVersion.V3 and not key):
+            return None
+        split = static_split
+        if split is None:
+            split = _parse_split([rule(data) for rule in compiled], version)
+            if split is None:
+                return None
+        if version is FractionalVersion.V3:
+            return _choose(split, [flag_key, key], version)
+        return _choose(split, flag_key + key, version)
+
+    return shorthand
+
+
+_TEXT_HASHERS: Final[dict[FractionalVersion, Callable[[str], int | None]]] = {
+    FractionalVersion.V3: bucketing.hash_v3,
+    FractionalVersion.V2: bucketing.hash_v2,
+}
+
+
+BUILDERS: Final[dict[str, Builder]] = {
+    "fractional": _fractional,
+    "sem_ver": _sem_ver,
+    "starts_with": _string_test(str.startswith),
+    "ends_with": _string_test(str.endswith),
+}

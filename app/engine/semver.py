@@ -1,0 +1,70 @@
+"""Semantic versions for flagd's ``sem_ver`` operator, parsed into comparable keys.
+
+flagd accepts a leading ``v``/``V`` and pads partial versions (``1`` -> ``1.0.0``,
+``1.2`` -> ``1.2.0``) before a strict SemVer 2.0.0 parse; build metadata is ignored
+when comparing. A parsed version is a tuple that orders exactly as SemVer precedence,
+so the operator is one tuple comparison; constant operands are parsed at compile time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+#: (major, minor, patch, is_release, prerelease identifiers); tuples order as SemVer.
+VersionKey = tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]
+
+_IDENTIFIER: Final = r"(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
+_SEMVER: Final = re.compile(
+    rf"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    rf"(?:-({_IDENTIFIER}(?:\.{_IDENTIFIER})*))?"
+    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?",
+    re.ASCII,
+)
+
+#: The comparison operators of ``sem_ver``; ``^`` is "same major", ``~`` "same minor".
+OPERATORS: Final = frozenset({"=", "!=", "<", "<=", ">", ">=", "^", "~"})
+
+
+def parse_version(value: Any) -> VersionKey | None:
+    """The comparable key of a version as flagd reads it, or None when it is not one."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value)
+    if text[:1] in ("v", "V"):
+        text = text[1:]
+    numeric = text.split("-", 1)[0].split("+", 1)[0]
+    dots = numeric.count(".")
+    if dots < 2:
+        text = numeric + ".0" * (2 - dots) + text[len(numeric) :]
+    match = _SEMVER.fullmatch(text)
+    if match is None:
+        return None
+    major, minor, patch, prerelease = match.groups()
+    if prerelease is None:
+        return (int(major), int(minor), int(patch), 1, ())
+    identifiers = tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in prerelease.split(".")
+    )
+    return (int(major), int(minor), int(patch), 0, identifiers)
+
+
+def compare(left: VersionKey, operator: str, right: VersionKey) -> bool | None:
+    """Apply a ``sem_ver`` operator; None for an operator flagd does not know."""
+    if operator == "=":
+        return left == right
+    if operator == "!=":
+        return left != right
+    if operator == "<":
+        return left < right
+    if operator == "<=":
+        return left <= right
+    if operator == ">":
+        return left > right
+    if operator == ">=":
+        return left >= right
+    if operator == "^":
+        return left[0] == right[0]
+    if operator == "~":
+        return left[0] == right[0] and left[1] == right[1]
+    return None

@@ -1,0 +1,174 @@
+"""Real edges for the tests: the embedded broker on a free port, and workers as processes.
+
+A worker here is exactly what `flagstream worker` runs in production, started as a child
+process with its own port and data directory, so the tests exercise the real Faust app,
+RocksDB and HTTP server end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.broker import free_port, start_broker, stop
+from app.client import AdminClient
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token"
+READ_TOKEN = "test-read-token"
+SDK_KEY = "test-sdk-key"
+
+
+class Worker:
+    """One `flagstream worker` process against the test broker."""
+
+    def __init__(self, brokers: str, data_dir: Path, app_id: str, **env: str) -> None:
+        self.brokers = brokers
+        self.data_dir = data_dir
+        self.app_id = app_id
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.with_suffix(".log")
+        self.extra_env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> Worker:
+        env = {
+            **os.environ,
+            "FLAGSTREAM_BROKERS": self.brokers,
+            "FLAGSTREAM_APP_ID": self.app_id,
+            "FLAGSTREAM_DATA_DIR": str(self.data_dir),
+            "FLAGSTREAM_WEB_PORT": str(self.port),
+            "FLAGSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
+            "FLAGSTREAM_READ_TOKENS": READ_TOKEN,
+            "FLAGSTREAM_SDK_KEYS": f"{SDK_KEY}=development",
+            "FLAGSTREAM_REBALANCE_TIMEOUT_S": "3",
+            "FLAGSTREAM_SESSION_TIMEOUT_S": "6",
+            "FLAGSTREAM_HEARTBEAT_S": "1",
+            "FLAGSTREAM_FETCH_MAX_WAIT_MS": "10",
+            **self.extra_env,
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in {timeout_s}s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, timeout_s=20)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.url, ADMIN_TOKEN, actor="pytest")
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    """A fresh embedded broker per test module: nothing leaks between modules."""
+    port = free_port()
+    process = start_broker("127.0.0.1", port)
+    yield f"127.0.0.1:{port}"
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """One worker shared by a module's tests (each test uses its own environment)."""
+    started = Worker(broker, tmp_path_factory.mktemp("worker") / "data", "flagstream-test").start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def env() -> str:
+    """A fresh environment name, so tests sharing a worker do not see each other's flags."""
+    return "env-" + uuid.uuid4().hex[:10]
+
+
+def flag(default: str = "off", state: str = "ENABLED", **extra: Any) -> dict[str, Any]:
+    return {"state": state, "variants": {"on": True, "off": False}, "defaultVariant": default, **extra}
+
+
+def produce(brokers: str, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None) -> None:
+    """Send raw records in one batch, the way a foreign producer would."""
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=50)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value, key=key, partition=partition) for key, value in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def read_topic(brokers: str, topic: str, partitions: int = 1, idle_s: float = 1.0) -> list[dict[str, Any]]:
+    """Every record of `topic` as JSON (undecodable values as {"raw": ...})."""
+
+    async def run() -> list[dict[str, Any]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            records: list[dict[str, Any]] = []
+            deadline = time.monotonic() + idle_s
+            while time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=100)
+                for batch in batches.values():
+                    for record in batch:
+                        try:
+                            records.append(json.loads(record.value))
+                        except ValueError:
+                            records.append({"raw": record.value})
+                        deadline = time.monotonic() + idle_s
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval_s)

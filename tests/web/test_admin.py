@@ -1,0 +1,184 @@
+"""The admin API against a real worker, broker and RocksDB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from app.client import AdminClient
+from app.records import ChangeOp, FlagChange, dumps
+from app.topics import DEAD_LETTERS, FLAG_CHANGES, partition_for
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, REPO, Worker, flag, produce, read_topic, wait_until
+
+PARTITIONS = 4  # the default FLAGSTREAM_FLAG_CHANGE_PARTITIONS the worker runs with
+
+
+def path(env: str, key: str = "") -> str:
+    return f"/api/v1/environments/{env}/flags" + (f"/{key}" if key else "")
+
+
+def cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "flags", *args, "--url", worker.url, "--token", ADMIN_TOKEN],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_apply_a_file_and_read_it_back(worker: Worker, env: str, tmp_path: Path) -> None:
+    source = REPO / "examples" / "flags.json"
+    first = cli(worker, "apply", "-f", str(source), "--env", env)
+    assert first.returncode == 0, first.stderr
+    assert "5 created, 0 updated, 0 deleted, 0 unchanged" in first.stdout
+
+    exported = tmp_path / "export.json"
+    assert cli(worker, "export", "--env", env, "-o", str(exported)).returncode == 0
+    assert json.loads(exported.read_text())["flags"] == json.loads(source.read_text())["flags"]
+
+    again = cli(worker, "apply", "-f", str(exported), "--env", env)
+    assert "0 created, 0 updated, 0 deleted, 5 unchanged" in again.stdout
+    history = worker.admin().history(env, "new-checkout")
+    assert [v["version"] for v in history] == [1], "an unchanged flag gets no new version"
+
+
+def test_apply_updates_only_what_differs_and_prunes_on_request(worker: Worker, env: str, tmp_path: Path) -> None:
+    admin = worker.admin()
+    admin.put(env, "keep", flag())
+    admin.put(env, "change", flag())
+    admin.put(env, "extra", flag())
+    document = {"flags": {"keep": flag(), "change": flag(default="on"), "new": flag()}}
+    file = tmp_path / "flags.json"
+    file.write_text(json.dumps(document))
+
+    kept = cli(worker, "apply", "-f", str(file), "--env", env)
+    assert "1 created, 1 updated, 0 deleted, 1 unchanged" in kept.stdout
+    assert set(admin.flags(env)) == {"keep", "change", "extra", "new"}
+
+    pruned = cli(worker, "apply", "-f", str(file), "--env", env, "--prune")
+    assert "0 created, 0 updated, 1 deleted, 3 unchanged" in pruned.stdout
+    assert set(admin.flags(env)) == {"keep", "change", "new"}
+
+
+def test_apply_inlines_shared_evaluators(worker: Worker, env: str, tmp_path: Path) -> None:
+    rule = {"in": [{"var": "country"}, ["DE", "FR"]]}
+    document = {
+        "$evaluators": {"eu": rule},
+        "flags": {"eu-only": flag(targeting={"if": [{"$ref": "eu"}, "on", "off"]})},
+    }
+    file = tmp_path / "flags.json"
+    file.write_text(json.dumps(document))
+    assert cli(worker, "apply", "-f", str(file), "--env", env).returncode == 0
+    assert worker.admin().flags(env)["eu-only"]["targeting"] == {"if": [rule, "on", "off"]}
+
+
+def test_version_conflict_gives_409(worker: Worker, env: str) -> None:
+    admin = worker.admin()
+    assert admin.put(env, "f", flag())["version"] == 1
+    assert admin.put(env, "f", flag(default="on"), version=1)["version"] == 2
+    stale = admin.request("PUT", path(env, "f"), flag(), {"If-Match": '"1"'})
+    assert stale.status == 409
+    assert stale.body["error"]["code"] == "VERSION_CONFLICT"
+    assert stale.body["error"]["current_version"] == 2
+    assert admin.flag(env, "f").headers["ETag"] == '"2"'
+
+
+def test_invalid_definition_gives_422_with_every_problem_and_a_dead_letter(
+    worker: Worker, env: str, broker: str
+) -> None:
+    bad = {"state": "ON", "variants": {"a": 1}, "defaultVariant": "missing"}
+    reply = worker.admin().request("PUT", path(env, "bad"), bad)
+    assert reply.status == 422
+    problems = {p["path"] for p in reply.body["error"]["problems"]}
+    assert {"$.state", "$.defaultVariant"} <= problems
+    change_id = reply.body["error"]["change_id"]
+    letters = [d for d in read_topic(broker, DEAD_LETTERS) if d.get("change_id") == change_id]
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["code"] == "INVALID_DEFINITION"
+    assert letter["topic"] == FLAG_CHANGES and letter["partition"] == partition_for(env, PARTITIONS)
+    assert json.loads(letter["payload"])["definition"] == bad
+    assert worker.admin().flag(env, "bad").status == 404
+
+
+def test_garbage_bytes_give_a_dead_letter_and_the_next_change_still_applies(
+    worker: Worker, env: str, broker: str
+) -> None:
+    partition = partition_for(env, PARTITIONS)
+    garbage = b"\xff\xfe not json \x00" + uuid.uuid4().bytes
+    good = FlagChange(str(uuid.uuid4()), env, "after-garbage", ChangeOp.PUT, "pytest", 0.0, flag())
+    produce(broker, FLAG_CHANGES, [(env.encode(), garbage), (env.encode(), b"[1, 2]"), (env.encode(), dumps(good.to_json()))], partition)
+
+    wait_until(lambda: worker.admin().flag(env, "after-garbage").status == 200)
+    letters = read_topic(broker, DEAD_LETTERS)
+    assert any(d.get("payload_base64") and d["code"] == "MALFORMED" for d in letters)
+    assert any(d.get("payload") == "[1, 2]" and d["code"] == "MALFORMED" for d in letters)
+    metrics = worker.admin().request("GET", "/metrics").body
+    assert 'flagstream_dead_letters_total{code="MALFORMED"}' in metrics
+
+
+def test_a_redelivered_change_applies_once(worker: Worker, env: str, broker: str) -> None:
+    change = FlagChange(str(uuid.uuid4()), env, "once", ChangeOp.PUT, "pytest", 0.0, flag())
+    raw = dumps(change.to_json())
+    produce(broker, FLAG_CHANGES, [(env.encode(), raw), (env.encode(), raw)], partition_for(env, PARTITIONS))
+    wait_until(lambda: worker.admin().flag(env, "once").status == 200)
+    # A later change proves both copies have been decided before we look at the history.
+    worker.admin().put(env, "later", flag())
+    assert [v["version"] for v in worker.admin().history(env, "once")] == [1]
+
+
+def test_kill_switch_delete_and_history(worker: Worker, env: str) -> None:
+    admin = worker.admin()
+    admin.put(env, "k", flag(default="on"))
+    assert admin.set_state(env, "k", "DISABLED")["definition"]["state"] == "DISABLED"
+    assert admin.flags(env)["k"]["state"] == "DISABLED"
+    assert admin.flags(env)["k"]["defaultVariant"] == "on", "the kill switch changes only the state"
+    admin.delete(env, "k")
+    assert admin.flag(env, "k").status == 404
+    assert [(v["version"], v["op"]) for v in admin.history(env, "k")] == [(3, "delete"), (2, "state"), (1, "put")]
+    recreated = admin.put(env, "k", flag())
+    assert recreated["version"] == 4, "versions never go back, so ETags stay unique"
+    missing = admin.request("POST", path(env, "nope") + "/state", {"state": "ENABLED"})
+    assert missing.status == 404
+
+
+def test_auth_and_bad_requests(worker: Worker, env: str) -> None:
+    anonymous = AdminClient(worker.url, "")
+    reader = AdminClient(worker.url, READ_TOKEN)
+    wrong = AdminClient(worker.url, "not-a-token")
+    assert anonymous.request("GET", path(env)).status == 401
+    assert wrong.request("GET", path(env)).status == 401
+    assert reader.request("GET", path(env)).status == 200
+    assert reader.request("PUT", path(env, "x"), flag()).status == 403
+    assert wrong.request("PUT", path(env, "x"), flag()).status == 401
+
+    admin = worker.admin()
+    huge = {"state": "ENABLED", "variants": {"on": "x" * 300_000}, "defaultVariant": "on"}
+    assert admin.request("PUT", path(env, "x"), huge).status == 413
+    assert admin.request("PUT", path(env, "x"), [1, 2]).status == 422
+    assert admin.request("PUT", path(env, "bad%20key!"), flag()).status == 400
+    assert admin.request("PUT", path(env, "x"), flag(), {"If-Match": "soon"}).status == 400
+    assert admin.request("POST", path(env, "x") + "/state", {"state": "ON"}).status == 422
+
+
+def test_conditional_reads(worker: Worker, env: str) -> None:
+    admin = worker.admin()
+    admin.put(env, "c", flag())
+    first = admin.request("GET", path(env))
+    again = admin.request("GET", path(env), headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status == 304
+    one = admin.flag(env, "c")
+    assert admin.request("GET", path(env, "c"), headers={"If-None-Match": one.headers["ETag"]}).status == 304
+
+
+def test_operations_endpoints(worker: Worker) -> None:
+    admin = worker.admin()
+    assert admin.request("GET", "/healthz").status == 200
+    assert admin.request("GET", "/readyz").body["status"] == "ready"
+    metrics = admin.request("GET", "/metrics").body
+    for name in ("flagstream_flag_changes_total", "flagstream_flag_propagation_seconds", "flagstream_ready 1.0"):
+        assert name in metrics
