@@ -8,11 +8,13 @@ RocksDB and HTTP server end to end.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -120,19 +122,21 @@ def flag(default: str = "off", state: str = "ENABLED", **extra: Any) -> dict[str
     return {"state": state, "variants": {"on": True, "off": False}, "defaultVariant": default, **extra}
 
 
-def produce(brokers: str, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None) -> None:
-    """Send raw records in one batch, the way a foreign producer would."""
+def produce(
+    brokers: str, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None
+) -> list[int]:
+    """Send raw records in one batch, the way a foreign producer would; return their offsets."""
 
-    async def run() -> None:
+    async def run() -> list[int]:
         producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=50)
         await producer.start()
         try:
             futures = [await producer.send(topic, value, key=key, partition=partition) for key, value in records]
-            await asyncio.gather(*futures)
+            return [metadata.offset for metadata in await asyncio.gather(*futures)]
         finally:
             await producer.stop()
 
-    asyncio.run(run())
+    return asyncio.run(run())
 
 
 def read_topic(brokers: str, topic: str, partitions: int = 1, idle_s: float = 1.0) -> list[dict[str, Any]]:
@@ -172,3 +176,34 @@ def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval_s)
+
+
+class EventStream:
+    """A server-sent-events client: reads `id`/`event`/`data` frames from a live response."""
+
+    def __init__(self, url: str, token: str = ADMIN_TOKEN, last_event_id: int | None = None) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self.connection.request("GET", parsed.path, headers=headers)
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.read()
+
+    def next(self) -> tuple[int, str, dict[str, Any]]:
+        """The next event as (id, event, data); keepalive comments are skipped."""
+        fields: dict[str, str] = {}
+        while True:
+            line = self.response.readline().decode().rstrip("\n")
+            if line.startswith(":"):
+                continue
+            if not line:
+                if fields:
+                    return int(fields["id"]), fields["event"], json.loads(fields["data"])
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+
+    def close(self) -> None:
+        self.connection.close()

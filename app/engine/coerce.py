@@ -78,7 +78,7 @@ def to_string(value: Any) -> str:
     if value is False:
         return "false"
     if isinstance(value, float):
-        return "%.15g" % value
+        return f"{value:.15g}"
     if isinstance(value, int):
         return str(value)
     if value is None:

@@ -21,23 +21,24 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.engine import coerce, operators
-from app.engine.rules import Rule, constant, get_var, is_constant, var_rule
 from app.engine.coerce import NAN, to_number, to_string, truthy
 from app.engine.model import FractionalVersion
-
+from app.engine.rules import Rule, constant, get_var, is_constant, var_rule
 
 #: Deepest JSON nesting of a targeting rule, ``$ref`` expansions included.
 MAX_DEPTH: Final = 64
 #: Most JSON nodes in one targeting rule, ``$ref`` expansions included.
 MAX_NODES: Final = 10_000
-#: ``map``/``filter``/``reduce``/``all``/``some``/``none`` nested deeper than this are
-#: rejected: each level multiplies the work by the length of a context array.
-MAX_LOOP_NESTING: Final = 2
-#: Arrays longer than this are not iterated (the operation yields its empty result).
-MAX_LOOP_ITEMS: Final = 10_000
+#: Arrays longer than this are not iterated by ``map``/``filter``/``reduce``/``all``/
+#: ``some``/``none`` (the operation yields its empty result).
+MAX_LOOP_ITEMS: Final = 1_000
+#: Most node executions one evaluation may need: a node inside ``n`` nested array
+#: operations runs up to ``MAX_LOOP_ITEMS ** n`` times, and the sum over all nodes must
+#: stay below this (about half a second of CPU), so one flag cannot stall a worker.
+MAX_STEPS: Final = 5_000_000
 
 
-class InvalidRule(Exception):  # noqa: N818 - a compile-time outcome, not an error to log
+class InvalidRule(Exception):
     """The rule names an operation or evaluator that does not exist."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -47,7 +48,7 @@ class InvalidRule(Exception):  # noqa: N818 - a compile-time outcome, not an err
 
 
 class RuleTooLarge(InvalidRule):
-    """The rule exceeds MAX_DEPTH, MAX_NODES or MAX_LOOP_NESTING."""
+    """The rule exceeds MAX_DEPTH, MAX_NODES or MAX_STEPS."""
 
 
 @dataclass(slots=True)
@@ -60,6 +61,8 @@ class Scope:
     #: Set when a rule may read ``$flagd`` (or the whole data), so evaluation must enrich.
     needs_enrichment: bool = False
     nodes: int = 0
+    #: Worst-case node executions per evaluation so far (see MAX_STEPS).
+    steps: int = 0
     loops: int = 0
     refs: list[str] = field(default_factory=list)
 
@@ -69,12 +72,19 @@ def compile_rule(node: Any, scope: Scope, path: str = "$.targeting", depth: int 
     scope.nodes += 1
     if scope.nodes > MAX_NODES:
         raise RuleTooLarge(path, f"targeting has more than {MAX_NODES} nodes")
+    scope.steps += MAX_LOOP_ITEMS**scope.loops
+    if scope.steps > MAX_STEPS:
+        raise RuleTooLarge(
+            path, "array operations nested too deeply (too much work per evaluation)"
+        )
     if depth > MAX_DEPTH:
         raise RuleTooLarge(path, f"targeting is nested deeper than {MAX_DEPTH} levels")
     if isinstance(node, list):
         if is_constant(node):
             return constant(node)
-        items = [compile_rule(item, scope, f"{path}[{i}]", depth + 1) for i, item in enumerate(node)]
+        items = [
+            compile_rule(item, scope, f"{path}[{i}]", depth + 1) for i, item in enumerate(node)
+        ]
         return lambda data: [item(data) for item in items]
     if not isinstance(node, Mapping) or len(node) != 1:
         return constant(node)
@@ -285,8 +295,6 @@ def _loop(
     def build(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
         items = compile_rule(args[0], scope, f"{path}[0]", depth) if args else constant(None)
         scope.loops += 1
-        if scope.loops > MAX_LOOP_NESTING:
-            raise RuleTooLarge(path, f"array operations nested deeper than {MAX_LOOP_NESTING}")
         try:
             sub = compile_rule(args[1], scope, f"{path}[1]", depth) if len(args) > 1 else None
         finally:

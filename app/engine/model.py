@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -23,7 +23,7 @@ Metadata = Mapping[str, MetadataValue]
 EMPTY_METADATA: Metadata = MappingProxyType({})
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a value was chosen (OpenFeature spec, "Evaluation details" section)."""
 
     STATIC = "STATIC"
@@ -38,7 +38,7 @@ class Reason(str, Enum):
     ERROR = "ERROR"
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Why resolution failed (OpenFeature spec); the value is the caller's default."""
 
     PROVIDER_NOT_READY = "PROVIDER_NOT_READY"
@@ -51,7 +51,7 @@ class ErrorCode(str, Enum):
     GENERAL = "GENERAL"
 
 
-class FractionalVersion(str, Enum):
+class FractionalVersion(StrEnum):
     """Generations of flagd's ``fractional`` bucketing; see ``app.engine.bucketing``."""
 
     V1 = "v1"
@@ -76,7 +76,7 @@ class Resolution:
     reason: Reason
     error_code: ErrorCode | None = None
     error_message: str | None = None
-    metadata: Metadata = field(default=EMPTY_METADATA)
+    metadata: Metadata = field(default_factory=lambda: EMPTY_METADATA)
 
 
 #: What a compiled flag runs when it has targeting: (context, unix seconds) -> Resolution.

@@ -194,6 +194,13 @@ def _fractional(args: list[Any], compiled: list[Rule], context: Context) -> Rule
         split = _parse_split(buckets, version)
         return None if split is None else _choose(split, flag_key + key, version)
 
+    def shorthand_v3(data: Any, buckets: list[Any]) -> Any:
+        key = data.get("targetingKey") if isinstance(data, Mapping) else None
+        if not isinstance(key, str) or not key:
+            return None
+        split = _parse_split(buckets, version)
+        return None if split is None else _choose(split, [flag_key, key], version)
+
     if static_split is not None:
         variants, weights = static_split
         bounds = bucketing.thresholds(weights)
@@ -236,13 +243,6 @@ def _fractional(args: list[Any], compiled: list[Rule], context: Context) -> Rule
             split = _parse_split(buckets, version)
             return None if split is None else _choose(split, value, version)
         return by_targeting_key(data, buckets if value is None else [value, *buckets])
-
-    def shorthand_v3(data: Any, buckets: list[Any]) -> Any:
-        key = data.get("targetingKey") if isinstance(data, Mapping) else None
-        if not isinstance(key, str) or not key:
-            return None
-        split = _parse_split(buckets, version)
-        return None if split is None else _choose(split, [flag_key, key], version)
 
     return fractional_dynamic
 

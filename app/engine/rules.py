@@ -80,7 +80,6 @@ def var_rule(key: str) -> Rule:
     return dotted
 
 
-
 def plain_var_key(node: Any) -> str | None:
     """The key of ``{"var": "key"}`` when it is a plain top-level name (no dots, no default)."""
     if not isinstance(node, Mapping) or len(node) != 1 or "var" not in node:

@@ -207,6 +207,8 @@ def _format_path(path: _Path) -> str:
     for part in path:
         if isinstance(part, int):
             parts.append(f"[{part}]")
+        elif not isinstance(part, str):  # only from non-JSON input, e.g. {None: ...}
+            parts.append(f"[{json.dumps(repr(part))}]")
         elif _SIMPLE_KEY.fullmatch(part):
             parts.append(f".{part}")
         else:

@@ -41,6 +41,16 @@ class Subscriber:
 
 
 subscribers: dict[str, set[Subscriber]] = {}
+serving: set[asyncio.Task[object]] = set()
+
+
+async def close_streams(_: web.Application) -> None:
+    """Cancel open streams on shutdown; aiohttp would otherwise wait for each to time out."""
+    for task in serving:
+        task.cancel()
+
+
+faust_app.web.web_app.on_shutdown.append(close_streams)
 
 
 def publish(change: AppliedChange) -> None:
@@ -83,6 +93,9 @@ class ChangeStream(View):
         await response.prepare(request)
         subscriber = Subscriber()
         subscribers.setdefault(env, set()).add(subscriber)
+        task = asyncio.current_task()
+        assert task is not None
+        serving.add(task)
         metrics.STREAM_CLIENTS.inc()
         try:
             await self.serve(response, env, subscriber, last_event_id(request))
@@ -90,6 +103,7 @@ class ChangeStream(View):
             pass
         finally:
             subscribers[env].discard(subscriber)
+            serving.discard(task)
             metrics.STREAM_CLIENTS.dec()
         return counted("stream", response)
 
