@@ -8,6 +8,7 @@ Nothing a writer sends can stop this loop: every failure is a value that ends in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -49,7 +50,7 @@ async def handle(raw: bytes | None, partition: int, offset: int) -> None:
         await replication.sync([partition])
         synced_partitions.add(partition)
     try:
-        change, verdict = _decode_and_decide(raw, partition)
+        change, verdict = await _decode_and_decide(raw, partition)
     except Exception as exc:  # a bug must not stop the control plane: park the record
         log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
         change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
@@ -63,7 +64,7 @@ async def handle(raw: bytes | None, partition: int, offset: int) -> None:
     metrics.FLAG_CHANGES.labels("applied").inc()
 
 
-def _decode_and_decide(
+async def _decode_and_decide(
     raw: bytes | None, partition: int
 ) -> tuple[FlagChange | None, AppliedChange | Rejection | None]:
     """The command in `raw` and its verdict; None for a change already applied."""
@@ -77,7 +78,9 @@ def _decode_and_decide(
         return change, None
     current = flag_table.get(change.environment, change.flag)
     seq = flag_table.environment_seq(change.environment)
-    return change, decide(change, current, seq, now=time.time())
+    # Validating a big definition takes milliseconds to seconds of CPU: off the event loop,
+    # so this worker keeps serving and heartbeating meanwhile.
+    return change, await asyncio.to_thread(decide, change, current, seq, time.time())
 
 
 async def append_to_changelog(change: AppliedChange, partition: int) -> None:
@@ -109,7 +112,16 @@ async def send_dead_letter(
         current_version=rejection.current_version,
         at=time.time(),
     )
-    await faust_app.producer.send_and_wait(DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None)
+    await faust_app.producer.send_and_wait(
+        DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None
+    )
     metrics.DEAD_LETTERS.labels(rejection.code.value).inc()
     metrics.FLAG_CHANGES.labels("rejected").inc()
-    log.info("dead letter %s at %s/%d/%d: %s", rejection.code, FLAG_CHANGES, partition, offset, rejection.reason)
+    log.info(
+        "dead letter %s at %s/%d/%d: %s",
+        rejection.code,
+        FLAG_CHANGES,
+        partition,
+        offset,
+        rejection.reason,
+    )

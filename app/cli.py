@@ -29,7 +29,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flags.json"
 
 def default_url() -> str:
     return os.environ.get("FLAGSTREAM_URL") or "http://{}:{}".format(
-        os.environ.get("FLAGSTREAM_WEB_HOST", "127.0.0.1"), os.environ.get("FLAGSTREAM_WEB_PORT", "6066")
+        os.environ.get("FLAGSTREAM_WEB_HOST", "127.0.0.1"),
+        os.environ.get("FLAGSTREAM_WEB_PORT", "6066"),
     )
 
 
@@ -109,8 +110,10 @@ def run_up(args: argparse.Namespace) -> int:
             f"  metrics:     {url}/metrics\n"
             f"  admin token: {admin_token}\n"
             f"  SDK key:     {sdk_key}  (environment development)\n"
-            f"  try:         curl -H 'Authorization: Bearer {admin_token}' {url}/api/v1/environments/development/flags\n"
-            f"  or:          FLAGSTREAM_URL={url} FLAGSTREAM_ADMIN_TOKEN={admin_token} flagstream flags list --env development\n"
+            f"  try:         curl -H 'Authorization: Bearer {admin_token}' \\\n"
+            f"                 {url}/api/v1/environments/development/flags\n"
+            f"  or:          FLAGSTREAM_URL={url} FLAGSTREAM_ADMIN_TOKEN={admin_token} \\\n"
+            f"                 .venv/bin/flagstream flags list --env development\n"
             f"Ctrl-C stops everything.",
             flush=True,
         )
@@ -149,7 +152,10 @@ def apply_file(client: AdminClient, path: Path, env: str, *, prune: bool, dry_ru
             client.delete(env, key, versions[key])
         print(f"deleted {env}/{key}")
     unchanged = len(desired) - len(created) - len(updated)
-    print(f"{len(created)} created, {len(updated)} updated, {len(deleted)} deleted, {unchanged} unchanged")
+    print(
+        f"{len(created)} created, {len(updated)} updated, {len(deleted)} deleted, "
+        f"{unchanged} unchanged"
+    )
     return len(created) + len(updated) + len(deleted)
 
 
@@ -176,7 +182,10 @@ def run_flags(args: argparse.Namespace) -> int:
     elif args.action == "history":
         for version in client.history(env, args.key):
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version["updated_at"]))
-            print(f"v{version['version']:<5} {version['op']:<7} {stamp} {version['actor']} {version['change_id']}")
+            print(
+                f"v{version['version']:<5} {version['op']:<7} {stamp} "
+                f"{version['actor']} {version['change_id']}"
+            )
     elif args.action in ("on", "off"):
         result = client.set_state(env, args.key, "ENABLED" if args.action == "on" else "DISABLED")
         print(f"{env}/{args.key} is {result['definition']['state']} (version {result['version']})")
@@ -189,11 +198,17 @@ def parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="embedded broker + one worker + the example flags")
     up.add_argument("--port", type=int, default=6066, help="HTTP port (a free one if taken)")
-    up.add_argument("--kafka-port", type=int, default=9092, help="broker port (a free one if taken)")
-    up.add_argument("-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`")
+    up.add_argument(
+        "--kafka-port", type=int, default=9092, help="broker port (a free one if taken)"
+    )
+    up.add_argument(
+        "-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`"
+    )
     up.set_defaults(run=run_up)
 
-    commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS").set_defaults(run=run_worker)
+    commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS").set_defaults(
+        run=run_worker
+    )
 
     broker = commands.add_parser("broker", help="the embedded broker alone")
     broker.add_argument("--host", default="127.0.0.1")
@@ -218,7 +233,12 @@ def parser() -> argparse.ArgumentParser:
     export = action("export", "write the environment's flags as a flagd file")
     export.add_argument("-o", "--output", default=None)
     action("list", "one line per flag")
-    for name, text in (("get", "one flag"), ("history", "a flag's versions"), ("on", "enable a flag"), ("off", "disable a flag (kill switch)")):
+    for name, text in (
+        ("get", "one flag"),
+        ("history", "a flag's versions"),
+        ("on", "enable a flag"),
+        ("off", "disable a flag (kill switch)"),
+    ):
         action(name, text).add_argument("key")
     return root
 

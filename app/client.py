@@ -26,18 +26,25 @@ class AdminError(RuntimeError):
     def __init__(self, reply: Reply) -> None:
         error = reply.body.get("error", {}) if isinstance(reply.body, dict) else {}
         problems = "".join(f"\n  {p['path']}: {p['message']}" for p in error.get("problems", []))
-        super().__init__(f"HTTP {reply.status} {error.get('code', '')}: {error.get('message', reply.body)}{problems}")
+        super().__init__(
+            f"HTTP {reply.status} {error.get('code', '')}: "
+            f"{error.get('message', reply.body)}{problems}"
+        )
         self.reply = reply
 
 
 class AdminClient:
-    def __init__(self, base_url: str, token: str, actor: str = "cli", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, actor: str = "cli", timeout_s: float = 30.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.actor = actor
         self.timeout_s = timeout_s
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Reply:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
@@ -52,7 +59,9 @@ class AdminClient:
         except urllib.error.HTTPError as exc:
             return _reply(exc.code, exc.read(), dict(exc.headers))
 
-    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         reply = self.request(method, path, body, headers)
         if reply.status >= 400:
             raise AdminError(reply)
@@ -64,24 +73,36 @@ class AdminClient:
         return dict(self.call("GET", f"/api/v1/environments/{quote(env)}/flags")["flags"])
 
     def summary(self, env: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/api/v1/environments/{quote(env)}/flags?view=summary")["flags"])
+        return list(
+            self.call("GET", f"/api/v1/environments/{quote(env)}/flags?view=summary")["flags"]
+        )
 
     def flag(self, env: str, key: str) -> Reply:
         return self.request("GET", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}")
 
     def put(self, env: str, key: str, definition: Any, version: int | None = None) -> Any:
         headers = {"If-Match": f'"{version}"'} if version is not None else None
-        return self.call("PUT", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}", definition, headers)
+        return self.call(
+            "PUT", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}", definition, headers
+        )
 
     def delete(self, env: str, key: str, version: int | None = None) -> Any:
         headers = {"If-Match": f'"{version}"'} if version is not None else None
-        return self.call("DELETE", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}", None, headers)
+        return self.call(
+            "DELETE", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}", None, headers
+        )
 
     def history(self, env: str, key: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}/history")["versions"])
+        return list(
+            self.call("GET", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}/history")[
+                "versions"
+            ]
+        )
 
     def set_state(self, env: str, key: str, state: str) -> Any:
-        return self.call("POST", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}/state", {"state": state})
+        return self.call(
+            "POST", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}/state", {"state": state}
+        )
 
 
 def _reply(status: int, raw: bytes, headers: dict[str, str]) -> Reply:

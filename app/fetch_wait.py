@@ -16,7 +16,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 def bound_fetch_wait(max_wait_ms: int) -> None:
     """Make Faust's worker consumer wait at most `max_wait_ms` per fetch (idempotent)."""
     thread_class: Any = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(thread_class, "_flagstream_original_create", None) or thread_class._create_worker_consumer
+    original = (
+        getattr(thread_class, "_flagstream_original_create", None)
+        or thread_class._create_worker_consumer
+    )
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)

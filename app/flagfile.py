@@ -36,7 +36,7 @@ def flags_of(document: Any) -> dict[str, dict[str, Any]]:
     """The flags of a flagd document, each self-contained."""
     if not isinstance(document, dict) or not isinstance(document.get("flags"), dict):
         raise FlagFileError('a flagd file is an object with a "flags" object')
-    evaluators = document.get("$evaluators") or {}
+    evaluators = document.get("$evaluators", {})
     if not isinstance(evaluators, dict):
         raise FlagFileError('"$evaluators" must be an object')
     flags = {}

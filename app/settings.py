@@ -23,27 +23,73 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("FLAGSTREAM_BROKERS", "127.0.0.1:9092", "Kafka bootstrap servers, comma separated."),
-    Setting("FLAGSTREAM_APP_ID", "flagstream", "Consumer group id and topic prefix of this deployment."),
-    Setting("FLAGSTREAM_WORKER_ID", "", "Name of this worker in logs and metrics (default: host:port)."),
+    Setting(
+        "FLAGSTREAM_APP_ID", "flagstream", "Consumer group id and topic prefix of this deployment."
+    ),
+    Setting(
+        "FLAGSTREAM_WORKER_ID", "", "Name of this worker in logs and metrics (default: host:port)."
+    ),
     Setting("FLAGSTREAM_DATA_DIR", "./data", "Where this worker keeps its RocksDB tables."),
     Setting("FLAGSTREAM_WEB_HOST", "127.0.0.1", "Address the HTTP API listens on."),
     Setting("FLAGSTREAM_WEB_PORT", "6066", "Port the HTTP API listens on."),
-    Setting("FLAGSTREAM_ADMIN_TOKEN", "", "Bearer token for writes (empty: a random one is made and printed by `up`)."),
-    Setting("FLAGSTREAM_READ_TOKENS", "", "Comma-separated bearer tokens allowed to read flags (the admin token reads too)."),
-    Setting("FLAGSTREAM_SDK_KEYS", "", "Comma-separated `key=environment` pairs for evaluation clients."),
-    Setting("FLAGSTREAM_FLAG_CHANGE_PARTITIONS", "4", "Partitions of `flag-changes` and of the flag table changelog."),
+    Setting(
+        "FLAGSTREAM_ADMIN_TOKEN",
+        "",
+        "Bearer token for writes (empty: a random one is made and printed by `up`).",
+    ),
+    Setting(
+        "FLAGSTREAM_READ_TOKENS",
+        "",
+        "Comma-separated bearer tokens allowed to read flags (the admin token reads too).",
+    ),
+    Setting(
+        "FLAGSTREAM_SDK_KEYS", "", "Comma-separated `key=environment` pairs for evaluation clients."
+    ),
+    Setting(
+        "FLAGSTREAM_FLAG_CHANGE_PARTITIONS",
+        "4",
+        "Partitions of `flag-changes` and of the flag table changelog.",
+    ),
     Setting("FLAGSTREAM_REPLICATION_FACTOR", "1", "Replication factor of every topic we create."),
-    Setting("FLAGSTREAM_FLAG_CHANGES_RETENTION_MS", "-1", "Retention of `flag-changes` (-1: forever; it is the audit log)."),
-    Setting("FLAGSTREAM_DEAD_LETTERS_RETENTION_MS", "1209600000", "Retention of `dead-letters` (default 14 days)."),
+    Setting(
+        "FLAGSTREAM_FLAG_CHANGES_RETENTION_MS",
+        "-1",
+        "Retention of `flag-changes` (-1: forever; it is the audit log).",
+    ),
+    Setting(
+        "FLAGSTREAM_DEAD_LETTERS_RETENTION_MS",
+        "1209600000",
+        "Retention of `dead-letters` (default 14 days).",
+    ),
     Setting("FLAGSTREAM_HISTORY_DEPTH", "50", "Versions of each flag kept in the history table."),
-    Setting("FLAGSTREAM_STREAM_DEPTH", "1000", "Changes per environment kept for change-stream resumption."),
+    Setting(
+        "FLAGSTREAM_STREAM_DEPTH",
+        "1000",
+        "Changes per environment kept for change-stream resumption.",
+    ),
     Setting("FLAGSTREAM_MAX_BODY_BYTES", "262144", "Largest accepted request body (413 above it)."),
-    Setting("FLAGSTREAM_WRITE_TIMEOUT_S", "10", "How long a write waits for its change to be applied or rejected."),
-    Setting("FLAGSTREAM_REBALANCE_TIMEOUT_S", "60", "Consumer-group rebalance timeout; set to 3 on the embedded broker."),
+    Setting(
+        "FLAGSTREAM_WRITE_TIMEOUT_S",
+        "10",
+        "How long a write waits for its change to be applied or rejected.",
+    ),
+    Setting(
+        "FLAGSTREAM_REBALANCE_TIMEOUT_S",
+        "60",
+        "Consumer-group rebalance timeout; set to 3 on the embedded broker.",
+    ),
     Setting("FLAGSTREAM_SESSION_TIMEOUT_S", "30", "Consumer-group session timeout."),
     Setting("FLAGSTREAM_HEARTBEAT_S", "3", "Consumer-group heartbeat interval."),
-    Setting("FLAGSTREAM_FETCH_MAX_WAIT_MS", "500", "Longest wait of a Kafka fetch; the embedded broker needs ~10 (it never answers early)."),
-    Setting("FLAGSTREAM_LOG_LEVEL", "info", "Worker log level (info: Faust's default `warn` costs ~12% throughput)."),
+    Setting(
+        "FLAGSTREAM_FETCH_MAX_WAIT_MS",
+        "500",
+        "Longest wait of a Kafka fetch; the embedded broker needs ~10 (it never answers early).",
+    ),
+    Setting(
+        "FLAGSTREAM_LOG_LEVEL",
+        "info",
+        "Worker log level (info: Faust's default `warn` costs ~12% throughput).",
+    ),
 )
 
 
@@ -87,7 +133,9 @@ class Settings:
     def from_env(cls) -> Settings:
         web_host = _env("FLAGSTREAM_WEB_HOST")
         web_port = int(_env("FLAGSTREAM_WEB_PORT"))
-        sdk_keys = dict(pair.split("=", 1) for pair in _csv(_env("FLAGSTREAM_SDK_KEYS")) if "=" in pair)
+        sdk_keys = dict(
+            pair.split("=", 1) for pair in _csv(_env("FLAGSTREAM_SDK_KEYS")) if "=" in pair
+        )
         return cls(
             brokers=_csv(_env("FLAGSTREAM_BROKERS")),
             app_id=_env("FLAGSTREAM_APP_ID"),
@@ -116,4 +164,3 @@ class Settings:
     @property
     def bootstrap(self) -> str:
         return ",".join(self.brokers)
-

@@ -56,7 +56,9 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config)
+            NewTopic(
+                spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config
+            )
             for spec in topic_specs(settings)
             if spec.name not in existing
         ]
@@ -73,4 +75,4 @@ def partition_for(environment: str, partitions: int) -> int:
     Kafka's default partitioner (murmur2 of the key), so a foreign producer that keys a
     command by its environment with any standard client lands on the same partition.
     """
-    return (murmur2(environment.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(environment.encode()) & 0x7FFFFFFF) % partitions

@@ -39,7 +39,9 @@ FENCE_KEY = b"__fence__"
 class FlagReplication(Service):
     """Tails the changelog into the `FlagTable`; `ready` is set once the start fences are read."""
 
-    def __init__(self, settings: Settings, table: FlagTable, outcomes: Outcomes, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, table: FlagTable, outcomes: Outcomes, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.table = table

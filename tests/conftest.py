@@ -64,7 +64,11 @@ class Worker:
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.wait_ready(timeout_s)
         return self
@@ -119,11 +123,19 @@ def env() -> str:
 
 
 def flag(default: str = "off", state: str = "ENABLED", **extra: Any) -> dict[str, Any]:
-    return {"state": state, "variants": {"on": True, "off": False}, "defaultVariant": default, **extra}
+    return {
+        "state": state,
+        "variants": {"on": True, "off": False},
+        "defaultVariant": default,
+        **extra,
+    }
 
 
 def produce(
-    brokers: str, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None
+    brokers: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes]],
+    partition: int | None = None,
 ) -> list[int]:
     """Send raw records in one batch, the way a foreign producer would; return their offsets."""
 
@@ -131,7 +143,10 @@ def produce(
         producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=50)
         await producer.start()
         try:
-            futures = [await producer.send(topic, value, key=key, partition=partition) for key, value in records]
+            futures = [
+                await producer.send(topic, value, key=key, partition=partition)
+                for key, value in records
+            ]
             return [metadata.offset for metadata in await asyncio.gather(*futures)]
         finally:
             await producer.stop()
@@ -139,11 +154,15 @@ def produce(
     return asyncio.run(run())
 
 
-def read_topic(brokers: str, topic: str, partitions: int = 1, idle_s: float = 1.0) -> list[dict[str, Any]]:
+def read_topic(
+    brokers: str, topic: str, partitions: int = 1, idle_s: float = 1.0
+) -> list[dict[str, Any]]:
     """Every record of `topic` as JSON (undecodable values as {"raw": ...})."""
 
     async def run() -> list[dict[str, Any]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -181,7 +200,9 @@ def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05
 class EventStream:
     """A server-sent-events client: reads `id`/`event`/`data` frames from a live response."""
 
-    def __init__(self, url: str, token: str = ADMIN_TOKEN, last_event_id: int | None = None) -> None:
+    def __init__(
+        self, url: str, token: str = ADMIN_TOKEN, last_event_id: int | None = None
+    ) -> None:
         parsed = urllib.parse.urlsplit(url)
         self.connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
         headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}

@@ -51,14 +51,14 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def parse_if_match(request: web.Request) -> int | None | web.Response:
+def parse_if_match(request: web.Request) -> int | web.Response | None:
     """The version `If-Match` names (None when absent), or a 400 response."""
     header = request.headers.get("If-Match")
     if header is None or header.strip() == "*":
         return None
     text = header.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        return error(400, "BAD_REQUEST", "If-Match must be a flag version, e.g. \"3\"")
+        return error(400, "BAD_REQUEST", 'If-Match must be a flag version, e.g. "3"')
     return int(text)
 
 
@@ -127,7 +127,10 @@ def counted(route: str, response: web.StreamResponse) -> web.StreamResponse:
 class Environments(View):
     async def get(self, request: web.Request) -> web.StreamResponse:
         denied = refuse(request, settings, Access.READ)
-        envs = [{"environment": e, "seq": flag_table.environment_seq(e)} for e in flag_table.environments()]
+        envs = [
+            {"environment": e, "seq": flag_table.environment_seq(e)}
+            for e in flag_table.environments()
+        ]
         return counted("environments", denied or ok({"environments": envs}))
 
 
@@ -179,7 +182,9 @@ class Flag(View):
             return counted("flag", definition)
         if not isinstance(definition, dict):
             problem = {"path": "$", "message": "a flag definition is a JSON object"}
-            return counted("flag", error(422, "INVALID_DEFINITION", "not a flag definition", [problem]))
+            return counted(
+                "flag", error(422, "INVALID_DEFINITION", "not a flag definition", [problem])
+            )
         return counted("flag", await write(request, env, key, ChangeOp.PUT, definition=definition))
 
     async def delete(self, request: web.Request, env: str, key: str) -> web.StreamResponse:
@@ -214,5 +219,7 @@ class FlagState(View):
         state = body.get("state") if isinstance(body, dict) else None
         if state not in STATES:
             problem = {"path": "$.state", "message": f"must be one of {list(STATES)}"}
-            return counted("state", error(422, "INVALID_STATE", "state must be ENABLED or DISABLED", [problem]))
+            return counted(
+                "state", error(422, "INVALID_STATE", "state must be ENABLED or DISABLED", [problem])
+            )
         return counted("state", await write(request, env, key, ChangeOp.STATE, state=state))

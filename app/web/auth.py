@@ -35,7 +35,9 @@ def access_of(token: str | None, settings: Settings) -> Access:
     if not token:
         return Access.NONE
     given = token.encode()
-    is_admin = bool(settings.admin_token) and hmac.compare_digest(given, settings.admin_token.encode())
+    is_admin = bool(settings.admin_token) and hmac.compare_digest(
+        given, settings.admin_token.encode()
+    )
     is_reader = False
     for read_token in settings.read_tokens:
         is_reader |= hmac.compare_digest(given, read_token.encode())
@@ -48,7 +50,12 @@ def refuse(request: web.Request, settings: Settings, needed: Access) -> web.Resp
     """A 401/403 response when the request may not do what it asks, else None."""
     granted = access_of(bearer(request), settings)
     if granted is Access.NONE:
-        return error(401, "UNAUTHORIZED", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        return error(
+            401,
+            "UNAUTHORIZED",
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if granted < needed:
         return error(403, "FORBIDDEN", "this token may read but not write")
     return None

@@ -32,7 +32,7 @@ def broker() -> Iterator[str]:
 
 @pytest.fixture
 def cluster(broker: str, tmp_path: Path) -> Iterator[list[Worker]]:
-    """Workers made by `start(name)` share the broker and the consumer group; all stop at the end."""
+    """Workers made by `start` share the broker and the consumer group; all stop at the end."""
     workers: list[Worker] = []
     yield workers
     for worker in workers:
@@ -56,7 +56,9 @@ def table_state(worker: Worker) -> dict[str, object]:
         for row in summary:
             state[f"{env}/{row['flag']}/last-history"] = admin.history(env, row["flag"])[0]
         seq = max(row["seq"] for row in summary)
-        events = EventStream(f"{worker.url}/api/v1/environments/{env}/stream", last_event_id=seq - 1)
+        events = EventStream(
+            f"{worker.url}/api/v1/environments/{env}/stream", last_event_id=seq - 1
+        )
         try:
             state[f"{env}/stream-tail"] = events.next()
         finally:
@@ -85,7 +87,11 @@ def test_an_empty_worker_recovers_the_last_change_of_every_table(
     for round_ in range(3):
         for env in ENVS:
             for key in ("a", "b", "c"):
-                admin.put(env, key, flag(default="on" if round_ % 2 else "off", metadata={"round": round_}))
+                admin.put(
+                    env,
+                    key,
+                    flag(default="on" if round_ % 2 else "off", metadata={"round": round_}),
+                )
     admin.set_state("alpha", "a", "DISABLED")
     admin.delete("beta", "b")
 
@@ -96,12 +102,26 @@ def test_an_empty_worker_recovers_the_last_change_of_every_table(
     seq = max(row["seq"] for row in admin.summary(env))
     version = admin.summary(env)[0]["version"]
     tail = [
-        AppliedChange(str(uuid.uuid4()), env, "a", ChangeOp.PUT, seq + i, version + i, flag(metadata={"tail": i}),
-                      "batch-writer", time.time(), time.time())
+        AppliedChange(
+            str(uuid.uuid4()),
+            env,
+            "a",
+            ChangeOp.PUT,
+            seq + i,
+            version + i,
+            flag(metadata={"tail": i}),
+            "batch-writer",
+            time.time(),
+            time.time(),
+        )
         for i in range(1, 8)
     ]
-    offsets = produce(broker, FLAGS_CHANGELOG, [(env.encode(), dumps(c.to_json())) for c in tail], partition)
-    assert end_offset(broker, partition) < offsets[-1] + 1, "the broker no longer reports short end offsets"
+    offsets = produce(
+        broker, FLAGS_CHANGELOG, [(env.encode(), dumps(c.to_json())) for c in tail], partition
+    )
+    assert end_offset(broker, partition) < offsets[-1] + 1, (
+        "the broker no longer reports short end offsets"
+    )
     wait_until(lambda: admin.flags(env)["a"].get("metadata") == {"tail": 7})
     before = table_state(first)
     assert before["gamma/flags"]["a"]["metadata"] == {"tail": 7}  # type: ignore[index]
@@ -122,7 +142,9 @@ def test_a_restarted_worker_resumes_from_its_data_dir_and_sees_changes_made_whil
     for env in ENVS:
         two.admin().put(env, "x", flag(default="on"))
         two.admin().put(env, "y", flag())
-    again = Worker(broker, tmp_path / "one", "flagstream-recovery", FLAGSTREAM_STREAM_DEPTH="5").start()
+    again = Worker(
+        broker, tmp_path / "one", "flagstream-recovery", FLAGSTREAM_STREAM_DEPTH="5"
+    ).start()
     cluster.append(again)
     assert table_state(again) == table_state(two)
 
@@ -141,7 +163,9 @@ def test_a_change_written_through_one_worker_is_served_by_the_other(
     wait_until(lambda: one.admin().flags("alpha")["shared"] == flag())
 
 
-def test_a_stream_client_too_far_behind_gets_a_snapshot(cluster: list[Worker], broker: str, tmp_path: Path) -> None:
+def test_a_stream_client_too_far_behind_gets_a_snapshot(
+    cluster: list[Worker], broker: str, tmp_path: Path
+) -> None:
     worker = start(cluster, broker, tmp_path / "w")
     for i in range(8):  # the worker keeps the last 5 changes (FLAGSTREAM_STREAM_DEPTH)
         worker.admin().put("epsilon", f"f{i}", flag())

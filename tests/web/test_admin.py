@@ -11,7 +11,16 @@ from pathlib import Path
 from app.client import AdminClient
 from app.records import ChangeOp, FlagChange, dumps
 from app.topics import DEAD_LETTERS, FLAG_CHANGES, partition_for
-from tests.conftest import ADMIN_TOKEN, READ_TOKEN, REPO, Worker, flag, produce, read_topic, wait_until
+from tests.conftest import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    REPO,
+    Worker,
+    flag,
+    produce,
+    read_topic,
+    wait_until,
+)
 
 PARTITIONS = 4  # the default FLAGSTREAM_FLAG_CHANGE_PARTITIONS the worker runs with
 
@@ -22,7 +31,17 @@ def path(env: str, key: str = "") -> str:
 
 def cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "flags", *args, "--url", worker.url, "--token", ADMIN_TOKEN],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "flags",
+            *args,
+            "--url",
+            worker.url,
+            "--token",
+            ADMIN_TOKEN,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -46,7 +65,9 @@ def test_apply_a_file_and_read_it_back(worker: Worker, env: str, tmp_path: Path)
     assert [v["version"] for v in history] == [1], "an unchanged flag gets no new version"
 
 
-def test_apply_updates_only_what_differs_and_prunes_on_request(worker: Worker, env: str, tmp_path: Path) -> None:
+def test_apply_updates_only_what_differs_and_prunes_on_request(
+    worker: Worker, env: str, tmp_path: Path
+) -> None:
     admin = worker.admin()
     admin.put(env, "keep", flag())
     admin.put(env, "change", flag())
@@ -111,7 +132,12 @@ def test_garbage_bytes_give_a_dead_letter_and_the_next_change_still_applies(
     partition = partition_for(env, PARTITIONS)
     garbage = b"\xff\xfe not json \x00" + uuid.uuid4().bytes
     good = FlagChange(str(uuid.uuid4()), env, "after-garbage", ChangeOp.PUT, "pytest", 0.0, flag())
-    produce(broker, FLAG_CHANGES, [(env.encode(), garbage), (env.encode(), b"[1, 2]"), (env.encode(), dumps(good.to_json()))], partition)
+    produce(
+        broker,
+        FLAG_CHANGES,
+        [(env.encode(), garbage), (env.encode(), b"[1, 2]"), (env.encode(), dumps(good.to_json()))],
+        partition,
+    )
 
     wait_until(lambda: worker.admin().flag(env, "after-garbage").status == 200)
     letters = read_topic(broker, DEAD_LETTERS)
@@ -124,7 +150,12 @@ def test_garbage_bytes_give_a_dead_letter_and_the_next_change_still_applies(
 def test_a_redelivered_change_applies_once(worker: Worker, env: str, broker: str) -> None:
     change = FlagChange(str(uuid.uuid4()), env, "once", ChangeOp.PUT, "pytest", 0.0, flag())
     raw = dumps(change.to_json())
-    produce(broker, FLAG_CHANGES, [(env.encode(), raw), (env.encode(), raw)], partition_for(env, PARTITIONS))
+    produce(
+        broker,
+        FLAG_CHANGES,
+        [(env.encode(), raw), (env.encode(), raw)],
+        partition_for(env, PARTITIONS),
+    )
     wait_until(lambda: worker.admin().flag(env, "once").status == 200)
     # A later change proves both copies have been decided before we look at the history.
     worker.admin().put(env, "later", flag())
@@ -139,7 +170,11 @@ def test_kill_switch_delete_and_history(worker: Worker, env: str) -> None:
     assert admin.flags(env)["k"]["defaultVariant"] == "on", "the kill switch changes only the state"
     admin.delete(env, "k")
     assert admin.flag(env, "k").status == 404
-    assert [(v["version"], v["op"]) for v in admin.history(env, "k")] == [(3, "delete"), (2, "state"), (1, "put")]
+    assert [(v["version"], v["op"]) for v in admin.history(env, "k")] == [
+        (3, "delete"),
+        (2, "state"),
+        (1, "put"),
+    ]
     recreated = admin.put(env, "k", flag())
     assert recreated["version"] == 4, "versions never go back, so ETags stay unique"
     missing = admin.request("POST", path(env, "nope") + "/state", {"state": "ENABLED"})
@@ -172,7 +207,10 @@ def test_conditional_reads(worker: Worker, env: str) -> None:
     again = admin.request("GET", path(env), headers={"If-None-Match": first.headers["ETag"]})
     assert again.status == 304
     one = admin.flag(env, "c")
-    assert admin.request("GET", path(env, "c"), headers={"If-None-Match": one.headers["ETag"]}).status == 304
+    assert (
+        admin.request("GET", path(env, "c"), headers={"If-None-Match": one.headers["ETag"]}).status
+        == 304
+    )
 
 
 def test_operations_endpoints(worker: Worker) -> None:
@@ -180,5 +218,9 @@ def test_operations_endpoints(worker: Worker) -> None:
     assert admin.request("GET", "/healthz").status == 200
     assert admin.request("GET", "/readyz").body["status"] == "ready"
     metrics = admin.request("GET", "/metrics").body
-    for name in ("flagstream_flag_changes_total", "flagstream_flag_propagation_seconds", "flagstream_ready 1.0"):
+    for name in (
+        "flagstream_flag_changes_total",
+        "flagstream_flag_propagation_seconds",
+        "flagstream_ready 1.0",
+    ):
         assert name in metrics

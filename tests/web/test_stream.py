@@ -22,12 +22,20 @@ def test_a_new_client_gets_a_snapshot_then_every_change(worker: Worker, env: str
         admin.delete(env, "b")
         assert events.next()[:2] == (3, "change")
         seq, kind, data = events.next()
-        assert (seq, kind, data["op"], data["flag"], data["definition"]) == (4, "change", "delete", "b", None)
+        assert (seq, kind, data["op"], data["flag"], data["definition"]) == (
+            4,
+            "change",
+            "delete",
+            "b",
+            None,
+        )
     finally:
         events.close()
 
 
-def test_resuming_with_last_event_id_gives_exactly_the_missed_changes(worker: Worker, env: str) -> None:
+def test_resuming_with_last_event_id_gives_exactly_the_missed_changes(
+    worker: Worker, env: str
+) -> None:
     admin = worker.admin()
     for key in ("a", "b", "c", "d"):
         admin.put(env, key, flag())
@@ -40,7 +48,9 @@ def test_resuming_with_last_event_id_gives_exactly_the_missed_changes(worker: Wo
             (4, "change", "d"),
         ]
         admin.put(env, "e", flag())
-        assert events.next()[:2] == (5, "change"), "live changes follow the replayed ones without a gap"
+        assert events.next()[:2] == (5, "change"), (
+            "live changes follow the replayed ones without a gap"
+        )
     finally:
         events.close()
 
