@@ -98,8 +98,15 @@ def run_up(args: argparse.Namespace) -> int:
     worker: subprocess.Popen[bytes] | None = None
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        print("starting a worker ...", flush=True)
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+        log_path = Path(args.log).resolve()
+        print(f"starting a worker (log: {log_path}) ...", flush=True)
+        with log_path.open("ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_ready(url, worker, timeout_s=120)
         client = AdminClient(url, admin_token, actor="flagstream-up")
         apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
@@ -204,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`"
     )
+    up.add_argument("--log", default="flagstream-up.log", help="where the worker logs")
     up.set_defaults(run=run_up)
 
     commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS").set_defaults(
