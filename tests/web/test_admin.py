@@ -224,3 +224,18 @@ def test_operations_endpoints(worker: Worker) -> None:
         "flagstream_ready 1.0",
     ):
         assert name in metrics
+
+
+def test_everyday_cli_commands(worker: Worker, env: str) -> None:
+    worker.admin().put(env, "daily", flag(default="on"))
+    off = cli(worker, "off", "daily", "--env", env)
+    assert off.returncode == 0 and "daily is DISABLED (version 2)" in off.stdout
+    assert "daily is ENABLED (version 3)" in cli(worker, "on", "daily", "--env", env).stdout
+    listed = cli(worker, "list", "--env", env).stdout
+    assert "daily" in listed and "ENABLED" in listed and "v3" in listed
+    got = cli(worker, "get", "daily", "--env", env).stdout
+    assert "version 3" in got and json.loads(got.split("\n", 1)[1]) == flag(default="on")
+    history = cli(worker, "history", "daily", "--env", env).stdout.splitlines()
+    assert [line.split()[:2] for line in history] == [["v3", "state"], ["v2", "state"], ["v1", "put"]]
+    missing = cli(worker, "get", "nope", "--env", env)
+    assert missing.returncode == 2 and "404 FLAG_NOT_FOUND" in missing.stderr
