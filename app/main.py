@@ -27,6 +27,11 @@ faust_app = faust.App(
     web_host=settings.web_host,
     web_bind=settings.web_host,
     web_port=settings.web_port,
+    # Faust's built-in pages (/router, /table, /graph, stats) answer without auth: off.
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
+    web_stats_enabled=False,
     broker_rebalance_timeout=settings.rebalance_timeout_s,
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=settings.heartbeat_s,
@@ -34,6 +39,7 @@ faust_app = faust.App(
     topic_partitions=settings.flag_change_partitions,
     topic_replication_factor=settings.replication_factor,
     topic_allow_declare=False,  # app.topics.ensure_topics creates every topic, once
+    topic_disable_leader=True,  # no leader election: it would need one more topic
     producer_acks=-1,
 )
 
