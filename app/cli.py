@@ -91,6 +91,7 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
         "FLAGSTREAM_REBALANCE_TIMEOUT_S": os.environ.get("FLAGSTREAM_REBALANCE_TIMEOUT_S", "3"),
         "FLAGSTREAM_FETCH_MAX_WAIT_MS": os.environ.get("FLAGSTREAM_FETCH_MAX_WAIT_MS", "10"),
+        "FLAGSTREAM_PRODUCER_IDEMPOTENCE": "false",
     }
     url = f"http://{host}:{web_port}"
     print(f"starting the embedded broker on {host}:{kafka_port} ...", flush=True)

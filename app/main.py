@@ -8,8 +8,13 @@ current by `tables.replication`, runs the agents in `agents/` and serves the HTT
 from __future__ import annotations
 
 import faust
+from prometheus_client import REGISTRY
 
+from app.evaluation import Evaluator
+from app.evaluation_stats import EvaluationStats
+from app.exposures import ExposureSink
 from app.fetch_wait import bound_fetch_wait
+from app.live_flags import LiveFlags
 from app.outcomes import Outcomes
 from app.settings import Settings
 from tables.flags import FlagTable
@@ -50,11 +55,17 @@ flag_table = FlagTable(
 )
 outcomes = Outcomes()
 replication = FlagReplication(settings, flag_table, outcomes)
+live_flags = LiveFlags(flag_table)
+exposures = ExposureSink(settings)
+evaluation_stats = EvaluationStats()
+REGISTRY.register(evaluation_stats)
+evaluator = Evaluator(live_flags, exposures, evaluation_stats)
 
 
 # Faust starts extra services with the app and accepts an instance as well as a class.
 faust_app.service(replication)  # type: ignore[arg-type]
+faust_app.service(exposures)  # type: ignore[arg-type]
 
 # Registration: importing these modules declares the agents and views on `faust_app`.
-from agents import flag_changes  # noqa: E402, F401
-from app.web import admin, ops, stream  # noqa: E402, F401
+from agents import evaluations, flag_changes  # noqa: E402, F401
+from app.web import admin, ofrep, ops, stream  # noqa: E402, F401

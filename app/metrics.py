@@ -36,3 +36,8 @@ HTTP_REQUESTS = Counter(
     ["route", "status"],
 )
 STREAM_CLIENTS = Gauge("flagstream_stream_clients", "Open change-stream (SSE) connections.")
+EXPOSURES = Counter(
+    "flagstream_exposures_total",
+    "Experiment exposures, by outcome.",
+    ["outcome"],  # produced | dropped | rejected (bad items posted to /api/v1/exposures)
+)

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 FLAG_CHANGES = "flag-changes"
 FLAGS_CHANGELOG = "flags-changelog"
 DEAD_LETTERS = "dead-letters"
+EVALUATION_REQUESTS = "evaluation-requests"
+EVALUATION_RESULTS = "evaluation-results"
+EXPOSURES = "exposures"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
         TopicSpec(FLAG_CHANGES, partitions, {"retention.ms": forever}),
         TopicSpec(FLAGS_CHANGELOG, partitions, {"retention.ms": forever}),
         TopicSpec(DEAD_LETTERS, 1, {"retention.ms": str(settings.dead_letters_retention_ms)}),
+        TopicSpec(EVALUATION_REQUESTS, settings.evaluation_partitions),
+        TopicSpec(EVALUATION_RESULTS, settings.evaluation_partitions),
+        TopicSpec(EXPOSURES, settings.exposure_partitions, {"retention.ms": str(settings.exposures_retention_ms)}),
     )
 
 

@@ -60,6 +60,7 @@ class Worker:
             "FLAGSTREAM_SESSION_TIMEOUT_S": "6",
             "FLAGSTREAM_HEARTBEAT_S": "1",
             "FLAGSTREAM_FETCH_MAX_WAIT_MS": "10",
+            "FLAGSTREAM_PRODUCER_IDEMPOTENCE": "false",
             **self.extra_env,
         }
         with self.log_path.open("ab") as log:

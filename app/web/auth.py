@@ -59,3 +59,19 @@ def refuse(request: web.Request, settings: Settings, needed: Access) -> web.Resp
     if granted < needed:
         return error(403, "FORBIDDEN", "this token may read but not write")
     return None
+
+
+def sdk_environment(request: web.Request, settings: Settings) -> str | None:
+    """The environment the request's SDK key (Bearer or X-API-Key) selects, if any.
+
+    Every configured key is compared, in constant time, whatever matched first.
+    """
+    token = bearer(request)
+    if not token:
+        return None
+    given = token.encode()
+    found: str | None = None
+    for key, environment in settings.sdk_keys.items():
+        if hmac.compare_digest(given, key.encode()):
+            found = environment
+    return found

@@ -1,0 +1,1 @@
+"""The evaluation agent (evaluation-requests -> evaluation-results). Being written: issue 4."""

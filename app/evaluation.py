@@ -1,0 +1,82 @@
+"""Evaluating flags for a request: the engine, plus the bookkeeping every path shares.
+
+OFREP over HTTP, evaluation requests over Kafka and SDK-side evaluations all come through
+here, so each counts evaluations the same way and emits the same exposure for an
+experiment flag. The engine stays pure; the clock and the side effects live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from app.engine import ErrorCode, Reason, Resolution, evaluate, flag_not_found
+from app.evaluation_stats import NOT_FOUND, EvaluationStats
+from app.exposures import ExposureSink, exposure_id
+from app.live_flags import LiveFlag, LiveFlags
+
+Evaluated = tuple[str, LiveFlag | None, Resolution]
+
+
+def _resolve(live: LiveFlag | None, key: str, context: Mapping[str, Any], now: float) -> Resolution:
+    if live is None:
+        return flag_not_found(key)
+    if live.flag is None:
+        return Resolution(None, None, Reason.ERROR, ErrorCode.PARSE_ERROR, live.problems)
+    return evaluate(live.flag, context, int(now), key)
+
+
+class Evaluator:
+    """Resolves flags of an environment for a context, counting and emitting exposures."""
+
+    def __init__(self, flags: LiveFlags, exposures: ExposureSink, stats: EvaluationStats) -> None:
+        self.flags = flags
+        self.exposures = exposures
+        self.stats = stats
+
+    def one(
+        self, environment: str, key: str, context: Mapping[str, Any], now: float, source: str
+    ) -> Evaluated:
+        live = self.flags.get(environment, key)
+        resolution = _resolve(live, key, context, now)
+        self._record(environment, key, live, resolution, context, now, source)
+        return key, live, resolution
+
+    def many(
+        self,
+        environment: str,
+        keys: list[str] | None,
+        context: Mapping[str, Any],
+        now: float,
+        source: str,
+    ) -> list[Evaluated]:
+        """The named flags, or every flag of the environment when `keys` is None."""
+        flags = self.flags.environment(environment)
+        results = []
+        for key in flags if keys is None else keys:
+            live = flags.get(key)
+            resolution = _resolve(live, key, context, now)
+            self._record(environment, key, live, resolution, context, now, source)
+            results.append((key, live, resolution))
+        return results
+
+    def _record(
+        self,
+        environment: str,
+        key: str,
+        live: LiveFlag | None,
+        resolution: Resolution,
+        context: Mapping[str, Any],
+        now: float,
+        source: str,
+    ) -> None:
+        variant = resolution.variant
+        self.stats.count(
+            source, environment, key if live is not None else NOT_FOUND, variant or "", resolution.reason
+        )
+        if live is not None and live.experiment and variant is not None:
+            targeting_key = context.get("targetingKey")
+            if isinstance(targeting_key, str) and targeting_key:
+                self.exposures.emit(
+                    (environment, key, variant, live.version, targeting_key, now, source, exposure_id())
+                )

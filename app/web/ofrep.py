@@ -1,0 +1,1 @@
+"""OFREP (OpenFeature Remote Evaluation Protocol) endpoints. Being written: issue 4."""
