@@ -72,11 +72,24 @@ class Evaluator:
     ) -> None:
         variant = resolution.variant
         self.stats.count(
-            source, environment, key if live is not None else NOT_FOUND, variant or "", resolution.reason
+            source,
+            environment,
+            key if live is not None else NOT_FOUND,
+            variant or "",
+            resolution.reason,
         )
         if live is not None and live.experiment and variant is not None:
             targeting_key = context.get("targetingKey")
             if isinstance(targeting_key, str) and targeting_key:
                 self.exposures.emit(
-                    (environment, key, variant, live.version, targeting_key, now, source, exposure_id())
+                    (
+                        environment,
+                        key,
+                        variant,
+                        live.version,
+                        targeting_key,
+                        now,
+                        source,
+                        exposure_id(),
+                    )
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 
 from app.engine import CompiledFlag, compile_flag
 from app.records import AppliedChange
@@ -17,6 +18,13 @@ from tables.flags import FlagTable
 EXPERIMENT_KEY = "experiment"  # flag metadata: true marks an experiment (exposures are emitted)
 EXPERIMENT_NAME_KEY = "experimentKey"  # flag metadata: the experiment's name (default: flag key)
 PAST_VERSIONS_CACHED = 1024
+
+
+class BeyondHistory(Enum):
+    BEYOND_HISTORY = "beyond history"
+
+
+BEYOND_HISTORY = BeyondHistory.BEYOND_HISTORY
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +74,16 @@ class LiveFlags:
         """Changes whenever any flag of the environment changes."""
         return f'"{self.table.environment_seq(environment)}"'
 
-    def at(self, environment: str, key: str, when: float) -> LiveFlag | None:
-        """The version of a flag that was live at `when` (unix seconds), from its history."""
-        for change in self.table.history(environment, key):
+    def at(self, environment: str, key: str, when: float) -> LiveFlag | BeyondHistory | None:
+        """The version of a flag that was live at `when` (unix seconds), from its history.
+
+        BEYOND_HISTORY when the table no longer keeps the version that was live then (it
+        keeps `FLAGSTREAM_HISTORY_DEPTH` versions; the full history is on `flag-changes`).
+        """
+        history = self.table.history(environment, key)
+        if history and history[-1].updated_at > when and history[-1].version > 1:
+            return BEYOND_HISTORY
+        for change in history:
             if change.updated_at <= when:
                 if change.deleted:
                     return None

@@ -56,16 +56,16 @@ flag_table = FlagTable(
 outcomes = Outcomes()
 replication = FlagReplication(settings, flag_table, outcomes)
 live_flags = LiveFlags(flag_table)
-exposures = ExposureSink(settings)
+exposure_sink = ExposureSink(settings)
 evaluation_stats = EvaluationStats()
 REGISTRY.register(evaluation_stats)
-evaluator = Evaluator(live_flags, exposures, evaluation_stats)
+evaluator = Evaluator(live_flags, exposure_sink, evaluation_stats)
 
 
 # Faust starts extra services with the app and accepts an instance as well as a class.
 faust_app.service(replication)  # type: ignore[arg-type]
-faust_app.service(exposures)  # type: ignore[arg-type]
+faust_app.service(exposure_sink)  # type: ignore[arg-type]
 
 # Registration: importing these modules declares the agents and views on `faust_app`.
 from agents import evaluations, flag_changes  # noqa: E402, F401
-from app.web import admin, ofrep, ops, stream  # noqa: E402, F401
+from app.web import admin, evaluate, exposures, ofrep, ops, stream  # noqa: E402, F401

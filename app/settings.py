@@ -61,12 +61,30 @@ SETTINGS: tuple[Setting, ...] = (
         "1209600000",
         "Retention of `dead-letters` (default 14 days).",
     ),
-    Setting("FLAGSTREAM_EVALUATION_PARTITIONS", "8", "Partitions of `evaluation-requests` and `evaluation-results`."),
-    Setting("FLAGSTREAM_EXPOSURE_PARTITIONS", "8", "Partitions of `exposures` (keyed by targeting key)."),
-    Setting("FLAGSTREAM_EXPOSURES_RETENTION_MS", "604800000", "Retention of `exposures` (default 7 days)."),
-    Setting("FLAGSTREAM_EXPOSURE_BUFFER", "100000", "Exposures buffered per worker before new ones are dropped (and counted)."),
+    Setting(
+        "FLAGSTREAM_EVALUATION_PARTITIONS",
+        "8",
+        "Partitions of `evaluation-requests` and `evaluation-results`.",
+    ),
+    Setting(
+        "FLAGSTREAM_EXPOSURE_PARTITIONS", "8", "Partitions of `exposures` (keyed by targeting key)."
+    ),
+    Setting(
+        "FLAGSTREAM_EXPOSURES_RETENTION_MS",
+        "604800000",
+        "Retention of `exposures` (default 7 days).",
+    ),
+    Setting(
+        "FLAGSTREAM_EXPOSURE_BUFFER",
+        "100000",
+        "Exposures buffered per worker before new ones are dropped (and counted).",
+    ),
     Setting("FLAGSTREAM_EXPOSURE_FLUSH_MS", "50", "How often buffered exposures are produced."),
-    Setting("FLAGSTREAM_PRODUCER_IDEMPOTENCE", "true", "Idempotent Kafka producers (the embedded broker lacks them: `up` sets false)."),
+    Setting(
+        "FLAGSTREAM_PRODUCER_IDEMPOTENCE",
+        "true",
+        "Idempotent Kafka producers (the embedded broker lacks them: `up` sets false).",
+    ),
     Setting("FLAGSTREAM_HISTORY_DEPTH", "50", "Versions of each flag kept in the history table."),
     Setting(
         "FLAGSTREAM_STREAM_DEPTH",
@@ -167,7 +185,8 @@ class Settings:
             exposures_retention_ms=int(_env("FLAGSTREAM_EXPOSURES_RETENTION_MS")),
             exposure_buffer=int(_env("FLAGSTREAM_EXPOSURE_BUFFER")),
             exposure_flush_ms=int(_env("FLAGSTREAM_EXPOSURE_FLUSH_MS")),
-            producer_idempotence=_env("FLAGSTREAM_PRODUCER_IDEMPOTENCE").lower() in ("1", "true", "yes"),
+            producer_idempotence=_env("FLAGSTREAM_PRODUCER_IDEMPOTENCE").lower()
+            in ("1", "true", "yes"),
             history_depth=int(_env("FLAGSTREAM_HISTORY_DEPTH")),
             stream_depth=int(_env("FLAGSTREAM_STREAM_DEPTH")),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),

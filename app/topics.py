@@ -51,7 +51,11 @@ def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
         TopicSpec(DEAD_LETTERS, 1, {"retention.ms": str(settings.dead_letters_retention_ms)}),
         TopicSpec(EVALUATION_REQUESTS, settings.evaluation_partitions),
         TopicSpec(EVALUATION_RESULTS, settings.evaluation_partitions),
-        TopicSpec(EXPOSURES, settings.exposure_partitions, {"retention.ms": str(settings.exposures_retention_ms)}),
+        TopicSpec(
+            EXPOSURES,
+            settings.exposure_partitions,
+            {"retention.ms": str(settings.exposures_retention_ms)},
+        ),
     )
 
 

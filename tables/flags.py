@@ -74,6 +74,10 @@ class FlagTable:
         """The latest version of a flag, a deleted one included (its definition is None)."""
         return self._latest.get(environment, {}).get(flag)
 
+    def keys(self, environment: str) -> list[str]:
+        """Every flag key the environment ever had, deleted ones included."""
+        return sorted(self._latest.get(environment, {}))
+
     def live_flags(self, environment: str) -> dict[str, AppliedChange]:
         """The flags of an environment that exist now, by key."""
         return {k: c for k, c in self._latest.get(environment, {}).items() if not c.deleted}

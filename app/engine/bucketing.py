@@ -79,11 +79,22 @@ def hash_v3(value: Any) -> int | None:
             encoded = value.encode()
         except UnicodeEncodeError:
             return None
-        return int(_hash(_header(3, len(encoded)) + encoded, 0, False))
+        size = len(encoded)
+        head = _TEXT_HEADERS[size] if size < 256 else _header(3, size)
+        hashed: int = _hash(head + encoded, 0, False)
+        return hashed
     out = bytearray()
     if not _encode(value, out, 0):
         return None
     return int(_hash(bytes(out), 0, False))
+
+
+def _text_headers() -> tuple[bytes, ...]:
+    """CBOR text-string headers for lengths 0..255 (major type 3), precomputed."""
+    return tuple(bytes((0x60 | n,)) if n < 24 else bytes((0x78, n)) for n in range(256))
+
+
+_TEXT_HEADERS: Final = _text_headers()
 
 
 def bucket_v1(hashed: int, weights: Sequence[int], total: int) -> int | None:

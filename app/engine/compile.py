@@ -113,32 +113,53 @@ def compile_flag(
         return build(broken, lambda context, now: broken)
 
     default = _default_outcome(default_variant, variants, Reason.DEFAULT, metadata)
-    matches = {
+    # Every outcome a rule can name, pre-built; None (no match) maps to the default.
+    outcomes: dict[Any, Resolution] = {
         name: Resolution(value, name, Reason.TARGETING_MATCH, metadata=metadata)
         for name, value in variants.items()
         if value is not None
     }
-    enrich = scope.needs_enrichment
+    outcomes[None] = default
 
-    def resolve(context: Mapping[str, Any], now: int) -> Resolution:
-        try:
-            data = {**context, "$flagd": {"flagKey": key, "timestamp": now}} if enrich else context
-            chosen = rule(data)
-        except Exception as error:  # a bug or a pathological context: degrade, never crash
-            return _error(ErrorCode.GENERAL, f"targeting failed: {type(error).__name__}", metadata)
-        if chosen.__class__ is str:
-            found = matches.get(chosen)
-            if found is not None:
-                return found
-        elif chosen is None:
-            return default
-        else:
+    def outcome(chosen: Any) -> Resolution:
+        """Slow path: flagd names variants by ``str`` of whatever the rule returned."""
+        if chosen.__class__ is not str:
             chosen = ("true" if chosen else "false") if isinstance(chosen, bool) else str(chosen)
-            found = matches.get(chosen)
+            found = outcomes.get(chosen)
             if found is not None:
                 return found
         shown = chosen if len(chosen) <= 80 else chosen[:77] + "..."
         return _error(ErrorCode.GENERAL, f"targeting chose unknown variant {shown!r}", metadata)
+
+    def failed(error: Exception) -> Resolution:
+        # A bug or a pathological context (deep recursion): degrade, never crash.
+        return _error(ErrorCode.GENERAL, f"targeting failed: {type(error).__name__}", metadata)
+
+    if scope.needs_enrichment:
+
+        def resolve(context: Mapping[str, Any], now: int) -> Resolution:
+            try:
+                chosen = rule({**context, "$flagd": {"flagKey": key, "timestamp": now}})
+            except Exception as error:
+                return failed(error)
+            try:
+                found = outcomes.get(chosen)
+            except TypeError:  # a list or an object: never a variant name
+                return outcome(chosen)
+            return found if found is not None else outcome(chosen)
+
+    else:
+
+        def resolve(context: Mapping[str, Any], now: int) -> Resolution:
+            try:
+                chosen = rule(context)
+            except Exception as error:
+                return failed(error)
+            try:
+                found = outcomes.get(chosen)
+            except TypeError:  # a list or an object: never a variant name
+                return outcome(chosen)
+            return found if found is not None else outcome(chosen)
 
     return build(None, resolve)
 

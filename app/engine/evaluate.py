@@ -17,20 +17,21 @@ def evaluate(
     flag: CompiledFlag | None,
     context: Mapping[str, Any],
     now: int,
-    *,
     flag_key: str = "",
 ) -> Resolution:
     """Resolve a flag for a context (``targetingKey`` is a key of the context).
 
     ``flag`` None (not in the table) gives FLAG_NOT_FOUND for ``flag_key``. The value is
     None whenever the caller's default applies (errors, DISABLED, no default variant).
+    ``flag_key`` is meant to be passed by keyword; it is not keyword-only because CPython
+    3.11 only specialises calls to functions without keyword-only parameters (~25% faster).
     """
     if flag is None:
         return flag_not_found(flag_key)
     static = flag.static
-    if static is not None:
-        return static
-    return flag.resolve(context, now)
+    if static is None:
+        return flag.resolve(context, now)
+    return static
 
 
 def flag_not_found(flag_key: str) -> Resolution:

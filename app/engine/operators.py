@@ -8,6 +8,7 @@ default variant instead of looking up a "false" variant.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,7 +32,10 @@ Builder = Callable[[list[Any], list[Rule], Context], Rule]
 # --- starts_with / ends_with ------------------------------------------------------------
 
 
-def _string_test(method: Callable[[str, str], bool]) -> Builder:
+def _string_test(name: str) -> Builder:
+    """``starts_with``/``ends_with``: null unless both sides are strings (flagd)."""
+    method: Callable[[str, str], bool] = getattr(str, name)
+
     def build(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
         if len(compiled) != 2:
             return constant(None)
@@ -49,13 +53,24 @@ def _string_test(method: Callable[[str, str], bool]) -> Builder:
 
             return dynamic
         key = plain_var_key(args[0])
-        if key is not None:
+        if key is not None and name == "endswith":
 
-            def on_key(data: Any) -> bool | None:
+            def key_ends_with(data: Any) -> bool | None:
                 value = data.get(key) if data.__class__ is dict else get_var(data, key)
+                if value.__class__ is str:
+                    return value.endswith(affix)  # type: ignore[no-any-return]
                 return method(value, affix) if isinstance(value, str) else None
 
-            return on_key
+            return key_ends_with
+        if key is not None:
+
+            def key_starts_with(data: Any) -> bool | None:
+                value = data.get(key) if data.__class__ is dict else get_var(data, key)
+                if value.__class__ is str:
+                    return value.startswith(affix)  # type: ignore[no-any-return]
+                return method(value, affix) if isinstance(value, str) else None
+
+            return key_starts_with
 
         def on_rule(data: Any) -> bool | None:
             value = left(data)
@@ -81,13 +96,20 @@ def _sem_ver(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
         if pinned is None:
             return constant(None)
         target: semver.VersionKey = pinned
-        fixed_operator: str = operator
+        test = semver.COMPARATORS[operator]
+        key = plain_var_key(args[0])
+        if key is not None:
+
+            def key_against_constant(data: Any) -> bool | None:
+                value = data.get(key) if data.__class__ is dict else get_var(data, key)
+                version = semver.parse_version(value)
+                return None if version is None else test(version, target)
+
+            return key_against_constant
 
         def against_constant(data: Any) -> bool | None:
             version = semver.parse_version(left(data))
-            if version is None:
-                return None
-            return semver.compare(version, fixed_operator, target)
+            return None if version is None else test(version, target)
 
         return against_constant
 
@@ -202,30 +224,43 @@ def _fractional(args: list[Any], compiled: list[Rule], context: Context) -> Rule
         return None if split is None else _choose(split, [flag_key, key], version)
 
     if static_split is not None:
-        variants, weights = static_split
-        bounds = bucketing.thresholds(weights)
-        count = len(variants)
+        split: Split = static_split
+        variants, weights = split
+        bounds = bucketing.thresholds(weights) or ()
         hash_text = _TEXT_HASHERS.get(version)
-
-        def fractional_static(data: Any) -> Any:
-            value = bucket_by(data)
-            if value.__class__ is str and hash_text is not None and bounds is not None:
-                hashed = hash_text(value)
-                if hashed is None:
-                    return None
-                index = bucketing.pick(bounds, hashed)
-                return variants[index] if index is not None and index < count else None
-            return fractional_general(data, value)
+        key = plain_var_key(first_node)
 
         def fractional_general(data: Any, value: Any) -> Any:
             if version is FractionalVersion.V3:
                 if isinstance(value, list):
                     return shorthand_v3(data, [value, *[rule(data) for rule in rest]])
-                return None if value is None else _choose(static_split, value, version)
+                return None if value is None else _choose(split, value, version)
             if isinstance(value, str):
-                return _choose(static_split, value, version)
+                return _choose(split, value, version)
             buckets = [rule(data) for rule in rest]
             return by_targeting_key(data, buckets if value is None else [value, *buckets])
+
+        if hash_text is None:  # v1: float bucketing, no fast path
+            return lambda data: fractional_general(data, bucket_by(data))
+
+        # The last bound is 2**32, above any hash, so bisect always lands on a bucket.
+        if key is not None:
+
+            def fractional_on_key(data: Any) -> Any:
+                value = data.get(key) if data.__class__ is dict else get_var(data, key)
+                if value.__class__ is str:
+                    hashed = hash_text(value)
+                    return None if hashed is None else variants[bisect_right(bounds, hashed)]
+                return fractional_general(data, value)
+
+            return fractional_on_key
+
+        def fractional_static(data: Any) -> Any:
+            value = bucket_by(data)
+            if value.__class__ is str:
+                hashed = hash_text(value)
+                return None if hashed is None else variants[bisect_right(bounds, hashed)]
+            return fractional_general(data, value)
 
         return fractional_static
 
@@ -280,6 +315,6 @@ _TEXT_HASHERS: Final[dict[FractionalVersion, Callable[[str], int | None]]] = {
 BUILDERS: Final[dict[str, Builder]] = {
     "fractional": _fractional,
     "sem_ver": _sem_ver,
-    "starts_with": _string_test(str.startswith),
-    "ends_with": _string_test(str.endswith),
+    "starts_with": _string_test("startswith"),
+    "ends_with": _string_test("endswith"),
 }

@@ -8,7 +8,10 @@ so the operator is one tuple comparison; constant operands are parsed at compile
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Final
 
 #: (major, minor, patch, is_release, prerelease identifiers); tuples order as SemVer.
@@ -30,7 +33,15 @@ def parse_version(value: Any) -> VersionKey | None:
     """The comparable key of a version as flagd reads it, or None when it is not one."""
     if isinstance(value, bool) or value is None:
         return None
-    text = str(value)
+    text = value if value.__class__ is str else str(value)
+    # Contexts repeat a handful of app versions: cache those, but never hold long strings.
+    return _parse_cached(text) if len(text) <= _CACHED_LENGTH else _parse_text(text)
+
+
+_CACHED_LENGTH: Final = 64
+
+
+def _parse_text(text: str) -> VersionKey | None:
     if text[:1] in ("v", "V"):
         text = text[1:]
     numeric = text.split("-", 1)[0].split("+", 1)[0]
@@ -47,6 +58,22 @@ def parse_version(value: Any) -> VersionKey | None:
         (0, int(part)) if part.isdigit() else (1, part) for part in prerelease.split(".")
     )
     return (int(major), int(minor), int(patch), 0, identifiers)
+
+
+_parse_cached = lru_cache(maxsize=4096)(_parse_text)
+
+
+#: Each operator as a function of two parsed versions (chosen once at compile time).
+COMPARATORS: Final[dict[str, Callable[[VersionKey, VersionKey], bool]]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "^": lambda left, right: left[0] == right[0],
+    "~": lambda left, right: left[0] == right[0] and left[1] == right[1],
+}
 
 
 def compare(left: VersionKey, operator: str, right: VersionKey) -> bool | None:

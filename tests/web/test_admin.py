@@ -236,6 +236,10 @@ def test_everyday_cli_commands(worker: Worker, env: str) -> None:
     got = cli(worker, "get", "daily", "--env", env).stdout
     assert "version 3" in got and json.loads(got.split("\n", 1)[1]) == flag(default="on")
     history = cli(worker, "history", "daily", "--env", env).stdout.splitlines()
-    assert [line.split()[:2] for line in history] == [["v3", "state"], ["v2", "state"], ["v1", "put"]]
+    assert [line.split()[:2] for line in history] == [
+        ["v3", "state"],
+        ["v2", "state"],
+        ["v1", "put"],
+    ]
     missing = cli(worker, "get", "nope", "--env", env)
     assert missing.returncode == 2 and "404 FLAG_NOT_FOUND" in missing.stderr
