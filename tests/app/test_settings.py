@@ -31,3 +31,13 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
     missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme]
     assert not missing, f"README lacks {missing}"
+
+
+def test_docker_compose_passes_every_setting() -> None:
+    from tests.conftest import REPO
+
+    compose = (REPO / "docker-compose.yml").read_text()
+    example = (REPO / ".env.example").read_text()
+    fixed = {"FLAGSTREAM_WORKER_ID", "FLAGSTREAM_WEB_HOST", "FLAGSTREAM_DATA_DIR"}  # per container
+    assert not [s.env for s in SETTINGS if f"{s.env}:" not in compose]
+    assert not [s.env for s in SETTINGS if s.env not in fixed and f"{s.env}=" not in example]
