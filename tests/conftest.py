@@ -25,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.broker import free_port, start_broker, stop
+from app.cli import wait_ready
 from app.client import AdminClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,19 +76,11 @@ class Worker:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout_s}s: {self.log_tail()}")
+        assert self.process is not None
+        try:
+            wait_ready(self.url, self.process, timeout_s)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log_tail()}") from None
 
     def stop(self) -> None:
         if self.process is not None:
