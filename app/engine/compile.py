@@ -25,7 +25,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Final
 
-from app.engine.jsonlogic import InvalidRule, RuleTooLarge, Scope, compile_rule
+from app.engine.jsonlogic import MAX_DEPTH, InvalidRule, RuleTooLarge, Scope, compile_rule
 from app.engine.model import (
     EMPTY_METADATA,
     FRACTIONAL_VERSION_KEY,
@@ -52,6 +52,10 @@ def compile_flag(
     flag_set_metadata: Mapping[str, Any] | None = None,
 ) -> CompiledFlag | list[Problem]:
     """Compile one flag; the problems instead when flagd would not load it."""
+    if _deeper_than(definition, MAX_DEPTH):
+        return [Problem("$", f"definition is nested deeper than {MAX_DEPTH} levels")]
+    if _deeper_than(evaluators, MAX_DEPTH + 1):
+        return [Problem("$.$evaluators", f"nested deeper than {MAX_DEPTH} levels")]
     found = flag_problems(definition)
     fatal = [problem for problem in found if not problem.path.startswith(_TOLERATED_PREFIXES)]
     fatal.extend(_metadata_problems(flag_set_metadata, "$.<flag set>.metadata"))
@@ -122,12 +126,17 @@ def compile_flag(
     outcomes[None] = default
 
     def outcome(chosen: Any) -> Resolution:
-        """Slow path: flagd names variants by ``str`` of whatever the rule returned."""
-        if chosen.__class__ is not str:
-            chosen = ("true" if chosen else "false") if isinstance(chosen, bool) else str(chosen)
-            found = outcomes.get(chosen)
-            if found is not None:
-                return found
+        """Slow path: flagd names variants by the text of a boolean or number result."""
+        if isinstance(chosen, bool):
+            chosen = "true" if chosen else "false"
+        elif isinstance(chosen, int | float):
+            chosen = str(chosen)
+        elif not isinstance(chosen, str):
+            message = f"targeting returned {type(chosen).__name__}, not a variant name"
+            return _error(ErrorCode.GENERAL, message, metadata)
+        found = outcomes.get(chosen)
+        if found is not None:
+            return found
         shown = chosen if len(chosen) <= 80 else chosen[:77] + "..."
         return _error(ErrorCode.GENERAL, f"targeting chose unknown variant {shown!r}", metadata)
 
@@ -201,6 +210,23 @@ def compile_flag_set(
                 Problem(prefix + problem.path[1:], problem.message) for problem in result
             )
     return compiled, problems
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON nests deeper than ``limit`` (iterative: safe on any input)."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _with_warnings(flag: CompiledFlag, extra: tuple[Problem, ...]) -> CompiledFlag:

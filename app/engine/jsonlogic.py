@@ -300,7 +300,7 @@ def _straight_chain(tests: list[Rule], values: list[Any], fallback: Any) -> Rule
     namespace: dict[str, Any] = {"fallback": fallback}
     namespace.update({f"t{i}": test for i, test in enumerate(tests)})
     namespace.update({f"v{i}": value for i, value in enumerate(values)})
-    exec(compile("\n".join(lines), "<targeting chain>", "exec"), namespace)  # noqa: S102
+    exec(compile("\n".join(lines), "<targeting chain>", "exec"), namespace)
     chain: Rule = namespace["chain"]
     return chain
 

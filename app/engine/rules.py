@@ -15,10 +15,18 @@ Rule = Callable[[Any], Any]
 
 
 def is_constant(node: Any) -> bool:
-    """True for literals: values, arrays of literals, objects that are not one operation."""
-    if isinstance(node, list):
-        return all(is_constant(item) for item in node)
-    return not (isinstance(node, Mapping) and len(node) == 1)
+    """True for literals: values, arrays of literals, objects that are not one operation.
+
+    Iterative, so hostile nesting cannot exhaust the stack before the depth bound applies.
+    """
+    pending = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, Mapping) and len(item) == 1:
+            return False
+    return True
 
 
 def constant(value: Any) -> Rule:
