@@ -92,9 +92,16 @@ class FlagTable:
         return self._change_ids.get(environment, {}).get(change_id)
 
     def changes_after(self, environment: str, seq: int) -> list[AppliedChange] | None:
-        """Every change after `seq`, or None when the log no longer reaches back that far."""
+        """Every change after `seq`, or None when the log cannot say (a snapshot is due).
+
+        None also for a `seq` beyond the environment's: the client followed another cluster
+        (or a broker that lost its data), and waiting for its number would hide every change.
+        """
         log = self._log.get(environment, deque())
-        if seq >= self.environment_seq(environment):
+        current = self.environment_seq(environment)
+        if seq > current:
+            return None
+        if seq == current:
             return []
         if not log or log[0].seq > seq + 1:
             return None

@@ -39,6 +39,7 @@ def test_apply_keeps_versions_history_and_the_change_log(tmp_path: Path) -> None
     assert [c.seq for c in table.changes_after("dev", 3) or []] == [4, 5, 6]
     assert table.changes_after("dev", 1) is None, "seq 2 is no longer kept: a snapshot is due"
     assert table.changes_after("dev", 6) == []
+    assert table.changes_after("dev", 7) is None, "a seq from another cluster gets a snapshot"
     assert table.applied("dev", "c6") == change(6) and table.applied("dev", "c1") is None
     assert seen == [1, 2, 3, 4, 5, 6]
     assert table.position(0) == 6
