@@ -41,3 +41,8 @@ EXPOSURES = Counter(
     "Experiment exposures, by outcome.",
     ["outcome"],  # produced | dropped | rejected (bad items posted to /api/v1/exposures)
 )
+EVALUATION_REQUESTS = Counter(
+    "flagstream_evaluation_requests_total",
+    "Evaluation requests read from Kafka by this worker, by outcome.",
+    ["outcome"],  # evaluated | malformed | unanswered (a result or dead letter was not produced)
+)

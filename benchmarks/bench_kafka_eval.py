@@ -1,0 +1,435 @@
+"""Evaluation over Kafka: how fast a worker answers requests, beside its references.
+
+One run, one embedded broker, one set of pre-produced request records per scenario:
+
+* single: one request per record, beside a consume-only Faust agent (the worker's Faust
+  settings, the same records): the floor of anything built on a Faust agent.
+* batched: `--batch` requests per record.
+
+Both beside a raw aiokafka consume-evaluate-produce pipe (no Faust, the same decoding,
+engine and encoding), and every request asks for the same three flags (`ASKED`).
+
+Every pipeline runs alone in its own process, from the same start offsets (a consumer group
+whose offsets we commit before it starts, or an explicit seek), and the clock runs from the
+first output record's creation (the producer's timestamp: when the pipeline handled its
+first record) until this process has read the last output: rate = outputs after the first /
+that time. Process start and the group rebalance are outside the clock; the bench consumer
+that reads the outputs is inside it.
+
+    .venv/bin/python benchmarks/bench_kafka_eval.py [--requests 60000] [--batched-requests 300000]
+        [--batch 100] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.broker import free_port, start_broker, stop  # noqa: E402
+from app.evaluation_records import encode_requests  # noqa: E402
+from app.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS  # noqa: E402
+from tests.conftest import Worker, flag  # noqa: E402
+
+PARTITIONS = 8  # FLAGSTREAM_EVALUATION_PARTITIONS' default, for requests and results
+ENVIRONMENT = "bench"
+FLAGS: dict[str, dict[str, Any]] = {
+    "banner": flag("on"),
+    "by-email": flag(
+        "off", targeting={"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on", "off"]}
+    ),
+    "split": flag(
+        "off", targeting={"fractional": [{"var": "targetingKey"}, ["on", 50], ["off", 50]]}
+    ),
+}
+ASKED = list(FLAGS)  # every request asks for these three flags by key
+
+
+def context(i: int) -> dict[str, Any]:
+    return {"targetingKey": f"user-{i}", "email": f"u{i}@{'example.com' if i % 3 else 'x.org'}"}
+
+
+# -- the pipelines' processes ------------------------------------------------------------------
+
+
+def faust_consume_only(brokers: str, group: str, count: int) -> None:
+    """A Faust agent that only counts, with the worker's Faust settings (app/main.py).
+
+    It writes two records to `evaluation-results`, at its first and its `count`th record,
+    so the bench times it exactly as it times the worker.
+    """
+    import faust
+
+    from app.fetch_wait import bound_fetch_wait
+
+    bound_fetch_wait(10)
+    app = faust.App(
+        group,
+        broker=f"kafka://{brokers}",
+        datadir=tempfile.mkdtemp(prefix="bench-faust-"),
+        autodiscover=False,
+        web_enabled=False,
+        broker_rebalance_timeout=3,
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_acks=-1,
+    )
+    topic = app.topic(EVALUATION_REQUESTS, key_serializer="raw", value_serializer="raw")
+    seen = 0
+
+    @app.agent(topic)
+    async def consume(stream: Any) -> None:
+        nonlocal seen
+        async for _ in stream:
+            seen += 1
+            if seen in (1, count):
+                await app.producer.send_and_wait(EVALUATION_RESULTS, None, b"mark", 0, None, None)
+
+    sys.argv = ["bench", "worker", "-l", "info"]
+    app.main()
+
+
+def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
+    """Consume, evaluate with the engine, produce: no Faust, the same records in and out."""
+    from app.engine import compile_flag, evaluate
+    from app.engine.model import CompiledFlag
+    from app.evaluation_records import (
+        Request,
+        Requests,
+        decode_requests,
+        encode_results,
+        error_json,
+        flag_json,
+        result_json,
+    )
+
+    compiled: dict[str, CompiledFlag] = {}
+    for key, definition in FLAGS.items():
+        result = compile_flag(key, definition)
+        assert isinstance(result, CompiledFlag)
+        compiled[key] = result
+
+    def answer(raw: bytes | None) -> bytes | None:
+        decoded = decode_requests(raw)
+        if not isinstance(decoded, Requests):
+            return None
+        now = time.time()
+        results = []
+        for item in decoded.items:
+            if isinstance(item, Request):
+                flags = []
+                for key in item.flags if item.flags is not None else list(compiled):
+                    resolution = evaluate(compiled[key], item.context, int(now), key)
+                    flags.append(flag_json(key, None, resolution))
+                results.append(result_json(item, flags, now))
+            else:
+                results.append(error_json(item, now))
+        return encode_results(results, decoded.batch)
+
+    async def run() -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
+        await consumer.start()
+        await producer.start()
+        tps = {p: TopicPartition(EVALUATION_REQUESTS, p) for p in starts}
+        consumer.assign(list(tps.values()))
+        for p, offset in starts.items():
+            consumer.seek(tps[p], offset)
+        done = 0
+        while done < count:
+            for records in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
+                for record in records:
+                    value = answer(record.value)
+                    if value is not None:
+                        await producer.send(EVALUATION_RESULTS, value, key=record.key)
+                    done += 1
+        await producer.flush()
+        await producer.stop()
+        await consumer.stop()
+
+    asyncio.run(run())
+
+
+# -- the bench -------------------------------------------------------------------------------
+
+
+class Outputs(threading.Thread):
+    """Reads `evaluation-results` from its current end; times the first and last record."""
+
+    def __init__(self, brokers: str, expected: int, marker: bytes) -> None:
+        super().__init__(daemon=True)
+        self.brokers = brokers
+        self.marker = marker  # only records containing it count: this scenario's outputs
+        self.expected = expected
+        self.positioned = threading.Event()
+        self.count = 0
+        self.first = self.last = 0.0
+        self.sample: bytes = b""
+
+    def run(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.brokers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        tps = [TopicPartition(EVALUATION_RESULTS, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        # The embedded broker's end offset can fall short of the last record (see README), so
+        # the tail of the previous pipeline's output may come first: skip what predates us.
+        since_ms = int(time.time() * 1000)
+        self.positioned.set()
+        deadline = time.monotonic() + 600
+        while self.count < self.expected and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=100, max_records=10000)).values():
+                records = [
+                    r
+                    for r in batch
+                    if r.timestamp >= since_ms and r.value and self.marker in r.value
+                ]
+                if not records:
+                    continue
+                if not self.count:
+                    # When the pipeline handled its first record: the producer stamps a
+                    # record when it is handed over (same host, same clock as ours).
+                    self.first = min(r.timestamp for r in records) / 1000
+                self.count += len(records)
+                self.last = time.time()
+                self.sample = records[-1].value or b""
+        await consumer.stop()
+
+
+def timed(
+    brokers: str, expected: int, marker: bytes, start: Callable[[], Callable[[], None]]
+) -> tuple[float, Outputs]:
+    """Run one pipeline (`start` returns its stopper); seconds from first to last output."""
+    outputs = Outputs(brokers, expected, marker)
+    outputs.start()
+    outputs.positioned.wait(30)
+    stopper = start()
+    try:
+        outputs.join(600)
+    finally:
+        stopper()
+    if outputs.count < expected:
+        raise RuntimeError(f"only {outputs.count} of {expected} outputs arrived")
+    return outputs.last - outputs.first, outputs
+
+
+async def _commit_group(brokers: str, group: str, offsets: dict[int, int]) -> None:
+    """Make a consumer group start exactly at `offsets` (it has no members yet)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = {p: TopicPartition(EVALUATION_REQUESTS, p) for p in offsets}
+        consumer.assign(list(tps.values()))
+        await consumer.commit({tps[p]: offset for p, offset in offsets.items()})
+    finally:
+        await consumer.stop()
+
+
+async def _produce(brokers: str, records: list[tuple[bytes, bytes]]) -> dict[int, int]:
+    """Produce `records`; return the offset of the first one in each partition.
+
+    From the produce acknowledgements, not the end offsets before: the embedded broker can
+    report an end offset short of the last record, which would replay an older tail.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=20, max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(EVALUATION_REQUESTS, v, key=k) for k, v in records]
+        starts: dict[int, int] = {}
+        for metadata in await asyncio.gather(*futures):
+            starts[metadata.partition] = min(
+                metadata.offset, starts.get(metadata.partition, metadata.offset)
+            )
+        return starts
+    finally:
+        await producer.stop()
+
+
+def spawn(args: list[str], log: Path) -> Callable[[], None]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, __file__, *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+    return lambda: stop(process, timeout_s=20)
+
+
+def profiled(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    if out is None:
+        return None
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-o", str(out), "-f", "speedscope", "-r", "200"],
+        stdout=out.with_suffix(".log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def run_scenario(
+    brokers: str,
+    workdir: Path,
+    name: str,
+    records: list[tuple[bytes, bytes]],
+    profile: Path | None,
+    faust_reference: bool,
+) -> dict[str, tuple[float, int]]:
+    """Pre-produce `records`, then time every pipeline on them: {pipeline: (seconds, outputs)}."""
+    starts = asyncio.run(_produce(brokers, records))
+    assert len(starts) == PARTITIONS, "every partition needs requests: more records"
+    count = len(records)
+    marker = f'"request_id":"{name[0]}'.encode()  # s… for single, b… for batched requests
+    timings: dict[str, tuple[float, int]] = {}
+
+    if faust_reference:
+        group = f"bench-faust-consume-{name}"
+        asyncio.run(_commit_group(brokers, group, starts))
+        seconds, _ = timed(
+            brokers,
+            2,
+            b"mark",
+            lambda: spawn(["faust-consume", brokers, group, str(count)], workdir / f"{group}.log"),
+        )
+        timings["Faust agent, consume only (reference)"] = (seconds, count)
+
+    app_id = f"bench-flagstream-{name}"
+    asyncio.run(_commit_group(brokers, f"{app_id}-evaluations", starts))  # the worker's group
+
+    def start_worker() -> Callable[[], None]:
+        worker = Worker(brokers, workdir / app_id, app_id).start()
+        assert worker.process is not None
+        spy = profiled(worker.process.pid, profile / f"worker-{name}.json" if profile else None)
+
+        def stopper() -> None:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+                spy.wait(60)
+            worker.stop()
+
+        return stopper
+
+    seconds, outputs = timed(brokers, count, marker, start_worker)
+    sample = json.loads(outputs.sample)
+    entries = sample.get("results", [sample])
+    assert all(e["error"] is None and len(e["flags"]) == len(ASKED) for e in entries), sample
+    timings["flagstream worker (agents/evaluations.py)"] = (seconds, count)
+
+    seconds, _ = timed(
+        brokers,
+        count,
+        marker,
+        lambda: spawn(
+            ["raw-pipe", brokers, json.dumps(starts), str(count)], workdir / f"raw-{name}.log"
+        ),
+    )
+    timings["raw aiokafka consume-evaluate-produce (reference)"] = (seconds, count)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=60_000, help="single-request records")
+    parser.add_argument("--batched-requests", type=int, default=300_000)
+    parser.add_argument("--batch", type=int, default=100, help="requests per batched record")
+    parser.add_argument("--profile", type=Path, help="py-spy the worker into this directory")
+    args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    brokers = f"127.0.0.1:{port}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-kafka-eval-"))
+    broker = start_broker("127.0.0.1", port)
+    try:
+        # A worker creates the topics and writes the flags, then leaves: nobody reads yet.
+        setup = Worker(brokers, workdir / "setup", "bench-setup").start()
+        try:
+            admin = setup.admin()
+            for key, definition in FLAGS.items():
+                admin.put(ENVIRONMENT, key, definition)
+        finally:
+            setup.stop()
+
+        singles = [
+            (
+                f"user-{i}".encode(),
+                encode_requests([(f"s{i}", ENVIRONMENT, context(i), ASKED)]),
+            )
+            for i in range(args.requests)
+        ]
+        single = run_scenario(brokers, workdir, "single", singles, args.profile, True)
+        batches = [
+            (
+                f"user-{i}".encode(),
+                encode_requests(
+                    [
+                        (f"b{i}-{j}", ENVIRONMENT, context(i * args.batch + j), ASKED)
+                        for j in range(args.batch)
+                    ]
+                ),
+            )
+            for i in range(args.batched_requests // args.batch)
+        ]
+        batched = run_scenario(brokers, workdir, "batched", batches, args.profile, False)
+    finally:
+        stop(broker)
+
+    print(
+        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; logs in {workdir}"
+    )
+    for title, timings, per_record, unit in (
+        ("one request per record", single, 1, "records/s"),
+        (f"{args.batch} requests per record", batched, args.batch, "requests/s"),
+    ):
+        print(f"\n{title} ({len(ASKED)} flags per request)\n")
+        print(f"| pipeline | records | seconds | {unit} |")
+        print("|---|---|---|---|")
+        rates = {}
+        for name, (seconds, count) in timings.items():
+            rates[name] = (count - 1) * per_record / seconds
+            print(f"| {name} | {count} | {seconds:.2f} | {rates[name]:,.0f} |")
+        ours = rates["flagstream worker (agents/evaluations.py)"]
+        for name, rate in rates.items():
+            if "reference" in name:
+                print(f"\nflagstream / {name}: {ours / rate:.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "faust-consume":
+        faust_consume_only(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "raw-pipe":
+        raw_pipe(
+            sys.argv[2],
+            {int(p): o for p, o in json.loads(sys.argv[3]).items()},
+            int(sys.argv[4]),
+        )
+    else:
+        main()

@@ -1,0 +1,163 @@
+"""The request decoder and result encoder as data: no broker (app/evaluation_records.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.evaluation_records import (
+    Invalid,
+    Request,
+    Requests,
+    decode_requests,
+    decode_results,
+    encode_requests,
+    encode_results,
+    error_json,
+    valid_reply_topic,
+)
+from app.records import Rejection
+
+GOOD = {"request_id": "r1", "environment": "prod", "flags": ["a"], "context": {"x": 1}}
+
+
+def raw(data: Any) -> bytes:
+    return json.dumps(data).encode()
+
+
+def test_a_single_request() -> None:
+    decoded = decode_requests(raw({"schema": 1, **GOOD}))
+    assert decoded == Requests(
+        [Request("r1", "prod", ["a"], {"x": 1})], batch=False, reply_to="evaluation-results"
+    )
+
+
+def test_no_flags_means_every_flag_and_no_context_an_empty_one() -> None:
+    decoded = decode_requests(raw({"schema": 1, "request_id": "r", "environment": "e"}))
+    assert isinstance(decoded, Requests)
+    assert decoded.items == [Request("r", "e", None, {})]
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (b"", "empty record"),
+        (b"\xff\xfe", "not JSON"),
+        (b"{nope", "not JSON"),
+        (b"[1]", "must be a JSON object"),
+        (raw({**GOOD}), "unknown schema"),
+        (raw({"schema": 2, **GOOD}), "unknown schema"),
+        (raw({"schema": 1, "requests": []}), "bad batch"),
+        (raw({"schema": 1, "requests": {"a": 1}}), "bad batch"),
+    ],
+)
+def test_unreadable_records_are_rejections(record: bytes, reason: str) -> None:
+    decoded = decode_requests(record)
+    assert isinstance(decoded, Rejection) and reason in decoded.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"request_id": ""}, "$.request_id"),
+        ({"request_id": "x" * 201}, "$.request_id"),
+        ({"environment": "no/slashes"}, "$.environment"),
+        ({"flags": "a"}, "$.flags"),
+        ({"flags": ["a", 3]}, "$.flags"),
+        ({"context": [1]}, "$.context"),
+        ({"context": "user-1"}, "$.context"),
+        ({"reply_to": "flag-changes"}, "$.reply_to"),
+        ({"reply_to": "evaluation-results.a/b"}, "$.reply_to"),
+    ],
+)
+def test_invalid_requests_keep_their_id_when_they_have_one(
+    change: dict[str, Any], path: str
+) -> None:
+    decoded = decode_requests(raw({"schema": 1, **GOOD, **change}))
+    assert isinstance(decoded, Requests)
+    (item,) = decoded.items
+    assert isinstance(item, Invalid) and [p for p, _ in item.problems] == [path]
+    assert item.request_id == (None if path == "$.request_id" else "r1")
+    assert decoded.reply_to == "evaluation-results"
+
+
+def test_a_batch_keeps_order_and_judges_each_item_alone() -> None:
+    decoded = decode_requests(
+        raw(
+            {
+                "schema": 1,
+                "reply_to": "evaluation-results.svc",
+                "requests": [
+                    GOOD,
+                    {**GOOD, "request_id": "r2", "context": 5},
+                    7,
+                    {**GOOD, "request_id": "r4", "reply_to": "evaluation-results.other"},
+                    {**GOOD, "request_id": "r5", "reply_to": "evaluation-results.svc"},
+                ],
+            }
+        )
+    )
+    assert isinstance(decoded, Requests) and decoded.batch
+    assert decoded.reply_to == "evaluation-results.svc"
+    kinds = [(type(i).__name__, i.request_id) for i in decoded.items]
+    assert kinds == [
+        ("Request", "r1"),
+        ("Invalid", "r2"),
+        ("Invalid", None),
+        ("Invalid", "r4"),
+        ("Request", "r5"),
+    ]
+    assert [p for p, _ in decoded.problems] == [
+        "$.requests[1].context",
+        "$.requests[2]",
+        "$.requests[3].reply_to",
+    ]
+
+
+def test_reply_topics_stay_in_the_results_namespace() -> None:
+    assert valid_reply_topic("evaluation-results")
+    assert valid_reply_topic("evaluation-results.checkout-svc_1")
+    for topic in ("flag-changes", "flags-changelog", "evaluation-results.", "evaluation-resultsX"):
+        assert not valid_reply_topic(topic)
+
+
+def test_what_a_client_sends_decodes_and_results_round_trip() -> None:
+    record = encode_requests(
+        [("a", "e", {"k": 1}, None), ("b", "e", {}, ["f"])], "evaluation-results.x"
+    )
+    decoded = decode_requests(record)
+    assert isinstance(decoded, Requests) and len(decoded.items) == 2
+    assert decoded.reply_to == "evaluation-results.x"
+    invalid = Invalid("b", "e", (("$.context", "must be a JSON object"),))
+    (result,) = decode_results(encode_results([error_json(invalid, 1.0)], batch=False))
+    assert result.request_id == "b" and result.error is not None and result.flags == {}
+    assert decode_results(b"\xff") == []
+
+
+@given(st.binary())
+def test_decoding_arbitrary_bytes_never_raises(data: bytes) -> None:
+    decode_requests(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["schema", "request_id", "environment", "flags", "context", "reply_to", "requests"]
+        ),
+        json_values,
+    )
+)
+def test_decoding_arbitrary_json_never_raises(data: dict[str, Any]) -> None:
+    decoded = decode_requests(raw({"schema": 1, **data}))
+    assert isinstance(decoded, Requests | Rejection)
