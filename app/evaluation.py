@@ -71,14 +71,14 @@ class Evaluator:
         source: str,
     ) -> None:
         variant = resolution.variant
-        self.stats.count(
-            source,
-            environment,
-            key if live is not None else NOT_FOUND,
-            variant or "",
-            resolution.reason,
-        )
-        if live is not None and live.experiment and variant is not None:
+        if live is None:  # labels stay bounded: callers can make up keys and environments
+            known = self.flags.table.has_environment(environment)
+            self.stats.count(
+                source, environment if known else NOT_FOUND, NOT_FOUND, "", resolution.reason
+            )
+            return
+        self.stats.count(source, environment, key, variant or "", resolution.reason)
+        if live.experiment and variant is not None:
             targeting_key = context.get("targetingKey")
             if isinstance(targeting_key, str) and targeting_key:
                 self.exposures.emit(

@@ -63,6 +63,9 @@ class LiveFlags:
         """Every live flag of an environment, by key (do not mutate)."""
         flags = self._environments.get(environment)
         if flags is None:
+            if not self.table.has_environment(environment):
+                return {}  # not cached: a made-up name must not cost memory per request
+
             flags = {key: build(c) for key, c in self.table.live_flags(environment).items()}
             self._environments[environment] = flags
         return flags

@@ -74,6 +74,10 @@ class FlagTable:
         """The latest version of a flag, a deleted one included (its definition is None)."""
         return self._latest.get(environment, {}).get(flag)
 
+    def has_environment(self, environment: str) -> bool:
+        """Whether the environment ever had a flag (names callers make up do not)."""
+        return environment in self._latest
+
     def keys(self, environment: str) -> list[str]:
         """Every flag key the environment ever had, deleted ones included."""
         return sorted(self._latest.get(environment, {}))

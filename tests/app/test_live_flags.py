@@ -50,3 +50,14 @@ def test_time_travel_reads_the_history_and_knows_its_limits(tmp_path: Path) -> N
     assert live.at("dev", "other", 45.0) is None
     put(table, 6, None, 60.0)
     assert live.at("dev", "f", 65.0) is None
+
+
+def test_made_up_environments_cost_nothing(tmp_path: Path) -> None:
+    table = FlagTable(tmp_path, history_depth=3, stream_depth=10)
+    table.open()
+    live = LiveFlags(table)
+    assert live.environment("made-up") == {}
+    assert live.get("made-up", "f") is None
+    assert "made-up" not in live._environments
+    put(table, 1, FLAG, 1.0)
+    assert live.get("dev", "f") is not None
