@@ -1,0 +1,81 @@
+"""Exposures: exactly one per evaluation of an experiment flag that resolves a variant for a
+targeting key, on every path; none for other flags."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from app.evaluation_client import EvaluationClient
+from app.evaluation_records import EvaluationResult
+from app.topics import EXPOSURES
+from tests.conftest import Worker, flag, read_topic, wait_until
+
+EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS
+EXPERIMENT = flag(
+    "off",
+    targeting={"fractional": [["on", 50], ["off", 50]]},
+    metadata={"experiment": True, "experimentKey": "exp-1"},
+)
+
+
+def exposures_of(broker: str, env: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in read_topic(broker, EXPOSURES, EXPOSURE_PARTITIONS, idle_s=0.3)
+        if e["environment"] == env
+    ]
+
+
+def evaluate_over_kafka(
+    worker: Worker, env: str, contexts: list[dict[str, Any]]
+) -> list[EvaluationResult]:
+    async def run() -> list[EvaluationResult]:
+        async with EvaluationClient(worker.brokers, timeout_s=30, fetch_max_wait_ms=10) as client:
+            return await client.evaluate_many(env, contexts)
+
+    return asyncio.run(run())
+
+
+def test_one_exposure_per_experiment_evaluation_over_kafka(
+    worker: Worker, broker: str, env: str
+) -> None:
+    admin = worker.admin()
+    admin.put(env, "experiment", EXPERIMENT)
+    admin.put(env, "plain", flag("on", targeting={"fractional": [["on", 50], ["off", 50]]}))
+    admin.put(env, "stopped", {**EXPERIMENT, "state": "DISABLED"})
+    contexts = [{"targetingKey": f"user-{i}"} for i in range(40)] + [
+        {"email": "anonymous@example.com"}
+    ]
+    results = evaluate_over_kafka(worker, env, contexts)
+    results += evaluate_over_kafka(worker, env, contexts[:10])  # evaluated again: exposed again
+
+    exposures = wait_until(
+        lambda: len(found := exposures_of(broker, env)) >= 50 and found, timeout_s=15
+    )
+    assert len(exposures) == 50, (
+        "40 + 10 evaluations with a targeting key; none for plain, stopped or anonymous"
+    )
+    assert {e["flag"] for e in exposures} == {"experiment"}
+    assert len({e["exposure_id"] for e in exposures}) == 50
+    assert Counter(e["targeting_key"] for e in exposures) == Counter(
+        [f"user-{i}" for i in range(40)] + [f"user-{i}" for i in range(10)]
+    )
+    variants = {
+        c["targetingKey"]: r.flags["experiment"].variant
+        for c, r in zip(contexts[:40], results, strict=False)
+    }
+    for exposure in exposures:
+        assert exposure["variant"] == variants[exposure["targeting_key"]]
+        assert (exposure["flag_version"], exposure["source"], exposure["schema"]) == (1, "kafka", 1)
+
+
+def test_exposures_carry_the_version_evaluated(worker: Worker, broker: str, env: str) -> None:
+    admin = worker.admin()
+    admin.put(env, "experiment", EXPERIMENT)
+    evaluate_over_kafka(worker, env, [{"targetingKey": "before"}])
+    admin.put(env, "experiment", {**EXPERIMENT, "defaultVariant": "on"})
+    evaluate_over_kafka(worker, env, [{"targetingKey": "after"}])
+    exposures = wait_until(lambda: len(found := exposures_of(broker, env)) >= 2 and found)
+    assert {e["targeting_key"]: e["flag_version"] for e in exposures} == {"before": 1, "after": 2}
