@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +26,11 @@ from app.web.auth import Access, refuse
 
 KEEPALIVE_S = 15.0
 QUEUE_LIMIT = 1000  # changes buffered per client before it is sent a snapshot instead
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 class Subscriber:
@@ -61,6 +68,28 @@ def publish(change: AppliedChange) -> None:
 flag_table.listen(publish)
 
 
+@asynccontextmanager
+async def subscription(environment: str) -> AsyncIterator[Subscriber]:
+    """A queue of the environment's changes for one open stream (also used by OFREP's).
+
+    The stream ends quietly when its client goes away or the worker shuts down.
+    """
+    subscriber = Subscriber()
+    subscribers.setdefault(environment, set()).add(subscriber)
+    task = asyncio.current_task()
+    assert task is not None
+    serving.add(task)
+    metrics.STREAM_CLIENTS.inc()
+    try:
+        yield subscriber
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        subscribers[environment].discard(subscriber)
+        serving.discard(task)
+        metrics.STREAM_CLIENTS.dec()
+
+
 def event(kind: str, seq: int, data: Any) -> bytes:
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return f"id: {seq}\nevent: {kind}\ndata: {payload}\n\n".encode()
@@ -83,28 +112,10 @@ class ChangeStream(View):
         denied = refuse(request, settings, Access.READ) or check_keys(env)
         if denied:
             return counted("stream", denied)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
-        subscriber = Subscriber()
-        subscribers.setdefault(env, set()).add(subscriber)
-        task = asyncio.current_task()
-        assert task is not None
-        serving.add(task)
-        metrics.STREAM_CLIENTS.inc()
-        try:
+        async with subscription(env) as subscriber:
             await self.serve(response, env, subscriber, last_event_id(request))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            subscribers[env].discard(subscriber)
-            serving.discard(task)
-            metrics.STREAM_CLIENTS.dec()
         return counted("stream", response)
 
     async def serve(

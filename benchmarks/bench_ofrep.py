@@ -1,0 +1,265 @@
+"""OFREP single-flag evaluation over HTTP, beside a bare aiohttp server answering the same bytes.
+
+One run, three servers, each its own process, driven in turn by the same `wrk` command:
+
+(a) reference: a bare aiohttp app whose one POST handler returns, as a constant, the exact
+    body flagstream answers for the request below (no auth, no parsing, no evaluation);
+(b) flagstream: one worker (embedded broker) answering `POST /ofrep/v1/evaluate/flags/{key}`
+    for a targeted flag (`ends_with` on email, else a 50/50 `fractional` split), with an SDK
+    key and a context `{"targetingKey", "email"}`;
+(c) diagnostic: the bare app of (a) doing the least work an evaluation needs (compare the
+    key, parse the JSON body, run the engine on the same flag) and returning the same bytes.
+    (c) / (a) is the ceiling for any Python server doing this work; (b) / (c) is what Faust,
+    flagstream's bookkeeping (counts, latency, exposures) and error handling cost on top.
+
+Goal (issue 4): (b) ≥ 80% of (a)'s requests/s, p99 ≤ 1.25x. The machine has 2 cores, so
+wrk runs one thread (`-t1`) and each server one process.
+
+    .venv/bin/python benchmarks/bench_ofrep.py [--duration 10] [--connections 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.broker import free_port, start_broker, stop
+from tests.conftest import REPO, SDK_KEY, Worker
+
+FLAG_KEY = "checkout-split"
+FLAG = {
+    "state": "ENABLED",
+    "variants": {"control": "control", "treatment": "treatment"},
+    "defaultVariant": "control",
+    "targeting": {
+        "if": [
+            {"ends_with": [{"var": "email"}, "@example.com"]},
+            {"fractional": [["control", 50], ["treatment", 50]]},
+            "control",
+        ]
+    },
+}
+CONTEXT = {"context": {"targetingKey": "user-1234", "email": "ann@example.com"}}
+PATH = f"/ofrep/v1/evaluate/flags/{FLAG_KEY}"
+REF, OURS, WORK = "(a) bare aiohttp", "(b) flagstream OFREP", "(c) bare + same work"
+
+# The reference servers: `python -c BARE PORT BODY_HEX constant|work FLAG_KEY FLAG_JSON SDK_KEY`.
+BARE = """
+import hmac, json, sys, time
+from aiohttp import web
+
+body = bytes.fromhex(sys.argv[2])
+
+async def constant(request):
+    return web.Response(body=body, content_type="application/json")
+
+if sys.argv[3] == "work":
+    from app.engine import compile_flag, evaluate
+    key, flag, sdk_key = sys.argv[4], json.loads(sys.argv[5]), sys.argv[6].encode()
+    flag = compile_flag(key, flag)
+
+    async def work(request):
+        token = request.headers.get("Authorization", "").partition(" ")[2]
+        hmac.compare_digest(token.encode(), sdk_key)
+        content = request.content
+        raw = content.read_nowait() if content.is_eof() else await request.read()
+        evaluate(flag, json.loads(raw)["context"], int(time.time()), key)
+        return web.Response(body=body, content_type="application/json")
+
+app = web.Application()
+handler = work if sys.argv[3] == "work" else constant
+app.router.add_post("/ofrep/v1/evaluate/flags/{key}", handler)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def post(url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url + PATH,
+        data=json.dumps(CONTEXT).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {SDK_KEY}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status, response.read()
+
+
+def wait_for(url: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            post(url)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout_s}s")
+
+
+def to_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, script: Path, duration_s: int, connections: int, pid: int
+) -> tuple[float, float, float]:
+    """(requests/s, p99 ms, server CPU µs per request) of one wrk run.
+
+    CPU per request is the least noisy of the three on a shared 2-core machine.
+    """
+    cpu = cpu_seconds(pid)
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(script),
+        url + PATH,
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    if "Non-2xx" in output or "Socket errors" in output:
+        print(output, file=sys.stderr)
+        raise RuntimeError("wrk saw errors: the comparison would be meaningless")
+    return rate, p99, cpu / requests * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each server")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk before measuring")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: `apt-get install -y wrk` (the benchmark drives it)")
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ofrep-"))
+    kafka_port = free_port()
+    broker = start_broker("127.0.0.1", kafka_port, workdir / "broker.log")
+    worker = Worker(
+        f"127.0.0.1:{kafka_port}",
+        workdir / "worker",
+        "bench-ofrep",
+        FLAGSTREAM_SDK_KEYS=f"{SDK_KEY}=bench",
+        # Nothing changes during the run: the default fetch wait keeps the background
+        # Kafka polling of an idle worker at its production rate instead of 100/s.
+        FLAGSTREAM_FETCH_MAX_WAIT_MS="500",
+    ).start()
+    references: list[subprocess.Popen[bytes]] = []
+
+    def reference(mode: str) -> tuple[str, int]:
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BARE,
+                str(port),
+                body.hex(),
+                mode,
+                FLAG_KEY,
+                json.dumps(FLAG),
+                SDK_KEY,
+            ],
+            cwd=REPO,
+        )
+        references.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url)
+        assert post(url) == (200, body), "a reference must answer the same bytes"
+        return url, process.pid
+
+    try:
+        worker.admin().put("bench", FLAG_KEY, FLAG)
+        status, body = post(worker.url)
+        assert status == 200, body
+        bare, bare_work = reference("constant"), reference("work")
+
+        script = workdir / "post.lua"
+        script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(CONTEXT)), key=SDK_KEY))
+        assert worker.process is not None
+        servers = {
+            REF: bare,
+            OURS: (worker.url, worker.process.pid),
+            WORK: bare_work,
+        }
+        for url, pid in servers.values():
+            wrk(url, script, args.warmup, args.connections, pid)
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, (url, pid) in servers.items():
+                rate, p99, cpu_us = wrk(url, script, args.duration, args.connections, pid)
+                results[name].append((rate, p99, cpu_us))
+                print(
+                    f"{name:22} {rate:10,.0f} req/s  p99 {p99:6.2f} ms  {cpu_us:5.1f} µs CPU/req",
+                    flush=True,
+                )
+    finally:
+        for process in references:
+            process.terminate()
+            process.wait(10)
+        worker.stop()
+        stop(broker)
+
+    rate = {name: statistics.median(run[0] for run in runs) for name, runs in results.items()}
+    p99 = {name: statistics.median(run[1] for run in runs) for name, runs in results.items()}
+    cpu = {name: statistics.median(run[2] for run in runs) for name, runs in results.items()}
+    print()
+    print(f"body: {body.decode()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
+        f"Python {platform.python_version()}"
+    )
+    print(
+        f"command: wrk -t1 -c{args.connections} -d{args.duration}s --latency (POST, Lua script);"
+        f" {args.rounds} round(s), medians"
+    )
+    print("| server | req/s | p99 ms | server CPU µs/req |")
+    print("|---|---:|---:|---:|")
+    for name in servers:
+        print(f"| {name} | {rate[name]:,.0f} | {p99[name]:.2f} | {cpu[name]:.1f} |")
+    throughput, latency = rate[OURS] / rate[REF], p99[OURS] / p99[REF]
+    print(
+        f"throughput ratio {throughput:.2f} (goal ≥ 0.80), p99 ratio {latency:.2f} (goal ≤ 1.25),"
+        f" CPU per request ratio {cpu[OURS] / cpu[REF]:.2f}"
+    )
+    print(
+        f"ceiling (c)/(a) {rate[WORK] / rate[REF]:.2f}; flagstream against it (b)/(c)"
+        f" {rate[OURS] / rate[WORK]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

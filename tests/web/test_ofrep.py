@@ -1,0 +1,460 @@
+"""OFREP over HTTP against a real worker, every response checked against the OpenAPI document.
+
+The document is `../shared/conformance/ofrep/openapi.yaml` (OFREP 0.3.0), read as is; two
+errata of that version are patched in memory before validating (see `spec`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from app.engine import compile_flag, evaluate
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, REPO, SDK_KEY, EventStream, Worker, flag
+
+SPEC = REPO.parent / "shared" / "conformance" / "ofrep" / "openapi.yaml"
+OTHER_KEY = "test-sdk-key-staging"  # selects `staging`
+BULK_KEY = "test-sdk-key-bulk"  # selects `bulk`, which only the bulk tests write to
+MAX_BODY = 4096
+SINGLE = "/ofrep/v1/evaluate/flags/"
+BULK = "/ofrep/v1/evaluate/flags"
+
+TARGETED = {
+    "state": "ENABLED",
+    "variants": {"on": True, "off": False},
+    "defaultVariant": "off",
+    "targeting": {"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on", "off"]},
+}
+SPLIT = {
+    "state": "ENABLED",
+    "variants": {"control": "control", "treatment": "treatment"},
+    "defaultVariant": "control",
+    "targeting": {"fractional": [["control", 50], ["treatment", 50]]},
+}
+
+
+def published() -> dict[str, Any]:
+    if not SPEC.exists():
+        pytest.skip(f"OFREP conformance data is absent ({SPEC}); see ../shared/conformance")
+    document: dict[str, Any] = yaml.safe_load(SPEC.read_text())
+    return document
+
+
+@cache
+def spec() -> dict[str, Any]:
+    """The OpenAPI document, with the two errata of OFREP 0.3.0 corrected.
+
+    1. `evaluationSuccess` picks the value's type with `oneOf`, but `codeDefaultFlag` is any
+       object and `floatFlag` accepts integers, so every body with a value matches two
+       branches and fails `oneOf` (`test_the_published_schema_rejects_every_value`). The
+       intent (ADR-0006: "the oneOf discriminator") is one of these shapes: `anyOf`.
+    2. The reason enum omits DEFAULT, which OpenFeature defines, flagd sends when targeting
+       matches no rule, and ADR-0006's own example uses. We send DEFAULT rather than a
+       reason that would misinform clients (STATIC invites caching across contexts).
+    """
+    document = published()
+    schemas = document["components"]["schemas"]
+    typed = schemas["evaluationSuccess"]["allOf"][1]
+    typed["anyOf"] = typed.pop("oneOf")
+    schemas["evaluationSuccess"]["allOf"][0]["properties"]["reason"]["enum"].append("DEFAULT")
+    return document
+
+
+def validator(schema: str, document: dict[str, Any] | None = None) -> Draft202012Validator:
+    resource = Resource.from_contents(document or spec(), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource("urn:ofrep", resource)
+    return Draft202012Validator(
+        {"$ref": f"urn:ofrep#/components/schemas/{schema}"}, registry=registry
+    )
+
+
+@cache
+def validators(schema: str) -> Draft202012Validator:
+    return validator(schema)
+
+
+def conforms(body: Any, schema: str) -> Any:
+    errors = [e.message for e in validators(schema).iter_errors(body)]
+    assert not errors, f"{schema}: {errors} in {body}"
+    return body
+
+
+# Per path and status: the schema the OpenAPI document gives the response body.
+SINGLE_SCHEMAS = {200: "serverEvaluationSuccess", 400: "evaluationFailure", 404: "flagNotFound"}
+BULK_SCHEMAS = {200: "bulkEvaluationSuccess", 400: "bulkEvaluationFailure"}
+
+
+class Reply:
+    def __init__(self, status: int, headers: http.client.HTTPMessage, raw: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.raw = raw
+        self.body: Any = json.loads(raw) if raw else None
+
+
+def post(
+    worker: Worker,
+    path: str,
+    body: Any = None,
+    *,
+    key: str | None = SDK_KEY,
+    scheme: str = "bearer",
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """POST to the worker; the body is checked against the spec for the path and status."""
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        sent |= {"Authorization": f"Bearer {key}"} if scheme == "bearer" else {"X-API-Key": key}
+    data = raw if raw is not None else json.dumps(body).encode()
+    parsed = urllib.parse.urlsplit(worker.url + path)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    try:
+        connection.request(
+            "POST", parsed.path + (f"?{parsed.query}" if parsed.query else ""), data, sent
+        )
+        response = connection.getresponse()
+        reply = Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+    schemas = BULK_SCHEMAS if parsed.path == BULK else SINGLE_SCHEMAS
+    if reply.status in schemas:
+        conforms(reply.body, schemas[reply.status])
+    elif reply.status == 413:  # not in the spec: the failure shape of the path
+        conforms(reply.body, schemas[400])
+    return reply
+
+
+def evaluate_one(worker: Worker, flag_key: str, context: dict[str, Any], **kwargs: Any) -> Reply:
+    return post(worker, SINGLE + urllib.parse.quote(flag_key), {"context": context}, **kwargs)
+
+
+def new_key() -> str:
+    return "f-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="module")
+def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A worker with three SDK keys (three environments) and a small body limit."""
+    spec()  # skip the module before starting anything when the spec is absent
+    started = Worker(
+        broker,
+        tmp_path_factory.mktemp("ofrep") / "data",
+        "flagstream-ofrep",
+        FLAGSTREAM_SDK_KEYS=f"{SDK_KEY}=development,{OTHER_KEY}=staging,{BULK_KEY}=bulk",
+        FLAGSTREAM_MAX_BODY_BYTES=str(MAX_BODY),
+    ).start()
+    yield started
+    started.stop()
+
+
+def test_the_published_schema_rejects_every_value() -> None:
+    """Why `spec` corrects erratum 1: a plain boolean answer fails the published `oneOf`."""
+    body = {"key": "k", "value": True, "reason": "STATIC", "variant": "on"}
+    assert not validator("evaluationSuccess", published()).is_valid(body)
+    assert validator("evaluationSuccess").is_valid(body)
+
+
+# -- one flag ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variants", "default", "value"),
+    [
+        ({"on": True, "off": False}, "on", True),
+        ({"a": "alpha", "b": "beta"}, "b", "beta"),
+        ({"one": 1, "two": 2}, "two", 2),
+        ({"half": 0.5, "third": 0.33}, "half", 0.5),
+        ({"cfg": {"limit": 3, "tags": ["x"]}, "none": {}}, "cfg", {"limit": 3, "tags": ["x"]}),
+    ],
+    ids=["boolean", "string", "integer", "float", "object"],
+)
+def test_a_static_flag_of_each_type(
+    worker: Worker, variants: dict[str, Any], default: str, value: Any
+) -> None:
+    key = new_key()
+    worker.admin().put(
+        "development", key, {"state": "ENABLED", "variants": variants, "defaultVariant": default}
+    )
+    reply = evaluate_one(worker, key, {"targetingKey": "user-1"})
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert reply.body == {
+        "key": key,
+        "value": value,
+        "reason": "STATIC",
+        "variant": default,
+        "metadata": {},
+    }
+    assert type(reply.body["value"]) is type(value)
+
+
+def test_targeting_matches_or_falls_back_to_the_default(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, TARGETED)
+    matched = evaluate_one(worker, key, {"targetingKey": "u", "email": "ann@example.com"})
+    assert (matched.body["value"], matched.body["variant"], matched.body["reason"]) == (
+        True,
+        "on",
+        "TARGETING_MATCH",
+    )
+    other = evaluate_one(worker, key, {"targetingKey": "u", "email": "bob@elsewhere.org"})
+    assert (other.body["value"], other.body["variant"]) == (False, "off")
+
+
+def test_fractional_splits_agree_with_the_engine(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, SPLIT)
+    compiled = compile_flag(key, SPLIT)
+    assert not isinstance(compiled, list)
+    seen = set()
+    for n in range(40):
+        context = {"targetingKey": f"user-{n}"}
+        expected = evaluate(compiled, context, int(time.time()), key)
+        body = evaluate_one(worker, key, context).body
+        assert (body["variant"], body["value"], body["reason"]) == (
+            expected.variant,
+            expected.value,
+            expected.reason,
+        )
+        seen.add(body["variant"])
+    assert seen == {"control", "treatment"}
+
+
+def test_metadata_is_returned(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag(metadata={"team": "growth", "experiment": False}))
+    body = evaluate_one(worker, key, {}).body
+    assert body["metadata"] == {"team": "growth", "experiment": False}
+
+
+def test_a_disabled_flag_defers_to_the_code_default(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag(state="DISABLED"))
+    reply = evaluate_one(worker, key, {"targetingKey": "u"})
+    assert reply.status == 200
+    assert reply.body == {"key": key, "reason": "DISABLED", "metadata": {}}
+
+
+def test_no_default_variant_and_no_match_defers_to_the_code_default(worker: Worker) -> None:
+    key = new_key()
+    only_on = {"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on"]}
+    worker.admin().put(
+        "development", key, {**TARGETED, "defaultVariant": None, "targeting": only_on}
+    )
+    reply = evaluate_one(worker, key, {"targetingKey": "u", "email": "x@elsewhere.org"})
+    assert reply.status == 200
+    assert "value" not in reply.body and "variant" not in reply.body
+    assert reply.body["reason"] == "DEFAULT"
+
+
+def test_a_missing_flag_is_404(worker: Worker) -> None:
+    reply = evaluate_one(worker, "no-such-flag", {"targetingKey": "u"})
+    assert reply.status == 404
+    assert reply.body["key"] == "no-such-flag"
+    assert reply.body["errorCode"] == "FLAG_NOT_FOUND"
+
+
+def test_an_evaluation_error_is_400_with_its_code(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag(targeting={"if": [True, "nope", "off"]}))
+    reply = evaluate_one(worker, key, {"targetingKey": "u"})
+    assert reply.status == 400
+    assert reply.body["key"] == key
+    assert reply.body["errorCode"] == "GENERAL"
+    assert "nope" in reply.body["errorDetails"]
+
+
+# -- authentication and environments ------------------------------------------------------
+
+
+def test_both_auth_schemes_select_the_environment(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag(default="on"))
+    for scheme in ("bearer", "api-key"):
+        assert evaluate_one(worker, key, {}, scheme=scheme).body["value"] is True
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [(None, 401), ("wrong-key", 401), (ADMIN_TOKEN, 403), (READ_TOKEN, 403)],
+    ids=["none", "unknown", "admin-token", "read-token"],
+)
+def test_only_an_sdk_key_evaluates(worker: Worker, token: str | None, status: int) -> None:
+    for path in (SINGLE + "anything", BULK):
+        reply = post(worker, path, {"context": {}}, key=token)
+        assert reply.status == status, reply.body
+        assert "errorDetails" in reply.body
+        if status == 401:
+            assert reply.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_key_reads_only_its_own_environment(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("staging", key, flag(default="on"))
+    assert evaluate_one(worker, key, {}, key=OTHER_KEY).body["value"] is True
+    assert evaluate_one(worker, key, {}, key=SDK_KEY).status == 404
+    staging = post(worker, BULK, {"context": {}}, key=OTHER_KEY).body["flags"]
+    development = post(worker, BULK, {"context": {}}, key=SDK_KEY).body["flags"]
+    assert key in {item["key"] for item in staging}
+    assert key not in {item["key"] for item in development}
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", "PARSE_ERROR"),
+        (b"\xff\xfe", "PARSE_ERROR"),
+        (b"[1, 2]", "INVALID_CONTEXT"),
+        (b'{"context": "user-1"}', "INVALID_CONTEXT"),
+        (b'{"context": {"targetingKey": 42}}', "INVALID_CONTEXT"),
+    ],
+    ids=["not-json", "not-utf8", "not-an-object", "context-not-an-object", "targeting-key"],
+)
+def test_a_bad_body_is_400(worker: Worker, raw: bytes, code: str) -> None:
+    single = post(worker, SINGLE + "any-flag", raw=raw)
+    assert (single.status, single.body["errorCode"], single.body["key"]) == (400, code, "any-flag")
+    bulk = post(worker, BULK, raw=raw, key=BULK_KEY)
+    assert (bulk.status, bulk.body["errorCode"]) == (400, code)
+
+
+def test_an_oversize_body_is_413(worker: Worker) -> None:
+    raw = json.dumps({"context": {"targetingKey": "u", "pad": "x" * MAX_BODY}}).encode()
+    assert post(worker, SINGLE + "any-flag", raw=raw).status == 413
+    assert post(worker, BULK, raw=raw, key=BULK_KEY).status == 413
+
+
+def test_no_body_or_no_context_is_the_empty_context(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag(default="on"))
+    assert post(worker, SINGLE + key, raw=b"").body["value"] is True
+    assert post(worker, SINGLE + key, {}).body["value"] is True
+
+
+# -- bulk --------------------------------------------------------------------------------
+
+
+def test_bulk_evaluates_every_flag_with_per_flag_errors(worker: Worker) -> None:
+    admin = worker.admin()
+    admin.put("bulk", "targeted", TARGETED)
+    admin.put("bulk", "broken", flag(targeting={"if": [True, "nope", "off"]}))
+    admin.put("bulk", "disabled", flag(state="DISABLED"))
+    reply = post(
+        worker, BULK, {"context": {"targetingKey": "u", "email": "a@example.com"}}, key=BULK_KEY
+    )
+    assert reply.status == 200
+    flags = {item["key"]: item for item in reply.body["flags"]}
+    assert flags["targeted"]["variant"] == "on"
+    assert flags["broken"]["errorCode"] == "GENERAL"
+    assert flags["disabled"] == {"key": "disabled", "reason": "DISABLED", "metadata": {}}
+    assert reply.body["eventStreams"] == [
+        {"type": "sse", "endpoint": {"requestUri": "/ofrep/v1/events"}, "inactivityDelaySec": 120}
+    ]
+
+
+def test_bulk_is_304_until_a_flag_or_the_context_changes(worker: Worker) -> None:
+    context = {"context": {"targetingKey": "u", "email": "a@example.com"}}
+    first = post(worker, BULK, context, key=BULK_KEY)
+    etag = first.headers["ETag"]
+    again = post(worker, BULK, context, key=BULK_KEY, headers={"If-None-Match": etag})
+    assert (again.status, again.raw, again.headers["ETag"]) == (304, b"", etag)
+    other_context = {"context": {"targetingKey": "v", "email": "a@example.com"}}
+    moved = post(worker, BULK, other_context, key=BULK_KEY, headers={"If-None-Match": etag})
+    assert moved.status == 200 and moved.headers["ETag"] != etag
+    worker.admin().put("bulk", new_key(), flag())
+    changed = post(worker, BULK, context, key=BULK_KEY, headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+
+
+# -- change notifications ----------------------------------------------------------------
+
+
+def events_url(worker: Worker) -> str:
+    return worker.url + "/ofrep/v1/events"
+
+
+def test_a_change_notifies_the_key_environment_only(worker: Worker) -> None:
+    events = EventStream(events_url(worker), token=SDK_KEY)
+    try:
+        worker.admin().put("staging", new_key(), flag())  # another environment: no event
+        applied = worker.admin().put("development", new_key(), flag())
+        seq, kind, data = events.next()
+        assert (seq, kind) == (applied["seq"], "message")
+        conforms(data, "sseEventData")
+        assert data["type"] == "refetchEvaluation"
+        assert data["etag"] == f'"{applied["seq"]}"'
+        assert abs(data["lastModified"] - time.time()) < 60
+        refetch = post(worker, BULK + f"?flagConfigEtag={urllib.parse.quote(data['etag'])}", {})
+        assert refetch.status == 200
+    finally:
+        events.close()
+
+
+def test_a_client_that_missed_changes_is_told_at_once(worker: Worker) -> None:
+    applied = worker.admin().put("development", new_key(), flag())
+    events = EventStream(events_url(worker), token=SDK_KEY, last_event_id=applied["seq"] - 1)
+    try:
+        seq, kind, data = events.next()
+        assert (seq, kind, data["type"]) == (applied["seq"], "message", "refetchEvaluation")
+    finally:
+        events.close()
+
+
+def test_notifications_end_at_the_latest_change(worker: Worker) -> None:
+    events = EventStream(events_url(worker), token=SDK_KEY)
+    try:
+        applied = [worker.admin().put("development", new_key(), flag()) for _ in range(3)]
+        last = applied[-1]["seq"]
+        ids = []
+        while not ids or ids[-1] < last:
+            seq, _, data = events.next()
+            assert data["etag"] == f'"{seq}"'
+            ids.append(seq)
+        assert ids == sorted(ids) and ids[-1] == last and len(ids) <= 3
+    finally:
+        events.close()
+
+
+def test_the_notification_stream_needs_an_sdk_key(worker: Worker) -> None:
+    with pytest.raises(AssertionError):
+        EventStream(events_url(worker), token=READ_TOKEN)
+
+
+def test_evaluations_are_counted(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag())
+    evaluate_one(worker, key, {})
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    labels = f'environment="development",flag="{key}",path="ofrep",reason="STATIC",variant="off"'
+    assert f"flagstream_evaluations_total{{{labels}}} 1.0" in text
+    assert 'flagstream_evaluation_latency_seconds_count{path="ofrep"}' in text
+
+
+def test_a_change_is_served_at_once(worker: Worker) -> None:
+    key = new_key()
+    worker.admin().put("development", key, flag(default="off"))
+    assert evaluate_one(worker, key, {}).body["value"] is False
+    worker.admin().put("development", key, flag(default="on"))
+    assert evaluate_one(worker, key, {}).body["value"] is True
+    worker.admin().delete("development", key)
+    assert evaluate_one(worker, key, {}).status == 404
