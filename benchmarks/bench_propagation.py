@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.broker import free_port, start_broker, stop  # noqa: E402
-from tests.conftest import EventStream, Worker, flag  # noqa: E402
+from app.broker import free_port, start_broker, stop
+from tests.conftest import EventStream, Worker, flag
 
 
 def percentile(values: list[float], q: float) -> float:
