@@ -19,7 +19,7 @@ from typing import Any
 from app.changes import KEY_PATTERN
 from app.engine import Resolution
 from app.live_flags import LiveFlag
-from app.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps
+from app.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps, loads
 from app.topics import EVALUATION_RESULTS
 
 # A worker writes results only to `evaluation-results` or a topic under `evaluation-results.`:
@@ -124,7 +124,7 @@ def decode_requests(raw: bytes | None) -> Requests | Rejection:
     if not raw:
         return _malformed("empty record")
     try:
-        data: Any = json.loads(raw)
+        data: Any = loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         return _malformed(f"not JSON: {exc}")
     if not isinstance(data, dict):
@@ -203,18 +203,11 @@ def error_json(item: Invalid, evaluated_at: float) -> JSON:
     }
 
 
-# `records.dumps` without the cycle check: results are trees we build, and encoding is the
-# largest cost of answering a batch (the check alone is ~10% of it).
-_encode_json = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, check_circular=False
-).encode
-
-
 def encode_results(results: list[JSON], batch: bool) -> bytes:
     """The value of the result record: one result, or a batch in the requests' order."""
     if batch:
-        return _encode_json({"schema": SCHEMA_VERSION, "results": results}).encode()
-    return _encode_json({"schema": SCHEMA_VERSION, **results[0]}).encode()
+        return dumps({"schema": SCHEMA_VERSION, "results": results})
+    return dumps({"schema": SCHEMA_VERSION, **results[0]})
 
 
 def encode_requests(
@@ -280,7 +273,7 @@ def decode_results(raw: bytes) -> list[EvaluationResult]:
     no caller can be waiting for them.
     """
     try:
-        data = json.loads(raw)
+        data = loads(raw)
         entries = data.get("results", [data])
         return [
             EvaluationResult(

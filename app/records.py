@@ -8,10 +8,12 @@ here are only the shapes and their lossless JSON round trip.
 from __future__ import annotations
 
 import base64
-import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 JSON = dict[str, Any]
 SCHEMA_VERSION = 1
@@ -145,6 +147,22 @@ class DeadLetter:
         }
 
 
-def dumps(data: JSON) -> bytes:
-    """Compact UTF-8 JSON, the wire form of every record."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+def _default(value: Any) -> Any:
+    """Read-only mappings (engine metadata) are written as JSON objects."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON, the wire form of every record and response.
+
+    orjson: on the evaluation paths encoding and parsing are a large share of a request,
+    and orjson does both 3-5x faster than the standard library.
+    """
+    return orjson.dumps(data, default=_default)
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON; raises `json.JSONDecodeError` (orjson's is a subclass) on bad input."""
+    return orjson.loads(raw)

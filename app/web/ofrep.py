@@ -31,6 +31,7 @@ from aiohttp import web
 from app import metrics
 from app.engine import ErrorCode, Resolution
 from app.main import evaluation_stats, evaluator, faust_app, flag_table, live_flags, settings
+from app.records import dumps, loads
 from app.web.auth import Access, access_of, bearer, sdk_environment
 from app.web.stream import (
     KEEPALIVE_S,
@@ -102,7 +103,7 @@ def encoded(key: str, resolution: Resolution) -> tuple[int, bytes]:
     if cached is not None and cached[0] is resolution and cached[1] == key:
         return cached[2], cached[3]
     status, body = resolution_body(key, resolution)
-    raw = _encode(body).encode()
+    raw = dumps(body)
     if resolution.error_code is None:
         if len(_bodies) >= BODY_CACHE_SIZE:
             _bodies.clear()
@@ -110,19 +111,9 @@ def encoded(key: str, resolution: Resolution) -> tuple[int, bytes]:
     return status, raw
 
 
-def _default(value: Any) -> Any:
-    """Flag metadata is a read-only mapping; JSON writes it as an object."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default).encode
-
-
 def respond(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=_encode(body).encode(),
+        body=dumps(body),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -177,7 +168,7 @@ async def read_context(request: web.Request, key: str | None) -> dict[str, Any] 
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         return bad_request(key, 400, ErrorCode.PARSE_ERROR, f"the body is not JSON: {exc}")
     if not isinstance(body, dict):
