@@ -4,13 +4,15 @@ targeting key, on every path; none for other flags."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from typing import Any
 
+from app.client import AdminClient
 from app.evaluation_client import EvaluationClient
 from app.evaluation_records import EvaluationResult
 from app.topics import EXPOSURES
-from tests.conftest import Worker, flag, read_topic, wait_until
+from tests.conftest import SDK_KEY, Worker, flag, read_topic, wait_until
 
 EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS
 EXPERIMENT = flag(
@@ -79,3 +81,32 @@ def test_exposures_carry_the_version_evaluated(worker: Worker, broker: str, env:
     evaluate_over_kafka(worker, env, [{"targetingKey": "after"}])
     exposures = wait_until(lambda: len(found := exposures_of(broker, env)) >= 2 and found)
     assert {e["targeting_key"]: e["flag_version"] for e in exposures} == {"before": 1, "after": 2}
+
+
+def test_one_exposure_per_experiment_evaluation_over_ofrep(worker: Worker, broker: str) -> None:
+    """OFREP serves the SDK key's environment, `development`; the flag key is this test's own."""
+    key = "ofrep-experiment-" + uuid.uuid4().hex[:8]
+    worker.admin().put("development", key, EXPERIMENT)
+    sdk = AdminClient(worker.url, SDK_KEY)
+    variants = {}
+    for i in range(12):
+        body = {"context": {"targetingKey": f"ofrep-user-{i}"}}
+        reply = sdk.request("POST", f"/ofrep/v1/evaluate/flags/{key}", body)
+        assert reply.status == 200, reply.body
+        variants[f"ofrep-user-{i}"] = reply.body["variant"]
+    bulk = sdk.request(
+        "POST", "/ofrep/v1/evaluate/flags", {"context": {"targetingKey": "ofrep-user-0"}}
+    )
+    assert bulk.status == 200
+    anonymous = sdk.request("POST", f"/ofrep/v1/evaluate/flags/{key}", {"context": {}})
+    assert anonymous.status == 200
+
+    def mine() -> list[dict[str, Any]]:
+        return [e for e in exposures_of(broker, "development") if e["flag"] == key]
+
+    exposures = wait_until(lambda: len(found := mine()) >= 13 and found)
+    assert len(exposures) == 13, "12 single evaluations + 1 bulk; none without a targeting key"
+    assert len({e["exposure_id"] for e in exposures}) == 13
+    assert {e["source"] for e in exposures} == {"ofrep"}
+    for exposure in exposures:
+        assert exposure["variant"] == variants[exposure["targeting_key"]]
