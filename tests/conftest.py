@@ -23,10 +23,16 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from hypothesis import HealthCheck, settings
 
 from app.broker import free_port, start_broker, stop
 from app.cli import wait_ready
 from app.client import AdminClient
+
+# Property tests check what is generated, not how fast: a loaded CI machine (or a worker
+# process beside the tests) must not turn slow generation into a failure.
+settings.register_profile("flagstream", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("flagstream")
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
