@@ -70,6 +70,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> 
     raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_up(args: argparse.Namespace) -> int:
     """Broker + one worker + the example flags; Ctrl-C stops both."""
     from app.broker import free_port, port_open, start_broker, stop
@@ -97,7 +101,7 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"starting the embedded broker on {host}:{kafka_port} ...", flush=True)
     broker = start_broker(host, kafka_port, data_dir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops everything as Ctrl-C does
     try:
         log_path = Path(args.log).resolve()
         print(f"starting a worker (log: {log_path}) ...", flush=True)

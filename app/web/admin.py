@@ -127,11 +127,13 @@ def counted(route: str, response: web.StreamResponse) -> web.StreamResponse:
 class Environments(View):
     async def get(self, request: web.Request) -> web.StreamResponse:
         denied = refuse(request, settings, Access.READ)
+        if denied:
+            return counted("environments", denied)
         envs = [
             {"environment": e, "seq": flag_table.environment_seq(e)}
             for e in flag_table.environments()
         ]
-        return counted("environments", denied or ok({"environments": envs}))
+        return counted("environments", ok({"environments": envs}))
 
 
 @faust_app.page(API + "/{env}/flags")

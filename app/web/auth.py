@@ -61,6 +61,13 @@ def refuse(request: web.Request, settings: Settings, needed: Access) -> web.Resp
     return None
 
 
+def may_read_environment(request: web.Request, settings: Settings, environment: str) -> bool:
+    """A read or admin token reads every environment; an SDK key reads its own."""
+    if access_of(bearer(request), settings) >= Access.READ:
+        return True
+    return sdk_environment(request, settings) == environment
+
+
 def sdk_environment(request: web.Request, settings: Settings) -> str | None:
     """The environment the request's SDK key (Bearer or X-API-Key) selects, if any.
 

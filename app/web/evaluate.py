@@ -19,7 +19,7 @@ from app.engine import ErrorCode, Reason, Resolution, evaluate, flag_not_found
 from app.live_flags import BEYOND_HISTORY, LiveFlag
 from app.main import faust_app, flag_table, live_flags, settings
 from app.web.admin import API, check_keys, counted, read_json
-from app.web.auth import Access, access_of, bearer, sdk_environment
+from app.web.auth import may_read_environment
 from app.web.responses import error, ok
 
 
@@ -64,12 +64,9 @@ def resolve_at(
 class Evaluate(View):
     async def post(self, request: web.Request, env: str) -> web.StreamResponse:
         denied = check_keys(env)
-        if denied is None and sdk_environment(request, settings) != env:
-            denied = error(
-                401, "UNAUTHORIZED", "a read token or this environment's SDK key is required"
-            )
-            if access_of(bearer(request), settings) >= Access.READ:
-                denied = None
+        if denied is None and not may_read_environment(request, settings, env):
+            message = "a read token or this environment's SDK key is required"
+            denied = error(401, "UNAUTHORIZED", message)
         if denied:
             return counted("evaluate", denied)
         body = await read_json(request)

@@ -34,10 +34,10 @@ from app.main import evaluation_stats, evaluator, faust_app, flag_table, live_fl
 from app.records import dumps, loads
 from app.web.auth import Access, access_of, bearer, sdk_environment
 from app.web.stream import (
-    KEEPALIVE_S,
     SSE_HEADERS,
     Subscriber,
     event,
+    next_change,
     subscribers,
     subscription,
 )
@@ -293,11 +293,7 @@ async def notify(request: web.Request, response: web.StreamResponse, environment
         else:
             await response.write(b": connected\n\n")
         while True:
-            try:
-                change = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
+            change = await next_change(subscriber, response)
             while not subscriber.queue.empty():  # coalesce a burst
                 change = subscriber.queue.get_nowait()
             subscriber.overflowed = False  # a full queue lost changes: the re-fetch gets them

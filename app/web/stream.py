@@ -90,6 +90,15 @@ async def subscription(environment: str) -> AsyncIterator[Subscriber]:
         metrics.STREAM_CLIENTS.dec()
 
 
+async def next_change(subscriber: Subscriber, response: web.StreamResponse) -> AppliedChange:
+    """The client's next change; keepalive comments while there is none (proxies cut idle lines)."""
+    while True:
+        try:
+            return await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
+        except TimeoutError:
+            await response.write(b": keepalive\n\n")
+
+
 def event(kind: str, seq: int, data: Any) -> bytes:
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return f"id: {seq}\nevent: {kind}\ndata: {payload}\n\n".encode()
@@ -133,11 +142,7 @@ class ChangeStream(View):
                 last = change.seq
         assert last is not None
         while True:
-            try:
-                change = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
+            change = await next_change(subscriber, response)
             if subscriber.overflowed or change.seq > last + 1:
                 subscriber.overflowed = False
                 while not subscriber.queue.empty():
