@@ -93,7 +93,11 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_DATA_DIR": str(data_dir),
         "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
+        # Tansu holds a group's first join for its timeouts (about half the session timeout
+        # was seen here): short ones make `up` answer in seconds instead of half a minute.
         "FLAGSTREAM_REBALANCE_TIMEOUT_S": os.environ.get("FLAGSTREAM_REBALANCE_TIMEOUT_S", "3"),
+        "FLAGSTREAM_SESSION_TIMEOUT_S": os.environ.get("FLAGSTREAM_SESSION_TIMEOUT_S", "6"),
+        "FLAGSTREAM_HEARTBEAT_S": os.environ.get("FLAGSTREAM_HEARTBEAT_S", "1"),
         "FLAGSTREAM_FETCH_MAX_WAIT_MS": os.environ.get("FLAGSTREAM_FETCH_MAX_WAIT_MS", "10"),
         "FLAGSTREAM_PRODUCER_IDEMPOTENCE": "false",
     }
