@@ -89,6 +89,26 @@ def hash_v3(value: Any) -> int | None:
     return int(_hash(bytes(out), 0, False))
 
 
+def text_pair_prefix(first: str) -> bytes | None:
+    """CBOR of a two-item array up to its second item, a text: `hash_v3([first, x])` is
+    `hash_after(prefix, x)`. The shorthand `fractional` pairs a constant flag key with the
+    targeting key, so the prefix is built once per compiled flag, not per evaluation."""
+    out = bytearray(b"\x82")
+    return bytes(out) if _encode(first, out, 0) else None
+
+
+def hash_after(prefix: bytes, text: str) -> int | None:
+    """`hash_v3` of the array whose CBOR starts with `prefix` and ends with the text `text`."""
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        return None
+    size = len(encoded)
+    head = _TEXT_HEADERS[size] if size < 256 else _header(3, size)
+    hashed: int = _hash(prefix + head + encoded, 0, False)
+    return hashed
+
+
 def _text_headers() -> tuple[bytes, ...]:
     """CBOR text-string headers for lengths 0..255 (major type 3), precomputed."""
     return tuple(bytes((0x60 | n,)) if n < 24 else bytes((0x78, n)) for n in range(256))

@@ -289,6 +289,23 @@ def _shorthand(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
     static_split = _parse_split(list(args), version) if is_constant(args) else None
     if is_constant(args) and static_split is None:
         return constant(None)
+    prefix = bucketing.text_pair_prefix(flag_key)
+    if version is FractionalVersion.V3 and static_split is not None and prefix is not None:
+        variants, weights = static_split
+        bounds = bucketing.thresholds(weights)
+        if bounds is None:
+            return constant(None)
+
+        def static_v3(data: Any) -> Any:
+            """The common case, hashed without building the pair: [flag key, targeting key]."""
+            key = data.get("targetingKey") if isinstance(data, Mapping) else None
+            if not isinstance(key, str) or not key:
+                return None
+            hashed = bucketing.hash_after(prefix, key)
+            index = None if hashed is None else bucketing.pick(bounds, hashed)
+            return None if index is None else variants[index]
+
+        return static_v3
 
     def shorthand(data: Any) -> Any:
         key = data.get("targetingKey") if isinstance(data, Mapping) else None
