@@ -75,14 +75,7 @@ def hash_v2(text: str) -> int | None:
 def hash_v3(value: Any) -> int | None:
     """Unsigned 32-bit murmur3 of the canonical CBOR of ``value`` (v3), None if unencodable."""
     if value.__class__ is str:
-        try:
-            encoded = value.encode()
-        except UnicodeEncodeError:
-            return None
-        size = len(encoded)
-        head = _TEXT_HEADERS[size] if size < 256 else _header(3, size)
-        hashed: int = _hash(head + encoded, 0, False)
-        return hashed
+        return hash_after(b"", value)
     out = bytearray()
     if not _encode(value, out, 0):
         return None

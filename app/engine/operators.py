@@ -89,7 +89,9 @@ def _sem_ver(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
         return constant(None)
     left, operator_rule, right = compiled
     operator = args[1]
-    if is_constant(operator) and operator not in semver.OPERATORS:
+    if is_constant(operator) and (
+        not isinstance(operator, str) or operator not in semver.OPERATORS
+    ):
         return constant(None)
     if is_constant(args[2]) and isinstance(operator, str):
         pinned = semver.parse_version(args[2])

@@ -158,3 +158,16 @@ def test_compiled_flag_does_not_alias_the_definition() -> None:
     flag = _compiled("f", definition)
     definition["variants"]["o"]["x"] = 2
     assert flag.variants["o"] == {"x": 1}
+
+
+def test_an_unhashable_sem_ver_operator_compiles_to_no_match() -> None:
+    """Found by the never-raises property: `[]` as the operator raised TypeError."""
+    definition = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "off",
+        "targeting": {"if": [{"sem_ver": [None, [], None]}, "on", "off"]},
+    }
+    flag = compile_flag("f", definition)
+    assert isinstance(flag, CompiledFlag)
+    assert evaluate(flag, {}, 0, "f").variant == "off"
