@@ -1,12 +1,14 @@
 """Who may do what: an admin token writes (and reads), read tokens read.
 
-Tokens are compared in constant time, and every configured token is compared on every
-request, so response timing reveals neither a token's prefix nor which list it is in.
+Admin and read tokens are compared in constant time, every configured token on every
+request, so response timing reveals neither a token's prefix nor which list it is in. SDK keys,
+checked on every evaluation, are looked up by SHA-256 digest instead (see `sdk_environment`).
 Tokens never reach a log line: only the outcome (401/403) does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from enum import IntEnum
 
@@ -71,14 +73,23 @@ def may_read_environment(request: web.Request, settings: Settings, environment: 
 def sdk_environment(request: web.Request, settings: Settings) -> str | None:
     """The environment the request's SDK key (Bearer or X-API-Key) selects, if any.
 
-    Every configured key is compared, in constant time, whatever matched first.
+    Keys are looked up by their SHA-256 digest: one hash and one dict lookup per request,
+    however many keys there are, and the lookup's timing depends on the digest, which tells
+    an attacker nothing about which bytes of a guessed key were right.
     """
     token = bearer(request)
     if not token:
         return None
-    given = token.encode()
-    found: str | None = None
-    for key, environment in settings.sdk_keys.items():
-        if hmac.compare_digest(given, key.encode()):
-            found = environment
-    return found
+    return _sdk_digests(settings).get(hashlib.sha256(token.encode()).digest())
+
+
+_digests_by_settings: dict[int, tuple[Settings, dict[bytes, str]]] = {}
+
+
+def _sdk_digests(settings: Settings) -> dict[bytes, str]:
+    """SHA-256 digest of each SDK key -> its environment, built once per `Settings`."""
+    entry = _digests_by_settings.get(id(settings))
+    if entry is None or entry[0] is not settings:
+        digests = {hashlib.sha256(k.encode()).digest(): e for k, e in settings.sdk_keys.items()}
+        entry = _digests_by_settings[id(settings)] = (settings, digests)
+    return entry[1]
