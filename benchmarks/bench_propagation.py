@@ -71,9 +71,11 @@ def main() -> None:
     b = Worker(brokers, workdir / "b", "bench").start()
     try:
         admin = a.admin()
-        admin.put("bench", "warmup", flag())
+        warm_seq = admin.put("bench", "warmup", flag())["seq"]
         events = EventStream(f"{b.url}/api/v1/environments/bench/stream")
-        events.next()  # the snapshot
+        # The snapshot, and the warm-up change if B had not applied it when the stream opened.
+        while events.next()[0] < warm_seq:
+            pass
         arrivals: dict[int, float] = {}
 
         def read() -> None:

@@ -132,7 +132,29 @@ class FlagReplication(Service):
             metrics.CHANGELOG_RECORDS.labels("applied" if fresh else "skipped").inc()
             if fresh and self.ready.is_set():
                 metrics.PROPAGATION_SECONDS.observe(max(0.0, time.time() - change.produced_at))
-            self.outcomes.resolve(change.change_id, change)
+            self.outcomes.resolve(change.change_id, self._outcome(change, fresh))
+
+    def _outcome(self, change: AppliedChange, fresh: bool) -> AppliedChange | dict[str, Any]:
+        """What the writer of `change` learns: its applied version, or that it was lost.
+
+        A record that is not fresh either repeats a change already applied (a redelivery:
+        the writer gets that change) or carries a sequence number another decision took
+        first (two deciders during a rebalance): that change is not in the table, and its
+        writer must hear so rather than get a version that is not there.
+        """
+        if fresh:
+            return change
+        applied = self.table.applied(change.environment, change.change_id)
+        if applied is not None:
+            return applied
+        reason = "a concurrent decision took this change's sequence number; retry the write"
+        current = self.table.get(change.environment, change.flag)
+        return {
+            "code": "VERSION_CONFLICT",
+            "reason": reason,
+            "change_id": change.change_id,
+            "current_version": current.version if current else 0,
+        }
 
     def _read_dead_letters(self, records: Iterable[Any]) -> None:
         for record in records:
