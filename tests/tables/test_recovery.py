@@ -4,6 +4,7 @@ says its end offsets are; two workers serve each other's writes."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -173,5 +174,30 @@ def test_a_stream_client_too_far_behind_gets_a_snapshot(
     try:
         seq, kind, data = events.next()
         assert (seq, kind, len(data["flags"])) == (8, "snapshot", 8)
+    finally:
+        events.close()
+
+
+def test_writes_during_a_rebalance_get_one_gap_free_sequence(
+    cluster: list[Worker], broker: str, tmp_path: Path
+) -> None:
+    """A second worker joins while changes flow: the deciding partition may move, yet every
+    acknowledged change has its own sequence number and none is lost."""
+    first = start(cluster, broker, tmp_path / "first")
+    acked: list[int] = []
+    writer = threading.Thread(
+        target=lambda: acked.extend(
+            first.admin().put("alpha", f"f{i % 7}", flag(default="on" if i % 2 else "off"))["seq"]
+            for i in range(150)
+        )
+    )
+    writer.start()
+    start(cluster, broker, tmp_path / "second")
+    writer.join(timeout=120)
+    assert sorted(acked) == list(range(1, 151))
+    # The workers keep the last 5 changes (FLAGSTREAM_STREAM_DEPTH): all of them replay.
+    events = EventStream(f"{first.url}/api/v1/environments/alpha/stream", last_event_id=145)
+    try:
+        assert [events.next()[:2] for _ in range(5)] == [(s, "change") for s in range(146, 151)]
     finally:
         events.close()
