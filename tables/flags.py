@@ -8,7 +8,8 @@ are. Reads come from an in-memory mirror of the current versions (a few KB per f
 serving a flag never touches the disk.
 
 RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"):
-    o/{partition:06d}                 next changelog offset to apply
+    o/{partition:06d}                 next changelog offset to apply, ":", fingerprint of the
+                                      record before it (to recognise the log after a restart)
     f/{env}/{flag}                    latest AppliedChange (deleted flags included)
     h/{env}/{flag}/{version:012d}     the last `history_depth` versions of a flag
     s/{env}/{seq:012d}                the last `stream_depth` changes of an environment
@@ -40,6 +41,7 @@ class FlagTable:
         self._log: dict[str, deque[AppliedChange]] = {}
         self._change_ids: dict[str, dict[str, AppliedChange]] = {}
         self._positions: dict[int, int] = {}
+        self._fingerprints: dict[int, str] = {}
         self._listeners: list[Listener] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -49,7 +51,9 @@ class FlagTable:
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(self.path), Options(raw_mode=True))
         for key, value in self._scan("o/"):
-            self._positions[int(key[2:])] = int(value)
+            offset, _, fingerprint = value.decode().partition(":")
+            self._positions[int(key[2:])] = int(offset)
+            self._fingerprints[int(key[2:])] = fingerprint
         for _, value in self._scan("f/"):
             change = _load(value)
             self._latest.setdefault(change.environment, {})[change.flag] = change
@@ -60,6 +64,17 @@ class FlagTable:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def wipe(self) -> None:
+        """Forget everything, on disk too: the table is rebuilt from the changelog's start."""
+        self.close()
+        Rdict.destroy(str(self.path))
+        self._latest.clear()
+        self._log.clear()
+        self._change_ids.clear()
+        self._positions.clear()
+        self._fingerprints.clear()
+        self.open()
 
     def listen(self, listener: Listener) -> None:
         """Call `listener` with every change applied from now on (in changelog order)."""
@@ -120,9 +135,15 @@ class FlagTable:
         """The next changelog offset this table will apply for `partition`."""
         return self._positions.get(partition, 0)
 
+    def last_fingerprint(self, partition: int) -> str:
+        """The fingerprint of the last record applied from `partition` ("" before any)."""
+        return self._fingerprints.get(partition, "")
+
     # -- writes ----------------------------------------------------------------------------
 
-    def apply(self, partition: int, offset: int, change: AppliedChange | None) -> bool:
+    def apply(
+        self, partition: int, offset: int, change: AppliedChange | None, fingerprint: str = ""
+    ) -> bool:
         """Apply the changelog record at (partition, offset); None moves the offset only.
 
         Returns False for a record already reflected in the table (a seq not above the
@@ -131,12 +152,13 @@ class FlagTable:
         """
         assert self._db is not None, "open() the table first"
         batch = WriteBatch(raw_mode=True)
-        batch.put(f"o/{partition:06d}".encode(), str(offset + 1).encode())
+        batch.put(f"o/{partition:06d}".encode(), f"{offset + 1}:{fingerprint}".encode())
         fresh = change is not None and change.seq > self.environment_seq(change.environment)
         if change is not None and fresh:
             self._stage(batch, change)
         self._db.write(batch)
         self._positions[partition] = offset + 1
+        self._fingerprints[partition] = fingerprint
         if change is not None and fresh:
             self._latest.setdefault(change.environment, {})[change.flag] = change
             self._remember(change)

@@ -10,13 +10,21 @@ worker that trusted it would serve a stale flag forever after a restart. Instead
 appends a fence record to each partition and is caught up once it has read its own fences:
 everything written before the fence has then been applied, on any Kafka-compatible broker.
 The flag-change agent uses the same fence when it takes over a partition.
+
+A worker also checks, at start, that the changelog is the one its table was built from: the
+record before its stored position must have the fingerprint it stored. A broker that lost its
+data (the embedded one keeps nothing across a restart) or another cluster behind the same
+address fails the check, and the table is rebuilt from the changelog instead of serving
+flags that no longer exist and ignoring changes whose numbers it has already seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -66,6 +74,12 @@ class FlagReplication(Service):
         )
         await self._producer.start()
         await self._consumer.start()
+        if not await self._same_log():
+            log.warning(
+                "the changelog is not the one this flag table was built from (the broker lost "
+                "its data, or is another cluster): rebuilding the table from the changelog"
+            )
+            self.table.wipe()
         dead_letters = TopicPartition(DEAD_LETTERS, 0)
         self._consumer.assign([*self._partitions, dead_letters])
         for tp in self._partitions:
@@ -80,6 +94,31 @@ class FlagReplication(Service):
         if self._producer is not None:
             await self._producer.stop()
         self.table.close()
+
+    async def _same_log(self, timeout_s: float = 10.0) -> bool:
+        """Whether the record before each stored position is the one the table applied."""
+        assert self._consumer is not None
+        expected = {
+            tp: (self.table.position(tp.partition) - 1, self.table.last_fingerprint(tp.partition))
+            for tp in self._partitions
+            if self.table.position(tp.partition) > 0
+        }
+        if not expected:
+            return True
+        self._consumer.assign(list(expected))
+        ends = await self._consumer.end_offsets(list(expected))
+        if any(ends[tp] == 0 for tp in expected):
+            return False  # an empty partition: short end offsets are never zero for a real log
+        for tp, (offset, _) in expected.items():
+            self._consumer.seek(tp, offset)
+        found: dict[TopicPartition, tuple[int, str]] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(expected) and time.monotonic() < deadline:
+            batches = await self._consumer.getmany(*expected, timeout_ms=200, max_records=1)
+            for tp, records in batches.items():
+                if records and tp not in found:
+                    found[tp] = (records[0].offset, fingerprint(records[0].key, records[0].value))
+        return all(found.get(tp) == want for tp, want in expected.items())
 
     async def _catch_up(self) -> None:
         started = time.monotonic()
@@ -96,7 +135,8 @@ class FlagReplication(Service):
         """Return once every changelog record written before this call has been applied."""
         assert self._producer is not None
         sent = [
-            await self._producer.send(FLAGS_CHANGELOG, b"", key=FENCE_KEY, partition=p)
+            # A fence is unique, so a restarted worker can recognise the last one it read.
+            await self._producer.send(FLAGS_CHANGELOG, os.urandom(8), key=FENCE_KEY, partition=p)
             for p in partitions
         ]
         for metadata in await asyncio.gather(*sent):
@@ -125,10 +165,11 @@ class FlagReplication(Service):
     def _apply(self, partition: int, records: Iterable[Any]) -> None:
         for record in records:
             change = _decode_changelog(record.key, record.value)
+            mark = fingerprint(record.key, record.value)
             if change is None:
-                self.table.apply(partition, record.offset, None)
+                self.table.apply(partition, record.offset, None, mark)
                 continue
-            fresh = self.table.apply(partition, record.offset, change)
+            fresh = self.table.apply(partition, record.offset, change, mark)
             metrics.CHANGELOG_RECORDS.labels("applied" if fresh else "skipped").inc()
             if fresh and self.ready.is_set():
                 metrics.PROPAGATION_SECONDS.observe(max(0.0, time.time() - change.produced_at))
@@ -163,6 +204,11 @@ class FlagReplication(Service):
                 self.outcomes.resolve(letter.get("change_id"), letter)
             except (ValueError, TypeError, AttributeError):
                 log.warning("unreadable dead letter at offset %s", record.offset)
+
+
+def fingerprint(key: bytes | None, value: bytes | None) -> str:
+    """A short digest of a changelog record, to recognise it after a restart."""
+    return hashlib.blake2b((key or b"") + b"\0" + (value or b""), digest_size=8).hexdigest()
 
 
 def _decode_changelog(key: bytes | None, value: bytes | None) -> AppliedChange | None:

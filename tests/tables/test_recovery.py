@@ -201,3 +201,31 @@ def test_writes_during_a_rebalance_get_one_gap_free_sequence(
         assert [events.next()[:2] for _ in range(5)] == [(s, "change") for s in range(146, 151)]
     finally:
         events.close()
+
+
+def test_a_worker_whose_broker_lost_its_data_rebuilds_its_table(
+    cluster: list[Worker], tmp_path: Path
+) -> None:
+    """The embedded broker keeps nothing across a restart: a worker that kept its RocksDB must
+    notice, or it would serve flags that no longer exist and ignore new changes."""
+    port = free_port()
+    brokers = f"127.0.0.1:{port}"
+    old_broker = start_broker("127.0.0.1", port)
+    try:
+        worker = start(cluster, brokers, tmp_path / "kept")
+        for env in ENVS:
+            worker.admin().put(env, "old", flag())
+        worker.stop()
+    finally:
+        stop(old_broker)
+    new_broker = start_broker("127.0.0.1", port)
+    try:
+        again = Worker(brokers, tmp_path / "kept", "flagstream-recovery").start()
+        cluster.append(again)
+        assert again.admin().flags("alpha") == {}
+        assert again.admin().put("alpha", "new", flag())["seq"] == 1
+        assert set(again.admin().flags("alpha")) == {"new"}
+        again.stop()
+    finally:
+        stop(new_broker)
+    assert "rebuilding the table" in again.log_path.read_text()
