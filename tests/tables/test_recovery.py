@@ -148,6 +148,7 @@ def test_a_restarted_worker_resumes_from_its_data_dir_and_sees_changes_made_whil
     ).start()
     cluster.append(again)
     assert table_state(again) == table_state(two)
+    assert "rebuilding the table" not in again.log_path.read_text(), "it resumed, not rebuilt"
 
 
 def test_a_change_written_through_one_worker_is_served_by_the_other(
