@@ -142,6 +142,16 @@ class FlagReplication(Service):
         for metadata in await asyncio.gather(*sent):
             await self.wait_applied(metadata.partition, metadata.offset)
 
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the table caught up, waiting up to `timeout_s` for it (True at once after)."""
+        if self.ready.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def wait_applied(self, partition: int, offset: int) -> None:
         """Return once the changelog record at (partition, offset) is in the table."""
         async with self._progress:

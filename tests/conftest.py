@@ -59,6 +59,13 @@ class Worker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60.0) -> Worker:
+        """Start the process and wait until it is ready."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it."""
         env = {
             **os.environ,
             "FLAGSTREAM_BROKERS": self.brokers,
@@ -83,8 +90,6 @@ class Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready(timeout_s)
-        return self
 
     def wait_ready(self, timeout_s: float) -> None:
         assert self.process is not None

@@ -15,7 +15,7 @@ from faust.web import View
 
 from app import metrics
 from app.changes import STATES, valid_key
-from app.main import faust_app, flag_table, settings
+from app.main import faust_app, flag_table, replication, settings
 from app.records import AppliedChange, ChangeOp
 from app.web.auth import Access, refuse
 from app.web.responses import error, ok
@@ -116,6 +116,15 @@ async def write(
         change_id=change.change_id,
         current_version=outcome.get("current_version"),
     )
+
+
+async def recovering() -> web.Response | None:
+    """503 while this worker's flag table has not caught up (after a short wait), else None:
+    an answer from a partial table would call existing flags missing."""
+    if await replication.wait_ready(5.0):
+        return None
+    message = "this worker's flag table is still recovering"
+    return error(503, "NOT_READY", message, headers={"Retry-After": "1"})
 
 
 def counted(route: str, response: web.StreamResponse) -> web.StreamResponse:

@@ -18,7 +18,7 @@ from faust.web import View
 from app.engine import ErrorCode, Reason, Resolution, evaluate, flag_not_found
 from app.live_flags import BEYOND_HISTORY, LiveFlag
 from app.main import faust_app, flag_table, live_flags, settings
-from app.web.admin import API, check_keys, counted, read_json
+from app.web.admin import API, check_keys, counted, read_json, recovering
 from app.web.auth import may_read_environment
 from app.web.responses import error, ok
 
@@ -67,6 +67,7 @@ class Evaluate(View):
         if denied is None and not may_read_environment(request, settings, env):
             message = "a read token or this environment's SDK key is required"
             denied = error(401, "UNAUTHORIZED", message)
+        denied = denied or await recovering()
         if denied:
             return counted("evaluate", denied)
         body = await read_json(request)

@@ -17,7 +17,7 @@ from app import metrics
 from app.changes import valid_key
 from app.exposures import Pending, exposure_id
 from app.main import exposure_sink, faust_app, live_flags, settings
-from app.web.admin import counted, read_json
+from app.web.admin import counted, read_json, recovering
 from app.web.auth import sdk_environment
 from app.web.responses import error, ok
 
@@ -73,6 +73,8 @@ class Exposures(View):
         environment = sdk_environment(request, settings)
         if environment is None:
             return counted("exposures", error(401, "UNAUTHORIZED", "an SDK key is required"))
+        if unready := await recovering():
+            return counted("exposures", unready)
         body = await read_json(request)
         if isinstance(body, web.Response):
             return counted("exposures", body)

@@ -30,7 +30,15 @@ from aiohttp import web
 
 from app import metrics
 from app.engine import ErrorCode, Resolution
-from app.main import evaluation_stats, evaluator, faust_app, flag_table, live_flags, settings
+from app.main import (
+    evaluation_stats,
+    evaluator,
+    faust_app,
+    flag_table,
+    live_flags,
+    replication,
+    settings,
+)
 from app.records import dumps, loads
 from app.web.auth import Access, access_of, bearer, sdk_environment
 from app.web.stream import (
@@ -120,6 +128,24 @@ def respond(status: int, body: Any, headers: Mapping[str, str] | None = None) ->
     )
 
 
+READY_WAIT_S: Final = 5.0  # a request to a worker still recovering waits this long for it
+
+
+async def not_ready(key: str | None) -> web.Response | None:
+    """A 500 while the flag table is still recovering (after a bounded wait), else None.
+
+    Answering from a table that has not caught up would call existing flags FLAG_NOT_FOUND;
+    the spec has no 503, and a 500 makes SDKs use the caller's default with a GENERAL error.
+    """
+    if await replication.wait_ready(READY_WAIT_S):
+        return None
+    metrics.HTTP_REQUESTS.labels("ofrep", "500").inc()
+    body: dict[str, Any] = {"errorDetails": "the flag table of this worker is still recovering"}
+    if key is not None:
+        body["key"] = key
+    return respond(500, body)
+
+
 def refused(request: web.Request, key: str | None) -> web.Response:
     """401 without a known SDK key; 403 for an admin or read token (they do not evaluate)."""
     if access_of(bearer(request), settings) is not Access.NONE:
@@ -194,6 +220,8 @@ async def evaluate_flag(request: web.Request) -> web.Response:
     context = await read_context(request, key)
     if isinstance(context, web.Response):
         return context
+    if not replication.ready.is_set() and (unready := await not_ready(key)):
+        return unready
     _, _, resolution = evaluator.one(environment, key, context, _time(), "ofrep")
     status, body = encoded(key, resolution)
     response = web.Response(body=body, status=status, content_type="application/json")
@@ -245,6 +273,8 @@ async def evaluate_flags(request: web.Request) -> web.Response:
     context = await read_context(request, None)
     if isinstance(context, web.Response):
         return context
+    if not replication.ready.is_set() and (unready := await not_ready(None)):
+        return unready
     await catch_up(environment, request.query.get("flagConfigEtag"))
     etag = bulk_etag(environment, context)
     if request.headers.get("If-None-Match") == etag:
