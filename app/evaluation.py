@@ -78,7 +78,7 @@ class Evaluator:
             )
             return
         self.stats.count(source, environment, key, variant or "", resolution.reason)
-        if live.experiment and variant is not None:
+        if live.experiment is not None and variant is not None:
             targeting_key = context.get("targetingKey")
             if isinstance(targeting_key, str) and targeting_key:
                 self.exposures.emit(
@@ -91,5 +91,6 @@ class Evaluator:
                         now,
                         source,
                         exposure_id(),
+                        live.experiment,
                     )
                 )

@@ -25,8 +25,9 @@ from app.topics import EXPOSURES
 
 log = logging.getLogger(__name__)
 
-# (environment, flag, variant, flag_version, targeting_key, timestamp, source, exposure_id)
-Pending = tuple[str, str, str, int, str, float, str, str]
+# (environment, flag, variant, flag_version, targeting_key, timestamp, source, exposure_id,
+#  experiment)
+Pending = tuple[str, str, str, int, str, float, str, str, str]
 
 
 def exposure_id() -> str:
@@ -35,12 +36,15 @@ def exposure_id() -> str:
 
 
 def to_json(pending: Pending) -> dict[str, Any]:
-    environment, flag, variant, version, targeting_key, timestamp, source, ident = pending
+    environment, flag, variant, version, targeting_key, timestamp, source, ident, experiment = (
+        pending
+    )
     return {
         "schema": SCHEMA_VERSION,
         "exposure_id": ident,
         "environment": environment,
         "flag": flag,
+        "experiment": experiment,
         "variant": variant,
         "flag_version": version,
         "targeting_key": targeting_key,

@@ -34,7 +34,7 @@ class LiveFlag:
     key: str
     version: int
     flag: CompiledFlag | None
-    experiment: bool
+    experiment: str | None  # the experiment's name when the flag is one
     problems: str = ""
 
 
@@ -45,8 +45,11 @@ def build(change: AppliedChange) -> LiveFlag:
         # The agent validated this definition; a compile failure means engine and schema
         # disagree. Serve PARSE_ERROR (the caller's default) rather than crash or go stale.
         problems = "; ".join(f"{p.path}: {p.message}" for p in compiled)
-        return LiveFlag(change.flag, change.version, None, False, problems)
-    experiment = compiled.metadata.get(EXPERIMENT_KEY) is True
+        return LiveFlag(change.flag, change.version, None, None, problems)
+    experiment = None
+    if compiled.metadata.get(EXPERIMENT_KEY) is True:
+        name = compiled.metadata.get(EXPERIMENT_NAME_KEY)
+        experiment = name if isinstance(name, str) and name else change.flag
     return LiveFlag(change.flag, change.version, compiled, experiment)
 
 

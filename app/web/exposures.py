@@ -64,7 +64,19 @@ def check_item(
         )
     if problems:
         return problems
-    return (environment, key, variant, version, targeting_key, float(timestamp), "sdk", ident)
+    assert live is not None
+    experiment = live.experiment or key
+    return (
+        environment,
+        key,
+        variant,
+        version,
+        targeting_key,
+        float(timestamp),
+        "sdk",
+        ident,
+        experiment,
+    )
 
 
 @faust_app.page("/api/v1/exposures")

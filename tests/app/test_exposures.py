@@ -71,6 +71,7 @@ def test_one_exposure_per_experiment_evaluation_over_kafka(
     for exposure in exposures:
         assert exposure["variant"] == variants[exposure["targeting_key"]]
         assert (exposure["flag_version"], exposure["source"], exposure["schema"]) == (1, "kafka", 1)
+        assert exposure["experiment"] == "exp-1", "named by the flag's experimentKey"
 
 
 def test_exposures_carry_the_version_evaluated(worker: Worker, broker: str, env: str) -> None:

@@ -31,7 +31,7 @@ def test_compiled_once_per_version_and_current_with_the_table(tmp_path: Path) ->
     assert live.get("dev", "f") is first, "no recompilation without a change"
     put(table, 2, {**FLAG, "metadata": {"experiment": True}}, 20.0)
     second = live.get("dev", "f")
-    assert second is not None and second.version == 2 and second.experiment
+    assert second is not None and second.version == 2 and second.experiment == "f"
     put(table, 3, None, 30.0)
     assert live.get("dev", "f") is None
     assert live.etag("dev") == '"3"'
