@@ -10,6 +10,7 @@ from __future__ import annotations
 import faust
 from prometheus_client import REGISTRY
 
+from app import metrics
 from app.evaluation import Evaluator
 from app.evaluation_stats import EvaluationStats
 from app.exposures import ExposureSink
@@ -21,6 +22,7 @@ from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
 settings = Settings.from_env()
+metrics.WORKER.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
 bound_fetch_wait(settings.fetch_max_wait_ms)
 
 faust_app = faust.App(

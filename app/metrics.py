@@ -5,7 +5,7 @@ Names carry their unit; labels are bounded sets (outcomes, codes, routes), never
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 FLAG_CHANGES = Counter(
     "flagstream_flag_changes_total",
@@ -28,6 +28,9 @@ PROPAGATION_SECONDS = Histogram(
     "flagstream_flag_propagation_seconds",
     "Flag change produced -> applied on this worker.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+WORKER = Info(
+    "flagstream_worker", "Which worker this is (FLAGSTREAM_WORKER_ID) and its deployment."
 )
 READY = Gauge("flagstream_ready", "1 once this worker's flag table has caught up after start.")
 HTTP_REQUESTS = Counter(

@@ -222,6 +222,8 @@ def test_operations_endpoints(worker: Worker) -> None:
         "flagstream_flag_changes_total",
         "flagstream_flag_propagation_seconds",
         "flagstream_ready 1.0",
+        'flagstream_worker_info{app_id="flagstream-test",'
+        f'worker_id="127.0.0.1:{worker.port}"}} 1.0',
     ):
         assert name in metrics
 
