@@ -15,18 +15,11 @@ from typing import Any
 
 from app import metrics
 from app.changes import decide, decode_change
-from app.main import faust_app, flag_table, replication, settings
+from app.main import faust_app, flag_changes_topic, flag_table, replication, settings
 from app.records import AppliedChange, DeadLetter, DeadLetterCode, FlagChange, Rejection, dumps
 from app.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
 
 log = logging.getLogger(__name__)
-
-flag_changes_topic = faust_app.topic(
-    FLAG_CHANGES,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.flag_change_partitions,
-)
 
 # Partitions whose changelog this worker has fenced since it was last assigned them.
 synced_partitions: set[int] = set()

@@ -18,6 +18,7 @@ from app.fetch_wait import bound_fetch_wait
 from app.live_flags import LiveFlags
 from app.outcomes import Outcomes
 from app.settings import Settings
+from app.topics import FLAG_CHANGES
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
@@ -48,6 +49,15 @@ faust_app = faust.App(
     topic_allow_declare=False,  # app.topics.ensure_topics creates every topic, once
     topic_disable_leader=True,  # no leader election: it would need one more topic
     producer_acks=-1,
+)
+
+# The one topic a Faust agent reads (app.topics names and sizes every topic): raw bytes, so
+# the agent decodes at the edge and bad input becomes a dead letter, not a crash loop.
+flag_changes_topic = faust_app.topic(
+    FLAG_CHANGES,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.flag_change_partitions,
 )
 
 flag_table = FlagTable(
