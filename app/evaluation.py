@@ -18,7 +18,8 @@ from app.live_flags import LiveFlag, LiveFlags
 Evaluated = tuple[str, LiveFlag | None, Resolution]
 
 
-def _resolve(live: LiveFlag | None, key: str, context: Mapping[str, Any], now: float) -> Resolution:
+def resolve(live: LiveFlag | None, key: str, context: Mapping[str, Any], now: float) -> Resolution:
+    """The engine's answer for a flag version, with the missing and uncompilable cases."""
     if live is None:
         return flag_not_found(key)
     if live.flag is None:
@@ -38,7 +39,7 @@ class Evaluator:
         self, environment: str, key: str, context: Mapping[str, Any], now: float, source: str
     ) -> Evaluated:
         live = self.flags.get(environment, key)
-        resolution = _resolve(live, key, context, now)
+        resolution = resolve(live, key, context, now)
         self._record(environment, key, live, resolution, context, now, source)
         return key, live, resolution
 
@@ -55,7 +56,7 @@ class Evaluator:
         results = []
         for key in flags if keys is None else keys:
             live = flags.get(key)
-            resolution = _resolve(live, key, context, now)
+            resolution = resolve(live, key, context, now)
             self._record(environment, key, live, resolution, context, now, source)
             results.append((key, live, resolution))
         return results

@@ -42,6 +42,7 @@ from tables.flags import FlagTable
 log = logging.getLogger(__name__)
 
 FENCE_KEY = b"__fence__"
+READY_WAIT_S = 5.0  # how long a request to a worker still recovering waits for it
 
 
 class FlagReplication(Service):
@@ -142,7 +143,7 @@ class FlagReplication(Service):
         for metadata in await asyncio.gather(*sent):
             await self.wait_applied(metadata.partition, metadata.offset)
 
-    async def wait_ready(self, timeout_s: float) -> bool:
+    async def wait_ready(self, timeout_s: float = READY_WAIT_S) -> bool:
         """Whether the table caught up, waiting up to `timeout_s` for it (True at once after)."""
         if self.ready.is_set():
             return True

@@ -121,7 +121,7 @@ async def write(
 async def recovering() -> web.Response | None:
     """503 while this worker's flag table has not caught up (after a short wait), else None:
     an answer from a partial table would call existing flags missing."""
-    if await replication.wait_ready(5.0):
+    if await replication.wait_ready():
         return None
     message = "this worker's flag table is still recovering"
     return error(503, "NOT_READY", message, headers={"Retry-After": "1"})

@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from app.engine import ErrorCode, Reason, Resolution, evaluate, flag_not_found
-from app.live_flags import BEYOND_HISTORY, LiveFlag
+from app.engine import ErrorCode, Reason, Resolution
+from app.evaluation import resolve
+from app.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag
 from app.main import faust_app, flag_table, live_flags, settings
 from app.web.admin import API, check_keys, counted, read_json, recovering
 from app.web.auth import may_read_environment
@@ -51,13 +52,8 @@ def resolve_at(
             f"the table keeps {settings.history_depth} versions of {key!r}; none was live then"
         )
         return None, Resolution(None, None, Reason.ERROR, ErrorCode.GENERAL, message)
-    if live is None:
-        return None, flag_not_found(key)
-    assert isinstance(live, LiveFlag)
-    if live.flag is None:
-        return live, Resolution(None, None, Reason.ERROR, ErrorCode.PARSE_ERROR, live.problems)
-    now = time.time() if when is None else when
-    return live, evaluate(live.flag, context, int(now), key)
+    assert not isinstance(live, BeyondHistory)
+    return live, resolve(live, key, context, time.time() if when is None else when)
 
 
 @faust_app.page(API + "/{env}/evaluate")

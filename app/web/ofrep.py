@@ -128,16 +128,13 @@ def respond(status: int, body: Any, headers: Mapping[str, str] | None = None) ->
     )
 
 
-READY_WAIT_S: Final = 5.0  # a request to a worker still recovering waits this long for it
-
-
 async def not_ready(key: str | None) -> web.Response | None:
     """A 500 while the flag table is still recovering (after a bounded wait), else None.
 
     Answering from a table that has not caught up would call existing flags FLAG_NOT_FOUND;
     the spec has no 503, and a 500 makes SDKs use the caller's default with a GENERAL error.
     """
-    if await replication.wait_ready(READY_WAIT_S):
+    if await replication.wait_ready():
         return None
     metrics.HTTP_REQUESTS.labels("ofrep", "500").inc()
     body: dict[str, Any] = {"errorDetails": "the flag table of this worker is still recovering"}
