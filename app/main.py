@@ -32,6 +32,7 @@ faust_app = faust.App(
     datadir=str(settings.data_dir / "faust"),
     autodiscover=False,
     web_enabled=True,
+    web="flagstream://",  # app.web.fast_path.FastPathWeb: aiohttp with the OFREP fast path
     web_host=settings.web_host,
     web_bind=settings.web_host,
     web_port=settings.web_port,

@@ -49,3 +49,12 @@ EVALUATION_REQUESTS = Counter(
     "Evaluation requests read from Kafka by this worker, by outcome.",
     ["outcome"],  # evaluated | malformed | unanswered (a result or dead letter was not produced)
 )
+FAST_PATH_HANDOFFS = Counter(
+    "flagstream_ofrep_fast_path_handoffs_total",
+    "Connections the OFREP fast path handed to aiohttp, by why (app/web/fast_path.py).",
+    ["reason"],  # other (another request) | declined (auth, body, recovering) | malformed
+)
+FAST_PATH_CONNECTIONS = Counter(
+    "flagstream_ofrep_fast_path_connections_total",
+    "HTTP connections accepted; each starts on the OFREP fast path.",
+)

@@ -91,6 +91,11 @@ SETTINGS: tuple[Setting, ...] = (
         "1000",
         "Changes per environment kept for change-stream resumption.",
     ),
+    Setting(
+        "FLAGSTREAM_OFREP_FAST_PATH",
+        "true",
+        "Answer single-flag OFREP evaluations before aiohttp (app/web/fast_path.py).",
+    ),
     Setting("FLAGSTREAM_MAX_BODY_BYTES", "262144", "Largest accepted request body (413 above it)."),
     Setting(
         "FLAGSTREAM_WRITE_TIMEOUT_S",
@@ -151,6 +156,7 @@ class Settings:
     producer_idempotence: bool
     history_depth: int
     stream_depth: int
+    ofrep_fast_path: bool
     max_body_bytes: int
     write_timeout_s: float
     rebalance_timeout_s: float
@@ -189,6 +195,7 @@ class Settings:
             in ("1", "true", "yes"),
             history_depth=int(_env("FLAGSTREAM_HISTORY_DEPTH")),
             stream_depth=int(_env("FLAGSTREAM_STREAM_DEPTH")),
+            ofrep_fast_path=_env("FLAGSTREAM_OFREP_FAST_PATH").lower() in ("1", "true", "yes"),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
             write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),
             rebalance_timeout_s=float(_env("FLAGSTREAM_REBALANCE_TIMEOUT_S")),

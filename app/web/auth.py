@@ -36,7 +36,7 @@ def bearer(request: web.Request) -> str | None:
 def access_of(token: str | None, settings: Settings) -> Access:
     if not token:
         return Access.NONE
-    given = token.encode()
+    given = token.encode("utf-8", "surrogateescape")
     is_admin = bool(settings.admin_token) and hmac.compare_digest(
         given, settings.admin_token.encode()
     )
@@ -77,10 +77,15 @@ def sdk_environment(request: web.Request, settings: Settings) -> str | None:
     however many keys there are, and the lookup's timing depends on the digest, which tells
     an attacker nothing about which bytes of a guessed key were right.
     """
-    token = bearer(request)
+    return sdk_key_environment(bearer(request), settings)
+
+
+def sdk_key_environment(token: str | None, settings: Settings) -> str | None:
+    """The environment an SDK key selects, if any (see `sdk_environment`)."""
     if not token:
         return None
-    return _sdk_digests(settings).get(hashlib.sha256(token.encode()).digest())
+    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return _sdk_digests(settings).get(digest)
 
 
 _digests_by_settings: dict[int, tuple[Settings, dict[bytes, str]]] = {}

@@ -40,7 +40,8 @@ from app.main import (
     settings,
 )
 from app.records import dumps, loads
-from app.web.auth import Access, access_of, bearer, sdk_environment
+from app.web.auth import Access, access_of, bearer, sdk_environment, sdk_key_environment
+from app.web.fast_path import FastPathWeb
 from app.web.stream import (
     SSE_HEADERS,
     Subscriber,
@@ -167,12 +168,37 @@ def bad_request(key: str | None, status: int, code: ErrorCode, details: str) -> 
     return respond(status, body)
 
 
-async def read_context(request: web.Request, key: str | None) -> dict[str, Any] | web.Response:
-    """The evaluation context of the body, or the 400/413 response saying what is wrong.
+Rejection = tuple[int, ErrorCode, str]
+"""Why a body is not a context: the HTTP status, the error code and the details."""
+
+
+def parse_context(raw: bytes) -> dict[str, Any] | Rejection:
+    """The evaluation context of a request body, or why the body is not one.
 
     A missing body or `context` is the empty context: the Python OFREP provider sends `{}`
     when the caller has no context. `targetingKey`, when present, must be a string.
     """
+    if not raw:
+        return {}
+    try:
+        body = loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return 400, ErrorCode.PARSE_ERROR, f"the body is not JSON: {exc}"
+    if not isinstance(body, dict):
+        return 400, ErrorCode.INVALID_CONTEXT, "the body must be a JSON object"
+    context = body.get("context")
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        return 400, ErrorCode.INVALID_CONTEXT, "context must be a JSON object"
+    targeting_key = context.get("targetingKey")
+    if targeting_key is not None and not isinstance(targeting_key, str):
+        return 400, ErrorCode.INVALID_CONTEXT, "targetingKey must be a string"
+    return context
+
+
+async def read_context(request: web.Request, key: str | None) -> dict[str, Any] | web.Response:
+    """The evaluation context of the body (`parse_context`), or the 400/413 response."""
     limit = settings.max_body_bytes
     length = request.content_length
     if length is not None and length <= limit:
@@ -188,23 +214,8 @@ async def read_context(request: web.Request, key: str | None) -> dict[str, Any] 
             if len(raw) > limit:
                 details = f"the body may have at most {limit} bytes"
                 return bad_request(key, 413, ErrorCode.GENERAL, details)
-    if not raw:
-        return {}
-    try:
-        body = loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return bad_request(key, 400, ErrorCode.PARSE_ERROR, f"the body is not JSON: {exc}")
-    if not isinstance(body, dict):
-        return bad_request(key, 400, ErrorCode.INVALID_CONTEXT, "the body must be a JSON object")
-    context = body.get("context")
-    if context is None:
-        return {}
-    if not isinstance(context, dict):
-        return bad_request(key, 400, ErrorCode.INVALID_CONTEXT, "context must be a JSON object")
-    targeting_key = context.get("targetingKey")
-    if targeting_key is not None and not isinstance(targeting_key, str):
-        return bad_request(key, 400, ErrorCode.INVALID_CONTEXT, "targetingKey must be a string")
-    return context
+    context = parse_context(raw)
+    return context if isinstance(context, dict) else bad_request(key, *context)
 
 
 async def evaluate_flag(request: web.Request) -> web.Response:
@@ -224,6 +235,26 @@ async def evaluate_flag(request: web.Request) -> web.Response:
     response = web.Response(body=body, status=status, content_type="application/json")
     evaluation_stats.observe("ofrep", _perf_counter() - started)
     return response
+
+
+def evaluate_at_once(token: str | None, key: str, raw: bytes) -> tuple[int, bytes] | None:
+    """`evaluate_flag`'s answer when it needs no wait and the request itself is right.
+
+    The fast path's `Answer` (`app.web.fast_path`). None, before any side effect, leaves the
+    request to `evaluate_flag`: a missing or wrong key, a body that is not a context, or a
+    worker still recovering, so each of those answers is written in one place.
+    """
+    started = _perf_counter()
+    environment = sdk_key_environment(token, settings)
+    if environment is None or not replication.ready.is_set():
+        return None
+    context = parse_context(raw)
+    if not isinstance(context, dict):
+        return None
+    _, _, resolution = evaluator.one(environment, key, context, _time(), "ofrep")
+    answer = encoded(key, resolution)
+    evaluation_stats.observe("ofrep", _perf_counter() - started)
+    return answer
 
 
 def bulk_etag(environment: str, context: Mapping[str, Any]) -> str:
@@ -344,3 +375,5 @@ _router = faust_app.web.web_app.router
 _router.add_post(PREFIX + "/evaluate/flags/{key}", evaluate_flag)
 _router.add_post(PREFIX + "/evaluate/flags", evaluate_flags)
 _router.add_get(EVENTS_PATH, stream_events)
+if settings.ofrep_fast_path and isinstance(faust_app.web, FastPathWeb):
+    faust_app.web.answer_first(evaluate_at_once, settings.max_body_bytes)
