@@ -12,9 +12,11 @@ request can name another. Evaluation goes through `Evaluator`, which counts it a
 exposures. `resolution_body` is the one place a `Resolution` becomes an HTTP status and body.
 
 The single-flag endpoint is the hot path (one request per flag evaluation of a server-side
-SDK), so it is a plain aiohttp handler (a Faust View's dispatch and sensors cost ~10% of its
-throughput), makes no prometheus-client call, and encodes each pre-built outcome once
-(`encoded`). See benchmarks/bench_ofrep.py and docs/ofrep.md.
+SDK): `app/web/fast_path.py` answers it in front of aiohttp with `evaluate_at_once` and hands
+every request it cannot answer at once to `evaluate_flag`. Both make no prometheus-client call
+and encode each pre-built outcome once (`encoded`). The handlers are plain aiohttp routes (a
+Faust View's dispatch and sensors cost ~10% of their throughput). See
+benchmarks/bench_ofrep.py and docs/ofrep.md.
 """
 
 from __future__ import annotations
