@@ -123,7 +123,7 @@ class FastPath(asyncio.Protocol):
         self._url = b""
         self._authorization: bytes | None = None
         self._api_key: bytes | None = None
-        self._length = 0
+        self._length = -1  # no Content-Length yet
         self._plain = True
         self._headers_done = False
         self._complete = False
@@ -157,7 +157,8 @@ class FastPath(asyncio.Protocol):
             if self._head_end < 0:
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(buffer) > MAX_HEAD_BYTES:
+                    # Too long, or ended by bare LFs (which llhttp refuses): aiohttp answers.
+                    if len(buffer) > MAX_HEAD_BYTES or b"\n\n" in buffer:
                         return self._hand_off(buffer, "other")
                     break
                 reason = self._read_head(buffer, end + 4)
@@ -195,7 +196,7 @@ class FastPath(asyncio.Protocol):
             self._api_key = value
         elif name == b"content-length":
             # One Content-Length of digits only; anything else is aiohttp's to judge.
-            self._plain &= self._length == 0 and value.isdigit()
+            self._plain &= self._length < 0 and value.isdigit()
             self._length = int(value) if value.isdigit() else 0
         elif name in NOT_PLAIN:
             self._plain = False
@@ -229,6 +230,7 @@ class FastPath(asyncio.Protocol):
             or parser.get_http_version() != "1.1"
         ):
             return "other"
+        self._length = max(self._length, 0)
         self._key = match[1].decode()
         self._keep_alive = parser.should_keep_alive()
         return None
