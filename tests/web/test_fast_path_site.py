@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.web import fast_path
 from app.web.fast_path import FastPathSite
@@ -32,13 +34,14 @@ def answer(token: str | None, key: str, body: bytes) -> tuple[int, bytes] | None
 
 
 async def aiohttp_answer(request: web.Request) -> web.Response:
-    return web.json_response({"by": "aiohttp"}, status=401)
+    return web.json_response({"by": "aiohttp", "key": request.match_info.get("key")}, status=401)
 
 
 @contextlib.asynccontextmanager
 async def serving() -> AsyncIterator[FastPathSite]:
     app = web.Application()
     app.router.add_post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer)
+    app.router.add_get("/other", aiohttp_answer)
     runner = web.AppRunner(app)
     await runner.setup()
     site = FastPathSite(runner, "127.0.0.1", 0, answer=answer, max_body=1024)
@@ -105,7 +108,62 @@ def test_an_answer_that_raises_is_a_500_that_closes_the_connection() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
             assert (await exchange(reader, writer, REQUEST % b"f")).startswith(b"HTTP/1.1 200")
             declined = REQUEST.replace(b"Bearer k", b"Bearer x") % b"f"
-            assert (await exchange(reader, writer, declined)).endswith(b'{"by": "aiohttp"}')
+            assert (await exchange(reader, writer, declined)).endswith(
+                b'"by": "aiohttp", "key": "f"}'
+            )
             writer.close()
 
     asyncio.run(scenario())
+
+
+KINDS = {
+    "fast": REQUEST,
+    "declined": REQUEST.replace(b"Bearer k", b"Bearer x"),
+    "chunked": b"POST /ofrep/v1/evaluate/flags/%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k"
+    b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    "other": b"GET /other HTTP/1.1\r\nHost: t\r\nX-Key: %s\r\n\r\n",
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=6),
+)
+def test_any_sequence_split_anywhere_is_answered_in_order(
+    kinds: list[str], cuts: list[int]
+) -> None:
+    """Fast answers until the first request aiohttp must answer, then aiohttp's, in order."""
+    keys = [f"k{i}".encode() for i in range(len(kinds))]
+    stream = b"".join(KINDS[kind] % key for kind, key in zip(kinds, keys, strict=True))
+    pieces, start = [], 0
+    for cut in [*sorted({c % len(stream) for c in cuts} - {0}), len(stream)]:
+        pieces.append(stream[start:cut])
+        start = cut
+    handed_off = False
+    expected = []
+    for kind, key in zip(kinds, keys, strict=True):
+        handed_off = handed_off or kind != "fast"
+        if not handed_off:
+            expected.append(b'{"key":"%s"}' % key)
+        elif kind == "other":
+            expected.append(b'{"by": "aiohttp", "key": null}')
+        else:
+            expected.append(b'{"by": "aiohttp", "key": "%s"}' % key)
+
+    async def scenario() -> list[bytes]:
+        async with serving() as site:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.001)  # let the server read each piece on its own
+            bodies = []
+            for _ in kinds:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                bodies.append(await reader.readexactly(length))
+            writer.close()
+            return bodies
+
+    assert asyncio.run(scenario()) == expected
