@@ -161,13 +161,14 @@ async def handle(key: bytes | None, raw: bytes | None, partition: int, offset: i
         decoded = decode_requests(raw)
         if isinstance(decoded, Requests) and not await reply_topic_exists(decoded.reply_to):
             decoded = _unknown_reply_topic(decoded)
-        answer = None if isinstance(decoded, Rejection) else evaluate(decoded)
+        answer = [] if isinstance(decoded, Rejection) else evaluate(decoded)
     except Exception as exc:  # a bug must not stop the data plane: park the record
         log.exception("answering %s/%d/%d failed", EVALUATION_REQUESTS, partition, offset)
-        decoded, answer = Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}"), None
-    if answer is not None:
+        decoded, answer = Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}"), []
+    if answer:
         assert isinstance(decoded, Requests)
-        await send(decoded.reply_to, key, answer)
+        for value in answer:
+            await send(decoded.reply_to, key, value)
     if isinstance(decoded, Rejection):
         await dead_letter(decoded.code, decoded.reason, decoded.problems, raw, partition, offset)
     elif decoded.problems:
@@ -178,8 +179,8 @@ async def handle(key: bytes | None, raw: bytes | None, partition: int, offset: i
     evaluator.stats.observe(SOURCE, time.perf_counter() - started)
 
 
-def evaluate(decoded: Requests) -> bytes | None:
-    """The result record for a decoded record; None when no item has a request id to answer."""
+def evaluate(decoded: Requests) -> list[bytes]:
+    """The result records for a decoded record (none when no item has a request id to answer)."""
     now = time.time()
     results: list[JSON] = []
     malformed = 0
@@ -194,7 +195,7 @@ def evaluate(decoded: Requests) -> bytes | None:
         EVALUATION_REQUESTS_MALFORMED.inc(malformed)
     if len(decoded.items) > malformed:
         EVALUATION_REQUESTS_EVALUATED.inc(len(decoded.items) - malformed)
-    return encode_results(results, decoded.batch) if results else None
+    return encode_results(results, decoded.batch) if results else []
 
 
 def evaluate_one(request: Request, now: float) -> list[JSON]:

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from app.changes import KEY_PATTERN
 from app.engine import Resolution
@@ -30,6 +30,10 @@ from app.topics import EVALUATION_RESULTS
 REPLY_TOPIC_PATTERN = re.compile(r"^evaluation-results(\.[A-Za-z0-9_-]{1,200})?$")
 MAX_REQUEST_ID_CHARS = 200
 MAX_BATCH = 10_000  # requests per record; a bigger batch is refused as a whole
+# Largest result record value: under Kafka's default message limit (1 MiB) with room for
+# the key and the record overhead.
+RESULT_RECORD_BYTES: Final = 900_000
+TOO_LARGE: Final = "TOO_LARGE"  # error code of a result larger than RESULT_RECORD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +207,39 @@ def error_json(item: Invalid, evaluated_at: float) -> JSON:
     }
 
 
-def encode_results(results: list[JSON], batch: bool) -> bytes:
-    """The value of the result record: one result, or a batch in the requests' order."""
-    if batch:
-        return dumps({"schema": SCHEMA_VERSION, "results": results})
-    return dumps({"schema": SCHEMA_VERSION, **results[0]})
+def encode_results(results: list[JSON], batch: bool) -> list[bytes]:
+    """The values of the result records: one result, or a batch in the requests' order.
+
+    Each value stays under `RESULT_RECORD_BYTES`, below Kafka's default 1 MiB message limit
+    (a batch of 10,000 requests for every flag can be far larger): a batch is split into
+    several batch records of consecutive results, and a single result that alone is too
+    large is replaced by a `TOO_LARGE` error result, so every request is still answered.
+    """
+    if not batch:
+        value = dumps({"schema": SCHEMA_VERSION, **results[0]})
+        if len(value) <= RESULT_RECORD_BYTES:
+            return [value]
+        return [dumps({"schema": SCHEMA_VERSION, **too_large(results[0])})]
+    value = dumps({"schema": SCHEMA_VERSION, "results": results})
+    if len(value) <= RESULT_RECORD_BYTES:
+        return [value]
+    if len(results) == 1:
+        return [dumps({"schema": SCHEMA_VERSION, "results": [too_large(results[0])]})]
+    half = len(results) // 2
+    return encode_results(results[:half], True) + encode_results(results[half:], True)
+
+
+def too_large(result: JSON) -> JSON:
+    """The error result standing in for a result larger than a record may be."""
+    return {
+        **result,
+        "flags": [],
+        "error": {
+            "code": TOO_LARGE,
+            "message": f"the result exceeds {RESULT_RECORD_BYTES} bytes: ask for fewer flags",
+            "problems": [],
+        },
+    }
 
 
 def encode_requests(

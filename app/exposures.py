@@ -21,9 +21,12 @@ from mode import Service
 from app import metrics
 from app.records import SCHEMA_VERSION, dumps
 from app.settings import Settings
-from app.topics import EXPOSURES
+from app.topics import EXPOSURES, partition_of
 
 log = logging.getLogger(__name__)
+
+YIELD_EVERY = 1000  # exposures encoded between two yields to the event loop in `flush`
+PARTITION_CACHE_SIZE = 65536  # targeting keys whose partition is remembered
 
 # (environment, flag, variant, flag_version, targeting_key, timestamp, source, exposure_id,
 #  experiment)
@@ -61,6 +64,7 @@ class ExposureSink(Service):
         self.settings = settings
         self.buffer: list[Pending] = []
         self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[bytes, tuple[int, int]] = {}
 
     def emit(self, pending: Pending) -> None:
         """Queue one exposure; drops (and counts) it when the buffer is full."""
@@ -91,17 +95,67 @@ class ExposureSink(Service):
             await self.flush()
 
     async def flush(self) -> None:
-        """Produce everything buffered; returns once the broker has acknowledged it."""
+        """Produce everything buffered; returns once the broker has acknowledged it.
+
+        Records go into one aiokafka batch per partition (`create_batch`), partitioned like
+        Kafka's default partitioner so exposures co-partition with anything else keyed by
+        targeting key: ~3 µs of CPU per exposure against ~13 µs for `send()` per record,
+        which is what kept a worker from producing the exposures of ~35k evaluations/s.
+        The loop yields every `YIELD_EVERY` records so a large flush never stalls requests.
+        """
         if not self.buffer or self._producer is None:
             return
-        batch, self.buffer = self.buffer, []
-        futures = [
-            await self._producer.send(EXPOSURES, dumps(to_json(p)), key=p[4].encode())
-            for p in batch
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = sum(isinstance(r, BaseException) for r in results)
-        metrics.EXPOSURES.labels("produced").inc(len(batch) - failed)
+        pending, self.buffer = self.buffer, []
+        producer = self._producer
+        open_batches: dict[int, tuple[Any, int]] = {}  # partition -> (batch, records in it)
+        in_flight: list[tuple[int, Any]] = []  # (records, future of the broker's answer)
+        failed = 0
+
+        async def ship(partition: int) -> None:
+            nonlocal failed
+            batch, records = open_batches.pop(partition)
+            try:
+                future = await producer.send_batch(batch, EXPOSURES, partition=partition)
+            except Exception:
+                log.exception("a batch of %d exposures could not be sent", records)
+                failed += records
+                return
+            in_flight.append((records, future))
+
+        partitions = len(await producer.partitions_for(EXPOSURES))
+        for index, exposure in enumerate(pending, 1):
+            key = exposure[4].encode()
+            partition = self._partition(key, partitions)
+            value, timestamp = dumps(to_json(exposure)), int(exposure[5] * 1000)
+            for _ in range(2):  # the open batch, else a new one
+                batch, records = open_batches.get(partition) or (producer.create_batch(), 0)
+                if batch.append(key=key, value=value, timestamp=timestamp) is not None:
+                    open_batches[partition] = (batch, records + 1)
+                    break
+                if not records:  # larger than a batch may be
+                    failed += 1
+                    break
+                await ship(partition)  # full: send it and open the next
+            if index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        for partition in list(open_batches):
+            await ship(partition)
+        results = await asyncio.gather(*(future for _, future in in_flight), return_exceptions=True)
+        failed += sum(
+            records
+            for (records, _), result in zip(in_flight, results, strict=True)
+            if isinstance(result, BaseException)
+        )
+        metrics.EXPOSURES.labels("produced").inc(len(pending) - failed)
         if failed:
             metrics.EXPOSURES.labels("dropped").inc(failed)
-            log.error("%d of %d exposures could not be produced", failed, len(batch))
+            log.error("%d of %d exposures could not be produced", failed, len(pending))
+
+    def _partition(self, key: bytes, partitions: int) -> int:
+        """`partition_of`, remembered per key: a request's flags expose one key many times."""
+        cached = self._partitions.get(key)
+        if cached is None or cached[0] != partitions:
+            if len(self._partitions) >= PARTITION_CACHE_SIZE:
+                self._partitions.clear()
+            cached = self._partitions[key] = (partitions, partition_of(key, partitions))
+        return cached[1]

@@ -85,4 +85,9 @@ def partition_for(environment: str, partitions: int) -> int:
     Kafka's default partitioner (murmur2 of the key), so a foreign producer that keys a
     command by its environment with any standard client lands on the same partition.
     """
-    return int(murmur2(environment.encode()) & 0x7FFFFFFF) % partitions
+    return partition_of(environment.encode(), partitions)
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner: murmur2 of the key bytes, sign bit cleared, modulo."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

@@ -128,10 +128,10 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
         assert isinstance(result, CompiledFlag)
         compiled[key] = result
 
-    def answer(raw: bytes | None) -> bytes | None:
+    def answer(raw: bytes | None) -> list[bytes]:
         decoded = decode_requests(raw)
         if not isinstance(decoded, Requests):
-            return None
+            return []
         now = time.time()
         results = []
         for item in decoded.items:
@@ -160,8 +160,7 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
         while done < count:
             for records in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
                 for record in records:
-                    value = answer(record.value)
-                    if value is not None:
+                    for value in answer(record.value):
                         await producer.send(EVALUATION_RESULTS, value, key=record.key)
                     done += 1
         await producer.flush()

@@ -162,13 +162,27 @@ def wrk(
     return rate, p99, cpu / requests * 1e6
 
 
+def exposure_counts(url: str) -> dict[str, float]:
+    """flagstream_exposures_total by outcome, from a worker's /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = r'flagstream_exposures_total\{outcome="(\w+)"\} (\S+)'
+    return {outcome: float(value) for outcome, value in re.findall(pattern, text)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each server")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk before measuring")
+    parser.add_argument(
+        "--experiment",
+        action="store_true",
+        help="make the flag an experiment: every evaluation also emits an exposure to Kafka",
+    )
     args = parser.parse_args()
+    flag = {**FLAG, "metadata": {"experiment": True}} if args.experiment else FLAG
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: `apt-get install -y wrk` (the benchmark drives it)")
 
@@ -205,7 +219,7 @@ def main() -> None:
                 body.hex(),
                 mode,
                 FLAG_KEY,
-                json.dumps(FLAG),
+                json.dumps(flag),
                 SDK_KEY,
             ],
             cwd=REPO,
@@ -217,8 +231,8 @@ def main() -> None:
         return url, process.pid
 
     try:
-        worker.admin().put("bench", FLAG_KEY, FLAG)
-        route_worker.admin().put("bench", FLAG_KEY, FLAG)
+        worker.admin().put("bench", FLAG_KEY, flag)
+        route_worker.admin().put("bench", FLAG_KEY, flag)
         status, body = post(worker.url)
         assert status == 200, body
         assert post(route_worker.url) == (200, body), "both workers must answer the same bytes"
@@ -244,6 +258,8 @@ def main() -> None:
                     f"{name:29} {rate:10,.0f} req/s  p99 {p99:6.2f} ms  {cpu_us:5.1f} µs CPU/req",
                     flush=True,
                 )
+        time.sleep(1)  # the last exposure batch is produced
+        exposures = exposure_counts(worker.url) if args.experiment else None
     finally:
         for process in references:
             process.terminate()
@@ -257,6 +273,8 @@ def main() -> None:
     cpu = {name: statistics.median(run[2] for run in runs) for name, runs in results.items()}
     print()
     print(f"body: {body.decode()}")
+    if exposures is not None:
+        print(f"exposures of (b): {exposures} (one per evaluation: requests + warm-up + checks)")
     print(
         f"machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
         f"Python {platform.python_version()}"

@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.evaluation_records import (
+    RESULT_RECORD_BYTES,
+    TOO_LARGE,
     Invalid,
     Request,
     Requests,
@@ -133,7 +135,7 @@ def test_what_a_client_sends_decodes_and_results_round_trip() -> None:
     assert isinstance(decoded, Requests) and len(decoded.items) == 2
     assert decoded.reply_to == "evaluation-results.x"
     invalid = Invalid("b", "e", (("$.context", "must be a JSON object"),))
-    (result,) = decode_results(encode_results([error_json(invalid, 1.0)], batch=False))
+    ((result,),) = map(decode_results, encode_results([error_json(invalid, 1.0)], batch=False))
     assert result.request_id == "b" and result.error is not None and result.flags == {}
     assert decode_results(b"\xff") == []
 
@@ -161,3 +163,33 @@ json_values = st.recursive(
 def test_decoding_arbitrary_json_never_raises(data: dict[str, Any]) -> None:
     decoded = decode_requests(raw({"schema": 1, **data}))
     assert isinstance(decoded, Requests | Rejection)
+
+
+def test_results_larger_than_a_record_are_split_in_order_or_replaced_by_an_error() -> None:
+    def result(request_id: str, value: str) -> dict[str, Any]:
+        flag = {
+            "key": "k",
+            "value": value,
+            "variant": "on",
+            "reason": "STATIC",
+            "error_code": None,
+            "error_message": None,
+            "flag_version": 1,
+        }
+        return {
+            "request_id": request_id,
+            "environment": "e",
+            "flags": [flag],
+            "evaluated_at": 1.0,
+            "error": None,
+        }
+
+    ids = [f"r{i}" for i in range(9000)]
+    values = encode_results([result(i, "v" * 300) for i in ids], batch=True)
+    assert len(values) > 1 and all(len(v) <= RESULT_RECORD_BYTES for v in values)
+    assert [r.request_id for v in values for r in decode_results(v)] == ids
+    for batch in (True, False):
+        (value,) = encode_results([result("r", "v" * RESULT_RECORD_BYTES)], batch=batch)
+        (answer,) = decode_results(value)
+        assert answer.request_id == "r" and answer.flags == {}
+        assert answer.error is not None and answer.error["code"] == TOO_LARGE

@@ -105,6 +105,23 @@ def test_a_batch_is_answered_in_order_by_one_record(
     ]
 
 
+def test_a_batch_too_large_for_one_record_is_answered_by_several_in_order(
+    worker: Worker, env: str
+) -> None:
+    """4,000 requests of a ~600-byte result each: over Kafka's 1 MiB a record, so split."""
+    worker.admin().put(env, "wide", flag("on", variants={"on": "x" * 500, "off": "y"}))
+    contexts = [{"targetingKey": f"wide-{i}"} for i in range(4000)]
+    results = with_client(worker, lambda c: c.evaluate_many(env, contexts, ["wide"]))
+    assert [r.flags["wide"].value for r in results] == ["x" * 500] * 4000
+    records = read_topic(worker.brokers, EVALUATION_RESULTS, RESULT_PARTITIONS)
+    ids = {r.request_id for r in results}
+    parts = [r for r in records if r.get("results") and r["results"][0]["request_id"] in ids]
+    assert len(parts) >= 3, "2.4 MB of results needs at least three records"
+    assert all(len(json.dumps(part)) < 1_000_000 for part in parts)
+    in_order = [item["request_id"] for part in parts for item in part["results"]]
+    assert in_order == [r.request_id for r in results]
+
+
 def test_no_flag_keys_means_every_flag(
     worker: Worker, env: str, flags: dict[str, CompiledFlag]
 ) -> None:

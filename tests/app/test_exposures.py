@@ -4,14 +4,18 @@ targeting key, on every path; none for other flags."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections import Counter
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
 from app.client import AdminClient
 from app.evaluation_client import EvaluationClient
 from app.evaluation_records import EvaluationResult
-from app.topics import EXPOSURES
+from app.topics import EXPOSURES, partition_of
 from tests.conftest import SDK_KEY, Worker, flag, read_topic, wait_until
 
 EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS
@@ -111,3 +115,42 @@ def test_one_exposure_per_experiment_evaluation_over_ofrep(worker: Worker, broke
     assert {e["source"] for e in exposures} == {"ofrep"}
     for exposure in exposures:
         assert exposure["variant"] == variants[exposure["targeting_key"]]
+
+
+def test_many_exposures_are_produced_once_each_keyed_and_partitioned_like_kafka(
+    worker: Worker, broker: str, env: str
+) -> None:
+    """10,000 exposures: many full batches per partition, each record where Kafka puts it."""
+    admin = worker.admin()
+    admin.put(env, "exp-a", EXPERIMENT)
+    admin.put(env, "exp-b", {**EXPERIMENT, "metadata": {"experiment": True}})
+    for start in range(0, 5000, 500):  # 500 requests a record keeps each result record < 1 MB
+        contexts = [{"targetingKey": f"many-{start + i}"} for i in range(500)]
+        evaluate_over_kafka(worker, env, contexts)
+
+    async def read() -> list[ConsumerRecord[bytes, bytes]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker, fetch_max_wait_ms=10)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(EXPOSURES, p) for p in range(EXPOSURE_PARTITIONS)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            records: list[ConsumerRecord[bytes, bytes]] = []
+            idle_until = time.monotonic() + 2
+            while time.monotonic() < idle_until:
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    records += [r for r in batch if json.loads(r.value)["environment"] == env]
+                    idle_until = time.monotonic() + 2
+            return records
+        finally:
+            await consumer.stop()
+
+    records = wait_until(lambda: len(found := asyncio.run(read())) >= 10_000 and found, 30)
+    exposures = [json.loads(record.value) for record in records]
+    assert len(records) == 10_000
+    assert len({e["exposure_id"] for e in exposures}) == 10_000
+    assert Counter(e["flag"] for e in exposures) == {"exp-a": 5000, "exp-b": 5000}
+    for record, exposure in zip(records, exposures, strict=True):
+        assert record.key == exposure["targeting_key"].encode()
+        assert record.partition == partition_of(record.key, EXPOSURE_PARTITIONS)
+        assert record.timestamp == int(exposure["timestamp"] * 1000)
