@@ -163,11 +163,14 @@ def wrk(
 
 
 def exposure_counts(url: str) -> dict[str, float]:
-    """flagstream_exposures_total by outcome, from a worker's /metrics."""
+    """Exposures by outcome and the flag's evaluations, from a worker's /metrics."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
         text = response.read().decode()
     pattern = r'flagstream_exposures_total\{outcome="(\w+)"\} (\S+)'
-    return {outcome: float(value) for outcome, value in re.findall(pattern, text)}
+    counts = {outcome: float(value) for outcome, value in re.findall(pattern, text)}
+    evaluations = rf'flagstream_evaluations_total\{{[^}}]*flag="{FLAG_KEY}"[^}}]*\}} (\S+)'
+    counts["evaluations"] = sum(float(value) for value in re.findall(evaluations, text))
+    return counts
 
 
 def main() -> None:
@@ -274,7 +277,7 @@ def main() -> None:
     print()
     print(f"body: {body.decode()}")
     if exposures is not None:
-        print(f"exposures of (b): {exposures} (one per evaluation: requests + warm-up + checks)")
+        print(f"exposures of (b): {exposures} (goal: produced == evaluations, none dropped)")
     print(
         f"machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
         f"Python {platform.python_version()}"
