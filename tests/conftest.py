@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from hypothesis import HealthCheck, settings
 
 from app.broker import free_port, start_broker, stop
@@ -168,8 +168,21 @@ def read_topic(
     brokers: str, topic: str, partitions: int = 1, idle_s: float = 1.0
 ) -> list[dict[str, Any]]:
     """Every record of `topic` as JSON (undecodable values as {"raw": ...})."""
+    values = []
+    for record in read_records(brokers, topic, partitions, idle_s):
+        try:
+            values.append(json.loads(record.value))
+        except ValueError:
+            values.append({"raw": record.value})
+    return values
 
-    async def run() -> list[dict[str, Any]]:
+
+def read_records(
+    brokers: str, topic: str, partitions: int = 1, idle_s: float = 1.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic`, read until none arrived for `idle_s`."""
+
+    async def run() -> list[ConsumerRecord[bytes, bytes]]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10
         )
@@ -178,17 +191,12 @@ def read_topic(
             tps = [TopicPartition(topic, p) for p in range(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            records: list[dict[str, Any]] = []
+            records: list[ConsumerRecord[bytes, bytes]] = []
             deadline = time.monotonic() + idle_s
             while time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=100)
-                for batch in batches.values():
-                    for record in batch:
-                        try:
-                            records.append(json.loads(record.value))
-                        except ValueError:
-                            records.append({"raw": record.value})
-                        deadline = time.monotonic() + idle_s
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    records += batch
+                    deadline = time.monotonic() + idle_s
             return records
         finally:
             await consumer.stop()

@@ -26,11 +26,15 @@ class Access(IntEnum):
 
 def bearer(request: web.Request) -> str | None:
     """The token of an `Authorization: Bearer` header (or `X-API-Key`, as OFREP clients send)."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    return token_of(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+
+
+def token_of(authorization: str | None, api_key: str | None) -> str | None:
+    """`bearer` from the two header values (the OFREP fast path has no aiohttp request)."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("X-API-Key") or None
+    return api_key or None
 
 
 def access_of(token: str | None, settings: Settings) -> Access:

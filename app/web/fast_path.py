@@ -35,6 +35,7 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 
 from app import metrics
 from app.records import dumps
+from app.web.auth import token_of
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,9 @@ def http_date() -> bytes:
     return date
 
 
-def token_of(authorization: bytes | None, api_key: bytes | None) -> str | None:
-    """The SDK key of `Authorization: Bearer` or `X-API-Key`, as `app.web.auth.bearer` reads it."""
-    if authorization is not None:
-        scheme, _, token = authorization.decode("utf-8", "surrogateescape").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return api_key.decode("utf-8", "surrogateescape") if api_key else None
+def header_text(value: bytes | None) -> str | None:
+    """A header value as aiohttp decodes it (UTF-8, undecodable bytes kept as surrogates)."""
+    return None if value is None else value.decode("utf-8", "surrogateescape")
 
 
 class FastPath(asyncio.Protocol):
@@ -238,7 +235,8 @@ class FastPath(asyncio.Protocol):
     def _respond(self, body: bytes) -> bool:
         """Write the answer of the request just read; False when aiohttp must answer it."""
         try:
-            answered = self._answer(token_of(self._authorization, self._api_key), self._key, body)
+            token = token_of(header_text(self._authorization), header_text(self._api_key))
+            answered = self._answer(token, self._key, body)
         except Exception:
             log.exception("the fast path failed to evaluate %r", self._key)
             metrics.HTTP_REQUESTS.labels("ofrep", "500").inc()

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections import Counter
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from app.client import AdminClient
 from app.evaluation_client import EvaluationClient
 from app.evaluation_records import EvaluationResult
 from app.topics import EXPOSURES, partition_of
-from tests.conftest import SDK_KEY, Worker, flag, read_topic, wait_until
+from tests.conftest import SDK_KEY, Worker, flag, read_records, read_topic, wait_until
 
 EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS
 EXPERIMENT = flag(
@@ -128,24 +127,11 @@ def test_many_exposures_are_produced_once_each_keyed_and_partitioned_like_kafka(
         contexts = [{"targetingKey": f"many-{start + i}"} for i in range(500)]
         evaluate_over_kafka(worker, env, contexts)
 
-    async def read() -> list[ConsumerRecord[bytes, bytes]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker, fetch_max_wait_ms=10)
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(EXPOSURES, p) for p in range(EXPOSURE_PARTITIONS)]
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            records: list[ConsumerRecord[bytes, bytes]] = []
-            idle_until = time.monotonic() + 2
-            while time.monotonic() < idle_until:
-                for batch in (await consumer.getmany(timeout_ms=100)).values():
-                    records += [r for r in batch if json.loads(r.value)["environment"] == env]
-                    idle_until = time.monotonic() + 2
-            return records
-        finally:
-            await consumer.stop()
+    def mine() -> list[ConsumerRecord[bytes, bytes]]:
+        records = read_records(broker, EXPOSURES, EXPOSURE_PARTITIONS, idle_s=0.5)
+        return [r for r in records if json.loads(r.value)["environment"] == env]
 
-    records = wait_until(lambda: len(found := asyncio.run(read())) >= 10_000 and found, 30)
+    records = wait_until(lambda: len(found := mine()) >= 10_000 and found, 30)
     exposures = [json.loads(record.value) for record in records]
     assert len(records) == 10_000
     assert len({e["exposure_id"] for e in exposures}) == 10_000
