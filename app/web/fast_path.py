@@ -34,6 +34,7 @@ from aiohttp.web_runner import BaseRunner, BaseSite, TCPSite
 from faust.web.drivers import aiohttp as faust_aiohttp
 
 from app import metrics
+from app.changes import KEY_PATTERN
 from app.records import dumps
 from app.web.auth import token_of
 
@@ -42,8 +43,11 @@ log = logging.getLogger(__name__)
 Answer = Callable[[str | None, str, bytes], tuple[int, bytes] | None]
 """(SDK key or None, flag key, body) -> (status, JSON body); None lets aiohttp answer."""
 
-# The single-flag route with a key that needs no percent-decoding; other keys go to aiohttp.
-SINGLE_FLAG: Final = re.compile(rb"/ofrep/v1/evaluate/flags/([A-Za-z0-9._~-]+)")
+# The single-flag route with a flag key as keys are made (`app.changes.KEY_PATTERN`, which
+# needs no percent-decoding and is never a dot segment); other targets go to aiohttp.
+SINGLE_FLAG: Final = re.compile(
+    rb"/ofrep/v1/evaluate/flags/(%s)" % KEY_PATTERN.pattern.strip("^$").encode()
+)
 # Largest head answered here: aiohttp's own line limit. A longer one is aiohttp's to refuse.
 MAX_HEAD_BYTES: Final = 8190
 # Idle keep-alive connections are closed after IDLE_SWEEPS sweeps without a byte, every

@@ -250,6 +250,7 @@ BIG = 300_000  # over the worker's FLAGSTREAM_MAX_BODY_BYTES (262144)
         (evaluation("fp-bool", body=b"x" * BIG), 413, "at most"),
         (evaluation("fp-bool", version="1.0"), 200, '"value":true'),
         (evaluation("fp%2Dbool"), 200, '"key":"fp-bool"'),
+        (evaluation("_not-a-key"), 404, "FLAG_NOT_FOUND"),
         (b"GET /ofrep/v1/evaluate/flags/fp-bool HTTP/1.1\r\nHost: t\r\n\r\n", 405, ""),
     ],
     ids=[
@@ -263,6 +264,7 @@ BIG = 300_000  # over the worker's FLAGSTREAM_MAX_BODY_BYTES (262144)
         "too-large",
         "http-1.0",
         "percent-encoded-key",
+        "impossible-key",
         "wrong-method",
     ],
 )
@@ -317,6 +319,7 @@ def test_connection_close_is_honoured(connection: Connection) -> None:
         b"GET /ofrep/v1/events HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
         b"Upgrade: websocket\r\n\r\n",
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        evaluation(".."),
     ],
     ids=[
         "binary",
@@ -327,6 +330,7 @@ def test_connection_close_is_honoured(connection: Connection) -> None:
         "bare-line-feeds",
         "upgrade",
         "connect",
+        "dot-segment",
     ],
 )
 def test_bad_heads_get_an_error_from_aiohttp_and_hurt_nothing(
