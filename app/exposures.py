@@ -25,7 +25,7 @@ from app.topics import EXPOSURES, partition_of
 
 log = logging.getLogger(__name__)
 
-YIELD_EVERY = 1000  # exposures encoded between two yields to the event loop in `flush`
+YIELD_EVERY = 200  # exposures encoded between two yields to the event loop in `flush`
 PARTITION_CACHE_SIZE = 65536  # targeting keys whose partition is remembered
 # Bytes of one produce batch: ~2,000 exposures rather than aiokafka's default ~60 (16 KiB), so
 # a busy worker sends a few large requests per flush instead of hundreds of small ones.
