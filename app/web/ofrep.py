@@ -232,8 +232,7 @@ async def evaluate_flag(request: web.Request) -> web.Response:
         return context
     if not replication.ready.is_set() and (unready := await not_ready(key)):
         return unready
-    _, _, resolution = evaluator.one(environment, key, context, _time(), "ofrep")
-    status, body = encoded(key, resolution)
+    status, body = answer_flag(environment, key, context)
     response = web.Response(body=body, status=status, content_type="application/json")
     evaluation_stats.observe("ofrep", _perf_counter() - started)
     return response
@@ -253,10 +252,15 @@ def evaluate_at_once(token: str | None, key: str, raw: bytes) -> tuple[int, byte
     context = parse_context(raw)
     if not isinstance(context, dict):
         return None
-    _, _, resolution = evaluator.one(environment, key, context, _time(), "ofrep")
-    answer = encoded(key, resolution)
+    answer = answer_flag(environment, key, context)
     evaluation_stats.observe("ofrep", _perf_counter() - started)
     return answer
+
+
+def answer_flag(environment: str, key: str, context: Mapping[str, Any]) -> tuple[int, bytes]:
+    """One flag evaluated (counted, exposed) and encoded: the answer of both paths."""
+    _, _, resolution = evaluator.one(environment, key, context, _time(), "ofrep")
+    return encoded(key, resolution)
 
 
 def bulk_etag(environment: str, context: Mapping[str, Any]) -> str:
