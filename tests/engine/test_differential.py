@@ -32,6 +32,7 @@ import pytest
 
 from app.engine import CompiledFlag, Resolution, compile_flag, evaluate, evaluate_typed
 from tests.engine import generate
+from tests.engine.json_equality import same_json
 
 flagd_core = pytest.importorskip("openfeature.contrib.tools.flagd.core")
 json_logic_builtins = pytest.importorskip("json_logic.builtins")
@@ -115,21 +116,8 @@ def _theirs_typed(
     return result.value, result.variant, reason, None
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal and of the same JSON type, all the way down (1 is not 1.0 nor True)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and a != a:
-        return b != b
-    return bool(a == b)
-
-
 def _outcomes_agree(ours: Outcome, theirs: Outcome) -> bool:
-    return all(_same(x, y) for x, y in zip(ours, theirs, strict=True))
+    return all(same_json(x, y) for x, y in zip(ours, theirs, strict=True))
 
 
 @contextmanager

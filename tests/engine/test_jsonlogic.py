@@ -15,18 +15,9 @@ import pytest
 
 from app.engine.jsonlogic import InvalidRule, Scope, compile_rule
 from app.engine.model import FractionalVersion
+from tests.engine.json_equality import same_json
 
 CASES = json.loads((Path(__file__).parent / "cases" / "jsonlogic.json").read_text("utf-8"))
-
-
-def _same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def _scope(**evaluators: Any) -> Scope:
@@ -38,7 +29,7 @@ def _scope(**evaluators: Any) -> Scope:
 )
 def test_case(description: str, rule: Any, data: Any, expected: Any) -> None:
     result = compile_rule(rule, _scope())(data)
-    assert _same(result, expected), f"{description}: {result!r} != {expected!r}"
+    assert same_json(result, expected), f"{description}: {result!r} != {expected!r}"
 
 
 def test_unknown_operation_is_invalid() -> None:
