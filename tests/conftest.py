@@ -54,6 +54,8 @@ class Worker:
         self.app_id = app_id
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = data_dir.with_suffix(".log")
         self.extra_env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -72,6 +74,7 @@ class Worker:
             "FLAGSTREAM_APP_ID": self.app_id,
             "FLAGSTREAM_DATA_DIR": str(self.data_dir),
             "FLAGSTREAM_WEB_PORT": str(self.port),
+            "FLAGSTREAM_METRICS_PORT": str(self.metrics_port),
             "FLAGSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
             "FLAGSTREAM_READ_TOKENS": READ_TOKEN,
             "FLAGSTREAM_SDK_KEYS": f"{SDK_KEY}=development",
@@ -107,6 +110,12 @@ class Worker:
 
     def admin(self) -> AdminClient:
         return AdminClient(self.url, ADMIN_TOKEN, actor="pytest")
+
+    def metrics(self) -> str:
+        """The Prometheus text of this worker, from its own metrics port (not the API's)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text: str = response.read().decode()
+        return text
 
 
 @pytest.fixture(scope="module")
