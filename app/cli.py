@@ -81,6 +81,7 @@ def run_up(args: argparse.Namespace) -> int:
     host = "127.0.0.1"
     kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
     web_port = args.port if not port_open(host, args.port) else free_port()
+    metrics_port = args.metrics_port if not port_open(host, args.metrics_port) else free_port()
     admin_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or "admin-" + secrets.token_urlsafe(16)
     sdk_key = "sdk-development-" + secrets.token_urlsafe(8)
     # The embedded broker keeps nothing across restarts, so neither may the worker's tables.
@@ -90,6 +91,8 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_BROKERS": f"{host}:{kafka_port}",
         "FLAGSTREAM_WEB_HOST": host,
         "FLAGSTREAM_WEB_PORT": str(web_port),
+        "FLAGSTREAM_METRICS_HOST": host,
+        "FLAGSTREAM_METRICS_PORT": str(metrics_port),
         "FLAGSTREAM_DATA_DIR": str(data_dir),
         "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
@@ -123,7 +126,7 @@ def run_up(args: argparse.Namespace) -> int:
             f"\nflagstream is up.\n"
             f"  flags:       {url}/api/v1/environments/development/flags\n"
             f"  changes:     {url}/api/v1/environments/development/stream (server-sent events)\n"
-            f"  metrics:     {url}/metrics\n"
+            f"  metrics:     http://{host}:{metrics_port}/metrics (Prometheus, loopback only)\n"
             f"  admin token: {admin_token}\n"
             f"  SDK key:     {sdk_key}  (environment development)\n"
             f"  try:         curl -H 'Authorization: Bearer {admin_token}' \\\n"
@@ -216,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=6066, help="HTTP port (a free one if taken)")
     up.add_argument(
         "--kafka-port", type=int, default=9092, help="broker port (a free one if taken)"
+    )
+    up.add_argument(
+        "--metrics-port", type=int, default=9464, help="metrics port (a free one if taken)"
     )
     up.add_argument(
         "-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`"

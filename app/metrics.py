@@ -39,6 +39,15 @@ HTTP_REQUESTS = Counter(
     ["route", "status"],
 )
 STREAM_CLIENTS = Gauge("flagstream_stream_clients", "Open change-stream (SSE) connections.")
+STREAM_REFUSALS = Counter(
+    "flagstream_stream_refusals_total",
+    "Change streams refused at a cap (FLAGSTREAM_MAX_STREAMS, _PER_KEY), by which cap.",
+    ["cap"],  # per_key (429) | total (503)
+)
+STREAM_ENVIRONMENTS = Gauge(
+    "flagstream_stream_environments",
+    "Environments this worker keeps a subscriber set for (those with an open stream).",
+)
 EXPOSURES = Counter(
     "flagstream_exposures_total",
     "Experiment exposures, by outcome.",

@@ -33,6 +33,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLAGSTREAM_WEB_HOST", "127.0.0.1", "Address the HTTP API listens on."),
     Setting("FLAGSTREAM_WEB_PORT", "6066", "Port the HTTP API listens on."),
     Setting(
+        "FLAGSTREAM_METRICS_HOST",
+        "127.0.0.1",
+        "Address Prometheus metrics (`/metrics`) are served on; the loopback keeps them private.",
+    ),
+    Setting(
+        "FLAGSTREAM_METRICS_PORT",
+        "9464",
+        "Port of `/metrics`, apart from the API: it names every evaluated flag and variant.",
+    ),
+    Setting(
         "FLAGSTREAM_ADMIN_TOKEN",
         "",
         "Bearer token for writes (empty: a random one is made and printed by `up`).",
@@ -92,6 +102,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Changes per environment kept for change-stream resumption.",
     ),
     Setting(
+        "FLAGSTREAM_MAX_STREAMS",
+        "1000",
+        "Change streams (SSE) a worker serves at once; 503 above it.",
+    ),
+    Setting(
+        "FLAGSTREAM_MAX_STREAMS_PER_KEY",
+        "100",
+        "Change streams one token may hold open on a worker; 429 above it.",
+    ),
+    Setting(
         "FLAGSTREAM_OFREP_FAST_PATH",
         "true",
         "Answer single-flag OFREP evaluations before aiohttp (app/web/fast_path.py).",
@@ -141,6 +161,8 @@ class Settings:
     data_dir: Path
     web_host: str
     web_port: int
+    metrics_host: str
+    metrics_port: int
     admin_token: str
     read_tokens: tuple[str, ...]
     sdk_keys: dict[str, str]
@@ -156,6 +178,8 @@ class Settings:
     producer_idempotence: bool
     history_depth: int
     stream_depth: int
+    max_streams: int
+    max_streams_per_key: int
     ofrep_fast_path: bool
     max_body_bytes: int
     write_timeout_s: float
@@ -179,6 +203,8 @@ class Settings:
             data_dir=Path(_env("FLAGSTREAM_DATA_DIR")),
             web_host=web_host,
             web_port=web_port,
+            metrics_host=_env("FLAGSTREAM_METRICS_HOST"),
+            metrics_port=int(_env("FLAGSTREAM_METRICS_PORT")),
             admin_token=_env("FLAGSTREAM_ADMIN_TOKEN"),
             read_tokens=_csv(_env("FLAGSTREAM_READ_TOKENS")),
             sdk_keys=sdk_keys,
@@ -195,6 +221,8 @@ class Settings:
             in ("1", "true", "yes"),
             history_depth=int(_env("FLAGSTREAM_HISTORY_DEPTH")),
             stream_depth=int(_env("FLAGSTREAM_STREAM_DEPTH")),
+            max_streams=int(_env("FLAGSTREAM_MAX_STREAMS")),
+            max_streams_per_key=int(_env("FLAGSTREAM_MAX_STREAMS_PER_KEY")),
             ofrep_fast_path=_env("FLAGSTREAM_OFREP_FAST_PATH").lower() in ("1", "true", "yes"),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
             write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),

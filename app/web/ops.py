@@ -1,12 +1,16 @@
-"""Liveness, readiness and Prometheus metrics of one worker."""
+"""Liveness and readiness of one worker, and its Prometheus metrics on their own port.
+
+`/metrics` is not on the API port: it names every evaluated flag and variant, which the API
+protects. `MetricsSite` serves it on FLAGSTREAM_METRICS_HOST:FLAGSTREAM_METRICS_PORT.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 from faust.web import View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.main import faust_app, flag_table, replication
+from app.main import faust_app, flag_table, replication, settings
+from app.web.metrics_site import MetricsSite
 from app.web.responses import ok
 
 
@@ -26,9 +30,5 @@ class Ready(View):
         return ok({"status": "ready", "environments": len(flag_table.environments())})
 
 
-@faust_app.page("/metrics")
-class Metrics(View):
-    async def get(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest())
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
+# Faust starts extra services with the app and accepts an instance as well as a class.
+faust_app.service(MetricsSite(settings.metrics_host, settings.metrics_port))  # type: ignore[arg-type]

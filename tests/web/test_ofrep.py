@@ -439,12 +439,7 @@ def test_evaluations_are_counted(worker: Worker) -> None:
     key = new_key()
     worker.admin().put("development", key, flag())
     evaluate_one(worker, key, {})
-    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
-    try:
-        connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
-    finally:
-        connection.close()
+    text = worker.metrics()
     labels = f'environment="development",flag="{key}",path="ofrep",reason="STATIC",variant="off"'
     assert f"flagstream_evaluations_total{{{labels}}} 1.0" in text
     assert 'flagstream_evaluation_latency_seconds_count{path="ofrep"}' in text

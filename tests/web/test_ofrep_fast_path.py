@@ -384,10 +384,11 @@ def test_fast_path_evaluations_and_hand_offs_are_counted(flags: Worker) -> None:
         connection.close()
     connection = Connection(flags.port)
     try:
-        connection.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        text = connection.reply().body.decode()
+        connection.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # handed to aiohttp
+        assert connection.reply().status == 200
     finally:
         connection.close()
+    text = flags.metrics()
     evaluated = re.search(
         r'flagstream_evaluations_total\{environment="development",flag="fp-bool",path="ofrep",'
         r"[^}]*\} (\S+)",
