@@ -173,10 +173,9 @@ def wrk(
     return rate, p99, cpu / requests * 1e6
 
 
-def exposure_counts(url: str) -> dict[str, float]:
-    """Exposures by outcome and the flag's evaluations, from a worker's /metrics."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
+def exposure_counts(worker: Worker) -> dict[str, float]:
+    """Exposures by outcome and the flag's evaluations, from a worker's metrics port."""
+    text = worker.metrics()
     pattern = r'flagstream_exposures_total\{outcome="(\w+)"\} (\S+)'
     counts = {outcome: float(value) for outcome, value in re.findall(pattern, text)}
     evaluations = rf'flagstream_evaluations_total\{{[^}}]*flag="{FLAG_KEY}"[^}}]*\}} (\S+)'
@@ -280,7 +279,7 @@ def main() -> None:
                     flush=True,
                 )
         time.sleep(1)  # the last exposure batch is produced
-        exposures = exposure_counts(worker.url) if args.experiment else None
+        exposures = exposure_counts(worker) if args.experiment else None
     finally:
         for process in references:
             process.terminate()
