@@ -6,13 +6,17 @@ the API port must not serve them.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
+from app.broker import free_port
+from app.web.metrics_site import MetricsSite
 from tests.conftest import SDK_KEY, Worker, flag
 
 TCP_LISTEN = "0A"  # the `st` column of /proc/net/tcp for a listening socket
@@ -73,3 +77,27 @@ def test_the_metrics_port_listens_on_the_loopback_only_by_default(worker: Worker
         pytest.skip("needs Linux /proc/net/tcp to see which address a socket is bound to")
     assert listening_addresses(worker.metrics_port) == {"127.0.0.1"}
     assert listening_addresses(worker.port) == {"127.0.0.1"}  # the API, for comparison
+
+
+def test_the_metrics_host_setting_is_honoured_and_a_taken_port_is_named() -> None:
+    """Compose binds 0.0.0.0 so Prometheus reaches the worker from its own container."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp to see which address a socket is bound to")
+
+    async def run() -> None:
+        registry = CollectorRegistry()
+        Counter("probe_total", "A metric only this registry has.", registry=registry).inc()
+        site = MetricsSite("0.0.0.0", free_port(), registry)
+        await site.start()
+        try:
+            assert listening_addresses(site.port) == {"0.0.0.0"}
+            url = f"http://127.0.0.1:{site.port}/metrics"
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+            assert b"probe_total 1.0" in text
+            taken = MetricsSite("0.0.0.0", site.port, registry)
+            with pytest.raises(OSError, match=f"cannot serve metrics on 0.0.0.0:{site.port}"):
+                await taken.start()
+        finally:
+            await site.stop()
+
+    asyncio.run(run())
