@@ -7,11 +7,11 @@ with a change (bytes that are not JSON, a definition flagd would refuse, a stale
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from app.engine.schema import flag_problems
+from app.json_input import Unacceptable, parse_json
 from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
 
 # Environment and flag keys end up in URLs, Kafka keys and RocksDB keys separated by "/".
@@ -32,10 +32,9 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
     """Turn the bytes of a `flag-changes` record into a change, or say what is wrong."""
     if not raw:
         return _malformed("empty record")
-    try:
-        data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return _malformed(f"not JSON: {exc}")
+    data: Any = parse_json(raw)  # strict and depth-bounded, as every HTTP body
+    if isinstance(data, Unacceptable):
+        return _malformed(data.message)
     if not isinstance(data, dict):
         return _malformed("a change must be a JSON object")
     problems: list[tuple[str, str]] = []

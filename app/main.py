@@ -19,6 +19,7 @@ from app.live_flags import LiveFlags
 from app.outcomes import Outcomes
 from app.settings import Settings
 from app.topics import FLAG_CHANGES
+from app.web.http_metrics import count_responses
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
@@ -78,6 +79,9 @@ evaluator = Evaluator(live_flags, exposure_sink, evaluation_stats)
 # Faust starts extra services with the app and accepts an instance as well as a class.
 faust_app.service(replication)  # type: ignore[arg-type]
 faust_app.service(exposure_sink)  # type: ignore[arg-type]
+
+# Every answer of the HTTP API is counted, whatever its view returned or raised.
+faust_app.web.web_app.middlewares.append(count_responses)
 
 # Registration: importing these modules declares the agents and views on `faust_app`.
 from agents import evaluations, flag_changes  # noqa: E402, F401

@@ -19,7 +19,7 @@ from app.engine import ErrorCode, Reason, Resolution
 from app.evaluation import resolve
 from app.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag
 from app.main import faust_app, flag_table, live_flags, settings
-from app.web.admin import API, check_keys, counted, read_json, recovering
+from app.web.admin import API, check_keys, read_json, recovering
 from app.web.auth import may_read_environment
 from app.web.responses import error, ok
 
@@ -65,10 +65,10 @@ class Evaluate(View):
             denied = error(401, "UNAUTHORIZED", message)
         denied = denied or await recovering()
         if denied:
-            return counted("evaluate", denied)
+            return denied
         body = await read_json(request)
         if isinstance(body, web.Response):
-            return counted("evaluate", body)
+            return body
         problems = []
         if not isinstance(body, dict):
             body = {}
@@ -85,9 +85,7 @@ class Evaluate(View):
         if isinstance(when, str):
             problems.append({"path": "$.at", "message": when})
         if problems:
-            return counted(
-                "evaluate", error(400, "INVALID_CONTEXT", "invalid evaluation request", problems)
-            )
+            return error(400, "INVALID_CONTEXT", "invalid evaluation request", problems)
         assert not isinstance(when, str)
         results = []
         for key in flag_table.keys(env) if keys is None else keys:
@@ -105,4 +103,4 @@ class Evaluate(View):
                     "version": live.version if live else None,
                 }
             )
-        return counted("evaluate", ok({"environment": env, "at": when, "flags": results}))
+        return ok({"environment": env, "at": when, "flags": results})

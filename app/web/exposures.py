@@ -17,7 +17,7 @@ from app import metrics
 from app.changes import valid_key
 from app.exposures import Pending, exposure_id
 from app.main import exposure_sink, faust_app, live_flags, settings
-from app.web.admin import counted, read_json, recovering
+from app.web.admin import read_json, recovering
 from app.web.auth import sdk_environment
 from app.web.responses import error, ok
 
@@ -84,16 +84,16 @@ class Exposures(View):
     async def post(self, request: web.Request) -> web.StreamResponse:
         environment = sdk_environment(request, settings)
         if environment is None:
-            return counted("exposures", error(401, "UNAUTHORIZED", "an SDK key is required"))
+            return error(401, "UNAUTHORIZED", "an SDK key is required")
         if unready := await recovering():
-            return counted("exposures", unready)
+            return unready
         body = await read_json(request)
         if isinstance(body, web.Response):
-            return counted("exposures", body)
+            return body
         items = body.get("exposures") if isinstance(body, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_ITEMS:
             message = f'the body is {{"exposures": [...]}} with 1-{MAX_ITEMS} items'
-            return counted("exposures", error(400, "BAD_REQUEST", message))
+            return error(400, "BAD_REQUEST", message)
         now = time.time()
         accepted, rejected = 0, []
         for index, item in enumerate(items):
@@ -105,4 +105,4 @@ class Exposures(View):
                 accepted += 1
         if rejected:
             metrics.EXPOSURES.labels("rejected").inc(len(rejected))
-        return counted("exposures", ok({"accepted": accepted, "rejected": rejected}, status=202))
+        return ok({"accepted": accepted, "rejected": rejected}, status=202)

@@ -30,7 +30,6 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from app import metrics
 from app.engine import ErrorCode, Resolution
 from app.main import (
     evaluation_stats,
@@ -41,7 +40,8 @@ from app.main import (
     replication,
     settings,
 )
-from app.records import dumps, loads
+from app.records import dumps
+from app.web import inputs
 from app.web.auth import Access, access_of, bearer, sdk_environment, sdk_key_environment
 from app.web.fast_path import FastPathWeb
 from app.web.stream import (
@@ -139,7 +139,6 @@ async def not_ready(key: str | None) -> web.Response | None:
     """
     if await replication.wait_ready():
         return None
-    metrics.HTTP_REQUESTS.labels("ofrep", "500").inc()
     body: dict[str, Any] = {"errorDetails": "the flag table of this worker is still recovering"}
     if key is not None:
         body["key"] = key
@@ -154,7 +153,6 @@ def refused(request: web.Request, key: str | None) -> web.Response:
     else:
         status, details = 401, "an SDK key is required (Authorization: Bearer or X-API-Key)"
         headers = {"WWW-Authenticate": "Bearer"}
-    metrics.HTTP_REQUESTS.labels("ofrep", str(status)).inc()
     body: dict[str, Any] = {"errorDetails": details}
     if key is not None:
         body["key"] = key
@@ -163,7 +161,6 @@ def refused(request: web.Request, key: str | None) -> web.Response:
 
 def bad_request(key: str | None, status: int, code: ErrorCode, details: str) -> web.Response:
     """An `evaluationFailure` (one flag, with its key) or a `bulkEvaluationFailure` (bulk)."""
-    metrics.HTTP_REQUESTS.labels("ofrep", str(status)).inc()
     body = {"errorCode": code, "errorDetails": details}
     if key is not None:
         body = {"key": key, **body}
@@ -178,14 +175,15 @@ def parse_context(raw: bytes) -> dict[str, Any] | Rejection:
     """The evaluation context of a request body, or why the body is not one.
 
     A missing body or `context` is the empty context: the Python OFREP provider sends `{}`
-    when the caller has no context. `targetingKey`, when present, must be a string.
+    when the caller has no context. `targetingKey`, when present, must be a string. A body
+    nested too deep (`app.json_input.MAX_DEPTH`) is an invalid context.
     """
     if not raw:
         return {}
-    try:
-        body = loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return 400, ErrorCode.PARSE_ERROR, f"the body is not JSON: {exc}"
+    body = inputs.decode_body(raw)
+    if isinstance(body, inputs.Refused):
+        code = ErrorCode.INVALID_CONTEXT if body.too_deep else ErrorCode.PARSE_ERROR
+        return 400, code, body.message
     if not isinstance(body, dict):
         return 400, ErrorCode.INVALID_CONTEXT, "the body must be a JSON object"
     context = body.get("context")
@@ -201,21 +199,9 @@ def parse_context(raw: bytes) -> dict[str, Any] | Rejection:
 
 async def read_context(request: web.Request, key: str | None) -> dict[str, Any] | web.Response:
     """The evaluation context of the body (`parse_context`), or the 400/413 response."""
-    limit = settings.max_body_bytes
-    length = request.content_length
-    if length is not None and length <= limit:
-        content = request.content
-        # A small body has usually arrived with the headers: take it without awaiting.
-        raw = content.read_nowait() if content.is_eof() else await request.read()
-    elif length is not None:
-        return bad_request(key, 413, ErrorCode.GENERAL, f"the body may have at most {limit} bytes")
-    else:  # chunked: read no more than the limit allows
-        raw = b""
-        while chunk := await request.content.read(limit + 1 - len(raw)):
-            raw += chunk
-            if len(raw) > limit:
-                details = f"the body may have at most {limit} bytes"
-                return bad_request(key, 413, ErrorCode.GENERAL, details)
+    raw = await inputs.read_body(request, settings.max_body_bytes)
+    if isinstance(raw, inputs.Refused):
+        return bad_request(key, raw.status, ErrorCode.GENERAL, raw.message)
     context = parse_context(raw)
     return context if isinstance(context, dict) else bad_request(key, *context)
 
@@ -278,9 +264,9 @@ async def catch_up(environment: str, wanted: str | None) -> None:
 
     The event may come from another worker than the one answering the re-fetch.
     """
-    if wanted is None or not (text := wanted.strip('"')).isdigit():
+    target = inputs.parse_version(None if wanted is None else wanted.strip('"'))
+    if target is None:
         return
-    target = int(text)
     if flag_table.environment_seq(environment) >= target:
         return
     subscriber = Subscriber()
@@ -340,8 +326,7 @@ def refetch(environment: str, seq: int, last_modified: float | None) -> bytes:
 
 
 def last_event_id(request: web.Request) -> int | None:
-    text = request.headers.get("Last-Event-ID")
-    return int(text) if text is not None and text.strip().isdigit() else None
+    return inputs.parse_version(request.headers.get("Last-Event-ID"))
 
 
 async def notify(request: web.Request, response: web.StreamResponse, environment: str) -> None:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.changes import decide, decode_change
+from app.json_input import MAX_DEPTH
 from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
@@ -31,6 +32,14 @@ def applied(
     version: int = 1, definition: dict[str, Any] | None = FLAG, seq: int = 1
 ) -> AppliedChange:
     return AppliedChange("c0", "dev", "f", ChangeOp.PUT, seq, version, definition, "me", 1.0, 1.0)
+
+
+def nested(depth: int) -> Any:
+    """A JSON value `depth` containers deep."""
+    value: Any = True
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 @pytest.mark.parametrize(
@@ -58,6 +67,20 @@ def test_undecodable_changes_are_malformed(raw: bytes, path: str | None) -> None
     assert result.code is DeadLetterCode.MALFORMED
     if path:
         assert path in {p for p, _ in result.problems}
+
+
+def test_a_command_nested_deeper_than_the_bound_is_malformed() -> None:
+    """Over-deep JSON is refused where it enters, as at the HTTP edge (app.json_input)."""
+    deep = {**FLAG, "variants": {"on": nested(MAX_DEPTH), "off": False}}
+    result = decode_change(envelope(definition=deep))
+    assert isinstance(result, Rejection)
+    assert result.code is DeadLetterCode.MALFORMED
+    assert f"nested deeper than {MAX_DEPTH} levels" in result.reason
+
+
+def test_a_command_at_the_bound_decodes() -> None:
+    at_bound = {**FLAG, "variants": {"on": nested(MAX_DEPTH - 3), "off": False}}
+    assert isinstance(decode_change(envelope(definition=at_bound)), FlagChange)
 
 
 def test_a_valid_envelope_decodes() -> None:

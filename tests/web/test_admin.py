@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from app.client import AdminClient
 from app.records import ChangeOp, FlagChange, dumps
@@ -245,3 +249,98 @@ def test_everyday_cli_commands(worker: Worker, env: str) -> None:
     ]
     missing = cli(worker, "get", "nope", "--env", env)
     assert missing.returncode == 2 and "404 FLAG_NOT_FOUND" in missing.stderr
+
+
+def nested(depth: int, inner: object = True) -> object:
+    """`inner` inside `depth` arrays."""
+    value = inner
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_over_deep_json_is_refused_at_the_edge(worker: Worker, env: str) -> None:
+    """Was a 500: `dataclasses.asdict` of the change recursed past Python's limit."""
+    admin = worker.admin()
+    deep_variant = {"state": "ENABLED", "variants": {"on": nested(252)}, "defaultVariant": "on"}
+    negations: object = True
+    for _ in range(300):
+        negations = {"!": negations}
+    deep_targeting = flag(targeting={"if": [negations, "on", "off"]})
+    for definition in (deep_variant, deep_targeting):
+        reply = admin.request("PUT", path(env, "deep"), definition)
+        assert reply.status == 400, reply.body
+        assert reply.body["error"]["problems"] == [
+            {"path": "$", "message": "the body is nested deeper than 64 levels"}
+        ]
+    # Within the edge's bound but deeper than a flag may be: the engine names the path (422).
+    inside = {"state": "ENABLED", "variants": {"on": nested(40)}, "defaultVariant": "on"}
+    assert admin.request("PUT", path(env, "deep"), inside).status == 422
+    assert admin.flag(env, "deep").status == 404
+    state = admin.request("POST", path(env, "deep") + "/state", nested(100, {"state": "ON"}))
+    assert state.status == 400
+
+
+def test_json_that_cannot_be_written_back_is_400(worker: Worker, env: str) -> None:
+    """A lone surrogate parsed (json.loads) but could not be produced (orjson): a 500."""
+    raw = b'{"state": "ENABLED", "variants": {"on": "\\ud800"}, "defaultVariant": "on"}'
+    reply = raw_put(worker, path(env, "surrogate"), raw)
+    assert reply[0] == 400 and "not JSON" in reply[1]["error"]["message"]
+    assert raw_put(worker, path(env, "nan"), b'{"state": NaN}')[0] == 400
+
+
+def raw_put(worker: Worker, target: str, raw: bytes) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+        connection.request("PUT", target, raw, headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "if_match",
+    ['"²"', "²", '"' + "9" * 5000 + '"', '"' + "9" * 19 + '"', '"-1"', '"1.0"', '""'],
+    ids=[
+        "superscript",
+        "bare-superscript",
+        "5000-digits",
+        "beyond-int64",
+        "negative",
+        "float",
+        "empty",
+    ],
+)
+def test_an_if_match_that_is_no_version_is_400(worker: Worker, env: str, if_match: str) -> None:
+    """`"²"` passed `str.isdigit()`, then `int()` raised: a 500 (sent as UTF-8, as curl does)."""
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "If-Match": if_match.encode()}
+        connection.request("PUT", path(env, "m"), json.dumps(flag()), headers)
+        response = connection.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 400, body
+    assert body["error"]["code"] == "BAD_REQUEST"
+    assert worker.admin().flag(env, "m").status == 404
+
+
+def test_every_answer_is_counted_by_route_and_status(worker: Worker, env: str) -> None:
+    admin = worker.admin()
+    admin.put(env, "counted", flag())
+    admin.request("PUT", path(env, "counted"), flag(), {"If-Match": '"²"'})
+    admin.request("GET", path(env, "counted"), headers={"If-None-Match": '"1"'})
+    admin.request("GET", "/api/v1/no-such-route")
+    admin.request("GET", f"/api/v1/environments/{env}/flags/counted/history")
+    text = worker.metrics()
+    for route, status in (
+        ("flag", 200),
+        ("flag", 400),
+        ("flag", 304),
+        ("unmatched", 404),
+        ("history", 200),
+    ):
+        assert f'flagstream_http_requests_total{{route="{route}",status="{status}"}}' in text

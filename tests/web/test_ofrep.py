@@ -339,6 +339,33 @@ def test_an_oversize_body_is_413(worker: Worker) -> None:
     assert post(worker, BULK, raw=raw, key=BULK_KEY).status == 413
 
 
+def nested_context(depth: int) -> bytes:
+    """A request body whose context holds a value `depth` arrays deep (no recursive dumps)."""
+    return b'{"context": {"targetingKey": "u", "deep": %s"leaf"%s}}' % (b"[" * depth, b"]" * depth)
+
+
+def test_a_context_nested_too_deep_is_400(worker: Worker) -> None:
+    """Was a 500 on bulk: `bulk_etag` hashes the context with a recursive `json.dumps`."""
+    deep = nested_context(980)
+    assert len(deep) < MAX_BODY
+    bulk = post(worker, BULK, raw=deep, key=BULK_KEY)
+    assert (bulk.status, bulk.body["errorCode"]) == (400, "INVALID_CONTEXT")
+    assert "nested deeper than 64 levels" in bulk.body["errorDetails"]
+    single = post(worker, SINGLE + "any-flag", raw=deep)
+    assert (single.status, single.body["errorCode"]) == (400, "INVALID_CONTEXT")
+    within = nested_context(60)
+    assert post(worker, BULK, raw=within, key=BULK_KEY).status == 200
+
+
+@pytest.mark.parametrize(
+    "etag", ["%C2%B2", "%22%C2%B2%22", "9" * 5000, "-1", ""], ids=lambda e: e[:12] or "empty"
+)
+def test_a_flag_config_etag_that_is_no_version_is_ignored(worker: Worker, etag: str) -> None:
+    """`?flagConfigEtag=²` (str.isdigit, then int) and 5000 digits (int's limit) were 500s."""
+    reply = post(worker, BULK + f"?flagConfigEtag={etag}", {"context": {}}, key=BULK_KEY)
+    assert reply.status == 200
+
+
 def test_no_body_or_no_context_is_the_empty_context(worker: Worker) -> None:
     key = new_key()
     worker.admin().put("development", key, flag(default="on"))
@@ -428,6 +455,21 @@ def test_notifications_end_at_the_latest_change(worker: Worker) -> None:
         assert ids == sorted(ids) and ids[-1] == last and len(ids) <= 3
     finally:
         events.close()
+
+
+@pytest.mark.parametrize("last_event_id", ["²", "9" * 5000])
+def test_a_last_event_id_that_is_no_sequence_starts_a_fresh_stream(
+    worker: Worker, last_event_id: str
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {SDK_KEY}", "Last-Event-ID": last_event_id.encode()}
+        connection.request("GET", "/ofrep/v1/events", headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.readline() == b": connected\n"
+    finally:
+        connection.close()
 
 
 def test_the_notification_stream_needs_an_sdk_key(worker: Worker) -> None:
