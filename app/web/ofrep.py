@@ -81,16 +81,18 @@ def resolution_body(key: str, resolution: Resolution) -> tuple[int, dict[str, An
     """The HTTP status and OFREP body of one flag's resolution.
 
     Success (`evaluationSuccess`): key, reason, variant and metadata; `value` is left out
-    when the caller's default applies (`codeDefaultFlag`: disabled, or no default variant).
-    FLAG_NOT_FOUND is 404 (`flagNotFound`); every other error is 400 (`evaluationFailure`).
+    when the caller's default applies (`codeDefaultFlag`: disabled, or no default variant),
+    as flagd does. `variant` is then "" (flagd's "no variant" on its gRPC wire): OFREP lets it
+    be left out too, but the Python OFREP provider (0.3.0) reads it unconditionally and fails
+    the evaluation without it. FLAG_NOT_FOUND is 404 (`flagNotFound`); every other error is
+    400 (`evaluationFailure`).
     """
     code = resolution.error_code
     if code is None:
         body: dict[str, Any] = {"key": key, "reason": resolution.reason}
         if resolution.value is not None:
             body["value"] = resolution.value
-        if resolution.variant is not None:
-            body["variant"] = resolution.variant
+        body["variant"] = "" if resolution.variant is None else resolution.variant
         body["metadata"] = resolution.metadata
         return 200, body
     failure = {

@@ -245,7 +245,8 @@ def test_a_disabled_flag_defers_to_the_code_default(worker: Worker) -> None:
     worker.admin().put("development", key, flag(state="DISABLED"))
     reply = evaluate_one(worker, key, {"targetingKey": "u"})
     assert reply.status == 200
-    assert reply.body == {"key": key, "reason": "DISABLED", "metadata": {}}
+    # No value: the caller's default applies. `variant` "" is there for the Python provider.
+    assert reply.body == {"key": key, "reason": "DISABLED", "variant": "", "metadata": {}}
 
 
 def test_no_default_variant_and_no_match_defers_to_the_code_default(worker: Worker) -> None:
@@ -256,7 +257,7 @@ def test_no_default_variant_and_no_match_defers_to_the_code_default(worker: Work
     )
     reply = evaluate_one(worker, key, {"targetingKey": "u", "email": "x@elsewhere.org"})
     assert reply.status == 200
-    assert "value" not in reply.body and "variant" not in reply.body
+    assert "value" not in reply.body and reply.body["variant"] == ""
     assert reply.body["reason"] == "DEFAULT"
 
 
@@ -388,7 +389,12 @@ def test_bulk_evaluates_every_flag_with_per_flag_errors(worker: Worker) -> None:
     flags = {item["key"]: item for item in reply.body["flags"]}
     assert flags["targeted"]["variant"] == "on"
     assert flags["broken"]["errorCode"] == "GENERAL"
-    assert flags["disabled"] == {"key": "disabled", "reason": "DISABLED", "metadata": {}}
+    assert flags["disabled"] == {
+        "key": "disabled",
+        "reason": "DISABLED",
+        "variant": "",
+        "metadata": {},
+    }
     assert reply.body["eventStreams"] == [
         {"type": "sse", "endpoint": {"requestUri": "/ofrep/v1/events"}, "inactivityDelaySec": 120}
     ]
