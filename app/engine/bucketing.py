@@ -27,6 +27,8 @@ from typing import Any, Final
 
 import mmh3
 
+from app.engine.budget import STEP_COST, charge
+
 #: flagd rejects splits whose weights add up to more than MaxInt32.
 MAX_TOTAL_WEIGHT: Final = 2_147_483_647
 _INT32_MAX: Final = 2_147_483_647
@@ -166,11 +168,14 @@ def _encode(value: Any, out: bytearray, depth: int) -> bool:
     elif depth >= _MAX_CBOR_DEPTH:
         return False
     elif isinstance(value, list | tuple):
+        # Charged per item: parts shared by reference are encoded once per path.
+        charge(len(value) * STEP_COST, "bucketing by an array")
         out += _header(4, len(value))
         for item in value:
             if not _encode(item, out, depth + 1):
                 return False
     elif isinstance(value, Mapping):
+        charge(len(value) * STEP_COST, "bucketing by an object")
         entries = []
         for key, item in value.items():
             encoded_key = bytearray()

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from math import isnan
 from typing import Any
 
+from app.engine.budget import MAX_STRING_CHARS, METER, STEP_COST, charge, too_long
+
 NAN = float("nan")
 
 #: Integers beyond this magnitude become floats after arithmetic, as in flagd (float64), so
@@ -51,11 +53,13 @@ def to_number(value: Any) -> int | float:
         except ValueError:
             return NAN
     if isinstance(value, list):
-        if not value:
-            return 0
-        if len(value) > 1:
-            return NAN
-        return to_number(value[0])
+        while isinstance(value, list):  # a loop: arrays built by reduce nest arbitrarily
+            if not value:
+                return 0
+            if len(value) > 1:
+                return NAN
+            value = value[0]
+        return to_number(value)
     return NAN
 
 
@@ -84,10 +88,50 @@ def to_string(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, list):
-        return ",".join([to_string(item) for item in value])
+        return _list_text(value)
     if isinstance(value, Mapping):
         return "[object Object]"
     return str(value)
+
+
+_END: Any = object()
+
+
+def _list_text(value: list[Any]) -> str:
+    """``String(array)``: items joined by commas, nested arrays flattened alike.
+
+    A loop, not recursion, bounded by MAX_STRING_CHARS and charged to the evaluation's
+    budget per element visited: an array whose parts are shared (``[x, x]`` where ``x``
+    is ``[y, y]``...) is small in memory but exponential as text.
+    """
+    parts: list[str] = []
+    size = 0
+    visited = 0
+    pending = [iter(value)]
+    first = [True]
+    while pending:
+        item = next(pending[-1], _END)
+        if item is _END:
+            pending.pop()
+            first.pop()
+            continue
+        visited += 1
+        if first[-1]:
+            first[-1] = False
+        else:
+            parts.append(",")
+            size += 1
+        if isinstance(item, list):
+            pending.append(iter(item))
+            first.append(True)
+            continue
+        text = to_string(item)
+        parts.append(text)
+        size += len(text)
+        if size + visited > MAX_STRING_CHARS:
+            raise too_long("an array as text", size, MAX_STRING_CHARS, "characters")
+    charge(size + visited * STEP_COST, "an array as text")
+    return "".join(parts)
 
 
 def loose_equals(a: Any, b: Any) -> bool:
@@ -113,11 +157,42 @@ def loose_equals(a: Any, b: Any) -> bool:
 
 
 def strict_equals(a: Any, b: Any) -> bool:
-    """JsonLogic ``===`` as flagd's Python evaluator applies it (Python equality)."""
+    """JsonLogic ``===`` as flagd's Python evaluator applies it (Python equality).
+
+    Arrays and objects are compared by ``same_json``, which charges the budget per
+    element: Python's own ``==`` would walk shared parts once per path, without bound.
+    """
+    if isinstance(a, list | Mapping) and isinstance(b, list | Mapping):
+        return same_json(a, b)
+    return bool(a == b)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Python equality of two JSON values, walked in a loop and charged per element."""
+    pending = [(a, b)]
+    visited = 0
+    affordable = METER.left // STEP_COST
     try:
-        return bool(a == b)
-    except RecursionError:
-        return a is b
+        while pending:
+            x, y = pending.pop()
+            visited += 1
+            if visited > affordable:
+                break  # charged below, which raises
+            if x is y:
+                continue
+            if isinstance(x, list) and isinstance(y, list):
+                if len(x) != len(y):
+                    return False
+                pending.extend(zip(x, y, strict=True))
+            elif isinstance(x, Mapping) and isinstance(y, Mapping):
+                if x.keys() != y.keys():
+                    return False
+                pending.extend((x[key], y[key]) for key in x)
+            elif isinstance(x, list | Mapping) or isinstance(y, list | Mapping) or x != y:
+                return False
+    finally:
+        charge(visited * STEP_COST, "comparing arrays or objects")
+    return True
 
 
 def less(a: Any, b: Any) -> bool:

@@ -13,7 +13,9 @@ What is rejected and what degrades, mirroring flagd:
 * targeting that breaks the schema but can still run (flagd only warns) compiles, with the
   problems kept in ``CompiledFlag.warnings``;
 * targeting that cannot run (unknown operation, ``$ref`` to a missing evaluator) compiles
-  to a flag that always resolves with PARSE_ERROR, as flagd does at evaluation time.
+  to a flag that always resolves with PARSE_ERROR, as flagd does at evaluation time;
+* an evaluation that exceeds its work budget (``app.engine.budget``) resolves with
+  ERROR / GENERAL and a message starting "evaluation budget exceeded".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Final
 
+from app.engine.budget import METER, WORK_PER_EVALUATION, BudgetExceeded
 from app.engine.jsonlogic import MAX_DEPTH, InvalidRule, RuleTooLarge, Scope, compile_rule
 from app.engine.model import (
     EMPTY_METADATA,
@@ -141,12 +144,18 @@ def compile_flag(
         return _error(ErrorCode.GENERAL, f"targeting chose unknown variant {shown!r}", metadata)
 
     def failed(error: Exception) -> Resolution:
+        if isinstance(error, BudgetExceeded):  # the flag asked too much of this context
+            return _error(ErrorCode.GENERAL, error.message, metadata)
         # A bug or a pathological context (deep recursion): degrade, never crash.
         return _error(ErrorCode.GENERAL, f"targeting failed: {type(error).__name__}", metadata)
+
+    # Bound to the closures below: a cell load is cheaper than a global one.
+    meter, budget = METER, WORK_PER_EVALUATION
 
     if scope.needs_enrichment:
 
         def resolve(context: Mapping[str, Any], now: int) -> Resolution:
+            meter.left = budget
             try:
                 chosen = rule({**context, "$flagd": {"flagKey": key, "timestamp": now}})
             except Exception as error:
@@ -160,6 +169,7 @@ def compile_flag(
     else:
 
         def resolve(context: Mapping[str, Any], now: int) -> Resolution:
+            meter.left = budget
             try:
                 chosen = rule(context)
             except Exception as error:

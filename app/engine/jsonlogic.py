@@ -22,6 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.engine import coerce, operators
+from app.engine.budget import (
+    MAX_ARRAY_ITEMS,
+    MAX_LOOP_ITEMS,
+    MAX_STRING_CHARS,
+    STEP_COST,
+    charge,
+    too_long,
+)
 from app.engine.coerce import NAN, to_number, to_string, truthy
 from app.engine.model import FractionalVersion
 from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key, var_rule
@@ -30,9 +38,18 @@ from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key
 MAX_DEPTH: Final = 64
 #: Most JSON nodes in one targeting rule, ``$ref`` expansions included.
 MAX_NODES: Final = 10_000
-#: Arrays longer than this are not iterated by ``map``/``filter``/``reduce``/``all``/
-#: ``some``/``none`` (the operation yields its empty result).
-MAX_LOOP_ITEMS: Final = 1_000
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_LOOP_ITEMS",
+    "MAX_NODES",
+    "MAX_STEPS",
+    "InvalidRule",
+    "RuleTooLarge",
+    "Scope",
+    "compile_rule",
+    "targeting_problems",
+]
+
 #: Most node executions one evaluation may need: a node inside ``n`` nested array
 #: operations runs up to ``MAX_LOOP_ITEMS ** n`` times, and the sum over all nodes must
 #: stay below this (about half a second of CPU), so one flag cannot stall a worker.
@@ -107,6 +124,124 @@ def compile_rule(node: Any, scope: Scope, path: str = "$.targeting", depth: int 
     return simple(args, compiled)
 
 
+def targeting_problems(
+    targeting: Any, evaluators: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """(path, message) for targeting a flag service must refuse as too costly to run.
+
+    The size bounds of ``compile_rule`` (depth, nodes, nested array operations) and
+    ``reduce`` steps that grow their accumulator geometrically (``accumulator_copies``).
+    Rules that cannot run at all (unknown operation, missing ``$ref``) are not reported
+    here: flagd loads them and fails their evaluations, and so do we.
+    """
+    if not isinstance(targeting, Mapping) or not targeting:
+        return []
+    scope = Scope("", FractionalVersion.V3, evaluators or {})
+    try:
+        compile_rule(targeting, scope)
+    except RuleTooLarge as too_large:
+        return [(too_large.path, too_large.message)]
+    except InvalidRule:
+        pass
+    return _growing_reductions(targeting, scope.evaluators, "$.targeting", 0)
+
+
+def _growing_reductions(
+    node: Any, evaluators: Mapping[str, Any], path: str, depth: int
+) -> list[tuple[str, str]]:
+    """Every ``reduce`` under ``node`` whose step holds two or more copies of its input."""
+    if depth > MAX_DEPTH:
+        return []
+    found: list[tuple[str, str]] = []
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            found += _growing_reductions(item, evaluators, f"{path}[{i}]", depth + 1)
+        return found
+    if not isinstance(node, Mapping) or len(node) != 1:
+        return found
+    ((op, args),) = node.items()
+    if op == "$ref":
+        return found  # the evaluator is checked where it is defined
+    if op == "reduce" and isinstance(args, list) and len(args) > 1:
+        copies = accumulator_copies(args[1], evaluators)
+        if copies >= 2:
+            found.append(
+                (
+                    f"{path}.reduce[1]",
+                    f"reduce step uses its accumulator {copies} times in the value it "
+                    "returns, so the accumulator multiplies at every item",
+                )
+            )
+    found += _growing_reductions(args, evaluators, f"{path}.{op}", depth + 1)
+    return found
+
+
+#: Operations whose value is a boolean, a number or null: never a copy of an input.
+_SCALAR_OPS: Final = frozenset(
+    {"==", "!=", "===", "!==", "<", "<=", ">", ">=", "!", "!!", "in", "all", "some", "none"}
+    | {"+", "-", "*", "/", "%", "max", "min", "starts_with", "ends_with", "sem_ver"}
+)
+#: Operations whose value holds what each argument holds (they concatenate or list them).
+_SUMMING_OPS: Final = frozenset({"cat", "merge", "missing", "missing_some"})
+
+
+def accumulator_copies(
+    node: Any, evaluators: Mapping[str, Any], nested: bool = False, depth: int = 0
+) -> int:
+    """How many copies of a reduce step's input (``{current, accumulator}``) its value holds.
+
+    One copy is a fold (sum, append, keep the best); two or more is geometric growth:
+    ``cat`` of the accumulator with itself doubles a string at every item. Conservative:
+    a ``var`` that may read the accumulator (its name, ``""``, a computed key) is a copy,
+    ``if``/``and``/``or`` count their largest branch, ``cat``/``merge``/arrays add up, and
+    inside a nested array operation every ``var`` reads the item, a part of the input.
+    """
+    if depth > MAX_DEPTH:
+        return 0
+    if isinstance(node, list):
+        return sum(accumulator_copies(item, evaluators, nested, depth + 1) for item in node)
+    if not isinstance(node, Mapping) or len(node) != 1:
+        return 0
+    ((op, raw),) = node.items()
+    args = raw if isinstance(raw, list) else [raw]
+
+    def copies(item: Any, inner: bool = nested) -> int:
+        return accumulator_copies(item, evaluators, inner, depth + 1)
+
+    if op == "var":
+        key = args[0] if args else None
+        if nested or not isinstance(key, str):
+            return 1
+        return 0 if key == "current" or key.startswith("current.") else 1
+    if op == "$ref":
+        target = evaluators.get(raw) if isinstance(raw, str) else None
+        return copies(target) if target is not None else 0
+    if op in _SCALAR_OPS:
+        return 0
+    if op in ("if", "?:"):
+        if len(args) < 2:
+            return copies(args)
+        branches = [args[i] for i in range(1, len(args), 2)]
+        if len(args) % 2:
+            branches.append(args[-1])
+        return max(copies(branch) for branch in branches)
+    if op in ("and", "or", "fractional"):
+        return max((copies(arg) for arg in args), default=0)
+    if op in _SUMMING_OPS:
+        return sum(copies(arg) for arg in args)
+    if op == "substr":
+        return copies(args[0]) if args else 0
+    if op in ("map", "filter", "reduce"):
+        items = copies(args[0]) if args else 0
+        if op == "filter" or len(args) < 2:
+            return items
+        per_item = copies(args[1], inner=True)
+        if op == "map":
+            return items * per_item
+        return items + (copies(args[2]) if len(args) > 2 else 0)
+    return 0
+
+
 def _context(scope: Scope) -> operators.Context:
     return operators.Context(scope.flag_key, scope.fractional)
 
@@ -149,6 +284,7 @@ def _var(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
 
 
 def _missing_keys(data: Any, keys: list[Any]) -> list[Any]:
+    charge(len(keys) * STEP_COST, "missing looked up too many keys")
     missing = []
     for key in keys:
         value = get_var(data, key)
@@ -341,33 +477,46 @@ def _or(args: list[Any], compiled: list[Rule]) -> Rule:
 # --- array iteration --------------------------------------------------------------------
 
 
-def _loop(
-    make: Callable[[Rule, Rule | None, Rule | None], Rule],
-) -> Callable[[list[Any], Scope, str, int], Rule]:
-    """Compile ``[items, sublogic, extra]``; sublogic runs with each item as its data."""
+#: Builds the closure of one array operation from (items, sublogic, extra, units per item).
+LoopMaker = Callable[[Rule, Rule | None, Rule | None, int], Rule]
+
+
+def _loop(make: LoopMaker) -> Callable[[list[Any], Scope, str, int], Rule]:
+    """Compile ``[items, sublogic, extra]``; sublogic runs with each item as its data.
+
+    Each item costs the budget STEP_COST per node of the sublogic, so the work of nested
+    operations is charged where it happens.
+    """
 
     def build(args: list[Any], scope: Scope, path: str, depth: int) -> Rule:
         items = compile_rule(args[0], scope, f"{path}[0]", depth) if args else constant(None)
         scope.loops += 1
+        before = scope.nodes
         try:
             sub = compile_rule(args[1], scope, f"{path}[1]", depth) if len(args) > 1 else None
         finally:
             scope.loops -= 1
+        per_item = STEP_COST * max(1, scope.nodes - before)
         extra = compile_rule(args[2], scope, f"{path}[2]", depth) if len(args) > 2 else None
-        return make(items, sub, extra)
+        return make(items, sub, extra, per_item)
 
     return build
 
 
-def _items(value: Any) -> list[Any] | None:
-    if isinstance(value, list) and len(value) <= MAX_LOOP_ITEMS:
-        return value
-    return None
+def _items(value: Any, per_item: int) -> list[Any] | None:
+    """The array an operation iterates (None if not an array), charged to the budget."""
+    if not isinstance(value, list):
+        return None
+    count = len(value)
+    if count > MAX_LOOP_ITEMS:
+        raise too_long("an array operation over an array", count, MAX_LOOP_ITEMS, "items")
+    charge(count * per_item, "array operations ran too many steps")
+    return value
 
 
-def _map(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+def _map(items: Rule, sub: Rule | None, extra: Rule | None, per_item: int) -> Rule:
     def map_(data: Any) -> list[Any]:
-        values = _items(items(data))
+        values = _items(items(data), per_item)
         if values is None:
             return []
         if sub is None:
@@ -377,9 +526,9 @@ def _map(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
     return map_
 
 
-def _filter(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+def _filter(items: Rule, sub: Rule | None, extra: Rule | None, per_item: int) -> Rule:
     def filter_(data: Any) -> list[Any]:
-        values = _items(items(data))
+        values = _items(items(data), per_item)
         if values is None or sub is None:
             return []
         return [item for item in values if truthy(sub(item))]
@@ -387,10 +536,10 @@ def _filter(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
     return filter_
 
 
-def _reduce(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+def _reduce(items: Rule, sub: Rule | None, extra: Rule | None, per_item: int) -> Rule:
     def reduce_(data: Any) -> Any:
         initial = extra(data) if extra is not None else None
-        values = _items(items(data))
+        values = _items(items(data), per_item)
         if values is None:
             return initial
         accumulator = initial
@@ -401,9 +550,9 @@ def _reduce(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
     return reduce_
 
 
-def _all(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+def _all(items: Rule, sub: Rule | None, extra: Rule | None, per_item: int) -> Rule:
     def all_(data: Any) -> bool:
-        values = _items(items(data))
+        values = _items(items(data), per_item)
         if not values or sub is None:
             return False
         return all(truthy(sub(item)) for item in values)
@@ -411,9 +560,9 @@ def _all(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
     return all_
 
 
-def _some(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+def _some(items: Rule, sub: Rule | None, extra: Rule | None, per_item: int) -> Rule:
     def some_(data: Any) -> bool:
-        values = _items(items(data))
+        values = _items(items(data), per_item)
         if values is None or sub is None:
             return False
         return any(truthy(sub(item)) for item in values)
@@ -421,9 +570,9 @@ def _some(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
     return some_
 
 
-def _none(items: Rule, sub: Rule | None, extra: Rule | None) -> Rule:
+def _none(items: Rule, sub: Rule | None, extra: Rule | None, per_item: int) -> Rule:
     def none_(data: Any) -> bool:
-        values = _items(items(data))
+        values = _items(items(data), per_item)
         if values is None or sub is None:
             return True
         return not any(truthy(sub(item)) for item in values)
@@ -555,7 +704,7 @@ def _in(args: list[Any], compiled: list[Rule]) -> Rule:
                 try:
                     return value in in_members
                 except TypeError:
-                    return value in options
+                    return _contains(options, value)
 
             return key_in_set
         if members is not None:
@@ -566,7 +715,7 @@ def _in(args: list[Any], compiled: list[Rule]) -> Rule:
                 try:
                     return value in hashed
                 except TypeError:
-                    return value in options
+                    return _contains(options, value)
 
             return in_set
     haystack = _second(compiled)
@@ -574,12 +723,23 @@ def _in(args: list[Any], compiled: list[Rule]) -> Rule:
     def in_(data: Any) -> bool:
         value, within = needle(data), haystack(data)
         if isinstance(within, list):
-            return value in within
+            return _contains(within, value)
         if isinstance(within, str):
+            charge(len(within) >> 4, "in scanned too much text")
             return to_string(value) in within
         return False
 
     return in_
+
+
+def _contains(within: list[Any], value: Any) -> bool:
+    """``value in within``, charged per item; arrays and objects compared by ``same_json``."""
+    charge(len(within), "in scanned too many items")
+    if isinstance(value, list | Mapping):
+        return any(
+            isinstance(item, list | Mapping) and coerce.same_json(value, item) for item in within
+        )
+    return value in within
 
 
 # --- arithmetic and strings -------------------------------------------------------------
@@ -660,13 +820,27 @@ def _extreme(pick: Callable[..., Any]) -> Callable[[list[Any], list[Rule]], Rule
 
 
 def _cat(args: list[Any], compiled: list[Rule]) -> Rule:
-    return lambda data: "".join([to_string(rule(data)) for rule in compiled])
+    def cat(data: Any) -> str:
+        parts = [to_string(rule(data)) for rule in compiled]
+        size = sum(map(len, parts))
+        if size > MAX_STRING_CHARS:  # checked before the string exists
+            raise too_long("cat of a string", size, MAX_STRING_CHARS, "characters")
+        charge(size, "cat built too much text")
+        return "".join(parts)
+
+    return cat
 
 
 def _substr(args: list[Any], compiled: list[Rule]) -> Rule:
     text, start = _first(compiled), _second(compiled)
     length = compiled[2] if len(compiled) > 2 else constant(None)
-    return lambda data: coerce.substr(text(data), start(data), length(data))
+
+    def substr(data: Any) -> str:
+        part = coerce.substr(text(data), start(data), length(data))
+        charge(len(part), "substr built too much text")
+        return part
+
+    return substr
 
 
 def _merge(args: list[Any], compiled: list[Rule]) -> Rule:
@@ -675,9 +849,13 @@ def _merge(args: list[Any], compiled: list[Rule]) -> Rule:
         for rule in compiled:
             value = rule(data)
             if isinstance(value, list):
+                if len(merged) + len(value) > MAX_ARRAY_ITEMS:  # checked before it is built
+                    size = len(merged) + len(value)
+                    raise too_long("merge of an array", size, MAX_ARRAY_ITEMS, "items")
                 merged.extend(value)
             else:
                 merged.append(value)
+        charge(len(merged), "merge built too many items")
         return merged
 
     return merge

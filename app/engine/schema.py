@@ -25,6 +25,7 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from app.engine.jsonlogic import targeting_problems
 from app.engine.problems import Problem
 
 __all__ = ["MAX_DEPTH", "flag_problems", "flag_set_problems"]
@@ -105,8 +106,11 @@ def _too_deep(instance: object) -> str | None:
     return None
 
 
-def _flag_semantics(flag: object, path: _Path) -> Iterator[Problem]:
-    """Rules JSON Schema cannot express: ``defaultVariant`` must name a variant."""
+def _flag_semantics(
+    flag: object, path: _Path, evaluators: Mapping[str, Any] | None = None
+) -> Iterator[Problem]:
+    """Rules JSON Schema cannot express: ``defaultVariant`` must name a variant, and
+    targeting must stay within the engine's cost bounds (``targeting_problems``)."""
     if not isinstance(flag, Mapping):
         return
     default, variants = flag.get("defaultVariant"), flag.get("variants")
@@ -115,13 +119,21 @@ def _flag_semantics(flag: object, path: _Path) -> Iterator[Problem]:
             _format_path((*path, "defaultVariant")),
             f"defaultVariant {_REPR.repr(default)} is not a key of variants",
         )
+    prefix = _format_path(path)
+    for at, message in targeting_problems(flag.get("targeting"), evaluators):
+        yield Problem(prefix + at[1:], message)
 
 
 def _flag_set_semantics(document: object, path: _Path) -> Iterator[Problem]:
     flags = document.get("flags") if isinstance(document, Mapping) else None
+    evaluators = document.get("$evaluators") if isinstance(document, Mapping) else None
     if isinstance(flags, Mapping):
         for key, flag in flags.items():
-            yield from _flag_semantics(flag, (*path, "flags", key))
+            yield from _flag_semantics(
+                flag,
+                (*path, "flags", key),
+                evaluators if isinstance(evaluators, Mapping) else None,
+            )
 
 
 def _to_problem(error: ValidationError) -> Problem:
