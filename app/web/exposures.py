@@ -23,6 +23,9 @@ from app.web.responses import error, ok
 
 MAX_ITEMS = 1000
 MAX_TEXT = 256
+# How far ahead of this worker's clock an SDK's timestamp may be (clock skew), in seconds.
+# Unbounded, 1e308 passed and the exposure producer's int(seconds * 1000) crashed the worker.
+MAX_AHEAD_S = 86_400
 
 
 def check_item(
@@ -55,8 +58,13 @@ def check_item(
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         problems.append({"path": f"{at}.flag_version", "message": "must be a positive integer"})
     timestamp = item.get("timestamp", now)
-    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool) or timestamp <= 0:
-        problems.append({"path": f"{at}.timestamp", "message": "must be unix seconds"})
+    if (
+        not isinstance(timestamp, int | float)
+        or isinstance(timestamp, bool)
+        or not 0 < timestamp <= now + MAX_AHEAD_S
+    ):
+        message = f"must be unix seconds, at most {MAX_AHEAD_S} s ahead of the server's clock"
+        problems.append({"path": f"{at}.timestamp", "message": message})
     ident = item.get("exposure_id") or exposure_id()
     if not isinstance(ident, str) or len(ident) > MAX_TEXT:
         problems.append(

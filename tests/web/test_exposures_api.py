@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from app.client import AdminClient
 from app.topics import EXPOSURES
 from tests.conftest import SDK_KEY, Worker, read_topic, wait_until
@@ -68,3 +70,29 @@ def test_exposures_need_an_sdk_key_and_a_list(worker: Worker) -> None:
     client = AdminClient(worker.url, SDK_KEY)
     for body in ({"exposures": []}, {"exposures": {}}, [], {"exposures": [{}] * 1001}):
         assert client.request("POST", "/api/v1/exposures", body).status == 400
+
+
+def test_a_timestamp_out_of_range_is_rejected_and_the_worker_keeps_going(
+    worker: Worker, broker: str
+) -> None:
+    """1e308 seconds was accepted, and the exposure producer's int(ms) crashed the worker."""
+    worker.admin().put("development", "far-future", EXPERIMENT)
+    client = AdminClient(worker.url, SDK_KEY)
+    items = [
+        {"flag": "far-future", "variant": "control", "targeting_key": "f1", "timestamp": t}
+        for t in (1e308, time.time() + 2 * 86_400, -1.0)
+    ]
+    reply = client.request("POST", "/api/v1/exposures", {"exposures": items})
+    assert reply.status == 202 and reply.body["accepted"] == 0
+    assert [r["problems"][0]["path"] for r in reply.body["rejected"]] == [
+        f"$.exposures[{index}].timestamp" for index in range(3)
+    ]
+    good = {"flag": "far-future", "variant": "control", "targeting_key": "f2"}
+    assert client.request("POST", "/api/v1/exposures", {"exposures": [good]}).status == 202
+
+    def produced() -> bool:
+        found = read_topic(broker, EXPOSURES, partitions=8, idle_s=0.3)
+        return any(e.get("targeting_key") == "f2" for e in found)
+
+    wait_until(produced)
+    assert worker.admin().request("GET", "/readyz").status == 200
