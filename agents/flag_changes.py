@@ -1,9 +1,11 @@
 """The flag-change agent: decides each command on `flag-changes` and writes the verdict.
 
 Read top to bottom: make sure the table holds everything already decided for this partition,
-decode, skip redeliveries, decide, then either append the new version to the changelog (and
-wait until this worker's table holds it, so the next decision sees it) or send a dead letter.
-Nothing a writer sends can stop this loop: every failure is a value that ends in a dead letter.
+skip a command decided before (a redelivery: its offset is at or below the highest the table
+has seen decided), decode, decide (a retried change id is a no-op), then either append the new
+version to the changelog (and wait until this worker's table holds it, so the next decision
+sees it) or send a dead letter. Nothing a writer sends can stop this loop: every failure is a
+value that ends in a dead letter.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ async def handle(raw: bytes | None, partition: int, offset: int) -> None:
     if partition not in synced_partitions:
         await replication.sync([partition])
         synced_partitions.add(partition)
+    if offset <= flag_table.decided(partition):
+        metrics.FLAG_CHANGES.labels("duplicate").inc()
+        return
     try:
-        change, verdict = await _decode_and_decide(raw, partition)
+        change, verdict = await _decode_and_decide(raw, partition, offset)
     except Exception as exc:  # a bug must not stop the control plane: park the record
         log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
         change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
@@ -58,7 +63,7 @@ async def handle(raw: bytes | None, partition: int, offset: int) -> None:
 
 
 async def _decode_and_decide(
-    raw: bytes | None, partition: int
+    raw: bytes | None, partition: int, offset: int
 ) -> tuple[FlagChange | None, AppliedChange | Rejection | None]:
     """The command in `raw` and its verdict; None for a change already applied."""
     change = decode_change(raw)
@@ -67,13 +72,15 @@ async def _decode_and_decide(
     if partition != partition_for(change.environment, settings.flag_change_partitions):
         reason = "a change must be keyed by its environment (Kafka's default partitioner)"
         return change, Rejection(DeadLetterCode.MALFORMED, reason)
-    if flag_table.applied(change.environment, change.change_id) is not None:
-        return change, None
     current = flag_table.get(change.environment, change.flag)
     seq = flag_table.environment_seq(change.environment)
+    earlier = flag_table.applied(change.environment, change.change_id)
     # Validating a big definition takes milliseconds to seconds of CPU: off the event loop,
     # so this worker keeps serving and heartbeating meanwhile.
-    return change, await asyncio.to_thread(decide, change, current, seq, time.time())
+    verdict = await asyncio.to_thread(
+        decide, change, current, seq, time.time(), earlier=earlier, source=(partition, offset)
+    )
+    return change, verdict
 
 
 async def append_to_changelog(change: AppliedChange, partition: int) -> None:

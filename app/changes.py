@@ -92,14 +92,31 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
 
 
 def decide(
-    change: FlagChange, current: AppliedChange | None, environment_seq: int, now: float
-) -> AppliedChange | Rejection:
-    """The next version of the flag, or why there is none.
+    change: FlagChange,
+    current: AppliedChange | None,
+    environment_seq: int,
+    now: float,
+    *,
+    earlier: AppliedChange | None = None,
+    source: tuple[int, int] = (-1, -1),
+) -> AppliedChange | Rejection | None:
+    """The next version of the flag, why there is none, or None for a change already applied.
 
     `current` is the flag's latest applied version (a deleted flag is a version with no
-    definition), `environment_seq` the last sequence number of the environment. Duplicate
-    detection (same change_id) happens before, in the table, which remembers change ids.
+    definition), `environment_seq` the last sequence number of the environment, `earlier`
+    what the table remembers this change id produced, `source` the (partition, offset) of the
+    command on `flag-changes`. A change id names one request: the same request again is a
+    retry (None: nothing to do, its writer learns the first outcome), another request under
+    the same id is refused, as payment APIs refuse a reused idempotency key.
     """
+    if earlier is not None:
+        if earlier.request in ("", change.request_digest()):
+            return None
+        return Rejection(
+            DeadLetterCode.IDEMPOTENCY_KEY_REUSED,
+            f"change id {change.change_id!r} was used for another request "
+            f"(version {earlier.version} of flag {earlier.flag!r}); use a new Idempotency-Key",
+        )
     live = current is not None and not current.deleted
     current_version = current.version if current is not None else 0
     if change.expected_version is not None and change.expected_version != current_version:
@@ -137,4 +154,7 @@ def decide(
         actor=change.actor,
         updated_at=now,
         produced_at=change.produced_at,
+        source_partition=source[0],
+        source_offset=source[1],
+        request=change.request_digest(),
     )

@@ -66,6 +66,7 @@ flag_table = FlagTable(
     settings.data_dir / "flags",
     history_depth=settings.history_depth,
     stream_depth=settings.stream_depth,
+    change_id_depth=settings.change_id_depth,
 )
 outcomes = Outcomes()
 replication = FlagReplication(settings, flag_table, outcomes)

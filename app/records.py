@@ -8,6 +8,7 @@ here are only the shapes and their lossless JSON round trip.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -44,6 +45,19 @@ class FlagChange:
     def to_json(self) -> JSON:
         return {"schema": SCHEMA_VERSION, **asdict(self), "op": self.op.value}
 
+    def request_digest(self) -> str:
+        """What the writer asked for, as a digest: a change id (an `Idempotency-Key`) names
+        one request, and a second request under the same id is refused, not answered with
+        the first one's outcome. Who asked and when are not part of the request."""
+        asked = {
+            "flag": self.flag,
+            "op": self.op.value,
+            "definition": self.definition,
+            "state": self.state,
+            "expected_version": self.expected_version,
+        }
+        return hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
 
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
@@ -52,6 +66,10 @@ class AppliedChange:
     `seq` numbers the changes of one environment without gaps (the change-stream event id);
     `version` numbers the versions of one flag (the HTTP ETag). A delete is a version with
     `definition` None, so versions never go backwards when a flag is re-created.
+    `source_partition`/`source_offset` name the command on `flag-changes` it was decided from
+    (-1 for records a foreign writer appended): the table remembers the highest decided offset
+    of each partition, so a redelivered command is recognised however old it is. `request` is
+    the command's `FlagChange.request_digest()`.
     """
 
     change_id: str
@@ -64,6 +82,9 @@ class AppliedChange:
     actor: str
     updated_at: float
     produced_at: float
+    source_partition: int = -1
+    source_offset: int = -1
+    request: str = ""
 
     @property
     def deleted(self) -> bool:
@@ -85,6 +106,9 @@ class AppliedChange:
             actor=data["actor"],
             updated_at=float(data["updated_at"]),
             produced_at=float(data["produced_at"]),
+            source_partition=int(data.get("source_partition", -1)),
+            source_offset=int(data.get("source_offset", -1)),
+            request=str(data.get("request", "")),
         )
 
 
@@ -95,6 +119,7 @@ class DeadLetterCode(StrEnum):
     INVALID_DEFINITION = "INVALID_DEFINITION"
     VERSION_CONFLICT = "VERSION_CONFLICT"
     FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 
 
 @dataclass(frozen=True, slots=True)

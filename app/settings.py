@@ -118,6 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("FLAGSTREAM_MAX_BODY_BYTES", "262144", "Largest accepted request body (413 above it)."),
     Setting(
+        "FLAGSTREAM_CHANGE_ID_DEPTH",
+        "100000",
+        "Change ids (`Idempotency-Key`s) remembered per environment: a retry within the last "
+        "N changes gets the first outcome, another request under a remembered id 422.",
+    ),
+    Setting(
         "FLAGSTREAM_WRITE_TIMEOUT_S",
         "10",
         "How long a write waits for its change to be applied or rejected.",
@@ -180,6 +186,7 @@ class Settings:
     stream_depth: int
     max_streams: int
     max_streams_per_key: int
+    change_id_depth: int
     ofrep_fast_path: bool
     max_body_bytes: int
     write_timeout_s: float
@@ -223,6 +230,7 @@ class Settings:
             stream_depth=int(_env("FLAGSTREAM_STREAM_DEPTH")),
             max_streams=int(_env("FLAGSTREAM_MAX_STREAMS")),
             max_streams_per_key=int(_env("FLAGSTREAM_MAX_STREAMS_PER_KEY")),
+            change_id_depth=int(_env("FLAGSTREAM_CHANGE_ID_DEPTH")),
             ofrep_fast_path=_env("FLAGSTREAM_OFREP_FAST_PATH").lower() in ("1", "true", "yes"),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
             write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),

@@ -13,6 +13,17 @@ RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"
     f/{env}/{flag}                    latest AppliedChange (deleted flags included)
     h/{env}/{flag}/{version:012d}     the last `history_depth` versions of a flag
     s/{env}/{seq:012d}                the last `stream_depth` changes of an environment
+    d/{partition:06d}                 highest `flag-changes` offset decided from that partition
+    c/{env}/{change_id}               the change a change id produced (its definition left out),
+                                      for the last `change_id_depth` changes of an environment
+    n/{env}/{seq:012d}                the change id of that seq, to forget it `change_id_depth`
+                                      changes later
+
+Two guards keep a command from being applied twice, each written in the batch of the change
+it guards. `d/` is exact and forever: commands of a partition are decided in offset order, so
+an offset at or below the highest decided one is a redelivery (a rebalance, a restart, a
+consumer group whose committed offsets expired), however old. `c/` catches the same request
+sent again as a new record (a writer's retry with its `Idempotency-Key`), within a window.
 """
 
 from __future__ import annotations
@@ -32,15 +43,18 @@ Listener = Callable[[AppliedChange], None]
 class FlagTable:
     """Current flag versions per environment, their history, and the gap-free change log."""
 
-    def __init__(self, path: Path, *, history_depth: int, stream_depth: int) -> None:
+    def __init__(
+        self, path: Path, *, history_depth: int, stream_depth: int, change_id_depth: int
+    ) -> None:
         self.path = path
         self.history_depth = history_depth
         self.stream_depth = stream_depth
+        self.change_id_depth = change_id_depth
         self._db: Rdict | None = None
         self._latest: dict[str, dict[str, AppliedChange]] = {}
         self._log: dict[str, deque[AppliedChange]] = {}
-        self._change_ids: dict[str, dict[str, AppliedChange]] = {}
         self._positions: dict[int, int] = {}
+        self._decided: dict[int, int] = {}
         self._fingerprints: dict[int, str] = {}
         self._listeners: list[Listener] = []
 
@@ -54,6 +68,8 @@ class FlagTable:
             offset, _, fingerprint = value.decode().partition(":")
             self._positions[int(key[2:])] = int(offset)
             self._fingerprints[int(key[2:])] = fingerprint
+        for key, value in self._scan("d/"):
+            self._decided[int(key[2:])] = int(value)
         for _, value in self._scan("f/"):
             change = _load(value)
             self._latest.setdefault(change.environment, {})[change.flag] = change
@@ -71,8 +87,8 @@ class FlagTable:
         Rdict.destroy(str(self.path))
         self._latest.clear()
         self._log.clear()
-        self._change_ids.clear()
         self._positions.clear()
+        self._decided.clear()
         self._fingerprints.clear()
         self.open()
 
@@ -107,8 +123,22 @@ class FlagTable:
         return log[-1].seq if log else 0
 
     def applied(self, environment: str, change_id: str) -> AppliedChange | None:
-        """The change this change id produced, if it is among the last `stream_depth` ones."""
-        return self._change_ids.get(environment, {}).get(change_id)
+        """The change this change id produced, if it is among the last `change_id_depth` ones.
+
+        Its definition comes from the flag's history; a version the history no longer keeps
+        comes back without one.
+        """
+        assert self._db is not None, "open() the table first"
+        raw = self._db.get(f"c/{environment}/{change_id}".encode())
+        if raw is None:
+            return None
+        change = _load(raw)
+        kept = self._db.get(f"h/{environment}/{change.flag}/{change.version:012d}".encode())
+        return _load(kept) if kept is not None else change
+
+    def decided(self, partition: int) -> int:
+        """The highest `flag-changes` offset of `partition` decided so far (-1: none)."""
+        return self._decided.get(partition, -1)
 
     def changes_after(self, environment: str, seq: int) -> list[AppliedChange] | None:
         """Every change after `seq`, or None when the log cannot say (a snapshot is due).
@@ -156,9 +186,19 @@ class FlagTable:
         fresh = change is not None and change.seq > self.environment_seq(change.environment)
         if change is not None and fresh:
             self._stage(batch, change)
+        # A stale record still decided its command: its writer heard so, and a redelivery of
+        # that command must not be decided again.
+        decided = change is not None and change.source_offset > self.decided(
+            change.source_partition
+        )
+        if change is not None and decided:
+            key = f"d/{change.source_partition:06d}".encode()
+            batch.put(key, str(change.source_offset).encode())
         self._db.write(batch)
         self._positions[partition] = offset + 1
         self._fingerprints[partition] = fingerprint
+        if change is not None and decided:
+            self._decided[change.source_partition] = change.source_offset
         if change is not None and fresh:
             self._latest.setdefault(change.environment, {})[change.flag] = change
             self._remember(change)
@@ -176,14 +216,25 @@ class FlagTable:
             batch.delete(f"h/{env}/{flag}/{change.version - self.history_depth:012d}".encode())
         if change.seq > self.stream_depth:
             batch.delete(f"s/{env}/{change.seq - self.stream_depth:012d}".encode())
+        batch.put(f"c/{env}/{change.change_id}".encode(), dumps(_without_definition(change)))
+        batch.put(f"n/{env}/{change.seq:012d}".encode(), change.change_id.encode())
+        if change.seq > self.change_id_depth:
+            assert self._db is not None
+            old = f"n/{env}/{change.seq - self.change_id_depth:012d}".encode()
+            old_id = self._db.get(old)
+            if old_id is not None:
+                batch.delete(old)
+                entry = f"c/{env}/{old_id.decode()}".encode()
+                kept = self._db.get(entry)
+                # Only a foreign writer reuses a change id; the newer use keeps its entry.
+                if kept is not None and _load(kept).seq == change.seq - self.change_id_depth:
+                    batch.delete(entry)
 
     def _remember(self, change: AppliedChange) -> None:
         log = self._log.setdefault(change.environment, deque())
-        ids = self._change_ids.setdefault(change.environment, {})
         log.append(change)
-        ids[change.change_id] = change
         while len(log) > self.stream_depth:
-            ids.pop(log.popleft().change_id, None)
+            log.popleft()
 
     def _scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         assert self._db is not None, "open() the table first"
@@ -200,3 +251,8 @@ class FlagTable:
 
 def _load(value: bytes) -> AppliedChange:
     return AppliedChange.from_json(json.loads(value))
+
+
+def _without_definition(change: AppliedChange) -> dict[str, object]:
+    """A change id's entry: the definition is in the history, and may be large."""
+    return {**change.to_json(), "definition": None}

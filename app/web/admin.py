@@ -28,6 +28,7 @@ REJECTION_STATUS = {
     "INVALID_DEFINITION": 422,
     "FLAG_NOT_FOUND": 404,
     "MALFORMED": 400,
+    "IDEMPOTENCY_KEY_REUSED": 422,
 }
 
 
@@ -87,12 +88,15 @@ async def write(
     if isinstance(expected, web.Response):
         return expected
     idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key and (done := flag_table.applied(environment, idempotency_key)):
-        return ok(describe(done), headers={"ETag": etag(done.version)})
     actor = request.headers.get("X-Actor", "admin-api")[:128]
     change = new_change(
         environment, flag, op, actor, expected_version=expected, change_id=idempotency_key, **fields
     )
+    # A retry answered from the table, without a round trip; the agent decides the same way
+    # for a retry that gets there first (app.changes.decide).
+    done = flag_table.applied(environment, idempotency_key) if idempotency_key else None
+    if done is not None and done.request in ("", change.request_digest()):
+        return ok(describe(done), headers={"ETag": etag(done.version)})
     outcome = await submit(change)
     if outcome is None:
         return error(

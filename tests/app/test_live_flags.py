@@ -22,7 +22,7 @@ def put(
 
 
 def test_compiled_once_per_version_and_current_with_the_table(tmp_path: Path) -> None:
-    table = FlagTable(tmp_path, history_depth=10, stream_depth=10)
+    table = FlagTable(tmp_path, history_depth=10, stream_depth=10, change_id_depth=10)
     table.open()
     live = LiveFlags(table)
     put(table, 1, FLAG, 10.0)
@@ -38,7 +38,7 @@ def test_compiled_once_per_version_and_current_with_the_table(tmp_path: Path) ->
 
 
 def test_time_travel_reads_the_history_and_knows_its_limits(tmp_path: Path) -> None:
-    table = FlagTable(tmp_path, history_depth=3, stream_depth=10)
+    table = FlagTable(tmp_path, history_depth=3, stream_depth=10, change_id_depth=10)
     table.open()
     live = LiveFlags(table)
     for seq in range(1, 6):
@@ -53,7 +53,7 @@ def test_time_travel_reads_the_history_and_knows_its_limits(tmp_path: Path) -> N
 
 
 def test_made_up_environments_cost_nothing(tmp_path: Path) -> None:
-    table = FlagTable(tmp_path, history_depth=3, stream_depth=10)
+    table = FlagTable(tmp_path, history_depth=3, stream_depth=10, change_id_depth=10)
     table.open()
     live = LiveFlags(table)
     assert live.environment("made-up") == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from app.records import AppliedChange, ChangeOp
@@ -22,7 +23,7 @@ def change(
 
 
 def open_table(path: Path) -> FlagTable:
-    table = FlagTable(path, history_depth=3, stream_depth=4)
+    table = FlagTable(path, history_depth=3, stream_depth=4, change_id_depth=4)
     table.open()
     return table
 
@@ -67,4 +68,40 @@ def test_a_reopened_table_holds_what_it_held(tmp_path: Path) -> None:
     assert set(again.live_flags("dev")) == {"f0"}
     assert again.get("dev", "f1") is not None and again.get("dev", "f1").deleted  # type: ignore[union-attr]
     assert [c.seq for c in again.changes_after("dev", 2) or []] == [3, 4, 5, 6]
+    again.close()
+
+
+def decided_change(seq: int, source_offset: int, source_partition: int = 0) -> AppliedChange:
+    return replace(change(seq), source_partition=source_partition, source_offset=source_offset)
+
+
+def test_the_highest_decided_command_offset_is_kept_per_partition_and_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    table = open_table(tmp_path)
+    assert table.decided(0) == -1
+    table.apply(0, 0, decided_change(1, source_offset=7))
+    table.apply(0, 1, decided_change(2, source_offset=9, source_partition=1))
+    # A stale decider's record takes no seq, yet its command was decided: it counts.
+    assert not table.apply(0, 2, decided_change(2, source_offset=12))
+    table.apply(0, 3, change(3))  # a foreign writer's record names no command
+    assert (table.decided(0), table.decided(1)) == (12, 9)
+    table.close()
+    again = open_table(tmp_path)
+    assert (again.decided(0), again.decided(1), again.decided(2)) == (12, 9, -1)
+    again.close()
+
+
+def test_change_ids_are_remembered_for_the_last_change_id_depth_changes(tmp_path: Path) -> None:
+    table = open_table(tmp_path)  # keeps 3 versions of history, 4 change ids
+    for seq in range(1, 8):
+        table.apply(0, seq - 1, change(seq))
+    assert [seq for seq in range(1, 8) if table.applied("dev", f"c{seq}")] == [4, 5, 6, 7]
+    assert table.applied("dev", "c7") == change(7), "with its definition, from the history"
+    beyond_history = table.applied("dev", "c4")
+    assert beyond_history == replace(change(4), definition=None)
+    table.close()
+    again = open_table(tmp_path)
+    assert again.applied("dev", "c5") == replace(change(5), definition=FLAG)
+    assert again.applied("dev", "c3") is None
     again.close()

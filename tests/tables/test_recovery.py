@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.broker import free_port, start_broker, stop
 from app.records import AppliedChange, ChangeOp, dumps
-from app.topics import FLAGS_CHANGELOG, partition_for
-from tests.conftest import EventStream, Worker, flag, produce, wait_until
+from app.topics import FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+from tests.conftest import EventStream, Worker, flag, produce, read_records, wait_until
 
 PARTITIONS = 4
 ENVS = ("alpha", "beta", "gamma", "delta", "epsilon")
@@ -179,27 +179,51 @@ def test_a_stream_client_too_far_behind_gets_a_snapshot(
         events.close()
 
 
-def test_writes_during_a_rebalance_get_one_gap_free_sequence(
+def test_writes_while_workers_join_and_leave_get_one_gap_free_sequence(
     cluster: list[Worker], broker: str, tmp_path: Path
 ) -> None:
-    """A second worker joins while changes flow: the deciding partition may move, yet every
-    acknowledged change has its own sequence number and none is lost."""
-    first = start(cluster, broker, tmp_path / "first")
-    acked: list[int] = []
-    writer = threading.Thread(
-        target=lambda: acked.extend(
-            first.admin().put("alpha", f"f{i % 7}", flag(default="on" if i % 2 else "off"))["seq"]
-            for i in range(150)
-        )
-    )
+    """Changes flow while a second worker joins and then leaves: the deciding partition moves
+    twice with commands in flight (its new owner is handed the commands since the last commit
+    again), yet every acknowledged change has its own sequence number, none is lost and none
+    is applied twice."""
+    patient = {"FLAGSTREAM_STREAM_DEPTH": "5", "FLAGSTREAM_WRITE_TIMEOUT_S": "60"}
+    first = Worker(broker, tmp_path / "first", "flagstream-recovery", **patient).start()
+    cluster.append(first)
+    acked: list[tuple[str, int, int]] = []
+    done = threading.Event()
+
+    def write() -> None:
+        admin = first.admin()
+        i = 0
+        while not done.is_set():
+            reply = admin.put("alpha", f"f{i % 7}", flag(default="on" if i % 2 else "off"))
+            acked.append((reply["flag"], reply["version"], reply["seq"]))
+            i += 1
+
+    writer = threading.Thread(target=write)
     writer.start()
-    start(cluster, broker, tmp_path / "second")
-    writer.join(timeout=120)
-    assert sorted(acked) == list(range(1, 151))
-    # The workers keep the last 5 changes (FLAGSTREAM_STREAM_DEPTH): all of them replay.
-    events = EventStream(f"{first.url}/api/v1/environments/alpha/stream", last_event_id=145)
     try:
-        assert [events.next()[:2] for _ in range(5)] == [(s, "change") for s in range(146, 151)]
+        second = Worker(broker, tmp_path / "second", "flagstream-recovery", **patient).start()
+        cluster.append(second)
+        joined = len(acked)
+        wait_until(lambda: len(acked) >= joined + 30, timeout_s=60)
+        second.stop()
+        left = len(acked)
+        wait_until(lambda: len(acked) >= left + 30, timeout_s=60)
+    finally:
+        done.set()
+        writer.join(timeout=120)
+    seqs = sorted(seq for _, _, seq in acked)
+    assert seqs == list(range(1, len(acked) + 1))
+    versions = {row["flag"]: row["version"] for row in first.admin().summary("alpha")}
+    assert versions == {key: sum(1 for f, _, _ in acked if f == key) for key in versions}
+    # The workers keep the last 5 changes (FLAGSTREAM_STREAM_DEPTH): all of them replay.
+    last = seqs[-1]
+    events = EventStream(f"{first.url}/api/v1/environments/alpha/stream", last_event_id=last - 5)
+    try:
+        assert [events.next()[:2] for _ in range(5)] == [
+            (s, "change") for s in range(last - 4, last + 1)
+        ]
     finally:
         events.close()
 
@@ -230,3 +254,27 @@ def test_a_worker_whose_broker_lost_its_data_rebuilds_its_table(
     finally:
         stop(new_broker)
     assert "rebuilding the table" in again.log_path.read_text()
+
+
+def test_redelivered_and_resent_commands_make_no_second_version(
+    cluster: list[Worker], broker: str, tmp_path: Path
+) -> None:
+    """Every command is handed to the deciding agent again (a consumer group with no committed
+    offsets, as after they expired), and every command is also sent again as a new record (a
+    writer's retry): nothing is applied a second time, although the workers remember only the
+    last 5 changes' ids."""
+    first = start(cluster, broker, tmp_path / "first")
+    for i in range(12):
+        first.admin().put("alpha", f"f{i % 3}", flag(metadata={"i": i}))
+    versions = {row["flag"]: row["version"] for row in first.admin().summary("alpha")}
+    first.stop()
+    commands = read_records(broker, FLAG_CHANGES, PARTITIONS)
+    assert len(commands) == 12
+    produce(broker, FLAG_CHANGES, [(r.key, r.value) for r in commands], commands[0].partition)
+
+    again = Worker(broker, tmp_path / "again", "flagstream-replay", FLAGSTREAM_STREAM_DEPTH="5")
+    cluster.append(again.start())
+    # Commands of one environment are decided in order: this one is decided after all 24.
+    assert again.admin().put("alpha", "after", flag())["seq"] == 13
+    summary = again.admin().summary("alpha")
+    assert {row["flag"]: row["version"] for row in summary if row["flag"] != "after"} == versions

@@ -31,7 +31,7 @@ def record(offset: int, applied: AppliedChange) -> Record:
 
 def test_writers_learn_applied_repeated_and_lost_changes(tmp_path: Path) -> None:
     async def run() -> dict[str, Any]:
-        table = FlagTable(tmp_path, history_depth=5, stream_depth=5)
+        table = FlagTable(tmp_path, history_depth=5, stream_depth=5, change_id_depth=5)
         table.open()
         replication = FlagReplication(Settings.from_env(), table, Outcomes())
         waiting = {cid: replication.outcomes.expect(cid) for cid in ("first", "again", "lost")}
