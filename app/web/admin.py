@@ -89,6 +89,8 @@ async def write(
         return expected
     idempotency_key = request.headers.get("Idempotency-Key")
     actor = request.headers.get("X-Actor", "admin-api")[:128]
+    if mangled := inputs.not_utf8(("Idempotency-Key", idempotency_key), ("X-Actor", actor)):
+        return error(400, "BAD_REQUEST", mangled)
     change = new_change(
         environment, flag, op, actor, expected_version=expected, change_id=idempotency_key, **fields
     )

@@ -1,4 +1,4 @@
-"""What a request carries, read one way for every endpoint: its body and version numbers.
+"""What a request carries, read one way for every endpoint: body, version numbers, text.
 
 `read_body` reads the WHOLE body, however it arrives (in several TCP segments, or chunked),
 up to a limit: `request.content.read(n)` returns what has arrived so far, which cut a large
@@ -71,3 +71,17 @@ def parse_version(text: str | None) -> int | None:
         return None
     text = text.strip()
     return int(text) if VERSION.fullmatch(text) else None
+
+
+def not_utf8(*headers: tuple[str, str | None]) -> str | None:
+    """Which of the (name, value) headers is not UTF-8 text, as a message; None if all are.
+
+    aiohttp keeps undecodable header bytes as surrogates, which no record can carry: a change
+    with such an actor could not be produced, and was a 500.
+    """
+    for name, value in headers:
+        try:
+            (value or "").encode()
+        except UnicodeEncodeError:
+            return f"{name} must be UTF-8 text"
+    return None

@@ -344,3 +344,23 @@ def test_every_answer_is_counted_by_route_and_status(worker: Worker, env: str) -
         ("history", 200),
     ):
         assert f'flagstream_http_requests_total{{route="{route}",status="{status}"}}' in text
+
+
+def put_with_header(worker: Worker, target: str, name: str, value: bytes) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", name: value}
+        connection.request("PUT", target, json.dumps(flag()), headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("header", ["X-Actor", "Idempotency-Key"])
+def test_a_header_that_is_not_utf8_is_400(worker: Worker, env: str, header: str) -> None:
+    """aiohttp keeps undecodable bytes as surrogates, which the change record could not carry."""
+    status, body = put_with_header(worker, path(env, "latin"), header, "René".encode("latin-1"))
+    assert status == 400, body
+    assert body["error"]["message"] == f"{header} must be UTF-8 text"
+    assert put_with_header(worker, path(env, "latin"), header, "René".encode())[0] == 200
