@@ -35,8 +35,9 @@ WORKER = Info(
 READY = Gauge("flagstream_ready", "1 once this worker's flag table has caught up after start.")
 HTTP_REQUESTS = Counter(
     "flagstream_http_requests_total",
-    "Admin and stream API requests, by route and status.",
-    ["route", "status"],
+    "HTTP answers, by route name and status (app/web/http_metrics.py; the OFREP fast path"
+    " counts only its 500s here, its answers are flagstream_evaluations_total).",
+    ["route", "status"],  # route: a name from ROUTE_NAMES, a path template, or "unmatched"
 )
 STREAM_CLIENTS = Gauge("flagstream_stream_clients", "Open change-stream (SSE) connections.")
 STREAM_REFUSALS = Counter(
