@@ -36,7 +36,7 @@ READY = Gauge("flagstream_ready", "1 once this worker's flag table has caught up
 HTTP_REQUESTS = Counter(
     "flagstream_http_requests_total",
     "HTTP answers, by route name and status (app/web/http_metrics.py; the OFREP fast path"
-    " counts only its 500s here, its answers are flagstream_evaluations_total).",
+    " counts its refusals and 500s here, its evaluations in flagstream_evaluations_total).",
     ["route", "status"],  # route: a name from ROUTE_NAMES, a path template, or "unmatched"
 )
 STREAM_CLIENTS = Gauge("flagstream_stream_clients", "Open change-stream (SSE) connections.")
