@@ -7,14 +7,25 @@ request), several times the evaluation itself, which capped the aiohttp handler 
 bare aiohttp app (benchmarks/RESULTS.md).
 
 So each connection starts on `FastPath`. It frames requests itself (the head up to the blank
-line, parsed and checked by llhttp through httptools, then Content-Length bytes of body) and
-answers every complete request that is a plain HTTP/1.1 single-flag evaluation by calling its
-`Answer` synchronously. The first request that is anything else (another route, chunked
-bodies, `Expect`, HTTP/1.0, a head llhttp rejects, a body over the limit) or that the `Answer`
-declines (no or unknown SDK key, a body that is not a context, a worker still recovering) is
-handed to aiohttp with every byte after it, and the connection is an ordinary aiohttp
-connection from then on. Requests are answered in arrival order, so pipelining keeps its
-order, and aiohttp's handlers write every other answer, so the two paths differ only in speed.
+line, parsed and checked by llhttp through httptools as it arrives, then Content-Length bytes
+of body) and answers every complete request that is a plain HTTP/1.1 single-flag evaluation
+by calling its `Answer` synchronously. The first request that is anything else (another
+route, chunked bodies, `Expect`, HTTP/1.0, a head llhttp or aiohttp refuses, a body over the
+limit), that has no SDK key `Admits` (checked at the head, before any body is read), or that
+the `Answer` declines (a body that is not a context, a worker still recovering) is handed to
+aiohttp with every byte after it, and the connection is an ordinary aiohttp connection from
+then on. Requests are answered in arrival order, so pipelining keeps its order, and aiohttp's
+handlers write every other answer, so the two paths differ only in speed.
+
+What a client can make the fast path hold is bounded: one unfinished request per connection
+(a head of at most `MAX_HEAD_BYTES`, a body of at most the body limit), `MAX_BUFFERED_BYTES`
+of unfinished requests per worker (a request that would go over is answered 503), and
+`REQUEST_SWEEPS` seconds to finish a request (408). A client that does not read its answers is
+not read either (`pause_writing`), and that pause is carried to aiohttp at a hand-off.
+
+Connections aiohttp serves (handed off, or all of them without the fast path) are
+`QuietRequestHandler`s: a request aiohttp cannot parse is answered with a fixed 400 and logged
+without its bytes, which may hold a token or an SDK key.
 """
 
 from __future__ import annotations
@@ -30,6 +41,16 @@ from typing import Any, Final
 
 import httptools
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+)
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_runner import BaseRunner, BaseSite, TCPSite
 from faust.web.drivers import aiohttp as faust_aiohttp
 
@@ -42,20 +63,57 @@ log = logging.getLogger(__name__)
 
 Answer = Callable[[str | None, str, bytes], tuple[int, bytes] | None]
 """(SDK key or None, flag key, body) -> (status, JSON body); None lets aiohttp answer."""
+Admits = Callable[[str | None], bool]
+"""Whether a credential (SDK key or None) may evaluate at all; False lets aiohttp answer
+(401/403) as soon as the head has arrived, so a refused request's body is never buffered."""
 
 # The single-flag route with a flag key as keys are made (`app.changes.KEY_PATTERN`, which
 # needs no percent-decoding and is never a dot segment); other targets go to aiohttp.
 SINGLE_FLAG: Final = re.compile(
     rb"/ofrep/v1/evaluate/flags/(%s)" % KEY_PATTERN.pattern.strip("^$").encode()
 )
-# Largest head answered here: aiohttp's own line limit. A longer one is aiohttp's to refuse.
+# Largest head answered here, in bytes: aiohttp refuses a request line or a header field
+# (name and value) over 8190 bytes (its max_line_size and max_field_size), so a head within
+# 8190 bytes is within both; a longer one is aiohttp's to judge.
 MAX_HEAD_BYTES: Final = 8190
-# Idle keep-alive connections are closed after IDLE_SWEEPS sweeps without a byte, every
-# SWEEP_S: 75-90 s, like aiohttp's keepalive_timeout, with one timer for all connections.
-SWEEP_S: Final = 15.0
-IDLE_SWEEPS: Final = 5
-# Headers whose presence means the request is not a plain one (see the module docstring).
-NOT_PLAIN: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# aiohttp refuses a request with more header fields than this (its max_headers).
+MAX_HEADERS: Final = 128
+# Every SWEEP_S seconds, one timer looks at every connection: an idle keep-alive connection
+# is closed after IDLE_SWEEPS sweeps without a byte (75-76 s, aiohttp's usual keep-alive), a
+# request still unfinished after REQUEST_SWEEPS sweeps is answered 408 and its connection
+# closed (4-5 s, however slowly its bytes trickle in).
+SWEEP_S: Final = 1.0
+IDLE_SWEEPS: Final = 75
+REQUEST_SWEEPS: Final = 5
+# Bytes of unfinished requests the fast path holds per worker (every connection together); a
+# connection that would take it over is answered 503 and closed. Whole requests are answered
+# from the read that completes them and never count.
+MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
+# Headers whose presence means the request is not a plain one (see the module docstring):
+# aiohttp frames, decodes, upgrades or refuses (`Sec-WebSocket-Key1`) these itself.
+NOT_PLAIN: Final = frozenset(
+    {b"transfer-encoding", b"expect", b"upgrade", b"content-encoding", b"sec-websocket-key1"}
+)
+# aiohttp refuses a request that repeats one of these (its parser's SINGLETON_HEADERS); one
+# bit each, so a request's seen headers are one int.
+SINGLETONS: Final = {
+    name: 1 << bit
+    for bit, name in enumerate(
+        (
+            b"host",
+            b"content-length",
+            b"content-location",
+            b"content-range",
+            b"content-type",
+            b"etag",
+            b"max-forwards",
+            b"server",
+            b"transfer-encoding",
+            b"user-agent",
+        )
+    )
+}
+HOST: Final = SINGLETONS[b"host"]  # HTTP/1.1 without a Host is a 400 in aiohttp
 
 _status_lines = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
@@ -78,45 +136,72 @@ def header_text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", "surrogateescape")
 
 
+class Connections:
+    """What the fast connections of one site share: who they are and what they hold."""
+
+    __slots__ = ("buffered", "max_buffered", "open")
+
+    def __init__(self, max_buffered: int = MAX_BUFFERED_BYTES) -> None:
+        self.open: set[FastPath] = set()
+        self.buffered = 0  # bytes of unfinished requests held, every connection together
+        self.max_buffered = max_buffered
+
+
 class FastPath(asyncio.Protocol):
     """One connection, served here until its first request that aiohttp must answer."""
 
     __slots__ = (
+        "_admits",
+        "_admitted",
         "_answer",
         "_api_key",
         "_authorization",
-        "_buffer",
         "_complete",
-        "_connections",
         "_fallback",
+        "_fed",
         "_head_end",
+        "_headers",
         "_headers_done",
+        "_held",
         "_idle",
         "_keep_alive",
         "_key",
         "_length",
         "_max_body",
         "_parser",
+        "_pending",
         "_plain",
+        "_seen",
+        "_shared",
+        "_token",
         "_transport",
+        "_unfinished",
         "_url",
+        "_writing_paused",
     )
 
     def __init__(
         self,
-        fallback: web.Server,
+        fallback: Callable[[], RequestHandler],
         answer: Answer,
+        admits: Admits,
         max_body: int,
-        connections: set[FastPath],
+        shared: Connections,
     ) -> None:
         self._fallback = fallback
         self._answer = answer
+        self._admits = admits
+        self._admitted: str | None = ""  # the last key admitted ("" never is one)
         self._max_body = max_body
-        self._connections = connections
+        self._shared = shared
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._buffer = b""
-        self._idle = 0
+        self._pending = bytearray()  # the unfinished request, from its first byte
+        self._held = 0  # len(_pending) as counted in shared.buffered
+        self._idle = 0  # sweeps without a byte
+        self._unfinished = 0  # sweeps during which the same request stayed unfinished
+        self._writing_paused = False
+        self._fed = 0  # bytes of the unfinished head already fed to the parser
         self._head_end = -1  # where the body of a head already parsed starts
         self._reset()
 
@@ -126,9 +211,12 @@ class FastPath(asyncio.Protocol):
         self._api_key: bytes | None = None
         self._length = -1  # no Content-Length yet
         self._plain = True
+        self._headers = 0
+        self._seen = 0  # SINGLETONS bits
         self._headers_done = False
         self._complete = False
         self._key = ""
+        self._token: str | None = None
         self._keep_alive = True
 
     # asyncio.Protocol
@@ -136,51 +224,62 @@ class FastPath(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._connections.add(self)
+        self._shared.open.add(self)
         metrics.FAST_PATH_CONNECTIONS.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
+        self._leave()
 
     def pause_writing(self) -> None:
         """The client reads slower than it asks: stop reading until it catches up."""
         assert self._transport is not None
+        self._writing_paused = True
         self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        assert self._transport is not None
-        self._transport.resume_reading()
+        """The client caught up: answer what was read meanwhile, then read again."""
+        transport = self._transport
+        assert transport is not None
+        self._writing_paused = False
+        if self._pending:
+            self.data_received(b"")
+        if not self._writing_paused and self in self._shared.open and not transport.is_closing():
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self._idle = 0
-        buffer = self._buffer + data if self._buffer else data
-        while buffer:
+        pending = self._pending
+        buffer: bytes | bytearray = data
+        if pending:
+            pending += data
+            buffer = pending
+        size, start = len(buffer), 0  # `start`: the first byte of the request being read
+        while start < size:
             if self._head_end < 0:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    # Too long, or ended by bare LFs (which llhttp refuses): aiohttp answers.
-                    if len(buffer) > MAX_HEAD_BYTES or b"\n\n" in buffer:
-                        return self._hand_off(buffer, "other")
+                reason = self._frame_head(buffer, start)
+                if reason == "unfinished":
                     break
-                reason = self._read_head(buffer, end + 4)
                 if reason is not None:
-                    return self._hand_off(buffer, reason)
-                self._head_end = end + 4
-            start, end = self._head_end, self._head_end + self._length
-            if len(buffer) < end:
+                    return self._hand_off(buffer[start:], reason)
+            body_start = start + self._head_end
+            end = body_start + self._length
+            if size < end:
                 break  # the rest of the body is on its way
-            body = buffer[start:end]
+            body = bytes(buffer[body_start:end])
             if body and not self._feed(body):
-                return self._hand_off(buffer, "malformed")
+                return self._hand_off(buffer[start:], "malformed")
             if not self._complete or not self._respond(body):
-                return self._hand_off(buffer, "declined")
+                return self._hand_off(buffer[start:], "declined")
             if not self._keep_alive:
-                self._buffer = b""
-                return None  # closed: what the client sent after `Connection: close` is void
-            self._head_end = -1
+                return (
+                    self._leave()
+                )  # closed: what the client sent after `Connection: close` is void
+            self._head_end, self._fed, self._unfinished = -1, 0, 0
             self._reset()
-            buffer = buffer[end:]
-        self._buffer = buffer
+            start = end
+            if self._writing_paused:
+                break  # the client is not reading: the rest waits for resume_writing
+        self._hold(buffer, start)
 
     # httptools callbacks
 
@@ -189,6 +288,11 @@ class FastPath(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
+        self._headers += 1
+        bit = SINGLETONS.get(name, 0)
+        if bit:
+            self._plain &= not self._seen & bit
+            self._seen |= bit
         if name == b"authorization":
             self._plain &= self._authorization is None
             self._authorization = value
@@ -196,8 +300,8 @@ class FastPath(asyncio.Protocol):
             self._plain &= self._api_key is None
             self._api_key = value
         elif name == b"content-length":
-            # One Content-Length of digits only; anything else is aiohttp's to judge.
-            self._plain &= self._length < 0 and value.isdigit()
+            # Digits only; anything else is aiohttp's to judge.
+            self._plain &= value.isdigit()
             self._length = int(value) if value.isdigit() else 0
         elif name in NOT_PLAIN:
             self._plain = False
@@ -210,37 +314,65 @@ class FastPath(asyncio.Protocol):
 
     # framing and answering
 
-    def _feed(self, data: bytes) -> bool:
+    def _feed(self, data: bytes | bytearray) -> bool:
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return False  # an upgrade (or CONNECT) is aiohttp's too
         return True
 
-    def _read_head(self, buffer: bytes, end: int) -> str | None:
-        """Parse one head; None when the request is a plain single-flag evaluation, else why not."""
-        if not self._feed(buffer[:end]) or not self._headers_done:
+    def _frame_head(self, buffer: bytes | bytearray, start: int) -> str | None:
+        """Read the head of the request at `start`: None when it is one the fast path answers,
+        "unfinished" while its end has not arrived, else why aiohttp must have the connection.
+
+        An unfinished head is fed to llhttp as it arrives, so one llhttp refuses (a bare line
+        feed, a binary preamble) goes to aiohttp at once instead of waiting for a blank line.
+        """
+        end = buffer.find(b"\r\n\r\n", start + max(self._fed - 3, 0))
+        head_size = len(buffer) - start if end < 0 else end + 4 - start
+        if head_size > MAX_HEAD_BYTES:
+            return "other"
+        if not self._feed(buffer[start + self._fed : start + head_size]):
+            return "malformed"
+        self._fed = head_size
+        if end < 0:
+            return "unfinished"
+        reason = self._read_head()
+        if reason is None:
+            self._head_end = head_size
+        return reason
+
+    def _read_head(self) -> str | None:
+        """Check a parsed head; None when it is a plain single-flag evaluation, else why not."""
+        if not self._headers_done:
             return "malformed"
         parser = self._parser
         match = SINGLE_FLAG.fullmatch(self._url)
         if (
             match is None
             or not self._plain
+            or not self._seen & HOST
+            or self._headers > MAX_HEADERS
             or self._length > self._max_body
             or parser.get_method() != b"POST"
             or parser.get_http_version() != "1.1"
         ):
             return "other"
+        token = token_of(header_text(self._authorization), header_text(self._api_key))
+        if token != self._admitted:
+            if not self._admits(token):
+                return "refused"
+            self._admitted = token
         self._length = max(self._length, 0)
         self._key = match[1].decode()
+        self._token = token
         self._keep_alive = parser.should_keep_alive()
         return None
 
     def _respond(self, body: bytes) -> bool:
         """Write the answer of the request just read; False when aiohttp must answer it."""
         try:
-            token = token_of(header_text(self._authorization), header_text(self._api_key))
-            answered = self._answer(token, self._key, body)
+            answered = self._answer(self._token, self._key, body)
         except Exception:
             log.exception("the fast path failed to evaluate %r", self._key)
             metrics.HTTP_REQUESTS.labels("ofrep", "500").inc()
@@ -248,7 +380,10 @@ class FastPath(asyncio.Protocol):
             answered, self._keep_alive = (500, dumps(details)), False
         if answered is None:
             return False
-        status, payload = answered
+        self._write(*answered, close=not self._keep_alive)
+        return True
+
+    def _write(self, status: int, payload: bytes, *, close: bool) -> None:
         head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n" % (
             _status_lines[status],
             len(payload),
@@ -256,23 +391,70 @@ class FastPath(asyncio.Protocol):
         )
         transport = self._transport
         assert transport is not None
-        if self._keep_alive:
+        if not close:
             transport.write(head + b"\r\n" + payload)
+            return
+        transport.write(head + b"Connection: close\r\n\r\n" + payload)
+        if self._writing_paused:
+            transport.abort()  # the client does not read: nothing would flush
         else:
-            transport.write(head + b"Connection: close\r\n\r\n" + payload)
             transport.close()
-        return True
 
-    def _hand_off(self, pending: bytes, reason: str) -> None:
-        """Give the connection, from the first unanswered byte on, to aiohttp for good."""
+    def _refuse(self, status: int, details: str) -> None:
+        """Answer the unfinished request with `status` (408, 503) and close the connection."""
+        metrics.HTTP_REQUESTS.labels("ofrep", str(status)).inc()
+        body: dict[str, str] = {"errorDetails": details}
+        if self._key:
+            body = {"key": self._key, **body}
+        self._write(status, dumps(body), close=True)
+        self._leave()
+
+    def _hold(self, buffer: bytes | bytearray, start: int) -> None:
+        """Keep `buffer[start:]`, the unfinished request, within the worker's budget."""
+        size = len(buffer) - start
+        if size == 0:
+            if self._held:
+                self._pending = bytearray()
+                self._release()
+            return
+        shared = self._shared
+        if size > self._held and shared.buffered + size - self._held > shared.max_buffered:
+            self._refuse(503, "the server holds too many unfinished requests: retry")
+            return
+        if buffer is self._pending:
+            del self._pending[:start]
+        else:
+            self._pending = bytearray(memoryview(buffer)[start:])
+        shared.buffered += size - self._held
+        self._held = size
+
+    def _release(self) -> None:
+        self._shared.buffered -= self._held
+        self._held = 0
+
+    def _leave(self) -> None:
+        """This connection is no longer the fast path's: forget it and what it held."""
+        self._shared.open.discard(self)
+        self._pending = bytearray()
+        self._release()
+
+    def _hand_off(self, pending: bytes | bytearray, reason: str) -> None:
+        """Give the connection, from the first unanswered byte on, to aiohttp for good.
+
+        asyncio remembers that it paused the protocol's writing (the client was not reading)
+        and resumes whichever protocol the transport has when the client catches up, so
+        aiohttp is told it starts paused: its handlers then wait before writing more.
+        """
         metrics.FAST_PATH_HANDOFFS.labels(reason).inc()
         transport = self._transport
         assert transport is not None
-        self._connections.discard(self)
-        self._buffer = b""
+        pending = bytes(pending)
+        self._leave()
         handler = self._fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self._writing_paused:
+            handler.pause_writing()
         if not transport.is_reading():  # paused by pause_writing: aiohttp's flow control now
             transport.resume_reading()
         handler.data_received(pending)
@@ -281,17 +463,113 @@ class FastPath(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def idle_sweep(self) -> None:
-        """One more sweep without a byte from the client; closes it after IDLE_SWEEPS."""
+    def sweep(self) -> None:
+        """One more second: close an idle connection, time out an unfinished request."""
         self._idle += 1
-        if self._idle >= IDLE_SWEEPS:
-            self.close()
+        if self._held and not self._writing_paused:  # paused, the wait is the client's
+            self._unfinished += 1
+            if self._unfinished >= REQUEST_SWEEPS:
+                seconds = int(REQUEST_SWEEPS * SWEEP_S)
+                self._refuse(408, f"the request was not complete within {seconds} s")
+        elif self._idle >= IDLE_SWEEPS and self._transport is not None:
+            if self._writing_paused:
+                self._transport.abort()  # the client stopped reading: nothing would flush
+            else:
+                self._transport.close()
 
 
-class FastPathSite(TCPSite):
-    """aiohttp's TCP site, whose connections start on `FastPath`."""
+# Why a request aiohttp could not parse is refused, by the exception its parser raised. The
+# parser's own message quotes the bytes it choked on, which may be a token or an SDK key, so
+# it is never written to a client or a log; these fixed sentences are.
+PARSE_ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (LineTooLong, "a request line or header field is longer than 8190 bytes"),
+    (BadHttpMethod, "the request method is not valid"),
+    (BadStatusLine, "the request line is not valid HTTP/1.1"),
+    (InvalidURLError, "the request target is not valid"),
+    (InvalidHeader, "a header field is not valid"),
+    (RequestPayloadError, "the request body is not framed as its headers say"),
+    (HttpProcessingError, "the request is not valid HTTP/1.1"),
+)
+# aiohttp messages that quote nothing the client sent, kept as they are more precise.
+FIXED_MESSAGES: Final = re.compile(
+    r"Missing 'Host' header in request\.|Duplicate '[A-Za-z-]+' header found\."
+    r"|Too many headers received"
+)
 
-    __slots__ = ("_answer", "_connections", "_max_body", "_sweeper")
+
+def parse_error_reason(exc: BaseException) -> str | None:
+    """The fixed sentence for a request aiohttp could not parse; None for other errors."""
+    if isinstance(exc, HttpProcessingError) and FIXED_MESSAGES.fullmatch(exc.message):
+        return exc.message
+    for kind, reason in PARSE_ERRORS:
+        if isinstance(exc, kind):
+            return reason
+    return None
+
+
+class QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, except that a request it cannot parse is answered with
+    a fixed 400 and logged by its kind only (`PARSE_ERRORS`), never with its bytes."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        reason = None if exc is None else parse_error_reason(exc)
+        if reason is None:
+            return super().handle_error(request, status, exc, message)
+        self.logger.debug("bad request from %s: %s", request.remote, reason)
+        metrics.HTTP_REQUESTS.labels("unparsed", "400").inc()
+        if request.writer.output_size > 0:  # as aiohttp: an answer was started, none fits
+            raise ConnectionError("a response was started before the request failed")
+        response = web.Response(status=400, text=f"400 Bad Request: {reason}")
+        response.force_close()
+        return response
+
+
+def quiet_handlers(server: web.Server) -> Callable[[], QuietRequestHandler]:
+    """A protocol factory like `server` itself, making `QuietRequestHandler`s.
+
+    `web.Server.__call__` builds a `RequestHandler` from the options the runner gave it
+    (`_kwargs`: access log, limits, timeouts); these are built from the same options.
+    """
+    loop = asyncio.get_running_loop()
+    options: dict[str, Any] = server._kwargs
+
+    def handler() -> QuietRequestHandler:
+        return QuietRequestHandler(server, loop=loop, **options)
+
+    return handler
+
+
+class QuietSite(TCPSite):
+    """aiohttp's TCP site, whose connections are `QuietRequestHandler`s."""
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        await BaseSite.start(self)  # registers the site with its runner, as TCPSite.start does
+        server = self._runner.server
+        assert isinstance(server, web.Server)
+        await self._listen(quiet_handlers(server))
+
+    async def _listen(self, protocol: Callable[[], asyncio.Protocol]) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class FastPathSite(QuietSite):
+    """A `QuietSite` whose connections start on `FastPath`."""
+
+    __slots__ = ("_admits", "_answer", "_connections", "_max_body", "_sweeper")
 
     def __init__(
         self,
@@ -300,33 +578,38 @@ class FastPathSite(TCPSite):
         port: int,
         *,
         answer: Answer,
+        admits: Admits,
         max_body: int,
+        max_buffered: int = MAX_BUFFERED_BYTES,
         ssl_context: Any = None,
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context)
         self._answer = answer
+        self._admits = admits
         self._max_body = max_body
-        self._connections: set[FastPath] = set()
+        self._connections = Connections(max_buffered)
         self._sweeper: asyncio.TimerHandle | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of unfinished requests the fast path holds now."""
+        return self._connections.buffered
+
     async def start(self) -> None:
-        await BaseSite.start(self)  # registers the site with its runner, as TCPSite.start does
-        loop = asyncio.get_running_loop()
+        await BaseSite.start(self)
         server = self._runner.server
         assert isinstance(server, web.Server)
+        fallback = quiet_handlers(server)
 
         def connection() -> FastPath:
-            return FastPath(server, self._answer, self._max_body, self._connections)
+            return FastPath(fallback, self._answer, self._admits, self._max_body, self._connections)
 
-        self._server = await loop.create_server(
-            connection, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = loop.call_later(SWEEP_S, self._sweep)
+        await self._listen(connection)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     def _sweep(self) -> None:
-        for connection in list(self._connections):
-            connection.idle_sweep()
+        for connection in list(self._connections.open):
+            connection.sweep()
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     async def stop(self) -> None:
@@ -334,33 +617,55 @@ class FastPathSite(TCPSite):
         if self._sweeper is not None:
             self._sweeper.cancel()
         await super().stop()
-        for connection in list(self._connections):
+        for connection in list(self._connections.open):
             connection.close()
 
 
+def sdk_keys_admit() -> Admits:
+    """The worker's SDK keys, as `app.web.ofrep` checks them (`sdk_key_environment`).
+
+    Imported here, when the worker starts its site: `app.main` names this driver by URL only.
+    """
+    from app.main import settings
+    from app.web.auth import sdk_key_environment
+
+    def admits(token: str | None) -> bool:
+        return sdk_key_environment(token, settings) is not None
+
+    return admits
+
+
 class FastPathWeb(faust_aiohttp.Web):
-    """Faust's aiohttp web driver, with `FastPath` in front once `answer_first` is called.
+    """Faust's aiohttp web driver on a `QuietSite`, with `FastPath` in front once
+    `answer_first` is called.
 
     Registered as the `flagstream` web driver (pyproject entry point `faust.web.drivers`), so
     `faust.App(web="flagstream://")` picks it.
     """
 
     answer: Answer | None = None
+    admits: Admits | None = None
     max_body = 0
 
-    def answer_first(self, answer: Answer, max_body: int) -> None:
-        """Answer single-flag evaluations with `answer` before aiohttp sees them."""
-        self.answer, self.max_body = answer, max_body
+    def answer_first(self, answer: Answer, max_body: int, admits: Admits | None = None) -> None:
+        """Answer single-flag evaluations with `answer` before aiohttp sees them.
+
+        `admits` checks the credential at the head; by default, the worker's SDK keys.
+        """
+        self.answer, self.max_body, self.admits = answer, max_body, admits
 
     def _new_transport_tcp(self) -> BaseSite:
+        conf = self.app.conf
         if self.answer is None:
-            site: BaseSite = super()._new_transport_tcp()
-            return site
+            return QuietSite(
+                self._runner, conf.web_bind, conf.web_port, ssl_context=conf.web_ssl_context
+            )
         return FastPathSite(
             self._runner,
-            self.app.conf.web_bind,
-            self.app.conf.web_port,
+            conf.web_bind,
+            conf.web_port,
             answer=self.answer,
+            admits=self.admits or sdk_keys_admit(),
             max_body=self.max_body,
-            ssl_context=self.app.conf.web_ssl_context,
+            ssl_context=conf.web_ssl_context,
         )

@@ -33,6 +33,10 @@ def answer(token: str | None, key: str, body: bytes) -> tuple[int, bytes] | None
     return 200, b'{"key":"%s"}' % key.encode()
 
 
+def admits(token: str | None) -> bool:
+    return token == "k"
+
+
 async def aiohttp_answer(request: web.Request) -> web.Response:
     return web.json_response({"by": "aiohttp", "key": request.match_info.get("key")}, status=401)
 
@@ -44,7 +48,7 @@ async def serving() -> AsyncIterator[FastPathSite]:
     app.router.add_get("/other", aiohttp_answer)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = FastPathSite(runner, "127.0.0.1", 0, answer=answer, max_body=1024)
+    site = FastPathSite(runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024)
     await site.start()
     try:
         yield site
@@ -63,6 +67,7 @@ async def exchange(
 
 def test_idle_connections_are_closed_and_busy_ones_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast_path, "SWEEP_S", 0.05)
+    monkeypatch.setattr(fast_path, "IDLE_SWEEPS", 5)
 
     async def scenario() -> None:
         async with serving() as site:
