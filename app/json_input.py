@@ -34,7 +34,9 @@ def parse_json(raw: bytes | str) -> Any:
         value = loads(raw)
     except json.JSONDecodeError as exc:  # orjson's error, also raised for bytes not UTF-8
         return Unacceptable(f"not JSON: {exc}")
-    if nested_deeper(raw, value, MAX_DEPTH):
+    # Each level costs two bytes ("[]"), so a short document (most evaluation bodies, on the
+    # hot path) cannot nest too deep and is not looked at again.
+    if len(raw) > 2 * MAX_DEPTH and nested_deeper(raw, value, MAX_DEPTH):
         return Unacceptable(f"nested deeper than {MAX_DEPTH} levels", too_deep=True)
     return value
 
@@ -42,9 +44,8 @@ def parse_json(raw: bytes | str) -> Any:
 def nested_deeper(raw: bytes | str, value: Any, limit: int) -> bool:
     """Whether `value`, parsed from `raw`, nests more than `limit` containers.
 
-    A document with at most `limit` brackets cannot nest deeper, so most bodies (and every
-    single-flag evaluation on the hot path) are cleared by two C-speed counts; the others
-    are walked without recursion.
+    A document with at most `limit` brackets cannot nest deeper, so most bodies are cleared
+    by two C-speed counts; the others are walked without recursion.
     """
     if isinstance(raw, bytes):
         brackets = raw.count(b"{") + raw.count(b"[")
