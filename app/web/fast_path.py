@@ -487,7 +487,10 @@ PARSE_ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
     (BadStatusLine, "the request line is not valid HTTP/1.1"),
     (InvalidURLError, "the request target is not valid"),
     (InvalidHeader, "a header field is not valid"),
-    (RequestPayloadError, "the request body is not framed as its headers say"),
+    (
+        RequestPayloadError,
+        "the request body does not match its headers (length, chunks or encoding)",
+    ),
     (HttpProcessingError, "the request is not valid HTTP/1.1"),
 )
 # aiohttp messages that quote nothing the client sent, kept as they are more precise.
