@@ -6,6 +6,10 @@ up the buffer is bounded: new exposures are dropped and counted
 (`flagstream_exposures_total{outcome="dropped"}`), never the request delayed. Each exposure
 has a unique `exposure_id`, so a consumer can drop the duplicates a producer retry may make
 where the broker has no idempotent producer.
+
+Exposures of evaluations are at most `FLAGSTREAM_EXPOSURE_FLUSH_MS` in the buffer: a worker
+stopped cleanly produces them, a killed one loses that much. Exposures an SDK posts are
+acknowledged only once the broker has them (`produce`), so an acknowledged one is never lost.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class ExposureSink(Service):
         self.buffer: list[Pending] = []
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[bytes, tuple[int, int]] = {}
+        # Resolved by the flush that takes the buffer with the number of its exposures that
+        # could not be produced; created by the first `produce` after the previous flush.
+        self._flushed: asyncio.Future[int] | None = None
 
     def emit(self, pending: Pending) -> None:
         """Queue one exposure; drops (and counts) it when the buffer is full."""
@@ -75,6 +82,18 @@ class ExposureSink(Service):
             self.buffer.append(pending)
         else:
             metrics.EXPOSURES.labels("dropped").inc()
+
+    async def produce(self, exposures: list[Pending]) -> bool:
+        """Queue exposures and wait until the broker has every one of them (True), or until
+        the flush that took them lost some (False); False at once when the buffer is full.
+        All or none are queued, so a caller that hears False may retry them all."""
+        if len(self.buffer) + len(exposures) > self.settings.exposure_buffer:
+            metrics.EXPOSURES.labels("dropped").inc(len(exposures))
+            return False
+        self.buffer.extend(exposures)
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._flushed) == 0
 
     async def on_start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -110,6 +129,20 @@ class ExposureSink(Service):
         if not self.buffer or self._producer is None:
             return
         pending, self.buffer = self.buffer, []
+        flushed, self._flushed = self._flushed, None
+        failed = len(pending)
+        try:
+            failed = await self._produce(pending)
+        except Exception:  # the broker went away mid-flush: count the loss, keep flushing
+            log.exception("%d exposures could not be produced", failed)
+            metrics.EXPOSURES.labels("dropped").inc(failed)
+        finally:
+            if flushed is not None:
+                flushed.set_result(failed)
+
+    async def _produce(self, pending: list[Pending]) -> int:
+        """Produce `pending`; the number of exposures that could not be."""
+        assert self._producer is not None
         producer = self._producer
         open_batches: dict[int, tuple[Any, int]] = {}  # partition -> (batch, records in it)
         in_flight: list[tuple[int, Any]] = []  # (records, future of the broker's answer)
@@ -154,6 +187,7 @@ class ExposureSink(Service):
         if failed:
             metrics.EXPOSURES.labels("dropped").inc(failed)
             log.error("%d of %d exposures could not be produced", failed, len(pending))
+        return failed
 
     def _partition(self, key: bytes, partitions: int) -> int:
         """`partition_of`, remembered per key: a request's flags expose one key many times."""

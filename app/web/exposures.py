@@ -7,6 +7,7 @@ index while the rest are produced, exactly like exposures of server-side evaluat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -87,6 +88,14 @@ def check_item(
     )
 
 
+async def produced(exposures: list[Pending]) -> bool:
+    """Whether the broker acknowledged every one of `exposures` within the write timeout."""
+    try:
+        return await asyncio.wait_for(exposure_sink.produce(exposures), settings.write_timeout_s)
+    except TimeoutError:
+        return False
+
+
 @faust_app.page("/api/v1/exposures")
 class Exposures(View):
     async def post(self, request: web.Request) -> web.StreamResponse:
@@ -103,14 +112,18 @@ class Exposures(View):
             message = f'the body is {{"exposures": [...]}} with 1-{MAX_ITEMS} items'
             return error(400, "BAD_REQUEST", message)
         now = time.time()
-        accepted, rejected = 0, []
+        accepted: list[Pending] = []
+        rejected = []
         for index, item in enumerate(items):
             checked = check_item(environment, index, item, now)
             if isinstance(checked, list):
                 rejected.append({"index": index, "problems": checked})
             else:
-                exposure_sink.emit(checked)
-                accepted += 1
+                accepted.append(checked)
         if rejected:
             metrics.EXPOSURES.labels("rejected").inc(len(rejected))
-        return ok({"accepted": accepted, "rejected": rejected}, status=202)
+        # Answered once the broker has them: an acknowledged exposure is never lost.
+        if accepted and not await produced(accepted):
+            message = "the exposures could not be produced in time; send them again"
+            return error(503, "UNAVAILABLE", message, headers={"Retry-After": "1"})
+        return ok({"accepted": len(accepted), "rejected": rejected}, status=202)
