@@ -17,6 +17,9 @@ from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rej
 # Environment and flag keys end up in URLs, Kafka keys and RocksDB keys separated by "/".
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 STATES = ("ENABLED", "DISABLED")
+# A change id is remembered (RocksDB key and value) for FLAGSTREAM_CHANGE_ID_DEPTH changes: a
+# UUID or a client's Idempotency-Key fits, a megabyte does not.
+MAX_CHANGE_ID = 200
 
 
 def valid_key(key: str) -> bool:
@@ -53,6 +56,8 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
         text("flag"),
         text("actor"),
     )
+    if len(change_id) > MAX_CHANGE_ID:
+        problems.append(("$.change_id", f"must have at most {MAX_CHANGE_ID} characters"))
     for name, key in (("environment", environment), ("flag", flag)):
         if key and not valid_key(key):
             problems.append((f"$.{name}", f"must match {KEY_PATTERN.pattern}"))

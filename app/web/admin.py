@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from app.changes import STATES, valid_key
+from app.changes import MAX_CHANGE_ID, STATES, valid_key
 from app.main import faust_app, flag_table, replication, settings
 from app.records import AppliedChange, ChangeOp
 from app.web import inputs
@@ -91,6 +91,9 @@ async def write(
     actor = request.headers.get("X-Actor", "admin-api")[:128]
     if mangled := inputs.not_utf8(("Idempotency-Key", idempotency_key), ("X-Actor", actor)):
         return error(400, "BAD_REQUEST", mangled)
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_CHANGE_ID:
+        message = f"Idempotency-Key must have 1-{MAX_CHANGE_ID} characters"
+        return error(400, "BAD_REQUEST", message)
     change = new_change(
         environment, flag, op, actor, expected_version=expected, change_id=idempotency_key, **fields
     )
@@ -127,14 +130,6 @@ async def recovering() -> web.Response | None:
         return None
     message = "this worker's flag table is still recovering"
     return error(503, "NOT_READY", message, headers={"Retry-After": "1"})
-
-
-def counted(route: str, response: web.StreamResponse) -> web.StreamResponse:
-    """`response` unchanged: `app.web.http_metrics` counts every answer now.
-
-    Kept until app/web/stream.py, which still calls it, drops the calls.
-    """
-    return response
 
 
 @faust_app.page(API)

@@ -28,7 +28,7 @@ from faust.web import View
 from app import metrics
 from app.main import faust_app, flag_table, settings
 from app.records import AppliedChange
-from app.web.admin import API, check_keys, counted, describe, recovering
+from app.web.admin import API, check_keys, describe, recovering
 from app.web.auth import Access, access_of, bearer, refuse
 from app.web.responses import error
 
@@ -209,20 +209,20 @@ class ChangeStream(View):
     async def get(self, request: web.Request, env: str) -> web.StreamResponse:
         denied = refuse(request, settings, Access.READ) or check_keys(env)
         if denied:
-            return counted("stream", denied)
+            return denied
         last = last_event_id(request)
         if isinstance(last, web.Response):
-            return counted("stream", last)
+            return last
         token = bearer(request) or ""
         refused = await unknown_environment(request, env) or slots.refusal(token)
         if refused:
-            return counted("stream", refused)
+            return refused
         with slots.held(token):
             response = web.StreamResponse(headers=SSE_HEADERS)
             await response.prepare(request)
             async with subscription(env) as subscriber:
                 await self.serve(response, env, subscriber, last)
-        return counted("stream", response)
+        return response
 
     async def serve(
         self, response: web.StreamResponse, env: str, subscriber: Subscriber, last: int | None

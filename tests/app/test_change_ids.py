@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.changes import decide
-from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+from app.changes import decide, decode_change
+from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection, dumps
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 PUT = FlagChange("key-1", "dev", "f", ChangeOp.PUT, "me", 5.0, definition=FLAG)
@@ -48,3 +48,11 @@ def test_a_change_from_before_request_digests_counts_as_the_same_request() -> No
     old = AppliedChange.from_json(data)
     assert (old.request, old.source_offset) == ("", -1)
     assert decide(replace(PUT, flag="g"), None, 1, 10.0, earlier=old) is None
+
+
+def test_a_command_with_an_overlong_change_id_is_malformed() -> None:
+    command = {**PUT.to_json(), "change_id": "x" * 201}
+    rejection = decode_change(dumps(command))
+    assert isinstance(rejection, Rejection) and rejection.code is DeadLetterCode.MALFORMED
+    assert ("$.change_id", "must have at most 200 characters") in rejection.problems
+    assert isinstance(decode_change(dumps({**command, "change_id": "x" * 200})), FlagChange)

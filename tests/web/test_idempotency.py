@@ -55,3 +55,10 @@ def test_the_same_key_in_another_environment_is_another_request(worker: Worker, 
     assert put(admin, env, "f", flag(), key).status == 200
     assert put(admin, env + "-b", "f", flag(), key).status == 200
     assert set(admin.flags(env + "-b")) == {"f"}
+
+
+def test_an_idempotency_key_longer_than_a_change_id_may_be_is_400(worker: Worker, env: str) -> None:
+    reply = put(worker.admin(), env, "f", flag(), "k" * 201)
+    assert reply.status == 400, reply.body
+    assert "Idempotency-Key" in reply.body["error"]["message"]
+    assert put(worker.admin(), env, "f", flag(), "k" * 200).status == 200
