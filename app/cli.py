@@ -1,7 +1,9 @@
-"""`flagstream`: run the service (`up`, `worker`, `broker`) and manage flags (`flags ...`).
+"""`flagstream`: run the service (`up`, `worker`, `broker`), manage flags (`flags ...`) and
+re-seed a cluster that lost its data (`restore`).
 
 `up` is the newcomer's one command: the embedded broker, one worker, the example flags, and
-the URLs and keys to try them, stopped cleanly by Ctrl-C.
+the URLs and keys to try them, stopped cleanly by Ctrl-C. Its data dir keeps the flags and the
+keys, so the next `up` starts where this one stopped.
 """
 
 from __future__ import annotations
@@ -10,19 +12,19 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from app import up_state
 from app.client import AdminClient, AdminError
-from app.flagfile import FlagFileError, flags_of, plan
+from app.flagfile import FlagFileError, flags_of
+from app.flagfile import plan as plan_apply
+from app.restore import RestoreError, plan, read_table, restore, totals
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flags.json"
 
@@ -75,17 +77,24 @@ def _interrupt(*_: object) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    """Broker + one worker + the example flags; Ctrl-C stops both."""
+    """Broker + one worker + the flags of the last run (else the examples); Ctrl-C stops both.
+
+    The data dir keeps the admin token, the SDK key and the worker's table across runs; the
+    table of the last run is restored into the fresh (empty) broker before anything else.
+    """
     from app.broker import free_port, port_open, start_broker, stop
 
     host = "127.0.0.1"
     kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
     web_port = args.port if not port_open(host, args.port) else free_port()
     metrics_port = args.metrics_port if not port_open(host, args.metrics_port) else free_port()
-    admin_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or "admin-" + secrets.token_urlsafe(16)
-    sdk_key = "sdk-development-" + secrets.token_urlsafe(8)
-    # The embedded broker keeps nothing across restarts, so neither may the worker's tables.
-    data_dir = Path(tempfile.mkdtemp(prefix="flagstream-up-"))
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys = up_state.load_keys(data_dir)
+    admin_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or keys.admin_token
+    sdk_key = keys.sdk_key
+    # Before the worker starts: meeting an empty broker, it would wipe the last run's table.
+    previous = up_state.hand_over(data_dir)
     env = {
         **os.environ,
         "FLAGSTREAM_BROKERS": f"{host}:{kafka_port}",
@@ -93,7 +102,7 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_WEB_PORT": str(web_port),
         "FLAGSTREAM_METRICS_HOST": host,
         "FLAGSTREAM_METRICS_PORT": str(metrics_port),
-        "FLAGSTREAM_DATA_DIR": str(data_dir),
+        "FLAGSTREAM_DATA_DIR": str(up_state.worker_dir(data_dir)),
         "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
         # Tansu holds a group's first join for its timeouts (about half the session timeout
@@ -111,7 +120,7 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops everything as Ctrl-C does
     try:
         log_path = Path(args.log).resolve()
-        print(f"starting a worker (log: {log_path}) ...", flush=True)
+        print(f"starting a worker (data: {data_dir}, log: {log_path}) ...", flush=True)
         with log_path.open("ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker"],
@@ -121,7 +130,10 @@ def run_up(args: argparse.Namespace) -> int:
             )
         wait_ready(url, worker, timeout_s=120)
         client = AdminClient(url, admin_token, actor="flagstream-up")
-        apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
+        if previous is not None:
+            restore_last_run(client, previous)
+        if not client.environments().get("development"):
+            apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
         print(
             f"\nflagstream is up.\n"
             f"  flags:       {url}/api/v1/environments/development/flags\n"
@@ -133,6 +145,7 @@ def run_up(args: argparse.Namespace) -> int:
             f"                 {url}/api/v1/environments/development/flags\n"
             f"  or:          FLAGSTREAM_URL={url} FLAGSTREAM_ADMIN_TOKEN={admin_token} \\\n"
             f"                 .venv/bin/flagstream flags list --env development\n"
+            f"  data:        {data_dir} (flags, history and keys survive a restart)\n"
             f"Ctrl-C stops everything.",
             flush=True,
         )
@@ -146,7 +159,21 @@ def run_up(args: argparse.Namespace) -> int:
         if worker is not None:
             stop(worker, timeout_s=20)
         stop(broker)
-        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def restore_last_run(client: AdminClient, previous: Path) -> None:
+    """Write the last run's flags and history into this run's empty broker."""
+    print(f"restoring the flags of the last run from {previous} ...", flush=True)
+    with read_table(previous) as table:
+        steps = plan(table)
+    outcomes = restore(client, steps, say=lambda line: print("  " + line, flush=True))
+    if any(outcome.refused for outcome in outcomes):
+        raise RestoreError(
+            f"some versions were refused (above). The last run's table stays in {previous}: "
+            "the next `flagstream up` restores it again; remove that directory to start "
+            "without it"
+        )
+    up_state.drop_previous(previous)
 
 
 # -- managing flags ------------------------------------------------------------------------
@@ -157,7 +184,7 @@ def apply_file(client: AdminClient, path: Path, env: str, *, prune: bool, dry_ru
     desired = flags_of(json.loads(path.read_text()))
     versions = {row["flag"]: row["version"] for row in client.summary(env)}
     current = client.flags(env)
-    created, updated, deleted = plan(desired, current, prune)
+    created, updated, deleted = plan_apply(desired, current, prune)
     for key in created:
         if not dry_run:
             client.put(env, key, desired[key])
@@ -211,6 +238,16 @@ def run_flags(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_restore(args: argparse.Namespace) -> int:
+    """Restore a stopped worker's table through the admin API; 1 when versions were refused."""
+    client = AdminClient(args.url, args.token or os.environ.get("FLAGSTREAM_ADMIN_TOKEN", ""))
+    with read_table(Path(args.source)) as table:
+        steps = plan(table, args.env)
+    outcomes = restore(client, steps, force=args.force)
+    print(f"restored from {Path(args.source).resolve()}: {totals(outcomes)}")
+    return 1 if any(outcome.refused for outcome in outcomes) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="flagstream", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -227,7 +264,33 @@ def parser() -> argparse.ArgumentParser:
         "-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`"
     )
     up.add_argument("--log", default="flagstream-up.log", help="where the worker logs")
+    up.add_argument(
+        "--data-dir",
+        default=os.path.join("data", "up"),
+        help="keys, flags and history kept across runs (default: data/up)",
+    )
     up.set_defaults(run=run_up)
+
+    restore_ = commands.add_parser(
+        "restore", help="re-seed an empty cluster from a stopped worker's flag table"
+    )
+    restore_.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="the worker's data dir (its FLAGSTREAM_DATA_DIR); the worker must be stopped",
+    )
+    restore_.add_argument(
+        "--env", action="append", default=None, help="only this environment (repeatable)"
+    )
+    restore_.add_argument(
+        "--force",
+        action="store_true",
+        help="also into environments that already have changes (after them)",
+    )
+    restore_.add_argument("--url", default=default_url(), help="API base URL (FLAGSTREAM_URL)")
+    restore_.add_argument("--token", default=None, help="admin token (FLAGSTREAM_ADMIN_TOKEN)")
+    restore_.set_defaults(run=run_restore)
 
     commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS").set_defaults(
         run=run_worker

@@ -69,6 +69,11 @@ class AdminClient:
 
     # -- the API, one method per endpoint --------------------------------------------------
 
+    def environments(self) -> dict[str, int]:
+        """Every environment that ever had a change, with the seq of its last one."""
+        rows = self.call("GET", "/api/v1/environments")["environments"]
+        return {str(row["environment"]): int(row["seq"]) for row in rows}
+
     def flags(self, env: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/api/v1/environments/{quote(env)}/flags")["flags"])
 
@@ -91,6 +96,20 @@ class AdminClient:
         return self.call(
             "DELETE", f"/api/v1/environments/{quote(env)}/flags/{quote(key)}", None, headers
         )
+
+    def write(
+        self, env: str, key: str, definition: Any | None, *, change_id: str, actor: str
+    ) -> Reply:
+        """PUT `definition` (DELETE for None) as change `change_id` by `actor`, unconditionally.
+
+        The change id is the `Idempotency-Key`: sending the same write again is answered with
+        the change it made the first time, so a caller may retry blindly.
+        """
+        path = f"/api/v1/environments/{quote(env)}/flags/{quote(key)}"
+        headers = {"Idempotency-Key": change_id, "X-Actor": actor}
+        if definition is None:
+            return self.request("DELETE", path, None, headers)
+        return self.request("PUT", path, definition, headers)
 
     def history(self, env: str, key: str) -> list[dict[str, Any]]:
         return list(

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from app.records import AppliedChange, dumps
 
@@ -60,10 +60,18 @@ class FlagTable:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Open RocksDB and load the mirror; the table then holds what it held when closed."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(self.path), Options(raw_mode=True))
+    def open(self, *, read_only: bool = False) -> None:
+        """Open RocksDB and load the mirror; the table then holds what it held when closed.
+
+        `read_only` (for `flagstream restore`) changes no byte of the table and takes no lock:
+        a missing table is an error, and writes fail.
+        """
+        if read_only:
+            access = AccessType.read_only()
+            self._db = Rdict(str(self.path), Options(raw_mode=True), access_type=access)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = Rdict(str(self.path), Options(raw_mode=True))
         for key, value in self._scan("o/"):
             offset, _, fingerprint = value.decode().partition(":")
             self._positions[int(key[2:])] = int(offset)

@@ -1,0 +1,91 @@
+"""What `flagstream up` keeps in its data dir so that a restart loses nothing.
+
+The embedded broker keeps nothing across a restart, but the worker's flag table does. Each
+`up` therefore starts its worker on an empty table and restores the previous run's table
+into the fresh broker (`app.restore`), and reuses the admin token and SDK key it made the
+first time, so scripts and SDKs configured against it keep working.
+
+    <data dir>/keys.json     the admin token and the SDK key (mode 0600, made by the first `up`)
+    <data dir>/worker/       FLAGSTREAM_DATA_DIR of this run's worker
+    <data dir>/previous/     the last run's worker dir, until its table is restored
+    <data dir>/broker.log    the embedded broker's log
+
+The previous table is moved aside before the worker starts: a worker meeting an empty broker
+wipes its table (tables/replication.py), which would destroy the only copy. It is dropped only
+after a restore that refused nothing; until then every `up` restores from it again (restore
+is idempotent), and this run's worker dir, built from a restore that did not finish, is what
+gets discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+KEYS_FILE = "keys.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    admin_token: str
+    sdk_key: str
+
+
+def load_keys(data_dir: Path) -> Keys:
+    """The keys of this data dir, made and saved (readable by the owner only) the first time."""
+    path = data_dir / KEYS_FILE
+    if not path.exists():
+        keys = Keys(
+            "admin-" + secrets.token_urlsafe(16), "sdk-development-" + secrets.token_urlsafe(8)
+        )
+        _write_private(path, json.dumps({"admin_token": keys.admin_token, "sdk_key": keys.sdk_key}))
+    os.chmod(path, 0o600)  # a copied or hand-made file may have been readable by others
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(name), str) and data[name] for name in ("admin_token", "sdk_key")
+    ):
+        raise ValueError(f"{path} must hold non-empty strings admin_token and sdk_key")
+    return Keys(data["admin_token"], data["sdk_key"])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a new file that is never readable by others, not even for a moment."""
+    temporary = path.with_suffix(".tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def worker_dir(data_dir: Path) -> Path:
+    return data_dir / "worker"
+
+
+def hand_over(data_dir: Path) -> Path | None:
+    """Move the last run's worker dir aside for restore; the dir to restore from, if any."""
+    previous = data_dir / "previous"
+    shutil.rmtree(data_dir / "previous.done", ignore_errors=True)
+    if previous.exists():
+        # A restore from it did not finish: its table is still the truth, this one is partial.
+        shutil.rmtree(worker_dir(data_dir), ignore_errors=True)
+        return previous
+    if (worker_dir(data_dir) / "flags" / "CURRENT").is_file():
+        worker_dir(data_dir).rename(previous)
+        return previous
+    shutil.rmtree(worker_dir(data_dir), ignore_errors=True)
+    return None
+
+
+def drop_previous(previous: Path) -> None:
+    """Forget the previous table once restored (renamed first: a half-deleted dir is never
+    mistaken for a table to restore)."""
+    done = previous.with_name("previous.done")
+    previous.rename(done)
+    shutil.rmtree(done, ignore_errors=True)
