@@ -102,6 +102,12 @@ class LiveFlags:
                 return past
         return None
 
+    def forget(self) -> None:
+        """Drop every compiled flag: the table was rebuilt from another log (a broker that lost
+        its data, `tables.replication`), and flags it no longer has must not be served."""
+        self._environments.clear()
+        self._past.clear()
+
     def _on_change(self, change: AppliedChange) -> None:
         flags = self._environments.get(change.environment)
         if flags is None:

@@ -71,6 +71,7 @@ flag_table = FlagTable(
 outcomes = Outcomes()
 replication = FlagReplication(settings, flag_table, outcomes)
 live_flags = LiveFlags(flag_table)
+replication.on_rebuild(live_flags.forget)
 exposure_sink = ExposureSink(settings)
 evaluation_stats = EvaluationStats()
 REGISTRY.register(evaluation_stats)

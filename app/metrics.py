@@ -33,6 +33,15 @@ WORKER = Info(
     "flagstream_worker", "Which worker this is (FLAGSTREAM_WORKER_ID) and its deployment."
 )
 READY = Gauge("flagstream_ready", "1 once this worker's flag table has caught up after start.")
+BROKER_REACHABLE = Gauge(
+    "flagstream_broker_reachable",
+    "1 while the broker answers this worker's probe; 0: serving last known flags, no writes.",
+)
+TABLE_REBUILDS = Counter(
+    "flagstream_flag_table_rebuilds_total",
+    "Flag tables moved aside and rebuilt because the broker's changelog was another log "
+    "(a broker that lost its data).",
+)
 HTTP_REQUESTS = Counter(
     "flagstream_http_requests_total",
     "HTTP answers, by route name and status (app/web/http_metrics.py; the OFREP fast path"

@@ -14,6 +14,22 @@ from app.records import AppliedChange
 
 Outcome = AppliedChange | dict[str, Any]  # an applied change, or a dead letter's JSON
 
+BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
+
+
+def broker_unavailable(sent: bool) -> dict[str, Any]:
+    """The outcome of a write the broker could not take: like a dead letter, never from one.
+
+    `sent`: the command may have reached the broker before it went away, so it may still be
+    applied; a retry with the same `Idempotency-Key` is then answered with that change.
+    """
+    fate = "the change may still be applied" if sent else "the change was not sent"
+    return {
+        "code": BROKER_UNAVAILABLE,
+        "reason": f"the Kafka broker is unreachable or recovering and this worker serves its "
+        f"last known flags read-only: {fate}; retry with the same Idempotency-Key",
+    }
+
 
 class Outcomes:
     """Futures by change id, resolved by the changelog and dead-letter readers."""

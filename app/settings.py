@@ -129,6 +129,11 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a write waits for its change to be applied or rejected.",
     ),
     Setting(
+        "FLAGSTREAM_SHUTDOWN_TIMEOUT_S",
+        "15",
+        "Longest a worker takes to stop after SIGTERM/SIGINT; it exits then, stopped or not.",
+    ),
+    Setting(
         "FLAGSTREAM_REBALANCE_TIMEOUT_S",
         "60",
         "Consumer-group rebalance timeout; set to 3 on the embedded broker.",
@@ -190,6 +195,7 @@ class Settings:
     ofrep_fast_path: bool
     max_body_bytes: int
     write_timeout_s: float
+    shutdown_timeout_s: float
     rebalance_timeout_s: float
     session_timeout_s: float
     heartbeat_s: float
@@ -234,6 +240,7 @@ class Settings:
             ofrep_fast_path=_env("FLAGSTREAM_OFREP_FAST_PATH").lower() in ("1", "true", "yes"),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
             write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),
+            shutdown_timeout_s=float(_env("FLAGSTREAM_SHUTDOWN_TIMEOUT_S")),
             rebalance_timeout_s=float(_env("FLAGSTREAM_REBALANCE_TIMEOUT_S")),
             session_timeout_s=float(_env("FLAGSTREAM_SESSION_TIMEOUT_S")),
             heartbeat_s=float(_env("FLAGSTREAM_HEARTBEAT_S")),

@@ -12,8 +12,10 @@ import time
 import uuid
 from typing import Any
 
-from app.main import faust_app, outcomes, settings
-from app.outcomes import Outcome
+from aiokafka.errors import KafkaError
+
+from app.main import faust_app, outcomes, replication, settings
+from app.outcomes import Outcome, broker_unavailable
 from app.records import ChangeOp, FlagChange, dumps
 from app.topics import FLAG_CHANGES, partition_for
 
@@ -43,19 +45,32 @@ def new_change(
 
 
 async def submit(change: FlagChange) -> Outcome | None:
-    """The applied change or the dead letter it produced; None if neither came in time."""
+    """The applied change or the dead letter it produced, within FLAGSTREAM_WRITE_TIMEOUT_S.
+
+    `broker_unavailable` when the broker cannot take writes (unreachable, or its log being
+    checked after it came back: `replication.writable`), and None when the change was sent but
+    its outcome did not come in time. The produce is inside the bound too: Faust's producer
+    waits up to its request timeout (20 minutes) for a broker that does not answer.
+    """
+    if not replication.writable.is_set():
+        return broker_unavailable(sent=False)
     future = outcomes.expect(change.change_id)
+    sent = False
     try:
-        await faust_app.producer.send_and_wait(
-            FLAG_CHANGES,
-            change.environment.encode(),
-            dumps(change.to_json()),
-            partition_for(change.environment, settings.flag_change_partitions),
-            None,
-            None,
-        )
-        return await asyncio.wait_for(future, settings.write_timeout_s)
+        async with asyncio.timeout(settings.write_timeout_s):
+            await faust_app.producer.send_and_wait(
+                FLAG_CHANGES,
+                change.environment.encode(),
+                dumps(change.to_json()),
+                partition_for(change.environment, settings.flag_change_partitions),
+                None,
+                None,
+            )
+            sent = True
+            return await future
     except TimeoutError:
-        return None
+        return None if sent and replication.writable.is_set() else broker_unavailable(sent=True)
+    except KafkaError:
+        return broker_unavailable(sent=True)
     finally:
         outcomes.forget(change.change_id)

@@ -29,6 +29,7 @@ REJECTION_STATUS = {
     "FLAG_NOT_FOUND": 404,
     "MALFORMED": 400,
     "IDEMPOTENCY_KEY_REUSED": 422,
+    "BROKER_UNAVAILABLE": 503,  # app.outcomes.broker_unavailable: retry later, same key
 }
 
 

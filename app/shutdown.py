@@ -1,0 +1,64 @@
+"""A bounded shutdown: the worker process exits at most N seconds after SIGTERM or SIGINT.
+
+Faust stops its services one after another, and some wait on the broker: its producer
+flushes records for a broker that does not answer for as long as its request timeout (20
+minutes), which kept a worker alive after SIGTERM during a broker outage. The watchdog arms a
+timer when the signal arrives and ends the process if the clean stop has not by then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from mode import Service
+
+log = logging.getLogger(__name__)
+
+EXIT_CODE = 70  # EX_SOFTWARE: the clean stop did not finish in time
+
+
+class ShutdownWatchdog(Service):  # type: ignore[misc]  # mode is untyped
+    """Exits the process `timeout_s` after the first SIGTERM/SIGINT if it is still running.
+
+    Started as a Faust service, after the worker installed its own signal handling on the
+    event loop: that is kept (asyncio learns of signals through its wake-up fd, whatever
+    Python-level handler is installed), and this one only adds the timer.
+    """
+
+    def __init__(self, timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timeout_s = timeout_s
+        self._timer: threading.Timer | None = None
+
+    async def on_start(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            signal.signal(signum, self._chain(previous))
+
+    def _chain(self, previous: Any) -> Any:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.arm()
+            if callable(previous):
+                previous(signum, frame)
+
+        return on_signal
+
+    def arm(self) -> None:
+        """Start the countdown (once)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.timeout_s, self._exit)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _exit(self) -> None:
+        log.error("the worker did not stop within %.0fs of the signal: exiting", self.timeout_s)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE)
