@@ -87,7 +87,7 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[float, 
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
-    return rate, p99, int(errors.group(1)) if errors else 0 + (1 if socket_errors else 0)
+    return rate, p99, (int(errors.group(1)) if errors else 0) + (1 if socket_errors else 0)
 
 
 def exposures(worker: Worker) -> dict[str, float]:
