@@ -23,6 +23,12 @@ from app.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_fo
 
 log = logging.getLogger(__name__)
 
+# Largest changelog record the agent writes, in bytes: under Kafka's default 1 MiB message
+# limit with room for the key and the batch. A bigger change (a command near 1 MiB, or one
+# whose numbers re-encode longer: `1e15` is written `1000000000000000.0`) made the producer
+# raise, which crashed the agent and lost the command without a dead letter.
+MAX_CHANGELOG_RECORD = 900_000
+
 # Partitions whose changelog this worker has fenced since it was last assigned them.
 synced_partitions: set[int] = set()
 
@@ -55,10 +61,14 @@ async def handle(raw: bytes | None, partition: int, offset: int) -> None:
     if verdict is None:
         metrics.FLAG_CHANGES.labels("duplicate").inc()
         return
+    record = dumps(verdict.to_json()) if isinstance(verdict, AppliedChange) else b""
+    if len(record) > MAX_CHANGELOG_RECORD:
+        reason = f"the change would be a {len(record)}-byte record, over {MAX_CHANGELOG_RECORD}"
+        verdict = Rejection(DeadLetterCode.MALFORMED, reason)
     if isinstance(verdict, Rejection):
         await send_dead_letter(verdict, raw, partition, offset, change)
         return
-    await append_to_changelog(verdict, partition)
+    await append_to_changelog(verdict.environment, record, partition)
     metrics.FLAG_CHANGES.labels("applied").inc()
 
 
@@ -83,11 +93,11 @@ async def _decode_and_decide(
     return change, verdict
 
 
-async def append_to_changelog(change: AppliedChange, partition: int) -> None:
+async def append_to_changelog(environment: str, record: bytes, partition: int) -> None:
     metadata = await faust_app.producer.send_and_wait(
         FLAGS_CHANGELOG,
-        change.environment.encode(),
-        dumps(change.to_json()),
+        environment.encode(),
+        record,
         partition,
         None,
         None,

@@ -132,6 +132,16 @@ class Rejection:
     current_version: int | None = None
 
 
+# What a dead letter keeps of a refused record: the first bytes of its payload, the first
+# problems, each path and message cut. Escaped as JSON text a character may take 6 bytes
+# (`\\u0001`), so a dead letter stays under Kafka's 1 MiB record limit whatever was refused:
+# a 1 MB record once made one of 1.8 MB, which the producer refused, and the flag-change agent
+# crashed without writing it (a problem's path can be as long as a key of the record, too).
+MAX_DEAD_LETTER_PAYLOAD = 98_304
+MAX_DEAD_LETTER_PROBLEMS = 100
+MAX_PROBLEM_CHARS = 200
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A record on `dead-letters`: what was refused, why, and where it came from."""
@@ -150,26 +160,40 @@ class DeadLetter:
     at: float = 0.0
 
     def to_json(self) -> JSON:
+        kept = self.payload[:MAX_DEAD_LETTER_PAYLOAD]
         try:
-            text: str | None = self.payload.decode("utf-8")
+            self.payload.decode("utf-8")
+            text: str | None = kept.decode("utf-8", "ignore")  # a character cut in two goes
         except UnicodeDecodeError:
             text = None
         return {
             "schema": SCHEMA_VERSION,
             "code": self.code.value,
-            "reason": self.reason,
-            "problems": [{"path": p, "message": m} for p, m in self.problems],
+            "reason": _clip(self.reason, 4 * MAX_PROBLEM_CHARS),
+            "problems": [
+                {"path": _clip(p, MAX_PROBLEM_CHARS), "message": _clip(m, MAX_PROBLEM_CHARS)}
+                for p, m in self.problems[:MAX_DEAD_LETTER_PROBLEMS]
+            ],
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
             "payload": text,
-            "payload_base64": None if text is not None else base64.b64encode(self.payload).decode(),
+            "payload_base64": None if text is not None else base64.b64encode(kept).decode(),
+            "payload_bytes": len(self.payload),  # more than were kept: the payload was cut
             "change_id": self.change_id,
             "environment": self.environment,
             "flag": self.flag,
             "current_version": self.current_version,
             "at": self.at,
         }
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text`, or its start and end around "..." when longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return f"{text[:half]}...{text[-half:]}"
 
 
 def _default(value: Any) -> Any:
