@@ -16,7 +16,7 @@ from app.changes import MAX_CHANGE_ID, STATES, valid_key
 from app.main import faust_app, flag_table, replication, settings
 from app.records import AppliedChange, ChangeOp
 from app.web import inputs
-from app.web.auth import Access, refuse
+from app.web.auth import Access, holds_secret, refuse
 from app.web.responses import error, ok
 from app.writer import new_change, submit
 
@@ -94,6 +94,9 @@ async def write(
         return error(400, "BAD_REQUEST", mangled)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_CHANGE_ID:
         message = f"Idempotency-Key must have 1-{MAX_CHANGE_ID} characters"
+        return error(400, "BAD_REQUEST", message)
+    if holds_secret(actor, settings) or holds_secret(idempotency_key, settings):
+        message = "X-Actor and Idempotency-Key must not hold a token or an SDK key"
         return error(400, "BAD_REQUEST", message)
     change = new_change(
         environment, flag, op, actor, expected_version=expected, change_id=idempotency_key, **fields

@@ -3,7 +3,9 @@
 Admin and read tokens are compared in constant time, every configured token on every
 request, so response timing reveals neither a token's prefix nor which list it is in. SDK keys,
 checked on every evaluation, are looked up by SHA-256 digest instead (see `sdk_environment`).
-Tokens never reach a log line: only the outcome (401/403) does.
+Tokens never reach a log line: only the outcome (401/403) does, and a write whose `X-Actor` or
+`Idempotency-Key` holds a credential is refused (`holds_secret`): both are stored in the
+changelog and the flag history and echoed in answers and dead letters.
 """
 
 from __future__ import annotations
@@ -102,3 +104,20 @@ def _sdk_digests(settings: Settings) -> dict[bytes, str]:
         digests = {hashlib.sha256(k.encode()).digest(): e for k, e in settings.sdk_keys.items()}
         entry = _digests_by_settings[id(settings)] = (settings, digests)
     return entry[1]
+
+
+def holds_secret(text: str | None, settings: Settings) -> bool:
+    """Whether `text` contains a credential of this worker (admin or read token, SDK key).
+
+    Compared in constant time at every offset, like `access_of`: the caller may be an admin
+    who does not know the read tokens or SDK keys. `text` is short (an actor, a change id).
+    """
+    if not text:
+        return False
+    given = text.encode("utf-8", "surrogateescape")
+    found = False
+    for secret in (settings.admin_token, *settings.read_tokens, *settings.sdk_keys):
+        wanted = secret.encode()
+        for start in range(len(given) - len(wanted) + 1 if wanted else 0):
+            found |= hmac.compare_digest(given[start : start + len(wanted)], wanted)
+    return found
