@@ -99,7 +99,9 @@ def evaluate(worker: Worker, key: str) -> tuple[int, Any]:
 
 
 def error_lines(worker: Worker) -> int:
-    return sum(" [ERROR] " in line for line in worker.log_path.read_text(errors="replace").split("\n"))
+    return sum(
+        " [ERROR] " in line for line in worker.log_path.read_text(errors="replace").split("\n")
+    )
 
 
 def broker_reachable(worker: Worker) -> float:
@@ -109,11 +111,12 @@ def broker_reachable(worker: Worker) -> float:
     raise AssertionError("flagstream_broker_reachable is not exported")
 
 
-def timed_put(worker: Worker, key: str) -> tuple[float, AdminError | dict[str, Any]]:
+def timed_put(worker: Worker, key: str) -> tuple[float, Exception | dict[str, Any]]:
+    """How long a PUT took, and its answer (an AdminError, or the client's own timeout)."""
     started = time.monotonic()
     try:
-        result: AdminError | dict[str, Any] = admin(worker).put(ENV, key, flag())
-    except AdminError as exc:
+        result: Exception | dict[str, Any] = admin(worker).put(ENV, key, flag())
+    except (AdminError, OSError) as exc:
         result = exc
     return time.monotonic() - started, result
 
