@@ -27,6 +27,7 @@ from app.flagfile import plan as plan_apply
 from app.restore import RestoreError, plan, read_table, restore, totals
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flags.json"
+RESTORE_JOBS = 4  # flags restored at once: ~2x one at a time, each flag's versions in order
 
 
 def default_url() -> str:
@@ -122,7 +123,10 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"starting the embedded broker on {host}:{kafka_port} ...", flush=True)
     broker = start_broker(host, kafka_port, data_dir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops everything as Ctrl-C does
+    # `kill` stops everything as Ctrl-C does; Ctrl-C too when started in the background of a
+    # script (which starts it with SIGINT ignored, so Python would not turn it into one).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         log_path = Path(args.log).resolve()
         print(f"starting a worker (data: {data_dir}, log: {log_path}) ...", flush=True)
@@ -171,7 +175,9 @@ def restore_last_run(client: AdminClient, previous: Path) -> None:
     print(f"restoring the flags of the last run from {previous} ...", flush=True)
     with read_table(previous) as table:
         steps = plan(table)
-    outcomes = restore(client, steps, say=lambda line: print("  " + line, flush=True))
+    outcomes = restore(
+        client, steps, jobs=RESTORE_JOBS, say=lambda line: print("  " + line, flush=True)
+    )
     if any(outcome.refused for outcome in outcomes):
         raise RestoreError(
             f"some versions were refused (above). The last run's table stays in {previous}: "
@@ -248,7 +254,7 @@ def run_restore(args: argparse.Namespace) -> int:
     client = AdminClient(args.url, args.token or os.environ.get("FLAGSTREAM_ADMIN_TOKEN", ""))
     with read_table(Path(args.source)) as table:
         steps = plan(table, args.env)
-    outcomes = restore(client, steps, force=args.force)
+    outcomes = restore(client, steps, force=args.force, jobs=args.jobs)
     print(f"restored from {Path(args.source).resolve()}: {totals(outcomes)}")
     return 1 if any(outcome.refused for outcome in outcomes) else 0
 
@@ -292,6 +298,12 @@ def parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="also into environments that already have changes (after them)",
+    )
+    restore_.add_argument(
+        "--jobs",
+        type=int,
+        default=RESTORE_JOBS,
+        help="flags written at once; 1 also keeps each environment's order of changes",
     )
     restore_.add_argument("--url", default=default_url(), help="API base URL (FLAGSTREAM_URL)")
     restore_.add_argument("--token", default=None, help="admin token (FLAGSTREAM_ADMIN_TOKEN)")

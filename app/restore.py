@@ -18,9 +18,10 @@ numbered and streamed like any other.
 * Change ids depend only on the source's content, so a second run, or a run after a crash
   halfway, is answered "already applied" for every change the first one made (the admin API
   and the flag-change agent both dedupe change ids) and applies only the rest.
-* Versions of an environment are written in their original order (`seq`), one at a time:
-  the restored versions of each flag, and of the environment, come out in the source's
-  order, with new version and seq numbers. A flag deleted in the source ends deleted.
+* The versions of each flag are written oldest first, one after the other, so they come out
+  in the source's order with new version and seq numbers; a flag deleted in the source ends
+  deleted. Several flags are written at once (`jobs`); with one job the environment's
+  changes keep the source's order too (`seq`), at half the speed.
 * An environment that already has changes of its own is refused (unless `force`): restoring
   into it would interleave two histories. Changes made by an earlier run of this same
   restore are not "its own": that run is resumed.
@@ -31,8 +32,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,25 +223,52 @@ def restore(
     steps: dict[str, list[Step]],
     *,
     force: bool = False,
+    jobs: int = 1,
     say: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Write every step, environment by environment; what each environment's steps did."""
+    """Write every step; what each environment's steps did.
+
+    `jobs` flags are written at once, each flag's versions in order. With one job the
+    environment's changes also keep their order (one change at a time: ~25 versions/s on
+    the embedded broker of a busy 2-core machine, ~2x that with 8 jobs).
+    """
     check_target(client, steps, force=force)
-    outcomes = []
-    for env, env_steps in steps.items():
-        started_at = client.environments().get(env, 0)
-        outcome = Outcome(env, steps=len(env_steps))
-        for step in env_steps:
-            _record(outcome, step, _send(client, step), started_at)
+    started_at = client.environments()
+    outcomes = {env: Outcome(env, steps=len(env_steps)) for env, env_steps in steps.items()}
+    lock = threading.Lock()
+
+    def write(lane: list[Step]) -> None:
+        for step in lane:
+            reply = _send(client, step)
+            with lock:
+                _record(
+                    outcomes[step.environment], step, reply, started_at.get(step.environment, 0)
+                )
+
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="restore") as pool:
+        for done in pool.map(write, lanes(steps, jobs)):
+            assert done is None
+    for outcome in outcomes.values():
         say(
-            f"{env}: {outcome.steps} versions: {outcome.applied} restored, "
+            f"{outcome.environment}: {outcome.steps} versions: {outcome.applied} restored, "
             f"{outcome.already} already there, {outcome.skipped} skipped, "
             f"{len(outcome.refused)} refused"
         )
         for problem in outcome.refused:
             say(f"  refused: {problem}")
-        outcomes.append(outcome)
-    return outcomes
+    return list(outcomes.values())
+
+
+def lanes(steps: dict[str, list[Step]], jobs: int) -> list[list[Step]]:
+    """Steps that must be written one after the other: everything for one job, else each
+    flag's versions (a flag's next version only after its previous one)."""
+    if jobs <= 1:
+        return [[step for env_steps in steps.values() for step in env_steps]]
+    by_flag: dict[tuple[str, str], list[Step]] = {}
+    for env_steps in steps.values():
+        for step in env_steps:
+            by_flag.setdefault((step.environment, step.flag), []).append(step)
+    return list(by_flag.values())
 
 
 def _send(client: AdminClient, step: Step) -> Reply:
