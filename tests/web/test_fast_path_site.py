@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.web import fast_path
-from app.web.fast_path import FastPathSite
+from app.web.auth import bearer
+from app.web.fast_path import FastPathSite, QuietSite
 
 REQUEST = (
     b"POST /ofrep/v1/evaluate/flags/%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\n"
@@ -172,3 +173,201 @@ def test_any_sequence_split_anywhere_is_answered_in_order(
             return bodies
 
     assert asyncio.run(scenario()) == expected
+
+
+@contextlib.asynccontextmanager
+async def serving_bodies(max_buffered: int) -> AsyncIterator[FastPathSite]:
+    """A site that takes bodies up to 100 KB and holds at most `max_buffered` unfinished."""
+    app = web.Application()
+    app.router.add_post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = FastPathSite(
+        runner,
+        "127.0.0.1",
+        0,
+        answer=answer,
+        admits=admits,
+        max_body=100_000,
+        max_buffered=max_buffered,
+    )
+    await site.start()
+    try:
+        yield site
+    finally:
+        await runner.cleanup()
+
+
+def with_body(length: int, token: bytes = b"k") -> bytes:
+    return (
+        b"POST /ofrep/v1/evaluate/flags/f HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Length: %d\r\n\r\n" % (token, length)
+    )
+
+
+async def answer_of(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
+def test_an_unknown_key_is_refused_at_the_head_before_its_body() -> None:
+    """aiohttp answers at once: the fast path does not wait for (or hold) the body."""
+
+    async def scenario() -> None:
+        async with serving_bodies(max_buffered=1_000_000) as site:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            writer.write(with_body(90_000, token=b"x") + b"{" * 1000)
+            assert (await answer_of(reader)).endswith(b'{"by": "aiohttp", "key": "f"}')
+            assert site.buffered == 0
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unfinished_request_is_answered_408_however_slowly_it_trickles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fast_path, "SWEEP_S", 0.05)
+
+    async def scenario() -> None:
+        async with serving_bodies(max_buffered=1_000_000) as site:
+            started = asyncio.get_running_loop().time()
+            head_only = await asyncio.open_connection("127.0.0.1", site.port)
+            head_only[1].write(REQUEST[:30])
+            trickle = await asyncio.open_connection("127.0.0.1", site.port)
+            trickle[1].write(with_body(50))
+            reply = asyncio.ensure_future(answer_of(trickle[0]))
+            while not reply.done():  # a byte every 20 ms: never idle, never finished
+                trickle[1].write(b" ")
+                await asyncio.sleep(0.02)
+            for answered in (reply.result(), await answer_of(head_only[0])):
+                assert answered.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answered
+                assert b"Connection: close\r\n" in answered
+            for reader, _ in (head_only, trickle):
+                assert await asyncio.wait_for(reader.read(), 2) == b""
+            # REQUEST_SWEEPS sweeps of 50 ms, not the 75 s idle timeout.
+            assert asyncio.get_running_loop().time() - started < 2
+            assert site.buffered == 0
+
+    asyncio.run(scenario())
+
+
+def test_unfinished_requests_over_the_budget_are_answered_503() -> None:
+    async def scenario() -> None:
+        async with serving_bodies(max_buffered=10_000) as site:
+            first = await asyncio.open_connection("127.0.0.1", site.port)
+            first[1].write(with_body(8_000) + b"{" + b" " * 5_999)
+            await until(lambda: site.buffered > 6_000)
+            second = await asyncio.open_connection("127.0.0.1", site.port)
+            second[1].write(with_body(8_000) + b"{" + b" " * 5_999)
+            refused = await answer_of(second[0])
+            assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), refused
+            assert refused.endswith(
+                b'"errorDetails":"the server holds too many unfinished requests: retry"}'
+            )
+            # The first one was held, and is answered once its body is complete.
+            first[1].write(b" " * 1_999 + b"}")
+            assert (await answer_of(first[0])).endswith(b'{"key":"f"}')
+            assert site.buffered == 0
+            first[1].close()
+            second[1].close()
+
+    asyncio.run(scenario())
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for `condition`, a state of the site that no event announces."""
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def aiohttp_same_answer(request: web.Request) -> web.Response:
+    """What `answer` answers, from aiohttp: the two paths must then answer alike."""
+    await request.read()
+    if bearer(request) != "k":
+        return await aiohttp_answer(request)
+    return web.Response(body=b'{"key":"%s"}' % request.match_info["key"].encode())
+
+
+REQUEST_LINES = [
+    b"POST /ofrep/v1/evaluate/flags/f HTTP/1.1",
+    b"POST /ofrep/v1/evaluate/flags/f HTTP/1.0",
+    b"GET /ofrep/v1/evaluate/flags/f HTTP/1.1",
+]
+# A head the fast path answers is made of these; each test drops some and adds odd ones.
+USUAL_LINES = [b"Host: t", b"Authorization: Bearer k", b"Content-Length: 2"]
+ODD_LINES = [
+    b"Host: u",
+    b"Authorization: Bearer x",
+    b"X-API-Key: k",
+    b"Content-Length: 02",
+    b"User-Agent: a",
+    b"Content-Type: application/json",
+    b"Connection: close",
+    b"X-Pad: " + b"a" * 4_000,
+    b"X-Pad: " + b"a" * 8_200,
+    b"\r\n".join(b"X-%d: v" % i for i in range(130)),
+    b"Sec-WebSocket-Key1: x",
+    b"Content-Encoding: identity",
+    b"X-Control: a\x01b",
+    b"X-Null: a\x00b",
+    b"X-High: \xff",
+    b"X-Empty:",
+    b" folded",
+    b"Bad Name: v",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_the_fast_path_answers_any_head_as_aiohttp_alone_does(data: st.DataObject) -> None:
+    """Whatever the head, the fast path's answer is the one aiohttp gives without it: it
+    answers only heads aiohttp takes, and aiohttp answers the rest (issue 8, item 13)."""
+    usual = [line for line in USUAL_LINES if data.draw(st.integers(0, 4), label=line.decode())]
+    odd = data.draw(st.lists(st.sampled_from(ODD_LINES), max_size=3), label="odd")
+    lines = data.draw(st.permutations(usual + odd), label="lines")
+    ends = data.draw(st.lists(st.sampled_from([b"\r\n"] * 9 + [b"\n"]), min_size=len(lines) + 1))
+    request_line = data.draw(st.sampled_from(REQUEST_LINES), label="request line")
+    head = request_line + b"\r\n"
+    head += b"".join(line + end for line, end in zip(lines, ends, strict=False)) + ends[-1]
+    # One request only: aiohttp drops a whole read it cannot parse, a good request before the
+    # bad bytes included, where the fast path answers that request first.
+    framed = any(line.startswith(b"Content-Length") for line in lines)
+    request = head + b"{}" if framed else head
+
+    async def both() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+        app = web.Application()
+        app.router.add_post("/ofrep/v1/evaluate/flags/{key}", aiohttp_same_answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        fast = FastPathSite(runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024)
+        alone = QuietSite(runner, "127.0.0.1", 0)
+        await fast.start()
+        await alone.start()
+        try:
+            return await status_and_body(fast.port, request), await status_and_body(
+                alone.port, request
+            )
+        finally:
+            await runner.cleanup()
+
+    ours, theirs = asyncio.run(both())
+    assert ours == theirs, head
+
+
+async def status_and_body(port: int, request: bytes) -> tuple[int, bytes]:
+    """The first answer's status and body; (0, b"") when the server closed without one."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        try:
+            answered = await answer_of(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return 0, b""
+        return int(answered.split()[1]), answered.partition(b"\r\n\r\n")[2]
+    finally:
+        writer.close()
