@@ -38,6 +38,11 @@ async def _forget_synced(sender: Any, revoked: Any, **kwargs: Any) -> None:
     synced_partitions.clear()
 
 
+# A table rebuilt from another log (the broker lost its data) must be fenced again before the
+# next decision: what was synced was the old log.
+replication.on_rebuild(synced_partitions.clear)
+
+
 @faust_app.agent(flag_changes_topic)
 async def apply_flag_changes(stream: Any) -> None:
     async for event in stream.events():
@@ -47,6 +52,9 @@ async def apply_flag_changes(stream: Any) -> None:
 
 async def handle(raw: bytes | None, partition: int, offset: int) -> None:
     """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
+    # While the broker is being checked (it was unreachable, or came back and may have lost
+    # its data) the table may not be the log's: neither skip nor decide against it yet.
+    await replication.writable.wait()
     if partition not in synced_partitions:
         await replication.sync([partition])
         synced_partitions.add(partition)
