@@ -71,8 +71,9 @@ EVALUATION_REQUESTS = Counter(
 FAST_PATH_HANDOFFS = Counter(
     "flagstream_ofrep_fast_path_handoffs_total",
     "Connections the OFREP fast path handed to aiohttp, by why (app/web/fast_path.py).",
-    # other (another request) | declined (key, body, recovering) | malformed (llhttp refused
-    # the head, or it asked for an upgrade)
+    # other (another request, or a head aiohttp must judge) | refused (no SDK key, seen at
+    # the head) | declined (body, recovering) | malformed (llhttp refused the head, or it
+    # asked for an upgrade)
     ["reason"],
 )
 FAST_PATH_CONNECTIONS = Counter(
