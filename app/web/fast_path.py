@@ -19,9 +19,10 @@ handlers write every other answer, so the two paths differ only in speed.
 
 What a client can make the fast path hold is bounded: one unfinished request per connection
 (a head of at most `MAX_HEAD_BYTES`, a body of at most the body limit), `MAX_BUFFERED_BYTES`
-of unfinished requests per worker (a request that would go over is answered 503), and
-`REQUEST_SWEEPS` seconds to finish a request (408). A client that does not read its answers is
-not read either (`pause_writing`), and that pause is carried to aiohttp at a hand-off.
+of unfinished requests per worker (a request that would go over is answered 503), and 4-5 s
+to finish a request (`REQUEST_SWEEPS`, then 408). A client that does not read its answers is
+not read, nor answered, until it catches up (`pause_writing`), and that pause is carried to
+aiohttp at a hand-off.
 
 Connections aiohttp serves (handed off, or all of them without the fast path) are
 `QuietRequestHandler`s: a request aiohttp cannot parse is answered with a fixed 400 and logged
