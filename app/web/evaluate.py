@@ -59,11 +59,12 @@ def resolve_at(
 @faust_app.page(API + "/{env}/evaluate")
 class Evaluate(View):
     async def post(self, request: web.Request, env: str) -> web.StreamResponse:
-        denied = check_keys(env)
-        if denied is None and not may_read_environment(request, settings, env):
+        # Credentials first: a caller without them learns nothing, not even which keys are valid.
+        denied = None
+        if not may_read_environment(request, settings, env):
             message = "a read token or this environment's SDK key is required"
             denied = error(401, "UNAUTHORIZED", message)
-        denied = denied or await recovering()
+        denied = denied or check_keys(env) or await recovering()
         if denied:
             return denied
         body = await read_json(request)
@@ -76,6 +77,8 @@ class Evaluate(View):
         context = body.get("context", {})
         if not isinstance(context, dict):
             problems.append({"path": "$.context", "message": "must be an object"})
+        elif not isinstance(context.get("targetingKey", ""), str):  # as OFREP answers it
+            problems.append({"path": "$.context.targetingKey", "message": "must be a string"})
         keys = body.get("flags")
         if keys is not None and not (
             isinstance(keys, list) and all(isinstance(k, str) for k in keys)

@@ -73,3 +73,17 @@ def test_the_sdk_key_of_the_environment_may_ask_and_bad_requests_are_400(worker:
         reply = reader.request("POST", "/api/v1/environments/development/evaluate", body)
         assert reply.status == 400, body
         assert reply.body["error"]["problems"]
+
+
+def test_credentials_are_checked_before_the_request_and_a_targeting_key_is_text(
+    worker: Worker,
+) -> None:
+    anonymous = AdminClient(worker.url, "not-a-token")
+    assert anonymous.request("POST", "/api/v1/environments/a..b/evaluate", {}).status == 401
+    reply = worker.admin().request(
+        "POST", "/api/v1/environments/development/evaluate", {"context": {"targetingKey": 5}}
+    )
+    assert reply.status == 400, reply.body
+    assert reply.body["error"]["problems"] == [
+        {"path": "$.context.targetingKey", "message": "must be a string"}
+    ]
