@@ -232,7 +232,8 @@ class FastPath(asyncio.Protocol):
         self._leave()
 
     def pause_writing(self) -> None:
-        """The client reads slower than it asks: stop reading until it catches up."""
+        """The client reads slower than it asks: stop reading and answering until it catches
+        up (`resume_writing`), so what it makes the worker hold is one read and its answers."""
         assert self._transport is not None
         self._writing_paused = True
         self._transport.pause_reading()
@@ -272,9 +273,8 @@ class FastPath(asyncio.Protocol):
             if not self._complete or not self._respond(body):
                 return self._hand_off(buffer[start:], "declined")
             if not self._keep_alive:
-                return (
-                    self._leave()
-                )  # closed: what the client sent after `Connection: close` is void
+                # Closed: what the client sent after `Connection: close` is void.
+                return self._leave()
             self._head_end, self._fed, self._unfinished = -1, 0, 0
             self._reset()
             start = end
