@@ -484,3 +484,19 @@ def test_an_empty_actor_is_answered_at_once(worker: Worker) -> None:
     )
     assert response.status_code < 500, response.text
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 (path characters in keys): app.changes.KEY_PATTERN ends in `$` and is "
+    "applied with re.match, so a key with a trailing newline ('a%0A') passes check_keys and the "
+    "agent's check and becomes a flag; docs/openapi.yaml's key pattern refuses it (400)",
+)
+def test_a_key_with_a_trailing_newline_is_refused(worker: Worker) -> None:
+    """Found against the document: `PUT .../flags/a%0A` creates the flag "a\\n" (200)."""
+    path = "/api/v1/environments/newline-probe/flags/a%0A"
+    headers = {**CREDENTIALS["admin"], "Content-Type": "application/json"}
+    response = requests.put(
+        worker.url + path, data=json.dumps(FLAGS["fuzz-on"]), headers=headers, timeout=30
+    )
+    assert response.status_code == 400, response.text
