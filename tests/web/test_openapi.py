@@ -500,3 +500,62 @@ def test_a_key_with_a_trailing_newline_is_refused(worker: Worker) -> None:
         worker.url + path, data=json.dumps(FLAGS["fuzz-on"]), headers=headers, timeout=30
     )
     assert response.status_code == 400, response.text
+
+
+# Every shape of OFREP body a worker sends, by (our schema, the official schema).
+OFREP_BODIES: list[tuple[str, str, Any]] = [
+    *(
+        ("ofrepSuccess", "serverEvaluationSuccess", {**body, "metadata": {"team": "web"}})
+        for body in (
+            {"key": "f", "reason": "STATIC", "variant": "on", "value": True},
+            {"key": "f", "reason": "TARGETING_MATCH", "variant": "b", "value": "blue"},
+            {"key": "f", "reason": "DEFAULT", "variant": "n", "value": 3},
+            {"key": "f", "reason": "STATIC", "variant": "x", "value": 0.5},
+            {"key": "f", "reason": "STATIC", "variant": "o", "value": {"a": [1]}},
+            {"key": "f", "reason": "DISABLED", "variant": ""},
+            {"key": "f", "reason": "DEFAULT", "variant": ""},
+        )
+    ),
+    *(
+        ("ofrepFailure", "evaluationFailure", {"key": "f", "errorCode": code, "errorDetails": "d"})
+        for code in ("PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT", "GENERAL")
+    ),
+    (
+        "ofrepFlagNotFound",
+        "flagNotFound",
+        {"key": "f", "errorCode": "FLAG_NOT_FOUND", "errorDetails": "d"},
+    ),
+    *(
+        ("ofrepBulkFailure", "bulkEvaluationFailure", {"errorCode": code, "errorDetails": "d"})
+        for code in ("PARSE_ERROR", "INVALID_CONTEXT", "GENERAL")
+    ),
+    (
+        "ofrepBulkSuccess",
+        "bulkEvaluationSuccess",
+        {
+            "flags": [
+                {"key": "a", "reason": "STATIC", "variant": "on", "value": True, "metadata": {}},
+                {"key": "b", "reason": "DISABLED", "variant": "", "metadata": {}},
+                {"key": "c", "errorCode": "GENERAL", "errorDetails": "d", "metadata": {}},
+            ],
+            "eventStreams": [
+                {
+                    "type": "sse",
+                    "endpoint": {"requestUri": "/ofrep/v1/events"},
+                    "inactivityDelaySec": 120,
+                }
+            ],
+        },
+    ),
+    ("ofrepRefusal", "generalErrorResponse", {"errorDetails": "d"}),
+]
+
+
+@pytest.mark.parametrize(("ours", "official", "body"), OFREP_BODIES)
+def test_our_ofrep_schemas_and_the_official_ones_agree(ours: str, official: str, body: Any) -> None:
+    """Each body shape a worker sends is valid under our schema and OFREP's (errata patched)."""
+    if not SPEC.exists():
+        pytest.skip(f"OFREP conformance data is absent ({SPEC})")
+    errors = list(validator({"$ref": f"#/components/schemas/{ours}"}).iter_errors(body))
+    assert not errors, [e.message for e in errors]
+    conforms(body, official)
