@@ -175,7 +175,7 @@ def test_restore_gives_the_same_flags_and_history_in_order_marked_as_restored(
 ) -> None:
     assert run_restore(source, target, "--env", "prod") == 0
     assert "0 refused" in capsys.readouterr().out
-    assert_restored(source, target, "prod", env_order=False)  # 4 flags at once by default
+    assert_restored(source, target, "prod", env_order=False)  # several flags at once by default
     assert "staging" not in target.admin().environments()
 
 
