@@ -1,16 +1,17 @@
 """docs/openapi.yaml is the whole HTTP API of a worker, and a live worker keeps to it.
 
-Three checks keep the document true:
-
-* the routes a worker's aiohttp app registers are exactly the document's operations, read
+* The routes a worker's aiohttp app registers are exactly the document's operations, read
   from the app a worker builds (`app.main` imported in a fresh interpreter, its web server
-  initialised as `flagstream worker` does), so a new route without a document entry fails;
-* schemathesis fuzzes a live worker with every credential (admin token, read token, SDK key,
-  none) and in both generation modes (valid and invalid requests): no 5xx, and every status,
-  content type, header and body is one the document gives; OFREP answers are also validated
-  against the official OFREP document (`tests/web/test_ofrep.py`);
-* the server-sent-event routes, which never end, are opened once per credential and only
-  their status and headers checked.
+  initialised as `flagstream worker` does): a new route without a document entry fails.
+* schemathesis fuzzes a live worker, every operation with each kind of caller (admin token,
+  read token, SDK key, none) in both generation modes (valid and invalid requests): no 5xx,
+  and every status, content type, header and body is one the document gives. OFREP answers
+  are validated against the official OFREP document too (as `tests/web/test_ofrep.py` does).
+* One request per operation that succeeds, so every documented 2xx/304 body is checked
+  whatever the fuzz drew; every OFREP body shape is valid under our schemas and OFREP's.
+* The server-sent-event routes, which never end, are opened with each credential and only
+  their status, headers and error bodies checked.
+* What the fuzz found that is not ours to fix is an xfail(strict=True) test naming it.
 """
 
 from __future__ import annotations
@@ -140,13 +141,12 @@ def test_the_document_loads_as_openapi_with_an_operation_per_route() -> None:
 
 @pytest.fixture(scope="module")
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A worker with a small body limit (so 413 is reachable) and flags in every state."""
+    """A worker with a small body limit (413 is reachable) and flags in every state."""
     started = Worker(
         broker,
         tmp_path_factory.mktemp("openapi") / "data",
         "flagstream-openapi",
         FLAGSTREAM_MAX_BODY_BYTES=str(MAX_BODY),
-        FLAGSTREAM_MAX_STREAMS_PER_KEY="4",
     ).start()
     admin = started.admin()
     for key, definition in FLAGS.items():
@@ -155,7 +155,8 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
     started.stop()
 
 
-def is_stream(method: str, path: str) -> bool:
+def is_stream(path: str) -> bool:
+    """The server-sent-event routes: their answers never end, so they are not fuzzed."""
     return path.endswith(("/stream", "/events"))
 
 
@@ -228,7 +229,7 @@ def fuzz(
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
-        derandomize=True,
+        derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "explore",  # as conftest's
         suppress_health_check=list(HealthCheck),
     )
     @given(case=cases)
@@ -252,7 +253,7 @@ def fuzz(
 def operations() -> list[Any]:
     schema = schemathesis.openapi.from_dict(document())
     found = [result.ok() for result in schema.get_all_operations()]
-    return [op for op in found if not is_stream(op.method.upper(), op.path)]
+    return [op for op in found if not is_stream(op.path)]
 
 
 def test_a_live_worker_answers_every_fuzzed_request_as_documented(worker: Worker) -> None:
