@@ -124,7 +124,7 @@ async def send_dead_letter(
         offset=offset,
         payload=raw or b"",
         problems=rejection.problems,
-        change_id=change.change_id if change else None,
+        change_id=change.change_id if change else rejection.change_id,
         environment=change.environment if change else None,
         flag=change.flag if change else None,
         current_version=rejection.current_version,

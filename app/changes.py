@@ -15,7 +15,8 @@ from app.json_input import Unacceptable, parse_json
 from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
 
 # Environment and flag keys end up in URLs, Kafka keys and RocksDB keys separated by "/".
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# Matched whole (`fullmatch`): `$` would let a final newline through.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 STATES = ("ENABLED", "DISABLED")
 # A change id is remembered (RocksDB key and value) for FLAGSTREAM_CHANGE_ID_DEPTH changes: a
 # UUID or a client's Idempotency-Key fits, a megabyte does not.
@@ -24,7 +25,7 @@ MAX_CHANGE_ID = 200
 
 def valid_key(key: str) -> bool:
     """Whether `key` may name an environment or a flag."""
-    return KEY_PATTERN.match(key) is not None
+    return KEY_PATTERN.fullmatch(key) is not None
 
 
 def _malformed(reason: str, *problems: tuple[str, str]) -> Rejection:
@@ -82,7 +83,13 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
     if op is ChangeOp.STATE and state not in STATES:
         problems.append(("$.state", f"must be one of {list(STATES)}"))
     if problems:
-        return _malformed("the change envelope is invalid", *problems)
+        usable = change_id and not any(path == "$.change_id" for path, _ in problems)
+        return Rejection(
+            DeadLetterCode.MALFORMED,
+            "the change envelope is invalid",
+            tuple(problems),
+            change_id=change_id if usable else None,
+        )
     return FlagChange(
         change_id=change_id,
         environment=environment,

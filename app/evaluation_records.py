@@ -92,7 +92,7 @@ def _decode_item(data: Any, path: str) -> Request | Invalid:
         problems.append((f"{path}.request_id", f"must be a string of 1 to {MAX_REQUEST_ID_CHARS}"))
         request_id = None
     environment = _text(data.get("environment"))
-    if environment is None or KEY_PATTERN.match(environment) is None:
+    if environment is None or KEY_PATTERN.fullmatch(environment) is None:
         problems.append((f"{path}.environment", f"must match {KEY_PATTERN.pattern}"))
         environment = None
     flags = data.get("flags")

@@ -130,6 +130,9 @@ class Rejection:
     reason: str
     problems: tuple[tuple[str, str], ...] = ()
     current_version: int | None = None
+    # The command's change id when it had a usable one, though the rest was malformed: its
+    # writer is waiting for that id and must hear of the refusal, not wait out its timeout.
+    change_id: str | None = None
 
 
 # What a dead letter keeps of a refused record: the first bytes of its payload, the first

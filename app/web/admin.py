@@ -89,7 +89,7 @@ async def write(
     if isinstance(expected, web.Response):
         return expected
     idempotency_key = request.headers.get("Idempotency-Key")
-    actor = request.headers.get("X-Actor", "admin-api")[:128]
+    actor = (request.headers.get("X-Actor") or "admin-api")[:128]  # empty: no actor named
     if mangled := inputs.not_utf8(("Idempotency-Key", idempotency_key), ("X-Actor", actor)):
         return error(400, "BAD_REQUEST", mangled)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_CHANGE_ID:

@@ -56,3 +56,11 @@ def test_a_command_with_an_overlong_change_id_is_malformed() -> None:
     assert isinstance(rejection, Rejection) and rejection.code is DeadLetterCode.MALFORMED
     assert ("$.change_id", "must have at most 200 characters") in rejection.problems
     assert isinstance(decode_change(dumps({**command, "change_id": "x" * 200})), FlagChange)
+
+
+def test_a_malformed_command_keeps_its_change_id_for_its_writer() -> None:
+    rejection = decode_change(dumps({**PUT.to_json(), "actor": ""}))
+    assert isinstance(rejection, Rejection) and rejection.code is DeadLetterCode.MALFORMED
+    assert rejection.change_id == "key-1"
+    unusable = decode_change(dumps({**PUT.to_json(), "actor": "", "change_id": "x" * 201}))
+    assert isinstance(unusable, Rejection) and unusable.change_id is None
