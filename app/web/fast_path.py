@@ -95,26 +95,28 @@ MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
 NOT_PLAIN: Final = frozenset(
     {b"transfer-encoding", b"expect", b"upgrade", b"content-encoding", b"sec-websocket-key1"}
 )
-# aiohttp refuses a request that repeats one of these (its parser's SINGLETON_HEADERS); one
-# bit each, so a request's seen headers are one int.
-SINGLETONS: Final = {
+# Headers the fast path reads, and those aiohttp allows once (its parser's SINGLETON_HEADERS:
+# a repeat is a 400 there): one bit each, so the ones a head has sent are one int, and any
+# repeated is aiohttp's to judge.
+ONCE: Final = {
     name: 1 << bit
     for bit, name in enumerate(
         (
-            b"host",
+            b"authorization",
+            b"x-api-key",
             b"content-length",
+            b"host",
             b"content-location",
             b"content-range",
             b"content-type",
             b"etag",
             b"max-forwards",
             b"server",
-            b"transfer-encoding",
             b"user-agent",
         )
     )
 }
-HOST: Final = SINGLETONS[b"host"]  # HTTP/1.1 without a Host is a 400 in aiohttp
+AUTHORIZATION, API_KEY, CONTENT_LENGTH, HOST = (1, 2, 4, 8)  # HTTP/1.1 needs a Host in aiohttp
 
 _status_lines = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
@@ -130,6 +132,11 @@ def http_date() -> bytes:
         _date[0], _date[1] = now, formatdate(now, usegmt=True).encode()
     date: bytes = _date[1]
     return date
+
+
+# An answer: status line, headers and JSON body; the last one on its connection says so.
+ANSWER: Final = b"%sContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n\r\n%s"
+LAST_ANSWER: Final = ANSWER.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
 
 
 def header_text(value: bytes | None) -> str | None:
@@ -161,7 +168,6 @@ class FastPath(asyncio.Protocol):
         "_fallback",
         "_fed",
         "_head_end",
-        "_headers",
         "_headers_done",
         "_held",
         "_idle",
@@ -212,8 +218,7 @@ class FastPath(asyncio.Protocol):
         self._api_key: bytes | None = None
         self._length = -1  # no Content-Length yet
         self._plain = True
-        self._headers = 0
-        self._seen = 0  # SINGLETONS bits
+        self._seen = 0  # ONCE bits
         self._headers_done = False
         self._complete = False
         self._key = ""
@@ -267,7 +272,7 @@ class FastPath(asyncio.Protocol):
             end = body_start + self._length
             if size < end:
                 break  # the rest of the body is on its way
-            body = bytes(buffer[body_start:end])
+            body = data[body_start:end] if buffer is data else bytes(pending[body_start:end])
             if body and not self._feed(body):
                 return self._hand_off(buffer[start:], "malformed")
             if not self._complete or not self._respond(body):
@@ -280,7 +285,8 @@ class FastPath(asyncio.Protocol):
             start = end
             if self._writing_paused:
                 break  # the client is not reading: the rest waits for resume_writing
-        self._hold(buffer, start)
+        if start < size or self._held:
+            self._hold(buffer, start)
 
     # httptools callbacks
 
@@ -289,23 +295,23 @@ class FastPath(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        self._headers += 1
-        bit = SINGLETONS.get(name, 0)
-        if bit:
-            self._plain &= not self._seen & bit
-            self._seen |= bit
-        if name == b"authorization":
-            self._plain &= self._authorization is None
-            self._authorization = value
-        elif name == b"x-api-key":
-            self._plain &= self._api_key is None
-            self._api_key = value
-        elif name == b"content-length":
-            # Digits only; anything else is aiohttp's to judge.
-            self._plain &= value.isdigit()
-            self._length = int(value) if value.isdigit() else 0
-        elif name in NOT_PLAIN:
+        bit = ONCE.get(name)
+        if bit is None:
+            if name in NOT_PLAIN:
+                self._plain = False
+            return
+        if self._seen & bit:
             self._plain = False
+        self._seen |= bit
+        if bit == AUTHORIZATION:
+            self._authorization = value
+        elif bit == API_KEY:
+            self._api_key = value
+        elif bit == CONTENT_LENGTH:
+            if value.isdigit():
+                self._length = int(value)
+            else:
+                self._plain = False  # anything but digits is aiohttp's to judge
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -329,15 +335,19 @@ class FastPath(asyncio.Protocol):
         An unfinished head is fed to llhttp as it arrives, so one llhttp refuses (a bare line
         feed, a binary preamble) goes to aiohttp at once instead of waiting for a blank line.
         """
-        end = buffer.find(b"\r\n\r\n", start + max(self._fed - 3, 0))
+        fed = self._fed
+        end = buffer.find(b"\r\n\r\n", start + fed - 3 if fed > 3 else start)
         head_size = len(buffer) - start if end < 0 else end + 4 - start
         if head_size > MAX_HEAD_BYTES:
             return "other"
-        if not self._feed(buffer[start + self._fed : start + head_size]):
+        if not self._feed(buffer[start + fed : start + head_size]):
             return "malformed"
         self._fed = head_size
         if end < 0:
             return "unfinished"
+        # The request line and one line per header field.
+        if buffer.count(b"\r\n", start, end + 2) > MAX_HEADERS + 1:
+            return "other"
         reason = self._read_head()
         if reason is None:
             self._head_end = head_size
@@ -353,7 +363,6 @@ class FastPath(asyncio.Protocol):
             match is None
             or not self._plain
             or not self._seen & HOST
-            or self._headers > MAX_HEADERS
             or self._length > self._max_body
             or parser.get_method() != b"POST"
             or parser.get_http_version() != "1.1"
@@ -381,21 +390,19 @@ class FastPath(asyncio.Protocol):
             answered, self._keep_alive = (500, dumps(details)), False
         if answered is None:
             return False
-        self._write(*answered, close=not self._keep_alive)
-        return True
-
-    def _write(self, status: int, payload: bytes, *, close: bool) -> None:
-        head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n" % (
-            _status_lines[status],
-            len(payload),
-            http_date(),
-        )
+        status, payload = answered
+        if not self._keep_alive:
+            self._write_and_close(status, payload)
+            return True
         transport = self._transport
         assert transport is not None
-        if not close:
-            transport.write(head + b"\r\n" + payload)
-            return
-        transport.write(head + b"Connection: close\r\n\r\n" + payload)
+        transport.write(ANSWER % (_status_lines[status], len(payload), http_date(), payload))
+        return True
+
+    def _write_and_close(self, status: int, payload: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.write(LAST_ANSWER % (_status_lines[status], len(payload), http_date(), payload))
         if self._writing_paused:
             transport.abort()  # the client does not read: nothing would flush
         else:
@@ -407,7 +414,7 @@ class FastPath(asyncio.Protocol):
         body: dict[str, str] = {"errorDetails": details}
         if self._key:
             body = {"key": self._key, **body}
-        self._write(status, dumps(body), close=True)
+        self._write_and_close(status, dumps(body))
         self._leave()
 
     def _hold(self, buffer: bytes | bytearray, start: int) -> None:
