@@ -65,22 +65,28 @@ _REPR.maxlevel = 2
 
 def flag_problems(definition: object) -> list[Problem]:
     """Every problem with one flag definition (paths like ``$.variants.on``)."""
-    return _problems(definition, _FLAG_VALIDATOR, _flag_semantics)
+    return _problems(definition, _FLAG_VALIDATOR, _flag_semantics, _flag_costs)
 
 
 def flag_set_problems(document: object) -> list[Problem]:
     """Every problem with a flagd flag-set document (paths like ``$.flags.x.state``)."""
-    return _problems(document, _FLAG_SET_VALIDATOR, _flag_set_semantics)
+    return _problems(document, _FLAG_SET_VALIDATOR, _flag_set_semantics, _flag_set_costs)
 
 
 def _problems(
     instance: object,
     validator: Draft202012Validator,
     semantics: Callable[[object, _Path], Iterator[Problem]],
+    costs: Callable[[object, _Path], Iterator[Problem]],
 ) -> list[Problem]:
     too_deep = _too_deep(instance)
     if too_deep is not None:
         return [Problem(too_deep, f"nested deeper than {MAX_DEPTH} levels")]
+    # Targeting too costly to run is refused before JSON Schema, which spends ~1 ms per
+    # targeting node (its targeting schema is a deep anyOf): seconds for a rule at the bounds.
+    costly = sorted(set(costs(instance, ())), key=lambda p: (p.path, p.message))
+    if costly:
+        return costly
     try:
         found = {_to_problem(error) for error in validator.iter_errors(instance)}
         found.update(semantics(instance, ()))
@@ -106,11 +112,8 @@ def _too_deep(instance: object) -> str | None:
     return None
 
 
-def _flag_semantics(
-    flag: object, path: _Path, evaluators: Mapping[str, Any] | None = None
-) -> Iterator[Problem]:
-    """Rules JSON Schema cannot express: ``defaultVariant`` must name a variant, and
-    targeting must stay within the engine's cost bounds (``targeting_problems``)."""
+def _flag_semantics(flag: object, path: _Path) -> Iterator[Problem]:
+    """A rule JSON Schema cannot express: ``defaultVariant`` must name a variant."""
     if not isinstance(flag, Mapping):
         return
     default, variants = flag.get("defaultVariant"), flag.get("variants")
@@ -119,21 +122,36 @@ def _flag_semantics(
             _format_path((*path, "defaultVariant")),
             f"defaultVariant {_REPR.repr(default)} is not a key of variants",
         )
+
+
+def _flag_costs(
+    flag: object, path: _Path, evaluators: Mapping[str, Any] | None = None
+) -> Iterator[Problem]:
+    """Targeting beyond the engine's cost bounds (``targeting_problems``)."""
+    if not isinstance(flag, Mapping):
+        return
     prefix = _format_path(path)
     for at, message in targeting_problems(flag.get("targeting"), evaluators):
         yield Problem(prefix + at[1:], message)
 
 
 def _flag_set_semantics(document: object, path: _Path) -> Iterator[Problem]:
+    for key, flag, _ in _flags_of(document):
+        yield from _flag_semantics(flag, (*path, "flags", key))
+
+
+def _flag_set_costs(document: object, path: _Path) -> Iterator[Problem]:
+    for key, flag, evaluators in _flags_of(document):
+        yield from _flag_costs(flag, (*path, "flags", key), evaluators)
+
+
+def _flags_of(document: object) -> Iterator[tuple[str, object, Mapping[str, Any] | None]]:
+    """(key, flag, shared evaluators) of every flag of a flag-set document."""
     flags = document.get("flags") if isinstance(document, Mapping) else None
     evaluators = document.get("$evaluators") if isinstance(document, Mapping) else None
     if isinstance(flags, Mapping):
         for key, flag in flags.items():
-            yield from _flag_semantics(
-                flag,
-                (*path, "flags", key),
-                evaluators if isinstance(evaluators, Mapping) else None,
-            )
+            yield key, flag, evaluators if isinstance(evaluators, Mapping) else None
 
 
 def _to_problem(error: ValidationError) -> Problem:

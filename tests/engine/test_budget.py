@@ -267,3 +267,11 @@ def test_the_budget_is_per_evaluation() -> None:
     context = {"l": list(range(900_000))}
     for _ in range(5):
         assert evaluate(flag, context, 0).variant == "off"
+
+
+def test_too_costly_targeting_is_refused_before_json_schema_looks_at_it() -> None:
+    """JSON Schema took 24 s over a 10,000-node rule (its targeting schema is a deep anyOf):
+    a rule over the engine's bounds is refused on the engine's count alone."""
+    rule = {"or": [{"==": [{"var": "x"}, i]} for i in range(10_001)]}
+    problems = flag_problems({**_flag(rule), "state": "NOT-A-STATE"})
+    assert [p.message for p in problems] == ["targeting has more than 10000 nodes"]
