@@ -14,33 +14,14 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from app.broker import free_port, start_broker, stop
 from app.evaluation_client import EvaluationClient
 from tests.conftest import SDK_KEY, Worker, flag, wait_until
 
 REBALANCE_WAIT_S = 20.0  # longest wait of a Kafka request while workers join or leave
 OFREP_WAIT_S = 2.0  # longest wait of an OFREP request on a steady worker, on a loaded machine
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    port = free_port()
-    process = start_broker("127.0.0.1", port)
-    yield f"127.0.0.1:{port}"
-    stop(process)
-
-
-@pytest.fixture
-def cluster() -> Iterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for worker in workers:
-        worker.stop()
 
 
 def kafka_load(broker: str, done: threading.Event, waits: list[float], errors: list[str]) -> None:

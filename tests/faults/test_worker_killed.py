@@ -9,13 +9,10 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from app.broker import free_port, start_broker, stop
 from app.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS, EXPOSURES
 from tests.conftest import SDK_KEY, Worker, flag, produce, read_topic, wait_until
 
@@ -39,22 +36,6 @@ PATIENT = {
     "FLAGSTREAM_STREAM_DEPTH": "5",
     "FLAGSTREAM_EXPOSURE_FLUSH_MS": "1000",
 }
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    port = free_port()
-    process = start_broker("127.0.0.1", port)
-    yield f"127.0.0.1:{port}"
-    stop(process)
-
-
-@pytest.fixture
-def cluster() -> Iterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for worker in workers:
-        worker.stop()
 
 
 class Load:
