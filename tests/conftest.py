@@ -127,6 +127,25 @@ def broker() -> Iterator[str]:
     stop(process)
 
 
+def own_broker() -> Iterator[str]:
+    """A broker for one test, so it counts from an empty cluster and may kill and restart
+    things. `broker = pytest.fixture(own_broker, name="broker")` in a module (or a conftest)
+    overrides the module-wide one."""
+    port = free_port()
+    process = start_broker("127.0.0.1", port)
+    yield f"127.0.0.1:{port}"
+    stop(process)
+
+
+@pytest.fixture
+def cluster(broker: str) -> Iterator[list[Worker]]:
+    """Workers a test appends here are stopped at its end, before its broker."""
+    workers: list[Worker] = []
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
 @pytest.fixture(scope="module")
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """One worker shared by a module's tests (each test uses its own environment)."""

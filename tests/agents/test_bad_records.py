@@ -30,6 +30,7 @@ from app.topics import (
     partition_for,
 )
 from tests.conftest import Worker, flag, produce, read_topic, wait_until
+from tests.costly_flags import COSTLY, DOUBLING
 
 PARTITIONS = 4  # FLAGSTREAM_FLAG_CHANGE_PARTITIONS of the test worker
 RESULT_PARTITIONS = 8  # FLAGSTREAM_EVALUATION_PARTITIONS of the test worker
@@ -37,21 +38,11 @@ RUN = uuid.uuid4().hex[:8]
 ENV = f"bad-records-{RUN}"
 
 
-def _shared(width: int, levels: int) -> dict[str, Any]:
-    """Maps whose items repeat the item: cheap to store, costly to evaluate (the engine's
-    work budget ends it), as in tests/web/test_evaluation_budget.py."""
-    built: dict[str, Any] = {"map": [[{"var": "s"}] * width, [{"var": ""}] * width]}
-    for _ in range(levels - 1):
-        built = {"map": [built, [{"var": ""}] * width]}
-    return built
-
-
 SEEDED: dict[str, dict[str, Any]] = {
     "plain": flag("on"),
-    "costly": flag(targeting={"if": [{"===": [_shared(20, 6), _shared(20, 6)]}, "on", "off"]}),
+    "costly": COSTLY,
     "versioned": flag(targeting={"if": [{"sem_ver": [{"var": "v"}, ">=", "1.2.0"]}, "on", "off"]}),
 }
-DOUBLING = {"reduce": [{"var": "arr"}, {"cat": [{"var": "accumulator"}] * 2}, "x"]}
 
 
 def nested(depth: int) -> bytes:

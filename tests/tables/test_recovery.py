@@ -7,7 +7,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app.broker import free_port, start_broker, stop
 from app.records import AppliedChange, ChangeOp, dumps
 from app.topics import FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
-from tests.conftest import EventStream, Worker, flag, produce, read_records, wait_until
+from tests.conftest import EventStream, Worker, flag, own_broker, produce, read_records, wait_until
 
 PARTITIONS = 4
 ENVS = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
-@pytest.fixture
-def broker() -> Iterator[str]:
-    """A broker per test: each test counts sequence numbers from an empty cluster."""
-    port = free_port()
-    process = start_broker("127.0.0.1", port)
-    yield f"127.0.0.1:{port}"
-    stop(process)
-
-
-@pytest.fixture
-def cluster(broker: str, tmp_path: Path) -> Iterator[list[Worker]]:
-    """Workers made by `start` share the broker and the consumer group; all stop at the end."""
-    workers: list[Worker] = []
-    yield workers
-    for worker in workers:
-        worker.stop()
+# A broker per test: each test counts sequence numbers from an empty cluster.
+broker = pytest.fixture(own_broker, name="broker")
 
 
 def start(cluster: list[Worker], broker: str, data_dir: Path) -> Worker:

@@ -23,27 +23,18 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, SDK_KEY, Worker, flag
+from tests.costly_flags import COSTLY, DOUBLING
 
 ENV = "development"  # what SDK_KEY selects
 API = "/api/v1/environments"
 MAX_BODY = 262_144  # the default FLAGSTREAM_MAX_BODY_BYTES the worker runs with
 
 
-def _shared(width: int, levels: int) -> dict[str, Any]:
-    """Maps whose items repeat the item: cheap to store, costly to evaluate (the engine's
-    work budget ends it), as in tests/web/test_evaluation_budget.py."""
-    built: dict[str, Any] = {"map": [[{"var": "s"}] * width, [{"var": ""}] * width]}
-    for _ in range(levels - 1):
-        built = {"map": [built, [{"var": ""}] * width]}
-    return built
-
-
 SEEDED: dict[str, dict[str, Any]] = {
     "plain": flag("on"),
-    "costly": flag(targeting={"if": [{"===": [_shared(20, 6), _shared(20, 6)]}, "on", "off"]}),
+    "costly": COSTLY,
     "versioned": flag(targeting={"if": [{"sem_ver": [{"var": "v"}, ">=", "1.2.0"]}, "on", "off"]}),
 }
-DOUBLING = {"reduce": [{"var": "arr"}, {"cat": [{"var": "accumulator"}] * 2}, "x"]}
 
 
 def targeted(targeting: Any) -> bytes:

@@ -17,19 +17,11 @@ import uuid
 from typing import Any
 
 from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, wait_until
+from tests.costly_flags import COSTLY
 
 SINGLE = "/ofrep/v1/evaluate/flags/"
 
 
-def _shared(width: int, levels: int) -> dict[str, Any]:
-    """Maps whose items repeat the item: width ** (levels + 1) leaves sharing their parts."""
-    built: dict[str, Any] = {"map": [[{"var": "s"}] * width, [{"var": ""}] * width]}
-    for _ in range(levels - 1):
-        built = {"map": [built, [{"var": ""}] * width]}
-    return built
-
-
-COSTLY = flag(targeting={"if": [{"===": [_shared(20, 6), _shared(20, 6)]}, "on", "off"]})
 PLAIN = flag(targeting={"if": [{"==": [{"var": "plan"}, "pro"]}, "on", "off"]})
 REPRODUCTION = flag(
     targeting={
