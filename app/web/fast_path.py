@@ -535,7 +535,8 @@ class QuietRequestHandler(RequestHandler):
         if reason is None:
             return super().handle_error(request, status, exc, message)
         self.logger.debug("bad request from %s: %s", request.remote, reason)
-        metrics.HTTP_REQUESTS.labels("unparsed", "400").inc()
+        if getattr(request, "_match_info", None) is None:  # routed: the middleware counted it
+            metrics.HTTP_REQUESTS.labels("unparsed", "400").inc()
         if request.writer.output_size > 0:  # as aiohttp: an answer was started, none fits
             raise ConnectionError("a response was started before the request failed")
         response = web.Response(status=400, text=f"400 Bad Request: {reason}")

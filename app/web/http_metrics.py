@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from app import metrics
+from app.web.fast_path import parse_error_reason
 
 API: Final = "/api/v1/environments"
 # Route names by path template: the label values dashboards already use.
@@ -63,8 +64,10 @@ async def count_responses(request: web.Request, handler: Handler) -> web.StreamR
         raise
     except asyncio.CancelledError:
         raise
-    except Exception:
-        count(route, 500)  # aiohttp answers 500 (and logs the traceback)
+    except Exception as exc:
+        # A body that breaks its own framing is the client's: the connection handler answers
+        # it 400 (`QuietRequestHandler`), anything else is ours, 500.
+        count(route, 400 if parse_error_reason(exc) is not None else 500)
         raise
     count(route, response.status)
     return response

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import re
+import socket
 
 from aiohttp import web
 from prometheus_client import REGISTRY
 
 from app.web.http_metrics import count_responses
+from tests.conftest import ADMIN_TOKEN, Worker
 
 
 def counted(route: str, status: int) -> float:
@@ -88,3 +91,35 @@ def test_every_answer_is_counted_once_by_route_name_and_status() -> None:
     )
     assert statuses == [201, 201, 409, 409, 500, 404, 405]
     assert {key: counted(*key) - before[key] for key in expected} == expected
+
+
+def test_a_body_that_breaks_its_framing_is_counted_once_as_the_400_it_gets(
+    worker: Worker,
+) -> None:
+    """A body that is not the gzip it claims fails while its view reads it; the connection
+    handler answers 400: counted so, once, under the route that read it (it was counted 500
+    by the middleware and 400 as `unparsed`)."""
+
+    def samples() -> dict[tuple[str, str], float]:
+        found = re.findall(
+            r'flagstream_http_requests_total\{route="(\w+)",status="(\d+)"\} (\S+)',
+            worker.metrics(),
+        )
+        return {(route, status): float(value) for route, status, value in found}
+
+    before = samples()
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as client:
+        client.sendall(
+            b"PUT /api/v1/environments/framing/flags/f HTTP/1.1\r\nHost: w\r\n"
+            b"Authorization: Bearer "
+            + ADMIN_TOKEN.encode()
+            + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: 12\r\n\r\nnot gzip at all"[:-3]
+        )
+        assert client.recv(65536).startswith(b"HTTP/1.1 400 ")
+    after = samples()
+    moved = {
+        key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key)
+    }
+    assert moved == {("flag", "400"): 1.0}, moved
