@@ -122,7 +122,7 @@ def decide(
     the same id is refused, as payment APIs refuse a reused idempotency key.
     """
     if earlier is not None:
-        if earlier.request in ("", change.request_digest()):
+        if earlier.answers(change):
             return None
         return Rejection(
             DeadLetterCode.IDEMPOTENCY_KEY_REUSED,

@@ -90,6 +90,11 @@ class AppliedChange:
     def deleted(self) -> bool:
         return self.definition is None
 
+    def answers(self, change: FlagChange) -> bool:
+        """Whether this is the outcome of `change`'s request, so a retry under the same change
+        id gets it (a change recorded before request digests is taken to be)."""
+        return self.request in ("", change.request_digest())
+
     def to_json(self) -> JSON:
         return {"schema": SCHEMA_VERSION, **asdict(self), "op": self.op.value}
 

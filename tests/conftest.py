@@ -160,6 +160,16 @@ def env() -> str:
     return "env-" + uuid.uuid4().hex[:10]
 
 
+# An experiment flag: every evaluation of it with a targeting key emits an exposure.
+EXPERIMENT = {
+    "state": "ENABLED",
+    "variants": {"control": "a", "treatment": "b"},
+    "defaultVariant": "control",
+    "targeting": {"fractional": [["control", 50], ["treatment", 50]]},
+    "metadata": {"experiment": True},
+}
+
+
 def flag(default: str = "off", state: str = "ENABLED", **extra: Any) -> dict[str, Any]:
     return {
         "state": state,

@@ -104,7 +104,7 @@ async def write(
     # A retry answered from the table, without a round trip; the agent decides the same way
     # for a retry that gets there first (app.changes.decide).
     done = flag_table.applied(environment, idempotency_key) if idempotency_key else None
-    if done is not None and done.request in ("", change.request_digest()):
+    if done is not None and done.answers(change):
         return ok(describe(done), headers={"ETag": etag(done.version)})
     outcome = await submit(change)
     if outcome is None:

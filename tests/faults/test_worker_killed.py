@@ -14,19 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from app.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS, EXPOSURES
-from tests.conftest import SDK_KEY, Worker, flag, produce, read_topic, wait_until
+from tests.conftest import EXPERIMENT, SDK_KEY, Worker, flag, produce, read_topic, wait_until
 
 ENVS = ("alpha", "beta", "gamma", "delta")  # spread over the 4 flag-change partitions
 EVALUATION_PARTITIONS = 8  # the default FLAGSTREAM_EVALUATION_PARTITIONS
 EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS
 SLOWEST_EVALUATION_S = 1.0  # the bound on any one OFREP answer of the survivor
-EXPERIMENT = {
-    "state": "ENABLED",
-    "variants": {"control": "a", "treatment": "b"},
-    "defaultVariant": "control",
-    "targeting": {"fractional": [["control", 50], ["treatment", 50]]},
-    "metadata": {"experiment": True},
-}
 # Writes wait for a partition's new owner (session timeout 6 s + rebalance 3 s) on a loaded
 # machine: a write that timed out would be unknown, not lost, and prove nothing. The workers
 # remember only 5 changes for the change stream: no guarantee may rest on that window. The

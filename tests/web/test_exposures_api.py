@@ -6,15 +6,7 @@ import time
 
 from app.client import AdminClient
 from app.topics import EXPOSURES
-from tests.conftest import SDK_KEY, Worker, read_topic, wait_until
-
-EXPERIMENT = {
-    "state": "ENABLED",
-    "variants": {"control": "a", "treatment": "b"},
-    "defaultVariant": "control",
-    "targeting": {"fractional": [["control", 50], ["treatment", 50]]},
-    "metadata": {"experiment": True},
-}
+from tests.conftest import EXPERIMENT, SDK_KEY, Worker, read_topic, wait_until
 
 
 def test_good_items_are_produced_and_bad_items_reported_by_index(
