@@ -173,28 +173,31 @@ def test_every_flag_state_through_the_python_provider(
     assert seen == EXPECTED
 
 
-# @openfeature/ofrep-provider 0.1.3, the newest on npm, throws on a 200 without `value`
-# ("does not match the expected format"): GENERAL, with the caller's default. OFREP leaves the
-# value out when the code default applies (`codeDefaultFlag`) and flagd-testbed requires the
-# caller's default there, so no answer can satisfy both; the provider's source fixed it
-# ("implement OFREP code default", ofrep-provider 0.2.2) but that release is not on npm.
-JS_CODE_DEFAULT = (None, "ERROR", "GENERAL")
+# The official JavaScript provider: the newest release on the npm registry this machine reaches
+# (0.1.3), and the newest upstream release (0.2.5) built from its source by `npm ci`.
+NPM_PROVIDER = "@openfeature/ofrep-provider"
+SOURCE_PROVIDER = JS_CLIENT / "dist" / "ofrep-provider-0.2.5.mjs"
+
+# 0.1.3 throws on a 200 without `value` ("does not match the expected format"): GENERAL, with the
+# caller's default. OFREP leaves the value out when the code default applies (`codeDefault`), and
+# flagd-testbed requires the caller's default there, so no answer can satisfy 0.1.3 (a value must
+# be of the caller's type, which the server cannot know); 0.2.2 implemented the code default.
+JS_0_1_3_CODE_DEFAULT = (None, "ERROR", "GENERAL")
 
 
-def test_every_flag_state_through_the_javascript_provider(worker: Worker) -> None:
+def resolve_in_node(worker: Worker, provider: str, cases: dict[str, Any]) -> dict[str, Any]:
     if shutil.which("node") is None:
         pytest.skip("node is not installed: the JavaScript OFREP provider cannot run")
-    assert (JS_CLIENT / "node_modules").is_dir(), (
+    assert (JS_CLIENT / "node_modules").is_dir() and SOURCE_PROVIDER.is_file(), (
         "run `npm ci --prefix tests/web/js` (bin/test does)"
     )
-    cases = states(worker)
     evaluations = [
         {"flag": key, "type": kind, "default": default, "context": context}
         for key, kind, default, context in cases.values()
     ]
     request = {"baseUrl": worker.url, "sdkKey": SDK_KEY, "evaluations": evaluations}
     run = subprocess.run(
-        ["node", str(JS_CLIENT / "resolve.mjs")],
+        ["node", str(JS_CLIENT / "resolve.mjs"), provider],
         input=json.dumps(request),
         capture_output=True,
         text=True,
@@ -202,13 +205,27 @@ def test_every_flag_state_through_the_javascript_provider(worker: Worker) -> Non
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    results = dict(zip(cases, json.loads(run.stdout), strict=True))
-    seen = {
+    return dict(zip(cases, json.loads(run.stdout), strict=True))
+
+
+def summary(results: dict[str, Any]) -> dict[str, tuple[Any, Any, Any, Any]]:
+    return {
         state: (r["value"], r["variant"], r["reason"], r["errorCode"])
         for state, r in results.items()
     }
+
+
+def test_every_flag_state_through_the_javascript_provider(worker: Worker) -> None:
+    """The newest official provider resolves every state as flagd would, the code default included."""
+    results = resolve_in_node(worker, str(SOURCE_PROVIDER), states(worker))
+    assert summary(results) == EXPECTED
+
+
+def test_the_npm_release_of_the_javascript_provider(worker: Worker) -> None:
+    """0.1.3 resolves every state but the two code defaults, which it cannot represent."""
+    results = resolve_in_node(worker, NPM_PROVIDER, states(worker))
     expected = dict(EXPECTED)
     for state in ("disabled", "no-default-variant"):
-        expected[state] = (EXPECTED[state][0], *JS_CODE_DEFAULT)
+        expected[state] = (EXPECTED[state][0], *JS_0_1_3_CODE_DEFAULT)
         assert "expected format" in results[state]["errorMessage"]
-    assert seen == expected
+    assert summary(results) == expected

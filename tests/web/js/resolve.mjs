@@ -1,8 +1,8 @@
 // Resolve flags through @openfeature/server-sdk with the official OFREP provider.
+// argv[2]: the provider module ('@openfeature/ofrep-provider' from npm, or a path to a build).
 // stdin: {"baseUrl", "sdkKey", "evaluations": [{"flag", "type", "default", "context"}]}
 // stdout: one JSON array, per evaluation {value, variant, reason, errorCode, errorMessage}.
 import { OpenFeature } from '@openfeature/server-sdk';
-import { OFREPProvider } from '@openfeature/ofrep-provider';
 
 const METHODS = {
   boolean: 'getBooleanDetails',
@@ -17,10 +17,11 @@ async function readStdin() {
   return JSON.parse(Buffer.concat(chunks).toString('utf8'));
 }
 
+const { OFREPProvider } = await import(process.argv[2]);
 const input = await readStdin();
 const provider = new OFREPProvider({
   baseUrl: input.baseUrl,
-  headers: { Authorization: `Bearer ${input.sdkKey}` },
+  headers: [['Authorization', `Bearer ${input.sdkKey}`]],
 });
 await OpenFeature.setProviderAndWait(provider);
 const client = OpenFeature.getClient();
