@@ -25,9 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import TopicPartition
 from mode import Service
 
-from app import metrics
 from app.engine import Reason, flag_not_found
-from app.evaluation_records import (
+from app.evaluation.records import (
     Invalid,
     Request,
     Requests,
@@ -37,10 +36,11 @@ from app.evaluation_records import (
     flag_json,
     result_json,
 )
-from app.evaluation_stats import NOT_FOUND
+from app.evaluation.stats import NOT_FOUND
+from app.infra import metrics
+from app.infra.records import JSON, DeadLetter, DeadLetterCode, Rejection, dumps
+from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
 from app.main import evaluator, faust_app, flag_table, replication, settings
-from app.records import JSON, DeadLetter, DeadLetterCode, Rejection, dumps
-from app.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
 
 log = logging.getLogger(__name__)
 SOURCE = "kafka"  # the `path` label of the evaluation metrics and the `source` of exposures

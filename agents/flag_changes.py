@@ -15,11 +15,18 @@ import logging
 import time
 from typing import Any
 
-from app import metrics
-from app.changes import decide, decode_change
+from app.control.changes import decide, decode_change
+from app.infra import metrics
+from app.infra.records import (
+    AppliedChange,
+    DeadLetter,
+    DeadLetterCode,
+    FlagChange,
+    Rejection,
+    dumps,
+)
+from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
 from app.main import faust_app, flag_changes_topic, flag_table, replication, settings
-from app.records import AppliedChange, DeadLetter, DeadLetterCode, FlagChange, Rejection, dumps
-from app.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
 
 log = logging.getLogger(__name__)
 

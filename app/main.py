@@ -1,8 +1,8 @@
 """The Faust application: one worker process of flagstream.
 
-Built from the environment (`app.settings`), it holds the flag table (`tables.flags`) kept
+Built from the environment (`app.infra.settings`), it holds the flag table (`tables.flags`) kept
 current by `tables.replication`, runs the agents in `agents/` and serves the HTTP API in
-`app/web/`. `flagstream worker` (see `app.cli`) starts it.
+`app/web/`. `flagstream worker` (see `app.cli.commands`) starts it.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 import faust
 from prometheus_client import REGISTRY
 
-from app import metrics
-from app.evaluation import Evaluator
-from app.evaluation_stats import EvaluationStats
-from app.exposures import ExposureSink
-from app.fetch_wait import bound_fetch_wait
-from app.live_flags import LiveFlags
-from app.outcomes import Outcomes
-from app.settings import Settings
-from app.topics import FLAG_CHANGES
+from app.control.outcomes import Outcomes
+from app.evaluation.evaluator import Evaluator
+from app.evaluation.live_flags import LiveFlags
+from app.evaluation.stats import EvaluationStats
+from app.experiments.exposures import ExposureSink
+from app.infra import metrics
+from app.infra.fetch_wait import bound_fetch_wait
+from app.infra.settings import Settings
+from app.infra.topics import FLAG_CHANGES
 from app.web.http_metrics import count_responses
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -48,12 +48,12 @@ faust_app = faust.App(
     consumer_auto_offset_reset="earliest",
     topic_partitions=settings.flag_change_partitions,
     topic_replication_factor=settings.replication_factor,
-    topic_allow_declare=False,  # app.topics.ensure_topics creates every topic, once
+    topic_allow_declare=False,  # app.infra.topics.ensure_topics creates every topic, once
     topic_disable_leader=True,  # no leader election: it would need one more topic
     producer_acks=-1,
 )
 
-# The one topic a Faust agent reads (app.topics names and sizes every topic): raw bytes, so
+# The one topic a Faust agent reads (app.infra.topics names and sizes every topic): raw bytes, so
 # the agent decodes at the edge and bad input becomes a dead letter, not a crash loop.
 flag_changes_topic = faust_app.topic(
     FLAG_CHANGES,

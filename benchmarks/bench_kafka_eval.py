@@ -42,9 +42,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.broker import free_port, start_broker, stop  # noqa: E402
-from app.evaluation_records import encode_requests  # noqa: E402
-from app.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS  # noqa: E402
+from app.evaluation.records import encode_requests  # noqa: E402
+from app.infra.broker import free_port, start_broker, stop  # noqa: E402
+from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS  # noqa: E402
 from tests.conftest import Worker, flag  # noqa: E402
 
 PARTITIONS = 8  # FLAGSTREAM_EVALUATION_PARTITIONS' default, for requests and results
@@ -76,7 +76,7 @@ def faust_consume_only(brokers: str, group: str, count: int) -> None:
     """
     import faust
 
-    from app.fetch_wait import bound_fetch_wait
+    from app.infra.fetch_wait import bound_fetch_wait
 
     bound_fetch_wait(10)
     app = faust.App(
@@ -112,7 +112,7 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
     """Consume, evaluate with the engine, produce: no Faust, the same records in and out."""
     from app.engine import compile_flag, evaluate
     from app.engine.model import CompiledFlag
-    from app.evaluation_records import (
+    from app.evaluation.records import (
         Request,
         Requests,
         decode_requests,

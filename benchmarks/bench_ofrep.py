@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.broker import free_port, start_broker, stop
+from app.infra.broker import free_port, start_broker, stop
 from tests.conftest import REPO, SDK_KEY, Worker
 
 FLAG_KEY = "checkout-split"

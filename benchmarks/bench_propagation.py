@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.broker import free_port, start_broker, stop
+from app.infra.broker import free_port, start_broker, stop
 from tests.conftest import EventStream, Worker, flag
 
 

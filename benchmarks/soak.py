@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.broker import free_port, start_broker, stop
-from app.evaluation_client import EvaluationClient
+from app.evaluation.client import EvaluationClient
+from app.infra.broker import free_port, start_broker, stop
 from tests.conftest import SDK_KEY, Worker
 
 EXPERIMENT = {

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
-from app.records import AppliedChange, dumps
+from app.infra.records import AppliedChange, dumps
 
 Listener = Callable[[AppliedChange], None]
 

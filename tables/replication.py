@@ -46,11 +46,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from app import metrics
-from app.outcomes import Outcomes
-from app.records import AppliedChange
-from app.settings import Settings
-from app.topics import DEAD_LETTERS, FLAGS_CHANGELOG, ensure_topics, topic_specs
+from app.control.outcomes import Outcomes
+from app.infra import metrics
+from app.infra.records import AppliedChange
+from app.infra.settings import Settings
+from app.infra.topics import DEAD_LETTERS, FLAGS_CHANGELOG, ensure_topics, topic_specs
 from tables.flags import FlagTable
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ class FlagReplication(Service):
 
     def _set_broker_state(self, state: BrokerState) -> None:
         if state is not self.broker_state:
-            # One template per state: the log's repeat limit (app.log_limit) keys on it.
+            # One template per state: the log's repeat limit (app.infra.log_limit) keys on it.
             if state is BrokerState.REACHABLE:
                 log.info("broker %s reachable: writes accepted", self.settings.bootstrap)
             elif state is BrokerState.UNREACHABLE:

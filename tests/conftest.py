@@ -25,9 +25,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from hypothesis import HealthCheck, settings
 
-from app.broker import free_port, start_broker, stop
-from app.cli import wait_ready
-from app.client import AdminClient
+from app.cli.commands import wait_ready
+from app.control.client import AdminClient
+from app.infra.broker import free_port, start_broker, stop
 
 # Property tests check what is generated, not how fast: a loaded CI machine (or a worker
 # process beside the tests) must not turn slow generation into a failure. The suite is

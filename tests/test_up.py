@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from app.broker import free_port
-from app.client import AdminClient
-from app.restore import origin
+from app.control.client import AdminClient
+from app.control.restore import origin
+from app.infra.broker import free_port
 from tests.conftest import REPO, flag
 
 BANNER_END = "Ctrl-C stops everything."

@@ -12,13 +12,13 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from app.changes import MAX_CHANGE_ID, STATES, valid_key
+from app.control.changes import MAX_CHANGE_ID, STATES, valid_key
+from app.control.writer import new_change, submit
+from app.infra.records import AppliedChange, ChangeOp
 from app.main import faust_app, flag_table, replication, settings
-from app.records import AppliedChange, ChangeOp
 from app.web import inputs
 from app.web.auth import Access, holds_secret, refuse
 from app.web.responses import error, ok
-from app.writer import new_change, submit
 
 API = "/api/v1/environments"
 
@@ -29,7 +29,7 @@ REJECTION_STATUS = {
     "FLAG_NOT_FOUND": 404,
     "MALFORMED": 400,
     "IDEMPOTENCY_KEY_REUSED": 422,
-    "BROKER_UNAVAILABLE": 503,  # app.outcomes.broker_unavailable: retry later, same key
+    "BROKER_UNAVAILABLE": 503,  # app.control.outcomes.broker_unavailable: retry later, same key
 }
 
 
@@ -102,7 +102,7 @@ async def write(
         environment, flag, op, actor, expected_version=expected, change_id=idempotency_key, **fields
     )
     # A retry answered from the table, without a round trip; the agent decides the same way
-    # for a retry that gets there first (app.changes.decide).
+    # for a retry that gets there first (app.control.changes.decide).
     done = flag_table.applied(environment, idempotency_key) if idempotency_key else None
     if done is not None and done.answers(change):
         return ok(describe(done), headers={"ETag": etag(done.version)})

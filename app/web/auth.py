@@ -16,7 +16,7 @@ from enum import IntEnum
 
 from aiohttp import web
 
-from app.settings import Settings
+from app.infra.settings import Settings
 from app.web.responses import error
 
 

@@ -16,8 +16,8 @@ from aiohttp import web
 from faust.web import View
 
 from app.engine import ErrorCode, Reason, Resolution
-from app.evaluation import resolve
-from app.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag
+from app.evaluation.evaluator import resolve
+from app.evaluation.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag
 from app.main import faust_app, flag_table, live_flags, settings
 from app.web.admin import API, check_keys, read_json, recovering
 from app.web.auth import may_read_environment

@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from app import metrics
-from app.changes import valid_key
-from app.exposures import Pending, exposure_id
+from app.control.changes import valid_key
+from app.experiments.exposures import Pending, exposure_id
+from app.infra import metrics
 from app.main import exposure_sink, faust_app, live_flags, settings
 from app.web.admin import read_json, recovering
 from app.web.auth import sdk_environment

@@ -15,7 +15,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from app import metrics
+from app.infra import metrics
 from app.web.fast_path import parse_error_reason
 
 API: Final = "/api/v1/environments"

@@ -2,7 +2,7 @@
 
 `read_body` reads the WHOLE body, however it arrives (in several TCP segments, or chunked),
 up to a limit: `request.content.read(n)` returns what has arrived so far, which cut a large
-or slowly sent body short and made it "not JSON". `read_json` adds `app.json_input`'s strict,
+or slowly sent body short and made it "not JSON". `read_json` adds `app.infra.json_input`'s strict,
 depth-bounded parse. Each surface (admin API, OFREP) gives the refusal its own error shape.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from app.json_input import Unacceptable, parse_json
+from app.infra.json_input import Unacceptable, parse_json
 
 # A version or sequence number as clients send it back: ASCII digits, within a signed 64 bits.
 # `str.isdigit()` accepts "²" and `int()` refuses more than 4300 digits: both were 500s.
@@ -50,7 +50,7 @@ async def read_body(request: web.Request, limit: int) -> bytes | Refused:
 
 
 async def read_json(request: web.Request, limit: int) -> Any:
-    """The body as JSON (`app.json_input.parse_json`), or a `Refused`."""
+    """The body as JSON (`app.infra.json_input.parse_json`), or a `Refused`."""
     raw = await read_body(request, limit)
     if isinstance(raw, Refused):
         return raw

@@ -1,6 +1,6 @@
 """Prometheus metrics on their own port, apart from the HTTP API.
 
-The metrics name every evaluated flag key and variant (`app.evaluation_stats`), which the API
+The metrics name every evaluated flag key and variant (`app.evaluation.stats`), which the API
 shows only to a credential, so they are not on the API port: this site serves `/metrics` on
 FLAGSTREAM_METRICS_HOST:FLAGSTREAM_METRICS_PORT, the loopback unless a deployment says otherwise.
 

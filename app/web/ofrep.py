@@ -31,6 +31,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from app.engine import ErrorCode, Resolution
+from app.infra.records import dumps
 from app.main import (
     evaluation_stats,
     evaluator,
@@ -40,7 +41,6 @@ from app.main import (
     replication,
     settings,
 )
-from app.records import dumps
 from app.web import inputs
 from app.web.auth import Access, access_of, bearer, sdk_environment, sdk_key_environment
 from app.web.fast_path import FastPathWeb
@@ -178,7 +178,7 @@ def parse_context(raw: bytes) -> dict[str, Any] | Rejection:
 
     A missing body or `context` is the empty context: the Python OFREP provider sends `{}`
     when the caller has no context. `targetingKey`, when present, must be a string. A body
-    nested too deep (`app.json_input.MAX_DEPTH`) is an invalid context.
+    nested too deep (`app.infra.json_input.MAX_DEPTH`) is an invalid context.
     """
     if not raw:
         return {}

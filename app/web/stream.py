@@ -25,9 +25,9 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from app import metrics
+from app.infra import metrics
+from app.infra.records import AppliedChange
 from app.main import faust_app, flag_table, settings
-from app.records import AppliedChange
 from app.web.admin import API, check_keys, describe, recovering
 from app.web.auth import Access, access_of, bearer, refuse
 from app.web.responses import error

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from app.evaluation_client import EvaluationClient
-from app.records import MAX_DEAD_LETTER_PAYLOAD
-from app.topics import (
+from app.evaluation.client import EvaluationClient
+from app.infra.records import MAX_DEAD_LETTER_PAYLOAD
+from app.infra.topics import (
     DEAD_LETTERS,
     EVALUATION_REQUESTS,
     EVALUATION_RESULTS,

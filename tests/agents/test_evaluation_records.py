@@ -1,4 +1,4 @@
-"""The request decoder and result encoder as data: no broker (app/evaluation_records.py)."""
+"""The request decoder and result encoder as data: no broker (app/evaluation/records.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.evaluation_records import (
+from app.evaluation.records import (
     RESULT_RECORD_BYTES,
     TOO_LARGE,
     Invalid,
@@ -22,7 +22,7 @@ from app.evaluation_records import (
     error_json,
     valid_reply_topic,
 )
-from app.records import Rejection
+from app.infra.records import Rejection
 
 GOOD = {"request_id": "r1", "environment": "prod", "flags": ["a"], "context": {"x": 1}}
 

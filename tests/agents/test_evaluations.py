@@ -13,9 +13,9 @@ import pytest
 
 from app.engine import compile_flag, evaluate
 from app.engine.model import CompiledFlag
-from app.evaluation_client import EvaluationClient
-from app.evaluation_records import EvaluationResult
-from app.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
+from app.evaluation.client import EvaluationClient
+from app.evaluation.records import EvaluationResult
+from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
 from tests.conftest import Worker, flag, produce, read_topic, wait_until
 
 RESULT_PARTITIONS = 8  # the default FLAGSTREAM_EVALUATION_PARTITIONS the worker runs with

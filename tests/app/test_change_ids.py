@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.changes import decide, decode_change
-from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection, dumps
+from app.control.changes import decide, decode_change
+from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection, dumps
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 PUT = FlagChange("key-1", "dev", "f", ChangeOp.PUT, "me", 5.0, definition=FLAG)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.changes import decide, decode_change
-from app.json_input import MAX_DEPTH
-from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+from app.control.changes import decide, decode_change
+from app.infra.json_input import MAX_DEPTH
+from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 
@@ -70,7 +70,7 @@ def test_undecodable_changes_are_malformed(raw: bytes, path: str | None) -> None
 
 
 def test_a_command_nested_deeper_than_the_bound_is_malformed() -> None:
-    """Over-deep JSON is refused where it enters, as at the HTTP edge (app.json_input)."""
+    """Over-deep JSON is refused where it enters, as at the HTTP edge (app.infra.json_input)."""
     deep = {**FLAG, "variants": {"on": nested(MAX_DEPTH), "off": False}}
     result = decode_change(envelope(definition=deep))
     assert isinstance(result, Rejection)

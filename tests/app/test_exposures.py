@@ -11,10 +11,10 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from app.client import AdminClient
-from app.evaluation_client import EvaluationClient
-from app.evaluation_records import EvaluationResult
-from app.topics import EXPOSURES, partition_of
+from app.control.client import AdminClient
+from app.evaluation.client import EvaluationClient
+from app.evaluation.records import EvaluationResult
+from app.infra.topics import EXPOSURES, partition_of
 from tests.conftest import SDK_KEY, Worker, flag, read_records, read_topic, wait_until
 
 EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS

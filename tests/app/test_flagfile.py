@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.flagfile import FlagFileError, flags_of, plan
+from app.control.flagfile import FlagFileError, flags_of, plan
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 

@@ -1,4 +1,4 @@
-"""Untrusted JSON at the edge: strict, and no deeper than MAX_DEPTH (app.json_input)."""
+"""Untrusted JSON at the edge: strict, and no deeper than MAX_DEPTH (app.infra.json_input)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.json_input import MAX_DEPTH, Unacceptable, nested_deeper, parse_json
+from app.infra.json_input import MAX_DEPTH, Unacceptable, nested_deeper, parse_json
 
 
 def depth(value: Any) -> int:

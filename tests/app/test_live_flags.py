@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.live_flags import BEYOND_HISTORY, LiveFlag, LiveFlags
-from app.records import AppliedChange, ChangeOp
+from app.evaluation.live_flags import BEYOND_HISTORY, LiveFlag, LiveFlags
+from app.infra.records import AppliedChange, ChangeOp
 from tables.flags import FlagTable
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}

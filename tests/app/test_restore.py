@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from app.broker import free_port, start_broker, stop
-from app.cli import main
-from app.restore import origin, plan, read_table
+from app.cli.commands import main
+from app.control.restore import origin, plan, read_table
+from app.infra.broker import free_port, start_broker, stop
 from tests.conftest import ADMIN_TOKEN, Worker, flag
 
 HISTORY_DEPTH = 3

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from app.settings import SETTINGS, Settings
+from app.infra.settings import SETTINGS, Settings
 
 
 def test_every_setting_has_a_field_and_every_field_a_setting() -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.evaluation_client import EvaluationClient
+from app.evaluation.client import EvaluationClient
 from tests.conftest import SDK_KEY, Worker, flag, wait_until
 
 REBALANCE_WAIT_S = 20.0  # longest wait of a Kafka request while workers join or leave

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS, EXPOSURES
+from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS, EXPOSURES
 from tests.conftest import EXPERIMENT, SDK_KEY, Worker, flag, produce, read_topic, wait_until
 
 ENVS = ("alpha", "beta", "gamma", "delta")  # spread over the 4 flag-change partitions

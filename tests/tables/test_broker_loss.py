@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from app.broker import free_port, start_broker, stop
-from app.client import AdminClient, AdminError
+from app.control.client import AdminClient, AdminError
+from app.infra.broker import free_port, start_broker, stop
 from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, wait_until
 
 APP_ID = "flagstream-broker-loss"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from app.records import AppliedChange, ChangeOp
+from app.infra.records import AppliedChange, ChangeOp
 from tables.flags import FlagTable
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.broker import free_port, start_broker, stop
-from app.records import AppliedChange, ChangeOp, dumps
-from app.topics import FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+from app.infra.broker import free_port, start_broker, stop
+from app.infra.records import AppliedChange, ChangeOp, dumps
+from app.infra.topics import FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
 from tests.conftest import EventStream, Worker, flag, own_broker, produce, read_records, wait_until
 
 PARTITIONS = 4

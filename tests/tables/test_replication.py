@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from app.outcomes import Outcomes
-from app.records import AppliedChange, ChangeOp, dumps
-from app.settings import Settings
+from app.control.outcomes import Outcomes
+from app.infra.records import AppliedChange, ChangeOp, dumps
+from app.infra.settings import Settings
 from tables.flags import FlagTable
 from tables.replication import FENCE_KEY, FlagReplication
 

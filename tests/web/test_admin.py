@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from app.client import AdminClient
-from app.records import ChangeOp, FlagChange, dumps
-from app.topics import DEAD_LETTERS, FLAG_CHANGES, partition_for
+from app.control.client import AdminClient
+from app.infra.records import ChangeOp, FlagChange, dumps
+from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, partition_for
 from tests.conftest import (
     ADMIN_TOKEN,
     READ_TOKEN,

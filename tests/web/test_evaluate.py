@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from app.client import AdminClient
+from app.control.client import AdminClient
 from tests.conftest import READ_TOKEN, SDK_KEY, Worker, flag
 
 COLORS = {"state": "ENABLED", "variants": {"red": "red", "blue": "blue"}, "defaultVariant": "red"}

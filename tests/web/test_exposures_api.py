@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from app.client import AdminClient
-from app.topics import EXPOSURES
+from app.control.client import AdminClient
+from app.infra.topics import EXPOSURES
 from tests.conftest import EXPERIMENT, SDK_KEY, Worker, read_topic, wait_until
 
 

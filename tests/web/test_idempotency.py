@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from app.client import AdminClient, Reply
+from app.control.client import AdminClient, Reply
 from tests.conftest import Worker, flag
 
 

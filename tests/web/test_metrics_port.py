@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from app.broker import free_port
+from app.infra.broker import free_port
 from app.web.metrics_site import MetricsSite
 from tests.conftest import SDK_KEY, Worker, flag
 
@@ -68,8 +68,8 @@ def test_the_metrics_port_serves_the_whole_registry(worker: Worker) -> None:
     with urllib.request.urlopen(worker.metrics_url, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
-    assert "flagstream_ready 1.0" in text  # a metric of app.metrics
-    assert f'flag="{key}"' in text  # the custom collector (app.evaluation_stats)
+    assert "flagstream_ready 1.0" in text  # a metric of app.infra.metrics
+    assert f'flag="{key}"' in text  # the custom collector (app.evaluation.stats)
 
 
 def test_the_metrics_port_listens_on_the_loopback_only_by_default(worker: Worker) -> None:

@@ -216,7 +216,7 @@ def summary(results: dict[str, Any]) -> dict[str, tuple[Any, Any, Any, Any]]:
 
 
 def test_every_flag_state_through_the_javascript_provider(worker: Worker) -> None:
-    """The newest official provider resolves every state as flagd would, the code default included."""
+    """The newest official provider resolves every state as flagd does, code default included."""
     results = resolve_in_node(worker, str(SOURCE_PROVIDER), states(worker))
     assert summary(results) == EXPECTED
 

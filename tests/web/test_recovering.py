@@ -6,8 +6,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app.client import AdminClient
-from app.topics import FLAGS_CHANGELOG
+from app.control.client import AdminClient
+from app.infra.topics import FLAGS_CHANGELOG
 from tables.replication import FENCE_KEY
 from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, produce
 

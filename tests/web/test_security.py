@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from app.topics import DEAD_LETTERS, FLAG_CHANGES
+from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, REPO, SDK_KEY, Worker, flag, read_topic
 from tests.web.test_bad_input import exchange
 

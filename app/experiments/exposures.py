@@ -22,10 +22,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from app import metrics
-from app.records import SCHEMA_VERSION, dumps
-from app.settings import Settings
-from app.topics import EXPOSURES, partition_of
+from app.infra import metrics
+from app.infra.records import SCHEMA_VERSION, dumps
+from app.infra.settings import Settings
+from app.infra.topics import EXPOSURES, partition_of
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from app.engine import CompiledFlag, compile_flag
-from app.records import AppliedChange
+from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
 EXPERIMENT_KEY = "experiment"  # flag metadata: true marks an experiment (exposures are emitted)

@@ -40,8 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.client import AdminClient, AdminError, Reply
-from app.records import JSON, AppliedChange
+from app.control.client import AdminClient, AdminError, Reply
+from app.infra.records import JSON, AppliedChange
 from tables.flags import FlagTable
 
 MARKER = "restore:"

@@ -11,8 +11,8 @@ import re
 from typing import Any
 
 from app.engine.schema import flag_problems
-from app.json_input import Unacceptable, parse_json
-from app.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+from app.infra.json_input import Unacceptable, parse_json
+from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
 
 # Environment and flag keys end up in URLs, Kafka keys and RocksDB keys separated by "/".
 # Matched whole (`fullmatch`): `$` would let a final newline through.

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from app.control.outcomes import Outcome, broker_unavailable
+from app.infra.records import ChangeOp, FlagChange, dumps
+from app.infra.topics import FLAG_CHANGES, partition_for
 from app.main import faust_app, outcomes, replication, settings
-from app.outcomes import Outcome, broker_unavailable
-from app.records import ChangeOp, FlagChange, dumps
-from app.topics import FLAG_CHANGES, partition_for
 
 
 def new_change(

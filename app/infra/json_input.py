@@ -1,6 +1,6 @@
 """Untrusted JSON, parsed the same way at every edge: HTTP bodies and `flag-changes` records.
 
-Strict JSON (orjson, as `app.records.loads`: no NaN, no lone surrogates), at most MAX_DEPTH
+Strict JSON (orjson, as `app.infra.records.loads`: no NaN, no lone surrogates), at most MAX_DEPTH
 containers deep. Deeper documents are refused here, before any code recurses over them:
 `dataclasses.asdict` of a change (~4 frames a level), `json.dumps` of a context, comparisons
 in the engine each raise RecursionError somewhere far from the edge, which was a 500 on the
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from app.records import loads
+from app.infra.records import loads
 
 # Objects and arrays inside one another; a scalar is depth 0, `[]` depth 1.
 MAX_DEPTH: Final = 64

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.engine import ErrorCode, Reason, Resolution, evaluate, flag_not_found
-from app.evaluation_stats import NOT_FOUND, EvaluationStats
-from app.exposures import ExposureSink, exposure_id
-from app.live_flags import LiveFlag, LiveFlags
+from app.evaluation.live_flags import LiveFlag, LiveFlags
+from app.evaluation.stats import NOT_FOUND, EvaluationStats
+from app.experiments.exposures import ExposureSink, exposure_id
 
 Evaluated = tuple[str, LiveFlag | None, Resolution]
 

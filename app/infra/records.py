@@ -1,7 +1,7 @@
 """What flagstream writes to Kafka and keeps in its tables, with their JSON forms.
 
 Every record carries `schema` (an integer) so consumers can refuse what they don't know;
-docs/topics.md documents each form. Decoding of untrusted bytes lives in `app/changes.py`;
+docs/topics.md documents each form. Decoding of untrusted bytes lives in `app/control/changes.py`;
 here are only the shapes and their lossless JSON round trip.
 """
 

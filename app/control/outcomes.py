@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.records import AppliedChange
+from app.infra.records import AppliedChange
 
 Outcome = AppliedChange | dict[str, Any]  # an applied change, or a dead letter's JSON
 

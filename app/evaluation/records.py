@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from app.changes import KEY_PATTERN
+from app.control.changes import KEY_PATTERN
 from app.engine import Resolution
-from app.live_flags import LiveFlag
-from app.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps, loads
-from app.topics import EVALUATION_RESULTS
+from app.evaluation.live_flags import LiveFlag
+from app.infra.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps, loads
+from app.infra.topics import EVALUATION_RESULTS
 
 # A worker writes results only to `evaluation-results` or a topic under `evaluation-results.`:
 # a reply topic is chosen by whoever can produce a request, and without this bound anyone who

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
-from app.settings import Settings
+from app.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The embedded broker keeps nothing across a restart, but the worker's flag table does. Each
 `up` therefore starts its worker on an empty table and restores the previous run's table
-into the fresh broker (`app.restore`), and reuses the admin token and SDK key it made the
+into the fresh broker (`app.control.restore`), and reuses the admin token and SDK key it made the
 first time, so scripts and SDKs configured against it keep working.
 
     <data dir>/keys.json     the admin token and the SDK key (mode 0600, made by the first `up`)

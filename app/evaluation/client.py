@@ -21,13 +21,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.evaluation_records import (
+from app.evaluation.records import (
     EvaluationResult,
     decode_results,
     encode_requests,
     valid_reply_topic,
 )
-from app.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
+from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
 
 
 class EvaluationClient:

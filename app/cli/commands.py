@@ -20,13 +20,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from app import up_state
-from app.client import AdminClient, AdminError
-from app.flagfile import FlagFileError, flags_of
-from app.flagfile import plan as plan_apply
-from app.restore import RestoreError, plan, read_table, restore, totals
+from app.cli import up_state
+from app.control.client import AdminClient, AdminError
+from app.control.flagfile import FlagFileError, flags_of
+from app.control.flagfile import plan as plan_apply
+from app.control.restore import RestoreError, plan, read_table, restore, totals
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flags.json"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flags.json"
 RESTORE_JOBS = 8  # flags restored at once (each flag's versions in order): ~2x one at a time
 
 
@@ -42,10 +42,10 @@ def default_url() -> str:
 
 def run_worker(_: argparse.Namespace) -> int:
     """Create the topics, then run the Faust worker in this process until it is stopped."""
-    from app.log_limit import RepeatLimiter
+    from app.infra.log_limit import RepeatLimiter
+    from app.infra.shutdown import ShutdownWatchdog
+    from app.infra.topics import ensure_topics
     from app.main import faust_app, settings
-    from app.shutdown import ShutdownWatchdog
-    from app.topics import ensure_topics
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
@@ -58,7 +58,7 @@ def run_worker(_: argparse.Namespace) -> int:
 
 
 def run_broker(args: argparse.Namespace) -> int:
-    from app.broker import broker_command
+    from app.infra.broker import broker_command
 
     os.execv(broker_command(args.host, args.port)[0], broker_command(args.host, args.port))
 
@@ -88,7 +88,7 @@ def run_up(args: argparse.Namespace) -> int:
     The data dir keeps the admin token, the SDK key and the worker's table across runs; the
     table of the last run is restored into the fresh (empty) broker before anything else.
     """
-    from app.broker import free_port, port_open, start_broker, stop
+    from app.infra.broker import free_port, port_open, start_broker, stop
 
     host = "127.0.0.1"
     kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
@@ -354,7 +354,3 @@ def main(argv: list[str] | None = None) -> int:
     except (AdminError, FlagFileError, OSError, ValueError) as exc:
         print(f"flagstream: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
