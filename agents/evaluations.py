@@ -26,6 +26,7 @@ from aiokafka.structs import TopicPartition
 from mode import Service
 
 from app.engine import Reason, flag_not_found
+from app.evaluation.evaluator import Evaluator
 from app.evaluation.records import (
     Invalid,
     Request,
@@ -39,8 +40,12 @@ from app.evaluation.records import (
 from app.evaluation.stats import NOT_FOUND
 from app.infra import metrics
 from app.infra.records import JSON, DeadLetter, DeadLetterCode, Rejection, dumps
+from app.infra.settings import Settings
 from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
-from app.main import evaluator, faust_app, flag_table, replication, settings
+from tables.flags import FlagTable
+from tables.replication import FlagReplication
+
+__all__ = ["EvaluationRequests"]
 
 log = logging.getLogger(__name__)
 SOURCE = "kafka"  # the `path` label of the evaluation metrics and the `source` of exposures
@@ -55,15 +60,25 @@ EVALUATION_REQUESTS_EVALUATED = metrics.EVALUATION_REQUESTS.labels("evaluated")
 EVALUATION_REQUESTS_MALFORMED = metrics.EVALUATION_REQUESTS.labels("malformed")
 EVALUATION_REQUESTS_UNANSWERED = metrics.EVALUATION_REQUESTS.labels("unanswered")
 
-# Reply topic -> (exists, when checked, monotonic seconds).
-reply_topics: dict[str, tuple[bool, float]] = {}
-
 
 class EvaluationRequests(Service):
     """Consumes `evaluation-requests` in a consumer group and answers every record."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        flags: FlagTable,
+        replication: FlagReplication,
+        evaluator: Evaluator,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.settings = settings
+        self.flags = flags
+        self.replication = replication
+        self.evaluator = evaluator
+        # Reply topic -> (exists, when checked, monotonic seconds).
+        self.reply_topics: dict[str, tuple[bool, float]] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         # Next offset to commit per partition: one past the last record answered.
@@ -71,22 +86,22 @@ class EvaluationRequests(Service):
 
     async def on_start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
+            bootstrap_servers=self.settings.bootstrap,
             acks="all",
             linger_ms=2,
             max_batch_size=256 * 1024,
-            enable_idempotence=settings.producer_idempotence,
+            enable_idempotence=self.settings.producer_idempotence,
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
-            group_id=f"{settings.app_id}-evaluations",
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=f"{self.settings.app_id}-evaluations",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_poll_records=MAX_POLL_RECORDS,
-            rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
-            session_timeout_ms=int(settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_s * 1000),
+            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.settings.heartbeat_s * 1000),
         )
         await self.producer.start()
         await self.consumer.start()
@@ -102,7 +117,7 @@ class EvaluationRequests(Service):
     async def _answer_forever(self) -> None:
         # Answering before the flag table has caught up would say FLAG_NOT_FOUND for flags
         # that exist: join the group only once it has.
-        await replication.ready.wait()
+        await self.replication.ready.wait()
         assert self.consumer is not None
         self.consumer.subscribe([EVALUATION_REQUESTS], listener=_CommitOnRevoke(self))
         last_commit = time.monotonic()
@@ -111,7 +126,7 @@ class EvaluationRequests(Service):
             batches = await self.consumer.getmany(timeout_ms=1000)
             for tp, records in batches.items():
                 for record in records:
-                    await handle(record.key, record.value, tp.partition, record.offset)
+                    await self.handle(record.key, record.value, tp.partition, record.offset)
                     if time.perf_counter() > yield_at:
                         await asyncio.sleep(0)  # let the web server and heartbeats run
                         yield_at = time.perf_counter() + HOLD_LOOP_S
@@ -135,6 +150,144 @@ class EvaluationRequests(Service):
             except Exception as exc:  # a rebalance in between: the next owner answers again
                 log.warning("committing %s failed: %r", offsets, exc)
 
+    async def handle(
+        self, key: bytes | None, raw: bytes | None, partition: int, offset: int
+    ) -> None:
+        """Answer one record; a failure of any kind ends in a dead letter, never an exception."""
+        started = time.perf_counter()
+        try:
+            decoded = decode_requests(raw)
+            if isinstance(decoded, Requests) and not await self.reply_topic_exists(
+                decoded.reply_to
+            ):
+                decoded = self._unknown_reply_topic(decoded)
+            answer = [] if isinstance(decoded, Rejection) else self.evaluate(decoded)
+        except Exception as exc:  # a bug must not stop the data plane: park the record
+            log.exception("answering %s/%d/%d failed", EVALUATION_REQUESTS, partition, offset)
+            decoded, answer = Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}"), []
+        if answer:
+            assert isinstance(decoded, Requests)
+            for value in answer:
+                await self.send(decoded.reply_to, key, value)
+        if isinstance(decoded, Rejection):
+            await self.dead_letter(
+                decoded.code, decoded.reason, decoded.problems, raw, partition, offset
+            )
+        elif decoded.problems:
+            reason = "malformed evaluation request(s)"
+            await self.dead_letter(
+                DeadLetterCode.MALFORMED, reason, decoded.problems, raw, partition, offset
+            )
+        self.evaluator.stats.observe(SOURCE, time.perf_counter() - started)
+
+    def evaluate(self, decoded: Requests) -> list[bytes]:
+        """The result records for a decoded record (none when no item has an id to answer)."""
+        now = time.time()
+        results: list[JSON] = []
+        malformed = 0
+        for item in decoded.items:
+            if isinstance(item, Request):
+                results.append(result_json(item, self.evaluate_one(item, now), now))
+            else:
+                malformed += 1
+                if item.request_id is not None or decoded.batch:
+                    results.append(error_json(item, now))
+        if malformed:
+            EVALUATION_REQUESTS_MALFORMED.inc(malformed)
+        if len(decoded.items) > malformed:
+            EVALUATION_REQUESTS_EVALUATED.inc(len(decoded.items) - malformed)
+        return encode_results(results, decoded.batch) if results else []
+
+    def evaluate_one(self, request: Request, now: float) -> list[JSON]:
+        """Every flag the request asks for, as result entries."""
+        if self.flags.environment_seq(request.environment) == 0:
+            # An environment that never had a flag: answered without the evaluator, so names a
+            # requester makes up neither fill its per-environment cache nor become metric labels.
+            self.evaluator.stats.count(SOURCE, NOT_FOUND, NOT_FOUND, "", Reason.ERROR)
+            return [flag_json(key, None, flag_not_found(key)) for key in request.flags or ()]
+        evaluated = self.evaluator.many(
+            request.environment, request.flags, request.context, now, SOURCE
+        )
+        return [flag_json(key, live, resolution) for key, live, resolution in evaluated]
+
+    async def reply_topic_exists(self, topic: str) -> bool:
+        """Whether the producer can reach `topic`, asked of the broker once per topic.
+
+        Producing to a missing topic would hold this loop for the producer's whole request
+        timeout (aiokafka waits for its metadata); a missing topic is remembered for a while, so
+        requests naming one cannot stall the agent either.
+        """
+        known = self.reply_topics.get(topic)
+        if known is not None and (known[0] or time.monotonic() - known[1] < REPLY_TOPIC_RECHECK_S):
+            return known[0]
+        if len(self.reply_topics) >= MAX_REPLY_TOPICS:
+            self.reply_topics.clear()
+        producer = self.producer
+        assert producer is not None
+        try:
+            await asyncio.wait_for(producer.partitions_for(topic), REPLY_TOPIC_WAIT_S)
+            exists = True
+        except Exception:  # a timeout or an unknown-topic error from the broker
+            exists = False
+        self.reply_topics[topic] = (exists, time.monotonic())
+        return exists
+
+    def _unknown_reply_topic(self, decoded: Requests) -> Requests:
+        problem = ("$.reply_to", f"topic {decoded.reply_to!r} does not exist")
+        items: list[Request | Invalid] = [
+            Invalid(item.request_id, item.environment, (*getattr(item, "problems", ()), problem))
+            for item in decoded.items
+        ]
+        return Requests(items, decoded.batch, EVALUATION_RESULTS)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue a record and return; its delivery is checked by a callback (see the docstring).
+
+        Awaiting `producer.send` only waits while the producer's buffer is full: backpressure.
+        """
+        producer = self.producer
+        assert producer is not None
+        try:
+            delivery = await producer.send(topic, value, key=key)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        delivery.add_done_callback(self._check_delivered)
+
+    def _check_delivered(self, delivery: asyncio.Future[Any]) -> None:
+        exc = None if delivery.cancelled() else delivery.exception()
+        if exc is not None:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        EVALUATION_REQUESTS_UNANSWERED.inc()
+        log.error("an evaluation result could not be produced: %r", exc)
+
+    async def dead_letter(
+        self,
+        code: DeadLetterCode,
+        reason: str,
+        problems: tuple[tuple[str, str], ...],
+        raw: bytes | None,
+        partition: int,
+        offset: int,
+    ) -> None:
+        letter = DeadLetter(
+            code=code,
+            reason=reason,
+            topic=EVALUATION_REQUESTS,
+            partition=partition,
+            offset=offset,
+            payload=raw or b"",
+            problems=problems,
+            at=time.time(),
+        )
+        await self.send(DEAD_LETTERS, None, dumps(letter.to_json()))
+        metrics.DEAD_LETTERS.labels(code.value).inc()
+        log.info(
+            "dead letter %s at %s/%d/%d: %s", code, EVALUATION_REQUESTS, partition, offset, reason
+        )
+
 
 class _CommitOnRevoke(ConsumerRebalanceListener):
     """Commits before partitions move, so their next owner answers as little twice as possible."""
@@ -147,144 +300,3 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         pass
-
-
-evaluation_requests = EvaluationRequests()
-# Faust starts extra services with the app and accepts an instance as well as a class.
-faust_app.service(evaluation_requests)  # type: ignore[arg-type]
-
-
-async def handle(key: bytes | None, raw: bytes | None, partition: int, offset: int) -> None:
-    """Answer one record; a failure of any kind ends in a dead letter, never an exception."""
-    started = time.perf_counter()
-    try:
-        decoded = decode_requests(raw)
-        if isinstance(decoded, Requests) and not await reply_topic_exists(decoded.reply_to):
-            decoded = _unknown_reply_topic(decoded)
-        answer = [] if isinstance(decoded, Rejection) else evaluate(decoded)
-    except Exception as exc:  # a bug must not stop the data plane: park the record
-        log.exception("answering %s/%d/%d failed", EVALUATION_REQUESTS, partition, offset)
-        decoded, answer = Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}"), []
-    if answer:
-        assert isinstance(decoded, Requests)
-        for value in answer:
-            await send(decoded.reply_to, key, value)
-    if isinstance(decoded, Rejection):
-        await dead_letter(decoded.code, decoded.reason, decoded.problems, raw, partition, offset)
-    elif decoded.problems:
-        reason = "malformed evaluation request(s)"
-        await dead_letter(
-            DeadLetterCode.MALFORMED, reason, decoded.problems, raw, partition, offset
-        )
-    evaluator.stats.observe(SOURCE, time.perf_counter() - started)
-
-
-def evaluate(decoded: Requests) -> list[bytes]:
-    """The result records for a decoded record (none when no item has a request id to answer)."""
-    now = time.time()
-    results: list[JSON] = []
-    malformed = 0
-    for item in decoded.items:
-        if isinstance(item, Request):
-            results.append(result_json(item, evaluate_one(item, now), now))
-        else:
-            malformed += 1
-            if item.request_id is not None or decoded.batch:
-                results.append(error_json(item, now))
-    if malformed:
-        EVALUATION_REQUESTS_MALFORMED.inc(malformed)
-    if len(decoded.items) > malformed:
-        EVALUATION_REQUESTS_EVALUATED.inc(len(decoded.items) - malformed)
-    return encode_results(results, decoded.batch) if results else []
-
-
-def evaluate_one(request: Request, now: float) -> list[JSON]:
-    """Every flag the request asks for, as result entries."""
-    if flag_table.environment_seq(request.environment) == 0:
-        # An environment that never had a flag: answered without the evaluator, so names a
-        # requester makes up neither fill its per-environment cache nor become metric labels.
-        evaluator.stats.count(SOURCE, NOT_FOUND, NOT_FOUND, "", Reason.ERROR)
-        return [flag_json(key, None, flag_not_found(key)) for key in request.flags or ()]
-    evaluated = evaluator.many(request.environment, request.flags, request.context, now, SOURCE)
-    return [flag_json(key, live, resolution) for key, live, resolution in evaluated]
-
-
-async def reply_topic_exists(topic: str) -> bool:
-    """Whether the producer can reach `topic`, asked of the broker once per topic.
-
-    Producing to a missing topic would hold this loop for the producer's whole request
-    timeout (aiokafka waits for its metadata); a missing topic is remembered for a while, so
-    requests naming one cannot stall the agent either.
-    """
-    known = reply_topics.get(topic)
-    if known is not None and (known[0] or time.monotonic() - known[1] < REPLY_TOPIC_RECHECK_S):
-        return known[0]
-    if len(reply_topics) >= MAX_REPLY_TOPICS:
-        reply_topics.clear()
-    producer = evaluation_requests.producer
-    assert producer is not None
-    try:
-        await asyncio.wait_for(producer.partitions_for(topic), REPLY_TOPIC_WAIT_S)
-        exists = True
-    except Exception:  # a timeout or an unknown-topic error from the broker
-        exists = False
-    reply_topics[topic] = (exists, time.monotonic())
-    return exists
-
-
-def _unknown_reply_topic(decoded: Requests) -> Requests:
-    problem = ("$.reply_to", f"topic {decoded.reply_to!r} does not exist")
-    items: list[Request | Invalid] = [
-        Invalid(item.request_id, item.environment, (*getattr(item, "problems", ()), problem))
-        for item in decoded.items
-    ]
-    return Requests(items, decoded.batch, EVALUATION_RESULTS)
-
-
-async def send(topic: str, key: bytes | None, value: bytes) -> None:
-    """Queue a record and return; its delivery is checked by a callback (see the docstring).
-
-    Awaiting `producer.send` only waits while the producer's buffer is full: backpressure.
-    """
-    producer = evaluation_requests.producer
-    assert producer is not None
-    try:
-        delivery = await producer.send(topic, value, key=key)
-    except Exception as exc:
-        _failed(exc)
-        return
-    delivery.add_done_callback(_check_delivered)
-
-
-def _check_delivered(delivery: asyncio.Future[Any]) -> None:
-    exc = None if delivery.cancelled() else delivery.exception()
-    if exc is not None:
-        _failed(exc)
-
-
-def _failed(exc: BaseException) -> None:
-    EVALUATION_REQUESTS_UNANSWERED.inc()
-    log.error("an evaluation result could not be produced: %r", exc)
-
-
-async def dead_letter(
-    code: DeadLetterCode,
-    reason: str,
-    problems: tuple[tuple[str, str], ...],
-    raw: bytes | None,
-    partition: int,
-    offset: int,
-) -> None:
-    letter = DeadLetter(
-        code=code,
-        reason=reason,
-        topic=EVALUATION_REQUESTS,
-        partition=partition,
-        offset=offset,
-        payload=raw or b"",
-        problems=problems,
-        at=time.time(),
-    )
-    await send(DEAD_LETTERS, None, dumps(letter.to_json()))
-    metrics.DEAD_LETTERS.labels(code.value).inc()
-    log.info("dead letter %s at %s/%d/%d: %s", code, EVALUATION_REQUESTS, partition, offset, reason)

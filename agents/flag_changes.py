@@ -15,6 +15,8 @@ import logging
 import time
 from typing import Any
 
+import faust
+
 from app.control.changes import decide, decode_change
 from app.infra import metrics
 from app.infra.records import (
@@ -25,8 +27,12 @@ from app.infra.records import (
     Rejection,
     dumps,
 )
+from app.infra.settings import Settings
 from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
-from app.main import faust_app, flag_changes_topic, flag_table, replication, settings
+from tables.flags import FlagTable
+from tables.replication import FlagReplication
+
+__all__ = ["FlagChangeAgent"]
 
 log = logging.getLogger(__name__)
 
@@ -36,117 +42,138 @@ log = logging.getLogger(__name__)
 # raise, which crashed the agent and lost the command without a dead letter.
 MAX_CHANGELOG_RECORD = 900_000
 
-# Partitions whose changelog this worker has fenced since it was last assigned them.
-synced_partitions: set[int] = set()
 
+class FlagChangeAgent:
+    """The Faust agent on `flag-changes`, with what it decides against."""
 
-@faust_app.on_partitions_revoked.connect
-async def _forget_synced(sender: Any, revoked: Any, **kwargs: Any) -> None:
-    synced_partitions.clear()
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        flags: FlagTable,
+        replication: FlagReplication,
+    ) -> None:
+        self.app = app
+        self.partitions = settings.flag_change_partitions
+        self.flags = flags
+        self.replication = replication
+        # Partitions whose changelog this worker has fenced since it was last assigned them.
+        self.synced_partitions: set[int] = set()
 
+    def attach(self) -> None:
+        """Declare the agent on the app, and forget fenced partitions when they move or
+        when the table is rebuilt from another log (a broker that lost its data)."""
+        # Raw bytes: the agent decodes at the edge, so bad input becomes a dead letter.
+        topic = self.app.topic(
+            FLAG_CHANGES,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.partitions,
+        )
+        self.app.agent(topic, name="agents.flag_changes.apply_flag_changes")(self.consume)
+        self.app.on_partitions_revoked.connect(self._forget_synced)
+        self.replication.on_rebuild(self.synced_partitions.clear)
 
-# A table rebuilt from another log (the broker lost its data) must be fenced again before the
-# next decision: what was synced was the old log.
-replication.on_rebuild(synced_partitions.clear)
+    async def _forget_synced(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        self.synced_partitions.clear()
 
+    async def consume(self, stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await self.handle(message.value, message.partition, message.offset)
 
-@faust_app.agent(flag_changes_topic)
-async def apply_flag_changes(stream: Any) -> None:
-    async for event in stream.events():
-        message = event.message
-        await handle(message.value, message.partition, message.offset)
+    async def handle(self, raw: bytes | None, partition: int, offset: int) -> None:
+        """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
+        # While the broker is being checked (it was unreachable, or came back and may have lost
+        # its data) the table may not be the log's: neither skip nor decide against it yet.
+        await self.replication.writable.wait()
+        if partition not in self.synced_partitions:
+            await self.replication.sync([partition])
+            self.synced_partitions.add(partition)
+        if offset <= self.flags.decided(partition):
+            metrics.FLAG_CHANGES.labels("duplicate").inc()
+            return
+        try:
+            change, verdict = await self._decode_and_decide(raw, partition, offset)
+        except Exception as exc:  # a bug must not stop the control plane: park the record
+            log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
+            change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
+        if verdict is None:
+            metrics.FLAG_CHANGES.labels("duplicate").inc()
+            return
+        record = dumps(verdict.to_json()) if isinstance(verdict, AppliedChange) else b""
+        if len(record) > MAX_CHANGELOG_RECORD:
+            reason = f"the change would be a {len(record)}-byte record, over {MAX_CHANGELOG_RECORD}"
+            verdict = Rejection(DeadLetterCode.MALFORMED, reason)
+        if isinstance(verdict, Rejection):
+            await self.send_dead_letter(verdict, raw, partition, offset, change)
+            return
+        await self.append_to_changelog(verdict.environment, record, partition)
+        metrics.FLAG_CHANGES.labels("applied").inc()
 
+    async def _decode_and_decide(
+        self, raw: bytes | None, partition: int, offset: int
+    ) -> tuple[FlagChange | None, AppliedChange | Rejection | None]:
+        """The command in `raw` and its verdict; None for a change already applied."""
+        change = decode_change(raw)
+        if isinstance(change, Rejection):
+            return None, change
+        if partition != partition_for(change.environment, self.partitions):
+            reason = "a change must be keyed by its environment (Kafka's default partitioner)"
+            return change, Rejection(DeadLetterCode.MALFORMED, reason)
+        current = self.flags.get(change.environment, change.flag)
+        seq = self.flags.environment_seq(change.environment)
+        earlier = self.flags.applied(change.environment, change.change_id)
+        # Validating a big definition takes milliseconds to seconds of CPU: off the event loop,
+        # so this worker keeps serving and heartbeating meanwhile.
+        verdict = await asyncio.to_thread(
+            decide, change, current, seq, time.time(), earlier=earlier, source=(partition, offset)
+        )
+        return change, verdict
 
-async def handle(raw: bytes | None, partition: int, offset: int) -> None:
-    """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
-    # While the broker is being checked (it was unreachable, or came back and may have lost
-    # its data) the table may not be the log's: neither skip nor decide against it yet.
-    await replication.writable.wait()
-    if partition not in synced_partitions:
-        await replication.sync([partition])
-        synced_partitions.add(partition)
-    if offset <= flag_table.decided(partition):
-        metrics.FLAG_CHANGES.labels("duplicate").inc()
-        return
-    try:
-        change, verdict = await _decode_and_decide(raw, partition, offset)
-    except Exception as exc:  # a bug must not stop the control plane: park the record
-        log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
-        change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
-    if verdict is None:
-        metrics.FLAG_CHANGES.labels("duplicate").inc()
-        return
-    record = dumps(verdict.to_json()) if isinstance(verdict, AppliedChange) else b""
-    if len(record) > MAX_CHANGELOG_RECORD:
-        reason = f"the change would be a {len(record)}-byte record, over {MAX_CHANGELOG_RECORD}"
-        verdict = Rejection(DeadLetterCode.MALFORMED, reason)
-    if isinstance(verdict, Rejection):
-        await send_dead_letter(verdict, raw, partition, offset, change)
-        return
-    await append_to_changelog(verdict.environment, record, partition)
-    metrics.FLAG_CHANGES.labels("applied").inc()
+    async def append_to_changelog(self, environment: str, record: bytes, partition: int) -> None:
+        metadata = await self.app.producer.send_and_wait(
+            FLAGS_CHANGELOG,
+            environment.encode(),
+            record,
+            partition,
+            None,
+            None,
+        )
+        await self.replication.wait_applied(partition, metadata.offset)
 
-
-async def _decode_and_decide(
-    raw: bytes | None, partition: int, offset: int
-) -> tuple[FlagChange | None, AppliedChange | Rejection | None]:
-    """The command in `raw` and its verdict; None for a change already applied."""
-    change = decode_change(raw)
-    if isinstance(change, Rejection):
-        return None, change
-    if partition != partition_for(change.environment, settings.flag_change_partitions):
-        reason = "a change must be keyed by its environment (Kafka's default partitioner)"
-        return change, Rejection(DeadLetterCode.MALFORMED, reason)
-    current = flag_table.get(change.environment, change.flag)
-    seq = flag_table.environment_seq(change.environment)
-    earlier = flag_table.applied(change.environment, change.change_id)
-    # Validating a big definition takes milliseconds to seconds of CPU: off the event loop,
-    # so this worker keeps serving and heartbeating meanwhile.
-    verdict = await asyncio.to_thread(
-        decide, change, current, seq, time.time(), earlier=earlier, source=(partition, offset)
-    )
-    return change, verdict
-
-
-async def append_to_changelog(environment: str, record: bytes, partition: int) -> None:
-    metadata = await faust_app.producer.send_and_wait(
-        FLAGS_CHANGELOG,
-        environment.encode(),
-        record,
-        partition,
-        None,
-        None,
-    )
-    await replication.wait_applied(partition, metadata.offset)
-
-
-async def send_dead_letter(
-    rejection: Rejection, raw: bytes | None, partition: int, offset: int, change: FlagChange | None
-) -> None:
-    letter = DeadLetter(
-        code=rejection.code,
-        reason=rejection.reason,
-        topic=FLAG_CHANGES,
-        partition=partition,
-        offset=offset,
-        payload=raw or b"",
-        problems=rejection.problems,
-        change_id=change.change_id if change else rejection.change_id,
-        environment=change.environment if change else None,
-        flag=change.flag if change else None,
-        current_version=rejection.current_version,
-        at=time.time(),
-    )
-    await faust_app.producer.send_and_wait(
-        DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None
-    )
-    metrics.DEAD_LETTERS.labels(rejection.code.value).inc()
-    metrics.FLAG_CHANGES.labels("rejected").inc()
-    log.info(
-        "dead letter %s at %s/%d/%d: %s",
-        rejection.code,
-        FLAG_CHANGES,
-        partition,
-        offset,
-        rejection.reason,
-    )
+    async def send_dead_letter(
+        self,
+        rejection: Rejection,
+        raw: bytes | None,
+        partition: int,
+        offset: int,
+        change: FlagChange | None,
+    ) -> None:
+        letter = DeadLetter(
+            code=rejection.code,
+            reason=rejection.reason,
+            topic=FLAG_CHANGES,
+            partition=partition,
+            offset=offset,
+            payload=raw or b"",
+            problems=rejection.problems,
+            change_id=change.change_id if change else rejection.change_id,
+            environment=change.environment if change else None,
+            flag=change.flag if change else None,
+            current_version=rejection.current_version,
+            at=time.time(),
+        )
+        await self.app.producer.send_and_wait(
+            DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None
+        )
+        metrics.DEAD_LETTERS.labels(rejection.code.value).inc()
+        metrics.FLAG_CHANGES.labels("rejected").inc()
+        log.info(
+            "dead letter %s at %s/%d/%d: %s",
+            rejection.code,
+            FLAG_CHANGES,
+            partition,
+            offset,
+            rejection.reason,
+        )

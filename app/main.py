@@ -1,16 +1,23 @@
-"""The Faust application: one worker process of flagstream.
+"""The composition root: builds one worker process of flagstream and wires it.
 
-Built from the environment (`app.infra.settings`), it holds the flag table (`tables.flags`) kept
-current by `tables.replication`, runs the agents in `agents/` and serves the HTTP API in
-`app/web/`. `flagstream worker` (see `app.cli.commands`) starts it.
+Everything a worker is made of is built here, once, from `Settings`: the Faust app, the flag
+table and its replication, the evaluator, the producers, the agents and the HTTP routes. Each
+part is handed what it needs; no module of the project imports this one (the import-linter
+contract in pyproject.toml says so). `flagstream worker` (`app.cli.commands`) calls `build`
+and runs the app.
 """
 
 from __future__ import annotations
 
-import faust
-from prometheus_client import REGISTRY
+from dataclasses import dataclass
 
+import faust
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from agents.evaluations import EvaluationRequests
+from agents.flag_changes import FlagChangeAgent
 from app.control.outcomes import Outcomes
+from app.control.writer import ChangeWriter
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.evaluation.stats import EvaluationStats
@@ -18,73 +25,116 @@ from app.experiments.exposures import ExposureSink
 from app.infra import metrics
 from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.settings import Settings
-from app.infra.topics import FLAG_CHANGES
+from app.web.admin import AdminApi
+from app.web.auth import Credentials
+from app.web.change_feed import ChangeFeed
+from app.web.evaluate import EvaluateApi
+from app.web.exposures import ExposuresApi
+from app.web.fast_path import FastPathWeb
 from app.web.http_metrics import count_responses
+from app.web.metrics_site import MetricsSite
+from app.web.ofrep import OfrepApi
+from app.web.ops import HealthApi
+from app.web.stream import ChangeStreamApi
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
-settings = Settings.from_env()
-metrics.WORKER.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
-bound_fetch_wait(settings.fetch_max_wait_ms)
-
-faust_app = faust.App(
-    settings.app_id,
-    broker=[f"kafka://{host}" for host in settings.brokers],
-    datadir=str(settings.data_dir / "faust"),
-    autodiscover=False,
-    web_enabled=True,
-    web="flagstream://",  # app.web.fast_path.FastPathWeb: aiohttp with the OFREP fast path
-    web_host=settings.web_host,
-    web_bind=settings.web_host,
-    web_port=settings.web_port,
-    # Faust's built-in pages (/router, /table, /graph, stats) answer without auth: off.
-    web_router_enabled=False,
-    web_tables_enabled=False,
-    web_graph_enabled=False,
-    web_stats_enabled=False,
-    broker_rebalance_timeout=settings.rebalance_timeout_s,
-    broker_session_timeout=settings.session_timeout_s,
-    broker_heartbeat_interval=settings.heartbeat_s,
-    consumer_auto_offset_reset="earliest",
-    topic_partitions=settings.flag_change_partitions,
-    topic_replication_factor=settings.replication_factor,
-    topic_allow_declare=False,  # app.infra.topics.ensure_topics creates every topic, once
-    topic_disable_leader=True,  # no leader election: it would need one more topic
-    producer_acks=-1,
-)
-
-# The one topic a Faust agent reads (app.infra.topics names and sizes every topic): raw bytes, so
-# the agent decodes at the edge and bad input becomes a dead letter, not a crash loop.
-flag_changes_topic = faust_app.topic(
-    FLAG_CHANGES,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.flag_change_partitions,
-)
-
-flag_table = FlagTable(
-    settings.data_dir / "flags",
-    history_depth=settings.history_depth,
-    stream_depth=settings.stream_depth,
-    change_id_depth=settings.change_id_depth,
-)
-outcomes = Outcomes()
-replication = FlagReplication(settings, flag_table, outcomes)
-live_flags = LiveFlags(flag_table)
-replication.on_rebuild(live_flags.forget)
-exposure_sink = ExposureSink(settings)
-evaluation_stats = EvaluationStats()
-REGISTRY.register(evaluation_stats)
-evaluator = Evaluator(live_flags, exposure_sink, evaluation_stats)
+__all__ = ["Worker", "build", "faust_app_for"]
 
 
-# Faust starts extra services with the app and accepts an instance as well as a class.
-faust_app.service(replication)  # type: ignore[arg-type]
-faust_app.service(exposure_sink)  # type: ignore[arg-type]
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """One worker's parts, as built: what the CLI runs and what tests look into."""
 
-# Every answer of the HTTP API is counted, whatever its view returned or raised.
-faust_app.web.web_app.middlewares.append(count_responses)
+    settings: Settings
+    app: faust.App
+    flags: FlagTable
+    replication: FlagReplication
+    live_flags: LiveFlags
+    evaluator: Evaluator
+    exposures: ExposureSink
+    writer: ChangeWriter
 
-# Registration: importing these modules declares the agents and views on `faust_app`.
-from agents import evaluations, flag_changes  # noqa: E402, F401
-from app.web import admin, evaluate, exposures, ofrep, ops, stream  # noqa: E402, F401
+
+def faust_app_for(settings: Settings) -> faust.App:
+    """The Faust app of a worker: its broker, web server and consumer settings."""
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.brokers],
+        datadir=str(settings.data_dir / "faust"),
+        autodiscover=False,
+        web_enabled=True,
+        web="flagstream://",  # app.web.fast_path.FastPathWeb: aiohttp with the OFREP fast path
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        # Faust's built-in pages (/router, /table, /graph, stats) answer without auth: off.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_s,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.flag_change_partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=False,  # app.infra.topics.ensure_topics creates every topic, once
+        topic_disable_leader=True,  # no leader election: it would need one more topic
+        producer_acks=-1,
+    )
+
+
+def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
+    """Every part of one worker, wired; nothing runs until the app is started."""
+    metrics.WORKER.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
+    bound_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust_app_for(settings)
+
+    flags = FlagTable(
+        settings.data_dir / "flags",
+        history_depth=settings.history_depth,
+        stream_depth=settings.stream_depth,
+        change_id_depth=settings.change_id_depth,
+    )
+    outcomes = Outcomes()
+    replication = FlagReplication(settings, flags, outcomes)
+    live_flags = LiveFlags(flags)
+    replication.on_rebuild(live_flags.forget)
+    exposures = ExposureSink(settings)
+    stats = EvaluationStats()
+    registry.register(stats)
+    evaluator = Evaluator(live_flags, exposures, stats)
+    writer = ChangeWriter(app.producer, outcomes, replication, settings)
+
+    # Faust starts extra services with the app and accepts an instance as well as a class.
+    for service in (
+        replication,
+        exposures,
+        EvaluationRequests(settings, flags, replication, evaluator),
+        MetricsSite(settings.metrics_host, settings.metrics_port),
+    ):
+        app.service(service)  # type: ignore[arg-type]
+    FlagChangeAgent(app, settings, flags, replication).attach()
+
+    credentials = Credentials(settings)
+    feed = ChangeFeed()
+    flags.listen(feed.publish)
+    ofrep = OfrepApi(settings, credentials, flags, live_flags, replication, evaluator, feed)
+    web_app = app.web.web_app
+    for api in (
+        AdminApi(settings, credentials, flags, writer),
+        EvaluateApi(settings, credentials, flags, live_flags, replication),
+        ExposuresApi(settings, credentials, live_flags, replication, exposures),
+        ChangeStreamApi(settings, credentials, flags, replication, feed),
+        HealthApi(flags, replication),
+        ofrep,
+    ):
+        web_app.add_routes(api.routes())
+    web_app.on_shutdown.append(feed.close_streams)
+    # Every answer of the HTTP API is counted, whatever its view returned or raised.
+    web_app.middlewares.append(count_responses)
+    if settings.ofrep_fast_path and isinstance(app.web, FastPathWeb):
+        app.web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)
+
+    return Worker(settings, app, flags, replication, live_flags, evaluator, exposures, writer)

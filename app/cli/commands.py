@@ -43,17 +43,20 @@ def default_url() -> str:
 def run_worker(_: argparse.Namespace) -> int:
     """Create the topics, then run the Faust worker in this process until it is stopped."""
     from app.infra.log_limit import RepeatLimiter
+    from app.infra.settings import Settings
     from app.infra.shutdown import ShutdownWatchdog
     from app.infra.topics import ensure_topics
-    from app.main import faust_app, settings
+    from app.main import build
 
+    settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
+    worker = build(settings)
     # A broker outage must neither flood the log nor keep a stopping worker alive.
-    faust_app.service(RepeatLimiter())  # type: ignore[arg-type]
-    faust_app.service(ShutdownWatchdog(settings.shutdown_timeout_s))  # type: ignore[arg-type]
+    worker.app.service(RepeatLimiter())  # type: ignore[arg-type]
+    worker.app.service(ShutdownWatchdog(settings.shutdown_timeout_s))  # type: ignore[arg-type]
     sys.argv = ["flagstream", "worker", "-l", settings.log_level]
-    faust_app.main()
+    worker.app.main()
     return 0
 
 

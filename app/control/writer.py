@@ -10,14 +10,31 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 
-from app.control.outcomes import Outcome, broker_unavailable
+from app.control.outcomes import Outcome, Outcomes, broker_unavailable
 from app.infra.records import ChangeOp, FlagChange, dumps
+from app.infra.settings import Settings
 from app.infra.topics import FLAG_CHANGES, partition_for
-from app.main import faust_app, outcomes, replication, settings
+from tables.replication import FlagReplication
+
+__all__ = ["ChangeWriter", "new_change"]
+
+
+class Producer(Protocol):
+    """What the writer needs of a producer: Faust's (`app.producer`) has it."""
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+    ) -> Any: ...
 
 
 def new_change(
@@ -44,33 +61,54 @@ def new_change(
     )
 
 
-async def submit(change: FlagChange) -> Outcome | None:
-    """The applied change or the dead letter it produced, within FLAGSTREAM_WRITE_TIMEOUT_S.
+class ChangeWriter:
+    """Puts commands on `flag-changes` and waits, bounded, for each one's verdict."""
 
-    `broker_unavailable` when the broker cannot take writes (unreachable, or its log being
-    checked after it came back: `replication.writable`), and None when the change was sent but
-    its outcome did not come in time. The produce is inside the bound too: Faust's producer
-    waits up to its request timeout (20 minutes) for a broker that does not answer.
-    """
-    if not replication.writable.is_set():
-        return broker_unavailable(sent=False)
-    future = outcomes.expect(change.change_id)
-    sent = False
-    try:
-        async with asyncio.timeout(settings.write_timeout_s):
-            await faust_app.producer.send_and_wait(
-                FLAG_CHANGES,
-                change.environment.encode(),
-                dumps(change.to_json()),
-                partition_for(change.environment, settings.flag_change_partitions),
-                None,
-                None,
+    def __init__(
+        self,
+        producer: Producer,
+        outcomes: Outcomes,
+        replication: FlagReplication,
+        settings: Settings,
+    ) -> None:
+        self.producer = producer
+        self.outcomes = outcomes
+        self.replication = replication
+        self.timeout_s = settings.write_timeout_s
+        self.partitions = settings.flag_change_partitions
+
+    async def submit(self, change: FlagChange) -> Outcome | None:
+        """The applied change or the dead letter it produced, within FLAGSTREAM_WRITE_TIMEOUT_S.
+
+        `broker_unavailable` when the broker cannot take writes (unreachable, or its log
+        being checked after it came back: `replication.writable`), and None when the change
+        was sent but its outcome did not come in time. The produce is inside the bound too:
+        Faust's producer waits up to its request timeout (20 minutes) for a broker that does
+        not answer.
+        """
+        if not self.replication.writable.is_set():
+            return broker_unavailable(sent=False)
+        future = self.outcomes.expect(change.change_id)
+        sent = False
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.producer.send_and_wait(
+                    FLAG_CHANGES,
+                    change.environment.encode(),
+                    dumps(change.to_json()),
+                    partition_for(change.environment, self.partitions),
+                    None,
+                    None,
+                )
+                sent = True
+                return await future
+        except TimeoutError:
+            return (
+                None
+                if sent and self.replication.writable.is_set()
+                else broker_unavailable(sent=True)
             )
-            sent = True
-            return await future
-    except TimeoutError:
-        return None if sent and replication.writable.is_set() else broker_unavailable(sent=True)
-    except KafkaError:
-        return broker_unavailable(sent=True)
-    finally:
-        outcomes.forget(change.change_id)
+        except KafkaError:
+            return broker_unavailable(sent=True)
+        finally:
+            self.outcomes.forget(change.change_id)

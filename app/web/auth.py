@@ -19,6 +19,8 @@ from aiohttp import web
 from app.infra.settings import Settings
 from app.web.responses import error
 
+__all__ = ["Access", "Credentials", "bearer", "token_of"]
+
 
 class Access(IntEnum):
     NONE = 0
@@ -39,85 +41,82 @@ def token_of(authorization: str | None, api_key: str | None) -> str | None:
     return api_key or None
 
 
-def access_of(token: str | None, settings: Settings) -> Access:
-    if not token:
-        return Access.NONE
-    given = token.encode("utf-8", "surrogateescape")
-    is_admin = bool(settings.admin_token) and hmac.compare_digest(
-        given, settings.admin_token.encode()
-    )
-    is_reader = False
-    for read_token in settings.read_tokens:
-        is_reader |= hmac.compare_digest(given, read_token.encode())
-    if is_admin:
-        return Access.WRITE
-    return Access.READ if is_reader else Access.NONE
+class Credentials:
+    """The worker's tokens and SDK keys, and every check made against them.
 
-
-def refuse(request: web.Request, settings: Settings, needed: Access) -> web.Response | None:
-    """A 401/403 response when the request may not do what it asks, else None."""
-    granted = access_of(bearer(request), settings)
-    if granted is Access.NONE:
-        return error(
-            401,
-            "UNAUTHORIZED",
-            "a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if granted < needed:
-        return error(403, "FORBIDDEN", "this token may read but not write")
-    return None
-
-
-def may_read_environment(request: web.Request, settings: Settings, environment: str) -> bool:
-    """A read or admin token reads every environment; an SDK key reads its own."""
-    if access_of(bearer(request), settings) >= Access.READ:
-        return True
-    return sdk_environment(request, settings) == environment
-
-
-def sdk_environment(request: web.Request, settings: Settings) -> str | None:
-    """The environment the request's SDK key (Bearer or X-API-Key) selects, if any.
-
-    Keys are looked up by their SHA-256 digest: one hash and one dict lookup per request,
-    however many keys there are, and the lookup's timing depends on the digest, which tells
-    an attacker nothing about which bytes of a guessed key were right.
+    Built once by the composition root from `Settings`: the SDK keys' digests are computed
+    here, not per request.
     """
-    return sdk_key_environment(bearer(request), settings)
 
+    def __init__(self, settings: Settings) -> None:
+        self._admin_token = settings.admin_token.encode()
+        self._read_tokens = tuple(token.encode() for token in settings.read_tokens)
+        self._sdk_keys = tuple(key.encode() for key in settings.sdk_keys)
+        self._sdk_digests = {
+            hashlib.sha256(key.encode()).digest(): environment
+            for key, environment in settings.sdk_keys.items()
+        }
 
-def sdk_key_environment(token: str | None, settings: Settings) -> str | None:
-    """The environment an SDK key selects, if any (see `sdk_environment`)."""
-    if not token:
+    def access_of(self, token: str | None) -> Access:
+        if not token:
+            return Access.NONE
+        given = token.encode("utf-8", "surrogateescape")
+        is_admin = bool(self._admin_token) and hmac.compare_digest(given, self._admin_token)
+        is_reader = False
+        for read_token in self._read_tokens:
+            is_reader |= hmac.compare_digest(given, read_token)
+        if is_admin:
+            return Access.WRITE
+        return Access.READ if is_reader else Access.NONE
+
+    def refuse(self, request: web.Request, needed: Access) -> web.Response | None:
+        """A 401/403 response when the request may not do what it asks, else None."""
+        granted = self.access_of(bearer(request))
+        if granted is Access.NONE:
+            return error(
+                401,
+                "UNAUTHORIZED",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if granted < needed:
+            return error(403, "FORBIDDEN", "this token may read but not write")
         return None
-    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-    return _sdk_digests(settings).get(digest)
 
+    def may_read_environment(self, request: web.Request, environment: str) -> bool:
+        """A read or admin token reads every environment; an SDK key reads its own."""
+        if self.access_of(bearer(request)) >= Access.READ:
+            return True
+        return self.sdk_environment(request) == environment
 
-_digests_by_settings: dict[int, tuple[Settings, dict[bytes, str]]] = {}
+    def sdk_environment(self, request: web.Request) -> str | None:
+        """The environment the request's SDK key (Bearer or X-API-Key) selects, if any.
 
+        Keys are looked up by their SHA-256 digest: one hash and one dict lookup per request,
+        however many keys there are, and the lookup's timing depends on the digest, which
+        tells an attacker nothing about which bytes of a guessed key were right.
+        """
+        return self.sdk_key_environment(bearer(request))
 
-def _sdk_digests(settings: Settings) -> dict[bytes, str]:
-    """SHA-256 digest of each SDK key -> its environment, built once per `Settings`."""
-    entry = _digests_by_settings.get(id(settings))
-    if entry is None or entry[0] is not settings:
-        digests = {hashlib.sha256(k.encode()).digest(): e for k, e in settings.sdk_keys.items()}
-        entry = _digests_by_settings[id(settings)] = (settings, digests)
-    return entry[1]
+    def sdk_key_environment(self, token: str | None) -> str | None:
+        """The environment an SDK key selects, if any (see `sdk_environment`)."""
+        if not token:
+            return None
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        return self._sdk_digests.get(digest)
 
+    def holds_secret(self, text: str | None) -> bool:
+        """Whether `text` contains a credential of this worker (admin or read token, SDK key).
 
-def holds_secret(text: str | None, settings: Settings) -> bool:
-    """Whether `text` contains a credential of this worker (admin or read token, SDK key).
-
-    Compared in constant time at every offset, like `access_of`: the caller may be an admin
-    who does not know the read tokens or SDK keys. `text` is short (an actor, a change id).
-    """
-    if not text:
-        return False
-    given = text.encode("utf-8", "surrogateescape")
-    found = False
-    for secret in (settings.admin_token, *settings.read_tokens, *settings.sdk_keys):
-        wanted = secret.encode()
-        for start in range(len(given) - len(wanted) + 1 if wanted else 0):
-            found |= hmac.compare_digest(given[start : start + len(wanted)], wanted)
-    return found
+        Compared in constant time at every offset, like `access_of`: the caller may be an
+        admin who does not know the read tokens or SDK keys. `text` is short (an actor, a
+        change id).
+        """
+        if not text:
+            return False
+        given = text.encode("utf-8", "surrogateescape")
+        found = False
+        for wanted in (self._admin_token, *self._read_tokens, *self._sdk_keys):
+            for start in range(len(given) - len(wanted) + 1 if wanted else 0):
+                found |= hmac.compare_digest(given[start : start + len(wanted)], wanted)
+        return found

@@ -13,15 +13,18 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from faust.web import View
 
 from app.engine import ErrorCode, Reason, Resolution
 from app.evaluation.evaluator import resolve
-from app.evaluation.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag
-from app.main import faust_app, flag_table, live_flags, settings
-from app.web.admin import API, check_keys, read_json, recovering
-from app.web.auth import may_read_environment
+from app.evaluation.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag, LiveFlags
+from app.infra.settings import Settings
+from app.web.admin_answers import API, check_keys, not_ready, read_json
+from app.web.auth import Credentials
 from app.web.responses import error, ok
+from tables.flags import FlagTable
+from tables.replication import FlagReplication
+
+__all__ = ["EvaluateApi", "parse_at"]
 
 
 def parse_at(value: Any) -> float | str | None:
@@ -41,33 +44,54 @@ def parse_at(value: Any) -> float | str | None:
     return "must be unix seconds or an ISO-8601 string"
 
 
-def resolve_at(
-    environment: str, key: str, context: dict[str, Any], when: float | None
-) -> tuple[LiveFlag | None, Resolution]:
-    live = (
-        live_flags.get(environment, key) if when is None else live_flags.at(environment, key, when)
-    )
-    if live is BEYOND_HISTORY:
-        message = (
-            f"the table keeps {settings.history_depth} versions of {key!r}; none was live then"
+class EvaluateApi:
+    """`POST /api/v1/environments/{env}/evaluate`, from this worker's table and history."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        flags: FlagTable,
+        live_flags: LiveFlags,
+        replication: FlagReplication,
+    ) -> None:
+        self.max_body = settings.max_body_bytes
+        self.history_depth = settings.history_depth
+        self.credentials = credentials
+        self.flags = flags
+        self.live_flags = live_flags
+        self.replication = replication
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(API + "/{env}/evaluate", self.evaluate)]
+
+    def resolve_at(
+        self, environment: str, key: str, context: dict[str, Any], when: float | None
+    ) -> tuple[LiveFlag | None, Resolution]:
+        live = (
+            self.live_flags.get(environment, key)
+            if when is None
+            else self.live_flags.at(environment, key, when)
         )
-        return None, Resolution(None, None, Reason.ERROR, ErrorCode.GENERAL, message)
-    assert not isinstance(live, BeyondHistory)
-    return live, resolve(live, key, context, time.time() if when is None else when)
+        if live is BEYOND_HISTORY:
+            message = (
+                f"the table keeps {self.history_depth} versions of {key!r}; none was live then"
+            )
+            return None, Resolution(None, None, Reason.ERROR, ErrorCode.GENERAL, message)
+        assert not isinstance(live, BeyondHistory)
+        return live, resolve(live, key, context, time.time() if when is None else when)
 
-
-@faust_app.page(API + "/{env}/evaluate")
-class Evaluate(View):
-    async def post(self, request: web.Request, env: str) -> web.StreamResponse:
+    async def evaluate(self, request: web.Request) -> web.Response:
+        env = request.match_info["env"]
         # Credentials first: a caller without them learns nothing, not even which keys are valid.
         denied = None
-        if not may_read_environment(request, settings, env):
+        if not self.credentials.may_read_environment(request, env):
             message = "a read token or this environment's SDK key is required"
             denied = error(401, "UNAUTHORIZED", message)
-        denied = denied or check_keys(env) or await recovering()
+        denied = denied or check_keys(env) or await not_ready(self.replication)
         if denied:
             return denied
-        body = await read_json(request)
+        body = await read_json(request, self.max_body)
         if isinstance(body, web.Response):
             return body
         problems = []
@@ -91,8 +115,8 @@ class Evaluate(View):
             return error(400, "INVALID_CONTEXT", "invalid evaluation request", problems)
         assert not isinstance(when, str)
         results = []
-        for key in flag_table.keys(env) if keys is None else keys:
-            live, resolution = resolve_at(env, key, context, when)
+        for key in self.flags.keys(env) if keys is None else keys:
+            live, resolution = self.resolve_at(env, key, context, when)
             if keys is None and live is None and resolution.error_code is ErrorCode.FLAG_NOT_FOUND:
                 continue  # a flag that did not exist then is no answer to "all flags"
             results.append(

@@ -12,15 +12,18 @@ import time
 from typing import Any
 
 from aiohttp import web
-from faust.web import View
 
 from app.control.changes import valid_key
-from app.experiments.exposures import Pending, exposure_id
+from app.evaluation.live_flags import LiveFlags
+from app.experiments.exposures import ExposureSink, Pending, exposure_id
 from app.infra import metrics
-from app.main import exposure_sink, faust_app, live_flags, settings
-from app.web.admin import read_json, recovering
-from app.web.auth import sdk_environment
+from app.infra.settings import Settings
+from app.web.admin_answers import not_ready, read_json
+from app.web.auth import Credentials
 from app.web.responses import error, ok
+from tables.replication import FlagReplication
+
+__all__ = ["ExposuresApi", "check_item"]
 
 MAX_ITEMS = 1000
 MAX_TEXT = 256
@@ -30,7 +33,7 @@ MAX_AHEAD_S = 86_400
 
 
 def check_item(
-    environment: str, index: int, item: Any, now: float
+    live_flags: LiveFlags, environment: str, index: int, item: Any, now: float
 ) -> Pending | list[dict[str, str]]:
     """The exposure an item describes, or its problems (paths into the request body)."""
     at = f"$.exposures[{index}]"
@@ -88,23 +91,41 @@ def check_item(
     )
 
 
-async def produced(exposures: list[Pending]) -> bool:
-    """Whether the broker acknowledged every one of `exposures` within the write timeout."""
-    try:
-        return await asyncio.wait_for(exposure_sink.produce(exposures), settings.write_timeout_s)
-    except TimeoutError:
-        return False
+class ExposuresApi:
+    """`POST /api/v1/exposures`, produced through this worker's exposure sink."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        live_flags: LiveFlags,
+        replication: FlagReplication,
+        sink: ExposureSink,
+    ) -> None:
+        self.max_body = settings.max_body_bytes
+        self.write_timeout_s = settings.write_timeout_s
+        self.credentials = credentials
+        self.live_flags = live_flags
+        self.replication = replication
+        self.sink = sink
 
-@faust_app.page("/api/v1/exposures")
-class Exposures(View):
-    async def post(self, request: web.Request) -> web.StreamResponse:
-        environment = sdk_environment(request, settings)
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/api/v1/exposures", self.post)]
+
+    async def produced(self, exposures: list[Pending]) -> bool:
+        """Whether the broker acknowledged every one of `exposures` within the write timeout."""
+        try:
+            return await asyncio.wait_for(self.sink.produce(exposures), self.write_timeout_s)
+        except TimeoutError:
+            return False
+
+    async def post(self, request: web.Request) -> web.Response:
+        environment = self.credentials.sdk_environment(request)
         if environment is None:
             return error(401, "UNAUTHORIZED", "an SDK key is required")
-        if unready := await recovering():
+        if unready := await not_ready(self.replication):
             return unready
-        body = await read_json(request)
+        body = await read_json(request, self.max_body)
         if isinstance(body, web.Response):
             return body
         items = body.get("exposures") if isinstance(body, dict) else None
@@ -115,7 +136,7 @@ class Exposures(View):
         accepted: list[Pending] = []
         rejected = []
         for index, item in enumerate(items):
-            checked = check_item(environment, index, item, now)
+            checked = check_item(self.live_flags, environment, index, item, now)
             if isinstance(checked, list):
                 rejected.append({"index": index, "problems": checked})
             else:
@@ -123,7 +144,7 @@ class Exposures(View):
         if rejected:
             metrics.EXPOSURES.labels("rejected").inc(len(rejected))
         # Answered once the broker has them: an acknowledged exposure is never lost.
-        if accepted and not await produced(accepted):
+        if accepted and not await self.produced(accepted):
             message = "the exposures could not be produced in time; send them again"
             return error(503, "UNAVAILABLE", message, headers={"Retry-After": "1"})
         return ok({"accepted": len(accepted), "rejected": rejected}, status=202)

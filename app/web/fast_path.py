@@ -633,20 +633,6 @@ class FastPathSite(QuietSite):
             connection.close()
 
 
-def sdk_keys_admit() -> Admits:
-    """The worker's SDK keys, as `app.web.ofrep` checks them (`sdk_key_environment`).
-
-    Imported here, when the worker starts its site: `app.main` names this driver by URL only.
-    """
-    from app.main import settings
-    from app.web.auth import sdk_key_environment
-
-    def admits(token: str | None) -> bool:
-        return sdk_key_environment(token, settings) is not None
-
-    return admits
-
-
 class FastPathWeb(faust_aiohttp.Web):
     """Faust's aiohttp web driver on a `QuietSite`, with `FastPath` in front once
     `answer_first` is called.
@@ -659,16 +645,14 @@ class FastPathWeb(faust_aiohttp.Web):
     admits: Admits | None = None
     max_body = 0
 
-    def answer_first(self, answer: Answer, max_body: int, admits: Admits | None = None) -> None:
-        """Answer single-flag evaluations with `answer` before aiohttp sees them.
-
-        `admits` checks the credential at the head; by default, the worker's SDK keys.
-        """
+    def answer_first(self, answer: Answer, max_body: int, admits: Admits) -> None:
+        """Answer single-flag evaluations with `answer` before aiohttp sees them; `admits`
+        checks the credential at the head."""
         self.answer, self.max_body, self.admits = answer, max_body, admits
 
     def _new_transport_tcp(self) -> BaseSite:
         conf = self.app.conf
-        if self.answer is None:
+        if self.answer is None or self.admits is None:
             return QuietSite(
                 self._runner, conf.web_bind, conf.web_port, ssl_context=conf.web_ssl_context
             )
@@ -677,7 +661,7 @@ class FastPathWeb(faust_aiohttp.Web):
             conf.web_bind,
             conf.web_port,
             answer=self.answer,
-            admits=self.admits or sdk_keys_admit(),
+            admits=self.admits,
             max_body=self.max_body,
             ssl_context=conf.web_ssl_context,
         )

@@ -85,3 +85,18 @@ def not_utf8(*headers: tuple[str, str | None]) -> str | None:
         except UnicodeEncodeError:
             return f"{name} must be UTF-8 text"
     return None
+
+
+def last_event_id(request: web.Request) -> int | Refused | None:
+    """The event id a reconnecting stream client saw last (`Last-Event-ID`, or
+    `?last_event_id` for clients that cannot set headers): None for a new client."""
+    text = (
+        request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
+    ).strip()
+    if not text:
+        return None
+    seen = parse_version(text)
+    if seen is None:
+        message = "Last-Event-ID (or ?last_event_id) must be an event id: up to 18 digits"
+        return Refused(400, message)
+    return seen

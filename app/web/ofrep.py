@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -31,27 +30,17 @@ from typing import Any, Final
 from aiohttp import web
 
 from app.engine import ErrorCode, Resolution
-from app.infra.records import dumps
-from app.main import (
-    evaluation_stats,
-    evaluator,
-    faust_app,
-    flag_table,
-    live_flags,
-    replication,
-    settings,
-)
+from app.evaluation.evaluator import Evaluator
+from app.evaluation.live_flags import LiveFlags
+from app.infra.records import dumps, dumps_sorted
+from app.infra.settings import Settings
 from app.web import inputs
-from app.web.auth import Access, access_of, bearer, sdk_environment, sdk_key_environment
-from app.web.fast_path import FastPathWeb
-from app.web.stream import (
-    SSE_HEADERS,
-    Subscriber,
-    event,
-    next_change,
-    subscribers,
-    subscription,
-)
+from app.web.auth import Access, Credentials, bearer
+from app.web.change_feed import SSE_HEADERS, ChangeFeed, event, next_change
+from tables.flags import FlagTable
+from tables.replication import FlagReplication
+
+__all__ = ["OfrepApi", "parse_context", "resolution_body"]
 
 PREFIX: Final = "/ofrep/v1"
 EVENTS_PATH: Final = PREFIX + "/events"
@@ -72,7 +61,7 @@ WIRE_CODES: Final = frozenset(
         ErrorCode.GENERAL,
     }
 )
-_bodies: dict[int, tuple[Resolution, str, int, bytes]] = {}
+# Bound once: a global lookup of a module attribute per request is measurable here.
 _perf_counter = time.perf_counter
 _time = time.time
 
@@ -104,7 +93,7 @@ def resolution_body(key: str, resolution: Resolution) -> tuple[int, dict[str, An
     return (404 if code is ErrorCode.FLAG_NOT_FOUND else 400), failure
 
 
-def encoded(key: str, resolution: Resolution) -> tuple[int, bytes]:
+class EncodedBodies:
     """`resolution_body` as bytes, encoded once per pre-built resolution.
 
     The engine builds every outcome of a flag version once and hands out the same objects
@@ -112,16 +101,22 @@ def encoded(key: str, resolution: Resolution) -> tuple[int, bytes]:
     holds the resolution itself, so the id cannot be reused while cached. Errors carry
     per-call messages and are not cached. Bounded: emptied when full.
     """
-    cached = _bodies.get(id(resolution))
-    if cached is not None and cached[0] is resolution and cached[1] == key:
-        return cached[2], cached[3]
-    status, body = resolution_body(key, resolution)
-    raw = dumps(body)
-    if resolution.error_code is None:
-        if len(_bodies) >= BODY_CACHE_SIZE:
-            _bodies.clear()
-        _bodies[id(resolution)] = (resolution, key, status, raw)
-    return status, raw
+
+    def __init__(self, size: int = BODY_CACHE_SIZE) -> None:
+        self.size = size
+        self._bodies: dict[int, tuple[Resolution, str, int, bytes]] = {}
+
+    def __call__(self, key: str, resolution: Resolution) -> tuple[int, bytes]:
+        cached = self._bodies.get(id(resolution))
+        if cached is not None and cached[0] is resolution and cached[1] == key:
+            return cached[2], cached[3]
+        status, body = resolution_body(key, resolution)
+        raw = dumps(body)
+        if resolution.error_code is None:
+            if len(self._bodies) >= self.size:
+                self._bodies.clear()
+            self._bodies[id(resolution)] = (resolution, key, status, raw)
+        return status, raw
 
 
 def respond(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -133,34 +128,6 @@ def respond(status: int, body: Any, headers: Mapping[str, str] | None = None) ->
     )
 
 
-async def not_ready(key: str | None) -> web.Response | None:
-    """A 500 while the flag table is still recovering (after a bounded wait), else None.
-
-    Answering from a table that has not caught up would call existing flags FLAG_NOT_FOUND;
-    the spec has no 503, and a 500 makes SDKs use the caller's default with a GENERAL error.
-    """
-    if await replication.wait_ready():
-        return None
-    body: dict[str, Any] = {"errorDetails": "the flag table of this worker is still recovering"}
-    if key is not None:
-        body["key"] = key
-    return respond(500, body)
-
-
-def refused(request: web.Request, key: str | None) -> web.Response:
-    """401 without a known SDK key; 403 for an admin or read token (they do not evaluate)."""
-    if access_of(bearer(request), settings) is not Access.NONE:
-        status, details = 403, "admin and read tokens do not evaluate flags: use an SDK key"
-        headers = None
-    else:
-        status, details = 401, "an SDK key is required (Authorization: Bearer or X-API-Key)"
-        headers = {"WWW-Authenticate": "Bearer"}
-    body: dict[str, Any] = {"errorDetails": details}
-    if key is not None:
-        body["key"] = key
-    return respond(status, body, headers)
-
-
 def bad_request(key: str | None, status: int, code: ErrorCode, details: str) -> web.Response:
     """An `evaluationFailure` (one flag, with its key) or a `bulkEvaluationFailure` (bulk)."""
     body = {"errorCode": code, "errorDetails": details}
@@ -169,11 +136,11 @@ def bad_request(key: str | None, status: int, code: ErrorCode, details: str) -> 
     return respond(status, body)
 
 
-Rejection = tuple[int, ErrorCode, str]
+ContextRefusal = tuple[int, ErrorCode, str]
 """Why a body is not a context: the HTTP status, the error code and the details."""
 
 
-def parse_context(raw: bytes) -> dict[str, Any] | Rejection:
+def parse_context(raw: bytes) -> dict[str, Any] | ContextRefusal:
     """The evaluation context of a request body, or why the body is not one.
 
     A missing body or `context` is the empty context: the Python OFREP provider sends `{}`
@@ -199,126 +166,6 @@ def parse_context(raw: bytes) -> dict[str, Any] | Rejection:
     return context
 
 
-async def read_context(request: web.Request, key: str | None) -> dict[str, Any] | web.Response:
-    """The evaluation context of the body (`parse_context`), or the 400/413 response."""
-    raw = await inputs.read_body(request, settings.max_body_bytes)
-    if isinstance(raw, inputs.Refused):
-        return bad_request(key, raw.status, ErrorCode.GENERAL, raw.message)
-    context = parse_context(raw)
-    return context if isinstance(context, dict) else bad_request(key, *context)
-
-
-async def evaluate_flag(request: web.Request) -> web.Response:
-    """`POST /ofrep/v1/evaluate/flags/{key}`: one flag for the body's context."""
-    started = _perf_counter()
-    key = request.match_info["key"]
-    environment = sdk_environment(request, settings)
-    if environment is None:
-        return refused(request, key)
-    context = await read_context(request, key)
-    if isinstance(context, web.Response):
-        return context
-    if not replication.ready.is_set() and (unready := await not_ready(key)):
-        return unready
-    status, body = answer_flag(environment, key, context)
-    response = web.Response(body=body, status=status, content_type="application/json")
-    evaluation_stats.observe("ofrep", _perf_counter() - started)
-    return response
-
-
-def evaluate_at_once(token: str | None, key: str, raw: bytes) -> tuple[int, bytes] | None:
-    """`evaluate_flag`'s answer when it needs no wait and the request itself is right.
-
-    The fast path's `Answer` (`app.web.fast_path`). None, before any side effect, leaves the
-    request to `evaluate_flag`: a missing or wrong key, a body that is not a context, or a
-    worker still recovering, so each of those answers is written in one place.
-    """
-    started = _perf_counter()
-    environment = sdk_key_environment(token, settings)
-    if environment is None or not replication.ready.is_set():
-        return None
-    context = parse_context(raw)
-    if not isinstance(context, dict):
-        return None
-    answer = answer_flag(environment, key, context)
-    evaluation_stats.observe("ofrep", _perf_counter() - started)
-    return answer
-
-
-def answer_flag(environment: str, key: str, context: Mapping[str, Any]) -> tuple[int, bytes]:
-    """One flag evaluated (counted, exposed) and encoded: the answer of both paths."""
-    _, _, resolution = evaluator.one(environment, key, context, _time(), "ofrep")
-    return encoded(key, resolution)
-
-
-def bulk_etag(environment: str, context: Mapping[str, Any]) -> str:
-    """Changes when any flag of the environment changes, or when the context does.
-
-    The environment's version alone would answer 304 to a client whose context changed.
-    """
-    canonical = json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    digest = hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
-    return f'"{live_flags.etag(environment).strip(chr(34))}-{digest}"'
-
-
-async def catch_up(environment: str, wanted: str | None) -> None:
-    """Wait (bounded) until this worker has applied the version an SSE event announced.
-
-    The event may come from another worker than the one answering the re-fetch.
-    """
-    target = inputs.parse_version(None if wanted is None else wanted.strip('"'))
-    if target is None:
-        return
-    if flag_table.environment_seq(environment) >= target:
-        return
-    subscriber = Subscriber()
-    subscribers.setdefault(environment, set()).add(subscriber)
-    try:
-        async with asyncio.timeout(CATCH_UP_WAIT_S):
-            while flag_table.environment_seq(environment) < target:
-                await subscriber.queue.get()
-    except TimeoutError:
-        pass  # answer with what this worker has
-    finally:
-        subscribers[environment].discard(subscriber)
-
-
-async def evaluate_flags(request: web.Request) -> web.Response:
-    """`POST /ofrep/v1/evaluate/flags`: every flag of the environment for the body's context.
-
-    Per-flag errors are items of the 200 body; the ETag covers flags and context.
-    """
-    started = _perf_counter()
-    environment = sdk_environment(request, settings)
-    if environment is None:
-        return refused(request, None)
-    context = await read_context(request, None)
-    if isinstance(context, web.Response):
-        return context
-    if not replication.ready.is_set() and (unready := await not_ready(None)):
-        return unready
-    await catch_up(environment, request.query.get("flagConfigEtag"))
-    etag = bulk_etag(environment, context)
-    if request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers={"ETag": etag})
-    flags = []
-    for key, _, resolution in evaluator.many(environment, None, context, _time(), "ofrep"):
-        flags.append(resolution_body(key, resolution)[1])
-    body = {
-        "flags": flags,
-        "eventStreams": [
-            {
-                "type": "sse",
-                "endpoint": {"requestUri": EVENTS_PATH},
-                "inactivityDelaySec": INACTIVITY_DELAY_S,
-            }
-        ],
-    }
-    response = respond(200, body, {"ETag": etag})
-    evaluation_stats.observe("ofrep_bulk", _perf_counter() - started)
-    return response
-
-
 def refetch(environment: str, seq: int, last_modified: float | None) -> bytes:
     """One `refetchEvaluation` notification (openapi.yaml `sseEvent`; id: the env's seq)."""
     data: dict[str, Any] = {"type": "refetchEvaluation", "etag": f'"{seq}"'}
@@ -327,46 +174,208 @@ def refetch(environment: str, seq: int, last_modified: float | None) -> bytes:
     return event("message", seq, data)
 
 
-def last_event_id(request: web.Request) -> int | None:
-    return inputs.parse_version(request.headers.get("Last-Event-ID"))
+class OfrepApi:
+    """The OFREP routes of one worker, and the fast path's `Answer` (`evaluate_at_once`)."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        flags: FlagTable,
+        live_flags: LiveFlags,
+        replication: FlagReplication,
+        evaluator: Evaluator,
+        feed: ChangeFeed,
+    ) -> None:
+        self.max_body = settings.max_body_bytes
+        self.credentials = credentials
+        self.flags = flags
+        self.live_flags = live_flags
+        self.replication = replication
+        self.evaluator = evaluator
+        self.stats = evaluator.stats
+        self.feed = feed
+        self.encoded = EncodedBodies()
 
-async def notify(request: web.Request, response: web.StreamResponse, environment: str) -> None:
-    """Send one notification per burst of changes, and one at once to a client that missed some.
+    def routes(self) -> list[web.RouteDef]:
+        """Plain aiohttp routes (see the module docstring for why not Faust Views)."""
+        return [
+            web.post(PREFIX + "/evaluate/flags/{key}", self.evaluate_flag),
+            web.post(PREFIX + "/evaluate/flags", self.evaluate_flags),
+            web.get(EVENTS_PATH, self.stream_events),
+        ]
 
-    Notifications carry no flags, so missed changes collapse into one: the client re-fetches.
-    """
-    async with subscription(environment) as subscriber:
-        last = last_event_id(request)
-        seq = flag_table.environment_seq(environment)
-        if last is not None and last < seq:
-            await response.write(refetch(environment, seq, None))
+    def admits(self, token: str | None) -> bool:
+        """Whether a credential may evaluate at all: the fast path's check at the head."""
+        return self.credentials.sdk_key_environment(token) is not None
+
+    async def not_ready(self, key: str | None) -> web.Response | None:
+        """A 500 while the flag table is still recovering (after a bounded wait), else None.
+
+        Answering from a table that has not caught up would call existing flags
+        FLAG_NOT_FOUND; the spec has no 503, and a 500 makes SDKs use the caller's default
+        with a GENERAL error.
+        """
+        if await self.replication.wait_ready():
+            return None
+        body: dict[str, Any] = {"errorDetails": "the flag table of this worker is still recovering"}
+        if key is not None:
+            body["key"] = key
+        return respond(500, body)
+
+    def refused(self, request: web.Request, key: str | None) -> web.Response:
+        """401 without a known SDK key; 403 for an admin or read token (they do not evaluate)."""
+        if self.credentials.access_of(bearer(request)) is not Access.NONE:
+            status, details = 403, "admin and read tokens do not evaluate flags: use an SDK key"
+            headers = None
         else:
-            await response.write(b": connected\n\n")
-        while True:
-            change = await next_change(subscriber, response)
-            while not subscriber.queue.empty():  # coalesce a burst
-                change = subscriber.queue.get_nowait()
-            subscriber.overflowed = False  # a full queue lost changes: the re-fetch gets them
-            seq = flag_table.environment_seq(environment)
-            await response.write(refetch(environment, seq, change.updated_at))
+            status, details = 401, "an SDK key is required (Authorization: Bearer or X-API-Key)"
+            headers = {"WWW-Authenticate": "Bearer"}
+        body: dict[str, Any] = {"errorDetails": details}
+        if key is not None:
+            body["key"] = key
+        return respond(status, body, headers)
 
+    async def read_context(
+        self, request: web.Request, key: str | None
+    ) -> dict[str, Any] | web.Response:
+        """The evaluation context of the body (`parse_context`), or the 400/413 response."""
+        raw = await inputs.read_body(request, self.max_body)
+        if isinstance(raw, inputs.Refused):
+            return bad_request(key, raw.status, ErrorCode.GENERAL, raw.message)
+        context = parse_context(raw)
+        return context if isinstance(context, dict) else bad_request(key, *context)
 
-async def stream_events(request: web.Request) -> web.StreamResponse:
-    """`GET /ofrep/v1/events`: change notifications for the SDK key's environment."""
-    environment = sdk_environment(request, settings)
-    if environment is None:
-        return refused(request, None)
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
-    await notify(request, response, environment)
-    return response
+    async def evaluate_flag(self, request: web.Request) -> web.Response:
+        """`POST /ofrep/v1/evaluate/flags/{key}`: one flag for the body's context."""
+        started = _perf_counter()
+        key = request.match_info["key"]
+        environment = self.credentials.sdk_environment(request)
+        if environment is None:
+            return self.refused(request, key)
+        context = await self.read_context(request, key)
+        if isinstance(context, web.Response):
+            return context
+        if not self.replication.ready.is_set() and (unready := await self.not_ready(key)):
+            return unready
+        status, body = self.answer_flag(environment, key, context)
+        response = web.Response(body=body, status=status, content_type="application/json")
+        self.stats.observe("ofrep", _perf_counter() - started)
+        return response
 
+    def evaluate_at_once(self, token: str | None, key: str, raw: bytes) -> tuple[int, bytes] | None:
+        """`evaluate_flag`'s answer when it needs no wait and the request itself is right.
 
-# Plain aiohttp routes on Faust's web app (see the module docstring for why not Views).
-_router = faust_app.web.web_app.router
-_router.add_post(PREFIX + "/evaluate/flags/{key}", evaluate_flag)
-_router.add_post(PREFIX + "/evaluate/flags", evaluate_flags)
-_router.add_get(EVENTS_PATH, stream_events)
-if settings.ofrep_fast_path and isinstance(faust_app.web, FastPathWeb):
-    faust_app.web.answer_first(evaluate_at_once, settings.max_body_bytes)
+        The fast path's `Answer` (`app.web.fast_path`). None, before any side effect, leaves
+        the request to `evaluate_flag`: a missing or wrong key, a body that is not a context,
+        or a worker still recovering, so each of those answers is written in one place.
+        """
+        started = _perf_counter()
+        environment = self.credentials.sdk_key_environment(token)
+        if environment is None or not self.replication.ready.is_set():
+            return None
+        context = parse_context(raw)
+        if not isinstance(context, dict):
+            return None
+        answer = self.answer_flag(environment, key, context)
+        self.stats.observe("ofrep", _perf_counter() - started)
+        return answer
+
+    def answer_flag(
+        self, environment: str, key: str, context: Mapping[str, Any]
+    ) -> tuple[int, bytes]:
+        """One flag evaluated (counted, exposed) and encoded: the answer of both paths."""
+        _, _, resolution = self.evaluator.one(environment, key, context, _time(), "ofrep")
+        return self.encoded(key, resolution)
+
+    def bulk_etag(self, environment: str, context: Mapping[str, Any]) -> str:
+        """Changes when any flag of the environment changes, or when the context does.
+
+        The environment's version alone would answer 304 to a client whose context changed.
+        """
+        canonical = dumps_sorted(context)
+        digest = hashlib.blake2b(canonical, digest_size=8).hexdigest()
+        return f'"{self.live_flags.etag(environment).strip(chr(34))}-{digest}"'
+
+    async def catch_up(self, environment: str, wanted: str | None) -> None:
+        """Wait (bounded) until this worker has applied the version an SSE event announced.
+
+        The event may come from another worker than the one answering the re-fetch.
+        """
+        target = inputs.parse_version(None if wanted is None else wanted.strip('"'))
+        if target is None or self.flags.environment_seq(environment) >= target:
+            return
+        async with self.feed.subscription(environment) as subscriber:
+            try:
+                async with asyncio.timeout(CATCH_UP_WAIT_S):
+                    while self.flags.environment_seq(environment) < target:
+                        await subscriber.queue.get()
+            except TimeoutError:
+                pass  # answer with what this worker has
+
+    async def evaluate_flags(self, request: web.Request) -> web.Response:
+        """`POST /ofrep/v1/evaluate/flags`: every flag of the environment for the body's context.
+
+        Per-flag errors are items of the 200 body; the ETag covers flags and context.
+        """
+        started = _perf_counter()
+        environment = self.credentials.sdk_environment(request)
+        if environment is None:
+            return self.refused(request, None)
+        context = await self.read_context(request, None)
+        if isinstance(context, web.Response):
+            return context
+        if not self.replication.ready.is_set() and (unready := await self.not_ready(None)):
+            return unready
+        await self.catch_up(environment, request.query.get("flagConfigEtag"))
+        etag = self.bulk_etag(environment, context)
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        evaluated = self.evaluator.many(environment, None, context, _time(), "ofrep")
+        flags = [resolution_body(key, resolution)[1] for key, _, resolution in evaluated]
+        body = {
+            "flags": flags,
+            "eventStreams": [
+                {
+                    "type": "sse",
+                    "endpoint": {"requestUri": EVENTS_PATH},
+                    "inactivityDelaySec": INACTIVITY_DELAY_S,
+                }
+            ],
+        }
+        response = respond(200, body, {"ETag": etag})
+        self.stats.observe("ofrep_bulk", _perf_counter() - started)
+        return response
+
+    async def notify(
+        self, request: web.Request, response: web.StreamResponse, environment: str
+    ) -> None:
+        """One notification per burst of changes, and one at once to a client that missed some.
+
+        Notifications carry no flags, so missed changes collapse into one: the client
+        re-fetches. A `Last-Event-ID` that is no event id is no hint: answered as absent.
+        """
+        async with self.feed.subscription(environment) as subscriber:
+            last = inputs.last_event_id(request)
+            seq = self.flags.environment_seq(environment)
+            if isinstance(last, int) and last < seq:
+                await response.write(refetch(environment, seq, None))
+            else:
+                await response.write(b": connected\n\n")
+            while True:
+                change = await next_change(subscriber, response)
+                while not subscriber.queue.empty():  # coalesce a burst
+                    change = subscriber.queue.get_nowait()
+                subscriber.overflowed = False  # a full queue lost changes: the re-fetch has them
+                seq = self.flags.environment_seq(environment)
+                await response.write(refetch(environment, seq, change.updated_at))
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        """`GET /ofrep/v1/events`: change notifications for the SDK key's environment."""
+        environment = self.credentials.sdk_environment(request)
+        if environment is None:
+            return self.refused(request, None)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        await self.notify(request, response, environment)
+        return response

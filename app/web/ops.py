@@ -5,7 +5,7 @@ and serves its last known flags, saying so in the body (`"broker": "unreachable"
 writes answer 503 BROKER_UNAVAILABLE. `flagstream_broker_reachable` carries the same.
 
 `/metrics` is not on the API port: it names every evaluated flag and variant, which the API
-protects. `MetricsSite` serves it on FLAGSTREAM_METRICS_HOST:FLAGSTREAM_METRICS_PORT.
+protects. `app.web.metrics_site.MetricsSite` serves it on FLAGSTREAM_METRICS_HOST:PORT.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from faust.web import View
 
-from app.main import faust_app, flag_table, replication, settings
-from app.web.metrics_site import MetricsSite
 from app.web.responses import ok
-from tables.replication import BrokerState
+from tables.flags import FlagTable
+from tables.replication import BrokerState, FlagReplication
+
+__all__ = ["HealthApi"]
 
 SERVING = {
     BrokerState.REACHABLE: "current flags; writes accepted",
@@ -27,35 +27,38 @@ SERVING = {
 }
 
 
-def broker() -> dict[str, Any]:
-    """The broker's state as this worker last saw it, for both health bodies."""
-    state = replication.broker_state
-    return {
-        "broker": state.value,
-        "writable": replication.writable.is_set(),
-        "serving": SERVING[state],
-    }
+class HealthApi:
+    """`/healthz` (alive) and `/readyz` (ready for evaluation traffic)."""
 
+    def __init__(self, flags: FlagTable, replication: FlagReplication) -> None:
+        self.flags = flags
+        self.replication = replication
 
-@faust_app.page("/healthz")
-class Health(View):
-    async def get(self, request: web.Request) -> web.Response:
-        return ok({"status": "ok", **broker()})
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.health),
+            web.get("/readyz", self.ready),
+        ]
 
+    def broker(self) -> dict[str, Any]:
+        """The broker's state as this worker last saw it, for both health bodies."""
+        state = self.replication.broker_state
+        return {
+            "broker": state.value,
+            "writable": self.replication.writable.is_set(),
+            "serving": SERVING[state],
+        }
 
-@faust_app.page("/readyz")
-class Ready(View):
-    """Ready once the flag table has read its start fences: it then serves no stale flag.
+    async def health(self, request: web.Request) -> web.Response:
+        return ok({"status": "ok", **self.broker()})
 
-    A broker lost later does not make the worker unready: its flags are the last the log
-    held, and evaluations keep their answers; the body says the broker is unreachable.
-    """
+    async def ready(self, request: web.Request) -> web.Response:
+        """Ready once the flag table has read its start fences: it then serves no stale flag.
 
-    async def get(self, request: web.Request) -> web.Response:
-        if not replication.ready.is_set():
-            return ok({"status": "recovering", **broker()}, status=503)
-        return ok({"status": "ready", "environments": len(flag_table.environments()), **broker()})
-
-
-# Faust starts extra services with the app and accepts an instance as well as a class.
-faust_app.service(MetricsSite(settings.metrics_host, settings.metrics_port))  # type: ignore[arg-type]
+        A broker lost later does not make the worker unready: its flags are the last the log
+        held, and evaluations keep their answers; the body says the broker is unreachable.
+        """
+        if not self.replication.ready.is_set():
+            return ok({"status": "recovering", **self.broker()}, status=503)
+        environments = len(self.flags.environments())
+        return ok({"status": "ready", "environments": environments, **self.broker()})

@@ -105,9 +105,11 @@ def documented_routes() -> set[tuple[str, str]]:
 
 ROUTES_OF_A_WORKER = """
 import json
-from app.main import faust_app
-faust_app.web.init_server()  # what `flagstream worker` does before serving
-routes = faust_app.web.web_app.router.routes()
+from app.infra.settings import Settings
+from app.main import build
+app = build(Settings.from_env()).app
+app.web.init_server()  # what `flagstream worker` does before serving
+routes = app.web.web_app.router.routes()
 print(json.dumps(sorted({(r.method, r.resource.canonical) for r in routes if r.resource})))
 """
 

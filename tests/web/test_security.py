@@ -264,8 +264,15 @@ def test_secrets_are_compared_in_constant_time_only() -> None:
     assert any("read_token" in call for call in digests), digests
     assert "hashlib.sha256(token" in source
     # Nothing else in the app reads the tokens to compare them.
+    # Those that hold them: the checks, the settings, and the CLI that hands them out.
+    holders = {
+        "app/web/auth.py",
+        "app/infra/settings.py",
+        "app/cli/commands.py",
+        "app/cli/up_state.py",
+    }
     for path in (REPO / "app").rglob("*.py"):
-        if path.name in ("auth.py", "settings.py", "cli.py", "up_state.py"):
+        if path.relative_to(REPO).as_posix() in holders:
             continue
         text = path.read_text()
         assert "admin_token" not in text and "read_tokens" not in text, path
