@@ -7,25 +7,17 @@ with a change (bytes that are not JSON, a definition flagd would refuse, a stale
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from app.engine.schema import flag_problems
 from app.infra.json_input import Unacceptable, parse_json
+from app.infra.keys import KEY_PATTERN, valid_key
 from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
 
-# Environment and flag keys end up in URLs, Kafka keys and RocksDB keys separated by "/".
-# Matched whole (`fullmatch`): `$` would let a final newline through.
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 STATES = ("ENABLED", "DISABLED")
 # A change id is remembered (RocksDB key and value) for FLAGSTREAM_CHANGE_ID_DEPTH changes: a
 # UUID or a client's Idempotency-Key fits, a megabyte does not.
 MAX_CHANGE_ID = 200
-
-
-def valid_key(key: str) -> bool:
-    """Whether `key` may name an environment or a flag."""
-    return KEY_PATTERN.fullmatch(key) is not None
 
 
 def _malformed(reason: str, *problems: tuple[str, str]) -> Rejection:

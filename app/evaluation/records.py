@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from app.control.changes import KEY_PATTERN
 from app.engine import Resolution
 from app.evaluation.live_flags import LiveFlag
+from app.infra.keys import KEY_PATTERN
 from app.infra.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps, loads
 from app.infra.topics import EVALUATION_RESULTS
 

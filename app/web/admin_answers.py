@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from app.control.changes import valid_key
+from app.infra.keys import valid_key
 from app.infra.records import AppliedChange
 from app.web import inputs
 from app.web.responses import error

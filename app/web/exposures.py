@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from app.control.changes import valid_key
 from app.evaluation.live_flags import LiveFlags
 from app.experiments.exposures import ExposureSink, Pending, exposure_id
 from app.infra import metrics
+from app.infra.keys import valid_key
 from app.infra.settings import Settings
 from app.web.admin_answers import not_ready, read_json
 from app.web.auth import Credentials

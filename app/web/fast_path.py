@@ -55,8 +55,8 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_runner import BaseRunner, BaseSite, TCPSite
 from faust.web.drivers import aiohttp as faust_aiohttp
 
-from app.control.changes import KEY_PATTERN
 from app.infra import metrics
+from app.infra.keys import KEY_PATTERN
 from app.infra.records import dumps
 from app.web.auth import token_of
 
@@ -68,7 +68,7 @@ Admits = Callable[[str | None], bool]
 """Whether a credential (SDK key or None) may evaluate at all; False lets aiohttp answer
 (401/403) as soon as the head has arrived, so a refused request's body is never buffered."""
 
-# The single-flag route with a flag key as keys are made (`app.control.changes.KEY_PATTERN`, which
+# The single-flag route with a flag key as keys are made (`app.infra.keys.KEY_PATTERN`, which
 # needs no percent-decoding and is never a dot segment); other targets go to aiohttp.
 SINGLE_FLAG: Final = re.compile(
     rb"/ofrep/v1/evaluate/flags/(%s)" % KEY_PATTERN.pattern.strip("^$").encode()
