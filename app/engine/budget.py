@@ -20,6 +20,21 @@ from __future__ import annotations
 
 from typing import Final
 
+__all__ = [
+    "EXCEEDED",
+    "MAX_ARRAY_ITEMS",
+    "MAX_LOOP_ITEMS",
+    "MAX_STRING_CHARS",
+    "METER",
+    "STEP_COST",
+    "WORK_PER_EVALUATION",
+    "BudgetExceededError",
+    "Meter",
+    "charge",
+    "reset",
+    "too_long",
+]
+
 #: Work units of one evaluation. A unit is about one character built or one array item
 #: scanned by C code; a step of Python work (a node run inside an array operation, an
 #: element visited when walking nested arrays) costs STEP_COST. 2**20 units are at most

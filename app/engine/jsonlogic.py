@@ -32,12 +32,9 @@ from app.engine.budget import (
 )
 from app.engine.coerce import NAN, to_number, to_string, truthy
 from app.engine.model import FractionalVersion
+from app.engine.refs import MAX_DEPTH, MAX_NODES, RefError, referenced
 from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key, var_rule
 
-#: Deepest JSON nesting of a targeting rule, ``$ref`` expansions included.
-MAX_DEPTH: Final = 64
-#: Most JSON nodes in one targeting rule, ``$ref`` expansions included.
-MAX_NODES: Final = 10_000
 __all__ = [
     "MAX_DEPTH",
     "MAX_LOOP_ITEMS",
@@ -280,13 +277,13 @@ def _context(scope: Scope) -> operators.Context:
 
 def _reference(name: Any, scope: Scope, path: str, depth: int) -> Rule:
     """``{"$ref": "name"}``: inline the shared evaluator (flagd substitutes it textually)."""
-    if not isinstance(name, str) or name not in scope.evaluators:
-        raise InvalidRuleError(path, f"$ref to unknown evaluator {name!r}")
-    if name in scope.refs:
-        raise InvalidRuleError(path, f"$ref cycle through evaluator {name!r}")
+    try:
+        name, evaluator = referenced(name, scope.evaluators, scope.refs, path)
+    except RefError as error:
+        raise InvalidRuleError(error.path, error.message) from None
     scope.refs.append(name)
     try:
-        return compile_rule(scope.evaluators[name], scope, f"$.$evaluators.{name}", depth + 1)
+        return compile_rule(evaluator, scope, f"$.$evaluators.{name}", depth + 1)
     finally:
         scope.refs.pop()
 
@@ -469,7 +466,7 @@ def _straight_chain(tests: list[Rule], values: list[Any], fallback: Any) -> Rule
     namespace.update({f"t{i}": test for i, test in enumerate(tests)})
     namespace.update({f"v{i}": value for i, value in enumerate(values)})
     # Safe to exec: the source holds only the names above, never text from the flag.
-    exec(compile("\n".join(lines), "<targeting chain>", "exec"), namespace)  # noqa: S102
+    exec(compile("\n".join(lines), "<targeting chain>", "exec"), namespace)  # noqa: S102, RUF100
     chain: Rule = namespace["chain"]
     return chain
 
