@@ -26,7 +26,14 @@ from app.infra.records import (
     dumps,
 )
 from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
-from app.main import faust_app, flag_changes_topic, flag_table, replication, settings
+from app.main import (
+    broker_watch,
+    faust_app,
+    flag_changes_topic,
+    flag_table,
+    replication,
+    settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ async def handle(raw: bytes | None, partition: int, offset: int) -> None:
     """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
     # While the broker is being checked (it was unreachable, or came back and may have lost
     # its data) the table may not be the log's: neither skip nor decide against it yet.
-    await replication.writable.wait()
+    await broker_watch.writable.wait()
     if partition not in synced_partitions:
         await replication.sync([partition])
         synced_partitions.add(partition)

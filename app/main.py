@@ -10,7 +10,9 @@ from __future__ import annotations
 import faust
 from prometheus_client import REGISTRY
 
+from app.control.dead_letters import DeadLetterReader
 from app.control.outcomes import Outcomes
+from app.control.writer import Writer
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.evaluation.stats import EvaluationStats
@@ -20,6 +22,7 @@ from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.settings import Settings
 from app.infra.topics import FLAG_CHANGES
 from app.web.http_metrics import count_responses
+from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
@@ -68,8 +71,13 @@ flag_table = FlagTable(
     stream_depth=settings.stream_depth,
     change_id_depth=settings.change_id_depth,
 )
-outcomes = Outcomes()
-replication = FlagReplication(settings, flag_table, outcomes)
+replication = FlagReplication(settings, flag_table)
+broker_watch = BrokerWatch(settings, replication)
+outcomes = Outcomes(flag_table)
+replication.on_applied(outcomes.heard_applied)
+dead_letters = DeadLetterReader(settings, outcomes)
+broker_watch.before_writes(dead_letters.move_to_end)
+writer = Writer(faust_app, outcomes, broker_watch.writable, settings)
 live_flags = LiveFlags(flag_table)
 replication.on_rebuild(live_flags.forget)
 exposure_sink = ExposureSink(settings)
@@ -80,6 +88,8 @@ evaluator = Evaluator(live_flags, exposure_sink, evaluation_stats)
 
 # Faust starts extra services with the app and accepts an instance as well as a class.
 faust_app.service(replication)  # type: ignore[arg-type]
+faust_app.service(broker_watch)  # type: ignore[arg-type]
+faust_app.service(dead_letters)  # type: ignore[arg-type]
 faust_app.service(exposure_sink)  # type: ignore[arg-type]
 
 # Every answer of the HTTP API is counted, whatever its view returned or raised.

@@ -13,9 +13,10 @@ from aiohttp import web
 from faust.web import View
 
 from app.control.changes import MAX_CHANGE_ID, STATES, valid_key
-from app.control.writer import new_change, submit
-from app.infra.records import AppliedChange, ChangeOp
-from app.main import faust_app, flag_table, replication, settings
+from app.control.outcomes import BrokerUnavailable
+from app.control.writer import new_change
+from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode
+from app.main import faust_app, flag_table, replication, settings, writer
 from app.web import inputs
 from app.web.auth import Access, holds_secret, refuse
 from app.web.responses import error, ok
@@ -24,12 +25,11 @@ API = "/api/v1/environments"
 
 # How a dead letter's code reads over HTTP.
 REJECTION_STATUS = {
-    "VERSION_CONFLICT": 409,
-    "INVALID_DEFINITION": 422,
-    "FLAG_NOT_FOUND": 404,
-    "MALFORMED": 400,
-    "IDEMPOTENCY_KEY_REUSED": 422,
-    "BROKER_UNAVAILABLE": 503,  # app.control.outcomes.broker_unavailable: retry later, same key
+    DeadLetterCode.VERSION_CONFLICT: 409,
+    DeadLetterCode.INVALID_DEFINITION: 422,
+    DeadLetterCode.FLAG_NOT_FOUND: 404,
+    DeadLetterCode.MALFORMED: 400,
+    DeadLetterCode.IDEMPOTENCY_KEY_REUSED: 422,
 }
 
 
@@ -106,7 +106,7 @@ async def write(
     done = flag_table.applied(environment, idempotency_key) if idempotency_key else None
     if done is not None and done.answers(change):
         return ok(describe(done), headers={"ETag": etag(done.version)})
-    outcome = await submit(change)
+    outcome = await writer.submit(change)
     if outcome is None:
         return error(
             504,
@@ -116,14 +116,17 @@ async def write(
         )
     if isinstance(outcome, AppliedChange):
         return ok(describe(outcome), headers={"ETag": etag(outcome.version)})
-    code = str(outcome.get("code"))
+    if isinstance(outcome, BrokerUnavailable):  # retry later, with the same Idempotency-Key
+        return error(
+            503, outcome.code, outcome.reason, change_id=change.change_id, current_version=None
+        )
     return error(
-        REJECTION_STATUS.get(code, 400),
-        code,
-        str(outcome.get("reason")),
-        outcome.get("problems") or (),
+        REJECTION_STATUS[outcome.code],
+        outcome.code.value,
+        outcome.reason,
+        [{"path": path, "message": message} for path, message in outcome.problems],
         change_id=change.change_id,
-        current_version=outcome.get("current_version"),
+        current_version=outcome.current_version,
     )
 
 

@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from app.main import faust_app, flag_table, replication, settings
+from app.main import broker_watch, faust_app, flag_table, replication, settings
 from app.web.metrics_site import MetricsSite
 from app.web.responses import ok
-from tables.replication import BrokerState
+from tables.broker_watch import BrokerState
 
 SERVING = {
     BrokerState.REACHABLE: "current flags; writes accepted",
@@ -29,10 +29,10 @@ SERVING = {
 
 def broker() -> dict[str, Any]:
     """The broker's state as this worker last saw it, for both health bodies."""
-    state = replication.broker_state
+    state = broker_watch.broker_state
     return {
         "broker": state.value,
-        "writable": replication.writable.is_set(),
+        "writable": broker_watch.writable.is_set(),
         "serving": SERVING[state],
     }
 
