@@ -29,6 +29,7 @@ from app.infra.records import (
 )
 from app.infra.settings import Settings
 from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
@@ -52,8 +53,10 @@ class FlagChangeAgent:
         settings: Settings,
         flags: FlagTable,
         replication: FlagReplication,
+        broker_watch: BrokerWatch,
     ) -> None:
         self.app = app
+        self.broker_watch = broker_watch
         self.partitions = settings.flag_change_partitions
         self.flags = flags
         self.replication = replication
@@ -86,7 +89,7 @@ class FlagChangeAgent:
         """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
         # While the broker is being checked (it was unreachable, or came back and may have lost
         # its data) the table may not be the log's: neither skip nor decide against it yet.
-        await self.replication.writable.wait()
+        await self.broker_watch.writable.wait()
         if partition not in self.synced_partitions:
             await self.replication.sync([partition])
             self.synced_partitions.add(partition)

@@ -16,8 +16,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from agents.evaluations import EvaluationRequests
 from agents.flag_changes import FlagChangeAgent
+from app.control.dead_letters import DeadLetterReader
 from app.control.outcomes import Outcomes
-from app.control.writer import ChangeWriter
+from app.control.writer import Writer
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.evaluation.stats import EvaluationStats
@@ -36,6 +37,7 @@ from app.web.metrics_site import MetricsSite
 from app.web.ofrep import OfrepApi
 from app.web.ops import HealthApi
 from app.web.stream import ChangeStreamApi
+from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
@@ -50,10 +52,11 @@ class Worker:
     app: faust.App
     flags: FlagTable
     replication: FlagReplication
+    broker_watch: BrokerWatch
     live_flags: LiveFlags
     evaluator: Evaluator
     exposures: ExposureSink
-    writer: ChangeWriter
+    writer: Writer
 
 
 def faust_app_for(settings: Settings) -> faust.App:
@@ -97,25 +100,31 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         stream_depth=settings.stream_depth,
         change_id_depth=settings.change_id_depth,
     )
-    outcomes = Outcomes()
-    replication = FlagReplication(settings, flags, outcomes)
+    replication = FlagReplication(settings, flags)
+    broker_watch = BrokerWatch(settings, replication)
+    outcomes = Outcomes(flags)
+    replication.on_applied(outcomes.heard_applied)
+    dead_letters = DeadLetterReader(settings, outcomes)
+    broker_watch.before_writes(dead_letters.move_to_end)
+    writer = Writer(app, outcomes, broker_watch.writable, settings)
     live_flags = LiveFlags(flags)
     replication.on_rebuild(live_flags.forget)
     exposures = ExposureSink(settings)
     stats = EvaluationStats()
     registry.register(stats)
     evaluator = Evaluator(live_flags, exposures, stats)
-    writer = ChangeWriter(app.producer, outcomes, replication, settings)
 
     # Faust starts extra services with the app and accepts an instance as well as a class.
     for service in (
         replication,
+        broker_watch,
+        dead_letters,
         exposures,
         EvaluationRequests(settings, flags, replication, evaluator),
         MetricsSite(settings.metrics_host, settings.metrics_port),
     ):
         app.service(service)  # type: ignore[arg-type]
-    FlagChangeAgent(app, settings, flags, replication).attach()
+    FlagChangeAgent(app, settings, flags, replication, broker_watch).attach()
 
     credentials = Credentials(settings)
     feed = ChangeFeed()
@@ -127,7 +136,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         EvaluateApi(settings, credentials, flags, live_flags, replication),
         ExposuresApi(settings, credentials, live_flags, replication, exposures),
         ChangeStreamApi(settings, credentials, flags, replication, feed),
-        HealthApi(flags, replication),
+        HealthApi(flags, replication, broker_watch),
         ofrep,
     ):
         web_app.add_routes(api.routes())
@@ -137,4 +146,6 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     if settings.ofrep_fast_path and isinstance(app.web, FastPathWeb):
         app.web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)
 
-    return Worker(settings, app, flags, replication, live_flags, evaluator, exposures, writer)
+    return Worker(
+        settings, app, flags, replication, broker_watch, live_flags, evaluator, exposures, writer
+    )

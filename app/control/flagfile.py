@@ -9,27 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-MAX_REF_DEPTH = 32
+from app.engine.refs import RefError, inline_refs
 
 
 class FlagFileError(ValueError):
     """The file is not a flagd document we can apply (raised to the CLI, shown to the user)."""
 
 
-def inline(node: Any, evaluators: dict[str, Any], depth: int = 0) -> Any:
-    """`node` with every `{"$ref": name}` replaced by the named shared evaluator."""
-    if depth > MAX_REF_DEPTH:
-        raise FlagFileError("$ref nesting is deeper than 32 (a cycle?)")
-    if isinstance(node, dict):
-        if set(node) == {"$ref"}:
-            name = node["$ref"]
-            if name not in evaluators:
-                raise FlagFileError(f"$ref to unknown evaluator {name!r}")
-            return inline(evaluators[name], evaluators, depth + 1)
-        return {k: inline(v, evaluators, depth) for k, v in node.items()}
-    if isinstance(node, list):
-        return [inline(v, evaluators, depth) for v in node]
-    return node
+def inline(definition: dict[str, Any], evaluators: dict[str, Any]) -> dict[str, Any]:
+    """The flag with every `{"$ref": name}` of its targeting replaced by the named evaluator.
+
+    The engine's resolver and bounds (`app.engine.refs`): a file is refused here exactly when
+    the engine could not resolve its references. Only targeting holds references, as in flagd.
+    """
+    if "targeting" not in definition:
+        return definition
+    try:
+        return {**definition, "targeting": inline_refs(definition["targeting"], evaluators)}
+    except RefError as error:
+        raise FlagFileError(f"{error.path}: {error.message}") from None
 
 
 def flags_of(document: Any) -> dict[str, dict[str, Any]]:

@@ -14,17 +14,16 @@ from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 
-from app.control.outcomes import Outcome, Outcomes, broker_unavailable
-from app.infra.records import ChangeOp, FlagChange, dumps
+from app.control.outcomes import BrokerUnavailable, Outcome, Outcomes
+from app.infra.records import JSON, ChangeOp, FlagChange, dumps
 from app.infra.settings import Settings
 from app.infra.topics import FLAG_CHANGES, partition_for
-from tables.replication import FlagReplication
 
-__all__ = ["ChangeWriter", "new_change"]
+__all__ = ["ChangeProducer", "ProducerSource", "Writer", "new_change"]
 
 
-class Producer(Protocol):
-    """What the writer needs of a producer: Faust's (`app.producer`) has it."""
+class ChangeProducer(Protocol):
+    """What the writer needs of a Kafka producer (Faust's, positional arguments)."""
 
     async def send_and_wait(
         self,
@@ -37,17 +36,31 @@ class Producer(Protocol):
     ) -> Any: ...
 
 
+class ProducerSource(Protocol):
+    """Whatever holds the producer (the Faust app): it is created when first asked for."""
+
+    @property
+    def producer(self) -> ChangeProducer: ...
+
+
+class WriteGate(Protocol):
+    """Set while writes may go out (`tables.broker_watch.BrokerWatch.writable`)."""
+
+    def is_set(self) -> bool: ...
+
+
 def new_change(
     environment: str,
     flag: str,
     op: ChangeOp,
     actor: str,
     *,
-    definition: dict[str, Any] | None = None,
+    definition: JSON | None = None,
     state: str | None = None,
     expected_version: int | None = None,
     change_id: str | None = None,
 ) -> FlagChange:
+    """A command for `flag-changes`, produced now, under a new change id unless given one."""
     return FlagChange(
         change_id=change_id or str(uuid.uuid4()),
         environment=environment,
@@ -61,54 +74,48 @@ def new_change(
     )
 
 
-class ChangeWriter:
-    """Puts commands on `flag-changes` and waits, bounded, for each one's verdict."""
+class Writer:
+    """Sends commands to `flag-changes` and waits for their outcomes."""
 
     def __init__(
-        self,
-        producer: Producer,
-        outcomes: Outcomes,
-        replication: FlagReplication,
-        settings: Settings,
+        self, source: ProducerSource, outcomes: Outcomes, writable: WriteGate, settings: Settings
     ) -> None:
-        self.producer = producer
-        self.outcomes = outcomes
-        self.replication = replication
-        self.timeout_s = settings.write_timeout_s
-        self.partitions = settings.flag_change_partitions
+        self._source = source
+        self._outcomes = outcomes
+        self._writable = writable
+        self._timeout_s = settings.write_timeout_s
+        self._partitions = settings.flag_change_partitions
 
     async def submit(self, change: FlagChange) -> Outcome | None:
-        """The applied change or the dead letter it produced, within FLAGSTREAM_WRITE_TIMEOUT_S.
+        """The applied change or why it was refused, within FLAGSTREAM_WRITE_TIMEOUT_S.
 
-        `broker_unavailable` when the broker cannot take writes (unreachable, or its log
-        being checked after it came back: `replication.writable`), and None when the change
-        was sent but its outcome did not come in time. The produce is inside the bound too:
-        Faust's producer waits up to its request timeout (20 minutes) for a broker that does
-        not answer.
+        `BrokerUnavailable` when the broker cannot take writes (unreachable, or its log being
+        checked after it came back: `writable` is clear), and None when the change was sent
+        but its outcome did not come in time. The produce is inside the bound too: Faust's
+        producer waits up to its request timeout (20 minutes) for a broker that does not answer.
         """
-        if not self.replication.writable.is_set():
-            return broker_unavailable(sent=False)
-        future = self.outcomes.expect(change.change_id)
+        if not self._writable.is_set():
+            return BrokerUnavailable(sent=False)
+        future = self._outcomes.expect(change.change_id)
         sent = False
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.producer.send_and_wait(
-                    FLAG_CHANGES,
-                    change.environment.encode(),
-                    dumps(change.to_json()),
-                    partition_for(change.environment, self.partitions),
-                    None,
-                    None,
-                )
+            async with asyncio.timeout(self._timeout_s):
+                await self._send(change)
                 sent = True
                 return await future
         except TimeoutError:
-            return (
-                None
-                if sent and self.replication.writable.is_set()
-                else broker_unavailable(sent=True)
-            )
+            return None if sent and self._writable.is_set() else BrokerUnavailable(sent=True)
         except KafkaError:
-            return broker_unavailable(sent=True)
+            return BrokerUnavailable(sent=True)
         finally:
-            self.outcomes.forget(change.change_id)
+            self._outcomes.forget(change.change_id)
+
+    async def _send(self, change: FlagChange) -> None:
+        await self._source.producer.send_and_wait(
+            FLAG_CHANGES,
+            change.environment.encode(),
+            dumps(change.to_json()),
+            partition_for(change.environment, self._partitions),
+            None,
+            None,
+        )

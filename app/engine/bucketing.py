@@ -29,6 +29,19 @@ import mmh3
 
 from app.engine.budget import STEP_COST, charge
 
+__all__ = [
+    "MAX_TOTAL_WEIGHT",
+    "bucket_v1",
+    "cbor",
+    "hash_after",
+    "hash_v1",
+    "hash_v2",
+    "hash_v3",
+    "pick",
+    "text_pair_prefix",
+    "thresholds",
+]
+
 #: flagd rejects splits whose weights add up to more than MaxInt32.
 MAX_TOTAL_WEIGHT: Final = 2_147_483_647
 _INT32_MAX: Final = 2_147_483_647
@@ -151,45 +164,62 @@ def _encode(value: Any, out: bytearray, depth: int) -> bool:
     elif value is False:
         out += b"\xf4"
     elif isinstance(value, str):
-        try:
-            encoded = value.encode()
-        except UnicodeEncodeError:
-            return False
-        out += _header(3, len(encoded))
-        out += encoded
+        return _encode_text(value, out)
     elif isinstance(value, int):
         _encode_int(value, out)
     elif isinstance(value, float):
-        # flagd normalises integral floats to integers when they fit 64 bits.
-        if value.is_integer() and -(2**63) <= value <= 2**64 - 1:
-            _encode_int(int(value), out)
-        else:
-            out += _float(value)
+        _encode_float(value, out)
     elif depth >= _MAX_CBOR_DEPTH:
         return False
     elif isinstance(value, list | tuple):
-        # Charged per item: parts shared by reference are encoded once per path.
-        charge(len(value) * STEP_COST, "bucketing by an array")
-        out += _header(4, len(value))
-        for item in value:
-            if not _encode(item, out, depth + 1):
-                return False
+        return _encode_array(value, out, depth)
     elif isinstance(value, Mapping):
-        charge(len(value) * STEP_COST, "bucketing by an object")
-        entries = []
-        for key, item in value.items():
-            encoded_key = bytearray()
-            if not _encode(key, encoded_key, depth + 1):
-                return False
-            entries.append((len(encoded_key), bytes(encoded_key), item))
-        entries.sort(key=lambda entry: (entry[0], entry[1]))
-        out += _header(5, len(entries))
-        for _, encoded_key_bytes, item in entries:
-            out += encoded_key_bytes
-            if not _encode(item, out, depth + 1):
-                return False
+        return _encode_map(value, out, depth)
     else:
         return False
+    return True
+
+
+def _encode_text(value: str, out: bytearray) -> bool:
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:
+        return False
+    out += _header(3, len(encoded))
+    out += encoded
+    return True
+
+
+def _encode_float(value: float, out: bytearray) -> None:
+    # flagd normalises integral floats to integers when they fit 64 bits.
+    if value.is_integer() and -(2**63) <= value <= 2**64 - 1:
+        _encode_int(int(value), out)
+    else:
+        out += _float(value)
+
+
+def _encode_array(value: Sequence[Any], out: bytearray, depth: int) -> bool:
+    # Charged per item: parts shared by reference are encoded once per path.
+    charge(len(value) * STEP_COST, "bucketing by an array")
+    out += _header(4, len(value))
+    return all(_encode(item, out, depth + 1) for item in value)
+
+
+def _encode_map(value: Mapping[Any, Any], out: bytearray, depth: int) -> bool:
+    """Canonical order: keys sorted by the length, then the bytes, of their encoding."""
+    charge(len(value) * STEP_COST, "bucketing by an object")
+    entries = []
+    for key, item in value.items():
+        encoded_key = bytearray()
+        if not _encode(key, encoded_key, depth + 1):
+            return False
+        entries.append((len(encoded_key), bytes(encoded_key), item))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    out += _header(5, len(entries))
+    for _, encoded_key_bytes, item in entries:
+        out += encoded_key_bytes
+        if not _encode(item, out, depth + 1):
+            return False
     return True
 
 

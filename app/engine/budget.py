@@ -6,7 +6,7 @@ string's size, a structure that shares its parts), so the operations whose cost 
 constant charge this budget as they go: array operations per item, ``cat``/``substr``
 per character built, ``merge`` per item, ``in`` per item scanned, and walks of nested
 arrays (text, equality, CBOR) per element visited. Each targeted evaluation starts with
-``WORK_PER_EVALUATION`` units; when they run out, ``BudgetExceeded`` ends the evaluation
+``WORK_PER_EVALUATION`` units; when they run out, ``BudgetExceededError`` ends the evaluation
 and ``compile_flag``'s resolver turns it into an ERROR / GENERAL resolution.
 
 The meter is one counter of the process, reset at the start of every targeted evaluation
@@ -19,6 +19,21 @@ through the bound.
 from __future__ import annotations
 
 from typing import Final
+
+__all__ = [
+    "EXCEEDED",
+    "MAX_ARRAY_ITEMS",
+    "MAX_LOOP_ITEMS",
+    "MAX_STRING_CHARS",
+    "METER",
+    "STEP_COST",
+    "WORK_PER_EVALUATION",
+    "BudgetExceededError",
+    "Meter",
+    "charge",
+    "reset",
+    "too_long",
+]
 
 #: Work units of one evaluation. A unit is about one character built or one array item
 #: scanned by C code; a step of Python work (a node run inside an array operation, an
@@ -37,7 +52,7 @@ MAX_LOOP_ITEMS: Final = 1_000
 EXCEEDED: Final = "evaluation budget exceeded"
 
 
-class BudgetExceeded(Exception):
+class BudgetExceededError(Exception):
     """The running evaluation used its budget; ``message`` says what exceeded it."""
 
     def __init__(self, message: str) -> None:
@@ -62,7 +77,7 @@ def charge(units: int, what: str) -> None:
     left = METER.left - units
     METER.left = left
     if left < 0:
-        raise BudgetExceeded(f"{what} (budget {WORK_PER_EVALUATION:,} units)")
+        raise BudgetExceededError(f"{what} (budget {WORK_PER_EVALUATION:,} units)")
 
 
 def reset() -> None:
@@ -70,6 +85,6 @@ def reset() -> None:
     METER.left = WORK_PER_EVALUATION
 
 
-def too_long(what: str, size: int, limit: int, unit: str) -> BudgetExceeded:
+def too_long(what: str, size: int, limit: int, unit: str) -> BudgetExceededError:
     """The error for a value over one of the size limits."""
-    return BudgetExceeded(f"{what} of {size:,} {unit} (at most {limit:,})")
+    return BudgetExceededError(f"{what} of {size:,} {unit} (at most {limit:,})")

@@ -9,11 +9,28 @@ None of these functions raises on JSON input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from math import isnan
-from typing import Any
+from typing import Any, Final
 
 from app.engine.budget import MAX_STRING_CHARS, METER, STEP_COST, charge, too_long
+
+__all__ = [
+    "NAN",
+    "fit_number",
+    "greater",
+    "greater_or_equal",
+    "less",
+    "less_or_equal",
+    "loose_equals",
+    "same_json",
+    "strict_equals",
+    "substr",
+    "to_number",
+    "to_string",
+    "truthy",
+]
 
 NAN = float("nan")
 
@@ -195,56 +212,33 @@ def same_json(a: Any, b: Any) -> bool:
     return True
 
 
-def less(a: Any, b: Any) -> bool:
-    """JsonLogic ``<``: numeric when either side is a number, else string, else numeric."""
-    if isinstance(a, int | float):
-        return bool(a < to_number(b))
-    if isinstance(b, int | float):
-        return bool(to_number(a) < b)
-    if isinstance(a, str):
-        return a < to_string(b)
-    if isinstance(b, str):
-        return to_string(a) < b
-    return bool(to_number(a) < to_number(b))
+def _ordering(compare: Callable[[Any, Any], Any], symbol: str) -> Callable[[Any, Any], bool]:
+    """JsonLogic's ordering ``symbol`` with its coercions, built once per operator.
+
+    Numeric when either side is a number, else string when either side is a string, else
+    numeric. ``compare`` is the plain operator (``operator.lt``...): one body for all four.
+    """
+
+    def ordered(a: Any, b: Any) -> bool:
+        if isinstance(a, int | float):
+            return bool(compare(a, to_number(b)))
+        if isinstance(b, int | float):
+            return bool(compare(to_number(a), b))
+        if isinstance(a, str):
+            return bool(compare(a, to_string(b)))
+        if isinstance(b, str):
+            return bool(compare(to_string(a), b))
+        return bool(compare(to_number(a), to_number(b)))
+
+    ordered.__name__ = ordered.__qualname__ = compare.__name__
+    ordered.__doc__ = f"JsonLogic ``{symbol}`` on any two JSON values."
+    return ordered
 
 
-def less_or_equal(a: Any, b: Any) -> bool:
-    """JsonLogic ``<=`` with the coercions of ``less``."""
-    if isinstance(a, int | float):
-        return bool(a <= to_number(b))
-    if isinstance(b, int | float):
-        return bool(to_number(a) <= b)
-    if isinstance(a, str):
-        return a <= to_string(b)
-    if isinstance(b, str):
-        return to_string(a) <= b
-    return bool(to_number(a) <= to_number(b))
-
-
-def greater(a: Any, b: Any) -> bool:
-    """JsonLogic ``>`` with the coercions of ``less``."""
-    if isinstance(a, int | float):
-        return bool(a > to_number(b))
-    if isinstance(b, int | float):
-        return bool(to_number(a) > b)
-    if isinstance(a, str):
-        return a > to_string(b)
-    if isinstance(b, str):
-        return to_string(a) > b
-    return bool(to_number(a) > to_number(b))
-
-
-def greater_or_equal(a: Any, b: Any) -> bool:
-    """JsonLogic ``>=`` with the coercions of ``less``."""
-    if isinstance(a, int | float):
-        return bool(a >= to_number(b))
-    if isinstance(b, int | float):
-        return bool(to_number(a) >= b)
-    if isinstance(a, str):
-        return a >= to_string(b)
-    if isinstance(b, str):
-        return to_string(a) >= b
-    return bool(to_number(a) >= to_number(b))
+less: Final = _ordering(operator.lt, "<")
+less_or_equal: Final = _ordering(operator.le, "<=")
+greater: Final = _ordering(operator.gt, ">")
+greater_or_equal: Final = _ordering(operator.ge, ">=")
 
 
 def substr(value: Any, start: Any, length: Any) -> str:

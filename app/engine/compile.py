@@ -21,40 +21,61 @@ What is rejected and what degrades, mirroring flagd:
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from app.engine.budget import METER, WORK_PER_EVALUATION, BudgetExceeded
-from app.engine.jsonlogic import MAX_DEPTH, InvalidRule, RuleTooLarge, Scope, compile_rule
+from app.engine.budget import METER, WORK_PER_EVALUATION, BudgetExceededError
+from app.engine.jsonlogic import MAX_DEPTH, InvalidRuleError, RuleTooLargeError, Scope, compile_rule
 from app.engine.model import (
     EMPTY_METADATA,
     FRACTIONAL_VERSION_KEY,
     CompiledFlag,
     ErrorCode,
     FractionalVersion,
+    JsonValue,
     Metadata,
     Reason,
     Resolution,
     Resolver,
 )
-from app.engine.problems import Problem
+from app.engine.problems import Problem, json_path
+from app.engine.rules import Rule
 from app.engine.schema import flag_problems, flag_set_problems
 
+__all__ = ["compile_flag", "compile_flag_set"]
+
 _TOLERATED_PREFIXES: Final = ("$.targeting", "$.$evaluators")
-_SIMPLE_KEY: Final = re.compile(r"[A-Za-z0-9_$-]+")
 
 
 def compile_flag(
     key: str,
-    definition: Mapping[str, Any],
+    definition: Mapping[str, JsonValue],
     *,
-    evaluators: Mapping[str, Any] | None = None,
-    flag_set_metadata: Mapping[str, Any] | None = None,
+    evaluators: Mapping[str, JsonValue] | None = None,
+    flag_set_metadata: Mapping[str, JsonValue] | None = None,
 ) -> CompiledFlag | list[Problem]:
-    """Compile one flag; the problems instead when flagd would not load it."""
+    """Compile one flag; the problems instead when flagd would not load it.
+
+    Three steps, all off the hot path: check the definition (``_loadable``), gather what
+    does not depend on targeting (``_Parts``), then turn targeting into a resolver.
+    """
+    checked = _loadable(definition, evaluators, flag_set_metadata)
+    if isinstance(checked, list):
+        return checked
+    parts = _parts(key, definition, flag_set_metadata, checked)
+    if isinstance(parts, Problem):
+        return [parts]
+    return _compiled(parts, evaluators or {})
+
+
+def _loadable(
+    definition: Mapping[str, JsonValue],
+    evaluators: Mapping[str, JsonValue] | None,
+    flag_set_metadata: Mapping[str, JsonValue] | None,
+) -> tuple[Problem, ...] | list[Problem]:
+    """The problems that reject the flag (a list), else the tolerated ones (a tuple)."""
     if _deeper_than(definition, MAX_DEPTH):
         return [Problem("$", f"definition is nested deeper than {MAX_DEPTH} levels")]
     if _deeper_than(evaluators, MAX_DEPTH + 1):
@@ -64,95 +85,113 @@ def compile_flag(
     fatal.extend(_metadata_problems(flag_set_metadata, "$.<flag set>.metadata"))
     if fatal:
         return fatal
-    warnings = tuple(problem for problem in found if problem not in fatal)
+    return tuple(problem for problem in found if problem not in fatal)
 
-    flag_metadata = definition.get("metadata") or {}
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What a compiled flag holds whatever its targeting does (a checked definition)."""
+
+    key: str
+    state: str
+    default_variant: str | None
+    variants: Mapping[str, Any]
+    metadata: Metadata
+    targeting: Any
+    fractional: FractionalVersion
+    warnings: tuple[Problem, ...]
+
+    def flag(self, static: Resolution | None, resolve: Resolver) -> CompiledFlag:
+        return CompiledFlag(
+            key=self.key,
+            state=self.state,
+            default_variant=self.default_variant,
+            variants=self.variants,
+            metadata=self.metadata,
+            targeting=self.targeting,
+            fractional_version=self.fractional,
+            static=static,
+            resolve=resolve,
+            warnings=self.warnings,
+        )
+
+    def fixed(self, outcome: Resolution) -> CompiledFlag:
+        """A flag whose every evaluation is ``outcome``."""
+        return self.flag(outcome, lambda context, now: outcome)
+
+    def error(self, code: ErrorCode, message: str) -> Resolution:
+        return _error(code, message, self.metadata)
+
+
+def _parts(
+    key: str,
+    definition: Mapping[str, JsonValue],
+    flag_set_metadata: Mapping[str, JsonValue] | None,
+    warnings: tuple[Problem, ...],
+) -> _Parts | Problem:
+    """The parts of a definition that passed ``_loadable``; a Problem for a bad pin."""
+    # The schema has checked these shapes; the casts only tell mypy so.
+    flag_metadata = cast(Mapping[str, JsonValue], definition.get("metadata") or {})
     set_metadata = flag_set_metadata or {}
     pinned = flag_metadata.get(FRACTIONAL_VERSION_KEY, set_metadata.get(FRACTIONAL_VERSION_KEY))
-    try:
-        fractional = FractionalVersion(pinned) if pinned is not None else FractionalVersion.V3
+    try:  # a pin that is not one of the version strings (a number too) raises ValueError
+        fractional = (
+            FractionalVersion(cast(str, pinned)) if pinned is not None else FractionalVersion.V3
+        )
     except ValueError:
         allowed = ", ".join(version.value for version in FractionalVersion)
-        return [Problem(f"$.metadata.{FRACTIONAL_VERSION_KEY}", f"must be one of {allowed}")]
-
+        return Problem(f"$.metadata.{FRACTIONAL_VERSION_KEY}", f"must be one of {allowed}")
     metadata: Metadata = (
-        MappingProxyType({**set_metadata, **flag_metadata})
+        MappingProxyType(cast(Metadata, {**set_metadata, **flag_metadata}))
         if set_metadata or flag_metadata
         else EMPTY_METADATA
     )
-    variants: Mapping[str, Any] = MappingProxyType(copy.deepcopy(dict(definition["variants"])))
-    default_variant = definition.get("defaultVariant") or None
-    state = definition["state"]
-    targeting = copy.deepcopy(definition.get("targeting"))
+    variants = cast(Mapping[str, JsonValue], definition["variants"])
+    return _Parts(
+        key=key,
+        state=cast(str, definition["state"]),
+        default_variant=cast(str | None, definition.get("defaultVariant") or None),
+        variants=MappingProxyType(copy.deepcopy(dict(variants))),
+        metadata=metadata,
+        targeting=copy.deepcopy(definition.get("targeting")),
+        fractional=fractional,
+        warnings=warnings,
+    )
 
-    def build(static: Resolution | None, resolve: Resolver) -> CompiledFlag:
-        return CompiledFlag(
-            key=key,
-            state=state,
-            default_variant=default_variant,
-            variants=variants,
-            metadata=metadata,
-            targeting=targeting,
-            fractional_version=fractional,
-            static=static,
-            resolve=resolve,
-            warnings=warnings,
+
+def _compiled(parts: _Parts, evaluators: Mapping[str, JsonValue]) -> CompiledFlag | list[Problem]:
+    """The flag with its resolver: a fixed outcome where targeting cannot matter."""
+    if parts.state == "DISABLED":
+        return parts.fixed(Resolution(None, None, Reason.DISABLED, metadata=parts.metadata))
+    if not parts.targeting:
+        return parts.fixed(_default_outcome(parts, Reason.STATIC))
+    if not isinstance(parts.targeting, Mapping):
+        return parts.fixed(
+            parts.error(ErrorCode.PARSE_ERROR, "targeting must be a JsonLogic object")
         )
-
-    if state == "DISABLED":
-        disabled = Resolution(None, None, Reason.DISABLED, metadata=metadata)
-        return build(disabled, lambda context, now: disabled)
-    if not targeting:
-        static = _default_outcome(default_variant, variants, Reason.STATIC, metadata)
-        return build(static, lambda context, now: static)
-    if not isinstance(targeting, Mapping):
-        broken = _error(ErrorCode.PARSE_ERROR, "targeting must be a JsonLogic object", metadata)
-        return build(broken, lambda context, now: broken)
-
-    scope = Scope(key, fractional, evaluators or {})
+    scope = Scope(parts.key, parts.fractional, evaluators)
     try:
-        rule = compile_rule(targeting, scope)
-    except RuleTooLarge as too_large:
+        rule = compile_rule(parts.targeting, scope)
+    except RuleTooLargeError as too_large:
         return [Problem(too_large.path, too_large.message)]
-    except InvalidRule as invalid:
-        broken = _error(ErrorCode.PARSE_ERROR, invalid.message, metadata)
-        warnings += (Problem(invalid.path, invalid.message),)
-        return build(broken, lambda context, now: broken)
+    except InvalidRuleError as invalid:
+        broken = replace(parts, warnings=(*parts.warnings, Problem(invalid.path, invalid.message)))
+        return broken.fixed(parts.error(ErrorCode.PARSE_ERROR, invalid.message))
+    return parts.flag(None, _resolver(parts, rule, enrich=scope.needs_enrichment))
 
-    default = _default_outcome(default_variant, variants, Reason.DEFAULT, metadata)
-    # Every outcome a rule can name, pre-built; None (no match) maps to the default.
-    outcomes: dict[Any, Resolution] = {
-        name: Resolution(value, name, Reason.TARGETING_MATCH, metadata=metadata)
-        for name, value in variants.items()
-        if value is not None
-    }
-    outcomes[None] = default
 
-    def outcome(chosen: Any) -> Resolution:
-        """Slow path: flagd names variants by the text of a boolean or number result."""
-        if isinstance(chosen, bool):
-            chosen = "true" if chosen else "false"
-        elif isinstance(chosen, int | float):
-            chosen = str(chosen)
-        elif not isinstance(chosen, str):
-            message = f"targeting returned {type(chosen).__name__}, not a variant name"
-            return _error(ErrorCode.GENERAL, message, metadata)
-        found = outcomes.get(chosen)
-        if found is not None:
-            return found
-        shown = chosen if len(chosen) <= 80 else chosen[:77] + "..."
-        return _error(ErrorCode.GENERAL, f"targeting chose unknown variant {shown!r}", metadata)
+def _resolver(parts: _Parts, rule: Rule, *, enrich: bool) -> Resolver:
+    """The hot path: run the rule, map its result to a pre-built outcome.
 
-    def failed(error: Exception) -> Resolution:
-        if isinstance(error, BudgetExceeded):  # the flag asked too much of this context
-            return _error(ErrorCode.GENERAL, error.message, metadata)
-        # A bug or a pathological context (deep recursion): degrade, never crash.
-        return _error(ErrorCode.GENERAL, f"targeting failed: {type(error).__name__}", metadata)
-
+    Two copies of the closure on purpose: the one without ``$flagd`` enrichment saves
+    building a dict per evaluation, and a branch inside would cost every evaluation.
+    """
+    outcomes = _targeting_outcomes(parts)
+    outcome, failed = _slow_outcome(parts, outcomes), _failure(parts)
     # Bound to the closures below: a cell load is cheaper than a global one.
-    meter, budget = METER, WORK_PER_EVALUATION
+    key, meter, budget = parts.key, METER, WORK_PER_EVALUATION
 
-    if scope.needs_enrichment:
+    if enrich:
 
         def resolve(context: Mapping[str, Any], now: int) -> Resolution:
             meter.left = budget
@@ -180,7 +219,50 @@ def compile_flag(
                 return outcome(chosen)
             return found if found is not None else outcome(chosen)
 
-    return build(None, resolve)
+    return resolve
+
+
+def _targeting_outcomes(parts: _Parts) -> dict[Any, Resolution]:
+    """Every outcome a rule can name, pre-built; None (no match) maps to the default."""
+    outcomes: dict[Any, Resolution] = {
+        name: Resolution(value, name, Reason.TARGETING_MATCH, metadata=parts.metadata)
+        for name, value in parts.variants.items()
+        if value is not None
+    }
+    outcomes[None] = _default_outcome(parts, Reason.DEFAULT)
+    return outcomes
+
+
+def _slow_outcome(parts: _Parts, outcomes: Mapping[Any, Resolution]) -> Callable[[Any], Resolution]:
+    """Slow path: flagd names variants by the text of a boolean or number result."""
+
+    def outcome(chosen: Any) -> Resolution:
+        if isinstance(chosen, bool):
+            chosen = "true" if chosen else "false"
+        elif isinstance(chosen, int | float):
+            chosen = str(chosen)
+        elif not isinstance(chosen, str):
+            message = f"targeting returned {type(chosen).__name__}, not a variant name"
+            return parts.error(ErrorCode.GENERAL, message)
+        found = outcomes.get(chosen)
+        if found is not None:
+            return found
+        shown = chosen if len(chosen) <= 80 else chosen[:77] + "..."
+        return parts.error(ErrorCode.GENERAL, f"targeting chose unknown variant {shown!r}")
+
+    return outcome
+
+
+def _failure(parts: _Parts) -> Callable[[Exception], Resolution]:
+    """What an evaluation that raised resolves to: ERROR / GENERAL, never a crash."""
+
+    def failed(error: Exception) -> Resolution:
+        if isinstance(error, BudgetExceededError):  # the flag asked too much of this context
+            return parts.error(ErrorCode.GENERAL, error.message)
+        # A bug or a pathological context (deep recursion): degrade, never crash.
+        return parts.error(ErrorCode.GENERAL, f"targeting failed: {type(error).__name__}")
+
+    return failed
 
 
 def compile_flag_set(
@@ -244,10 +326,7 @@ def _with_warnings(flag: CompiledFlag, extra: tuple[Problem, ...]) -> CompiledFl
 
 
 def _flag_path(key: str) -> str:
-    if _SIMPLE_KEY.fullmatch(key):
-        return f"$.flags.{key}"
-    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
-    return f"$.flags['{escaped}']"
+    return json_path(("flags", key))
 
 
 def _metadata_problems(metadata: Mapping[str, Any] | None, path: str) -> list[Problem]:
@@ -262,20 +341,16 @@ def _metadata_problems(metadata: Mapping[str, Any] | None, path: str) -> list[Pr
     ]
 
 
-def _default_outcome(
-    default_variant: str | None,
-    variants: Mapping[str, Any],
-    reason: Reason,
-    metadata: Metadata,
-) -> Resolution:
+def _default_outcome(parts: _Parts, reason: Reason) -> Resolution:
     """What a flag resolves to without a targeting match: its default variant, if any."""
-    if default_variant is None:
+    if parts.default_variant is None:
         # flagd: no default variant means the caller's default, with reason DEFAULT.
-        return Resolution(None, None, Reason.DEFAULT, metadata=metadata)
-    if default_variant not in variants:
-        message = f"default variant {default_variant!r} is not a variant"
-        return _error(ErrorCode.GENERAL, message, metadata)
-    return Resolution(variants[default_variant], default_variant, reason, metadata=metadata)
+        return Resolution(None, None, Reason.DEFAULT, metadata=parts.metadata)
+    if parts.default_variant not in parts.variants:
+        message = f"default variant {parts.default_variant!r} is not a variant"
+        return parts.error(ErrorCode.GENERAL, message)
+    value = parts.variants[parts.default_variant]
+    return Resolution(value, parts.default_variant, reason, metadata=parts.metadata)
 
 
 def _error(code: ErrorCode, message: str, metadata: Metadata) -> Resolution:

@@ -12,6 +12,12 @@ from typing import Any, Final
 
 from app.engine.model import CompiledFlag, ErrorCode, Reason, Resolution
 
+__all__ = [
+    "evaluate",
+    "evaluate_typed",
+    "flag_not_found",
+]
+
 
 def evaluate(
     flag: CompiledFlag | None,

@@ -9,9 +9,9 @@ get closures of their own so evaluating them is one call.
 
 Semantics are those of the JsonLogic that flagd's Python evaluator runs (see
 ``app.engine.coerce``); flagd's own operations are in ``app.engine.operators``.
-Rules that cannot be run (unknown operation, missing ``$ref``) raise ``InvalidRule``
+Rules that cannot be run (unknown operation, missing ``$ref``) raise ``InvalidRuleError``
 here, at compile time, and the flag then resolves with PARSE_ERROR; rules beyond the
-size bounds raise ``RuleTooLarge`` and the flag is rejected.
+size bounds raise ``RuleTooLargeError`` and the flag is rejected.
 """
 
 from __future__ import annotations
@@ -32,19 +32,16 @@ from app.engine.budget import (
 )
 from app.engine.coerce import NAN, to_number, to_string, truthy
 from app.engine.model import FractionalVersion
+from app.engine.refs import MAX_DEPTH, MAX_NODES, RefError, referenced
 from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key, var_rule
 
-#: Deepest JSON nesting of a targeting rule, ``$ref`` expansions included.
-MAX_DEPTH: Final = 64
-#: Most JSON nodes in one targeting rule, ``$ref`` expansions included.
-MAX_NODES: Final = 10_000
 __all__ = [
     "MAX_DEPTH",
     "MAX_LOOP_ITEMS",
     "MAX_NODES",
     "MAX_STEPS",
-    "InvalidRule",
-    "RuleTooLarge",
+    "InvalidRuleError",
+    "RuleTooLargeError",
     "Scope",
     "compile_rule",
     "targeting_problems",
@@ -56,7 +53,7 @@ __all__ = [
 MAX_STEPS: Final = 5_000_000
 
 
-class InvalidRule(Exception):
+class InvalidRuleError(Exception):
     """The rule names an operation or evaluator that does not exist."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -65,7 +62,7 @@ class InvalidRule(Exception):
         self.message = message
 
 
-class RuleTooLarge(InvalidRule):
+class RuleTooLargeError(InvalidRuleError):
     """The rule exceeds MAX_DEPTH, MAX_NODES or MAX_STEPS."""
 
 
@@ -89,14 +86,14 @@ def compile_rule(node: Any, scope: Scope, path: str = "$.targeting", depth: int 
     """Compile one JsonLogic node (operation, array of nodes, or literal) into a Rule."""
     scope.nodes += 1
     if scope.nodes > MAX_NODES:
-        raise RuleTooLarge(path, f"targeting has more than {MAX_NODES} nodes")
+        raise RuleTooLargeError(path, f"targeting has more than {MAX_NODES} nodes")
     scope.steps += MAX_LOOP_ITEMS**scope.loops
     if scope.steps > MAX_STEPS:
-        raise RuleTooLarge(
+        raise RuleTooLargeError(
             path, "array operations nested too deeply (too much work per evaluation)"
         )
     if depth > MAX_DEPTH:
-        raise RuleTooLarge(path, f"targeting is nested deeper than {MAX_DEPTH} levels")
+        raise RuleTooLargeError(path, f"targeting is nested deeper than {MAX_DEPTH} levels")
     if isinstance(node, list):
         if is_constant(node):
             return constant(node)
@@ -120,7 +117,7 @@ def compile_rule(node: Any, scope: Scope, path: str = "$.targeting", depth: int 
         return custom(args, compiled, _context(scope))
     simple = _SIMPLE.get(op)
     if simple is None:
-        raise InvalidRule(at, f"unknown operation {op!r}")
+        raise InvalidRuleError(at, f"unknown operation {op!r}")
     return simple(args, compiled)
 
 
@@ -139,9 +136,9 @@ def targeting_problems(
     scope = Scope("", FractionalVersion.V3, evaluators or {})
     try:
         compile_rule(targeting, scope)
-    except RuleTooLarge as too_large:
+    except RuleTooLargeError as too_large:
         return [(too_large.path, too_large.message)]
-    except InvalidRule:
+    except InvalidRuleError:
         pass
     return _growing_reductions(targeting, scope.evaluators, "$.targeting", 0)
 
@@ -209,37 +206,69 @@ def accumulator_copies(
         return accumulator_copies(item, evaluators, inner, depth + 1)
 
     if op == "var":
-        key = args[0] if args else None
-        if nested or not isinstance(key, str):
-            return 1
-        return 0 if key == "current" or key.startswith("current.") else 1
+        return _var_copies(args, nested)
     if op == "$ref":
         target = evaluators.get(raw) if isinstance(raw, str) else None
         return copies(target) if target is not None else 0
-    if op in _SCALAR_OPS:
-        return 0
-    if op in ("if", "?:"):
-        if len(args) < 2:
-            return copies(args)
-        branches = [args[i] for i in range(1, len(args), 2)]
-        if len(args) % 2:
-            branches.append(args[-1])
-        return max(copies(branch) for branch in branches)
-    if op in ("and", "or", "fractional"):
-        return max((copies(arg) for arg in args), default=0)
-    if op in _SUMMING_OPS:
-        return sum(copies(arg) for arg in args)
-    if op == "substr":
-        return copies(args[0]) if args else 0
-    if op in ("map", "filter", "reduce"):
-        items = copies(args[0]) if args else 0
-        if op == "filter" or len(args) < 2:
-            return items
-        per_item = copies(args[1], inner=True)
-        if op == "map":
-            return items * per_item
-        return items + (copies(args[2]) if len(args) > 2 else 0)
-    return 0
+    counter = _COPY_COUNTERS.get(op)
+    return 0 if counter is None else counter(op, args, copies)
+
+
+#: Counts the copies one argument holds (``inner``: it runs once per item of an array).
+_Copies = Callable[..., int]
+
+
+def _var_copies(args: list[Any], nested: bool) -> int:
+    """A ``var`` is a copy unless it reads ``current`` of the reduce step itself."""
+    key = args[0] if args else None
+    if nested or not isinstance(key, str):
+        return 1
+    return 0 if key == "current" or key.startswith("current.") else 1
+
+
+def _branch_copies(op: str, args: list[Any], copies: _Copies) -> int:
+    """``if``/``?:``: the largest of the branches it may return."""
+    if len(args) < 2:
+        return copies(args)
+    branches = [args[i] for i in range(1, len(args), 2)]
+    if len(args) % 2:
+        branches.append(args[-1])
+    return max(copies(branch) for branch in branches)
+
+
+def _largest_copies(op: str, args: list[Any], copies: _Copies) -> int:
+    """``and``/``or``/``fractional`` return one of their arguments."""
+    return max((copies(arg) for arg in args), default=0)
+
+
+def _summed_copies(op: str, args: list[Any], copies: _Copies) -> int:
+    """``cat``/``merge``/``missing``: the value holds every argument."""
+    return sum(copies(arg) for arg in args)
+
+
+def _substr_copies(op: str, args: list[Any], copies: _Copies) -> int:
+    return copies(args[0]) if args else 0
+
+
+def _loop_copies(op: str, args: list[Any], copies: _Copies) -> int:
+    """``map`` multiplies per item, ``reduce`` adds its initial value, ``filter`` keeps items."""
+    items = copies(args[0]) if args else 0
+    if op == "filter" or len(args) < 2:
+        return items
+    per_item = copies(args[1], inner=True)
+    if op == "map":
+        return items * per_item
+    return items + (copies(args[2]) if len(args) > 2 else 0)
+
+
+_COPY_COUNTERS: Final[dict[str, Callable[[str, list[Any], _Copies], int]]] = {
+    **dict.fromkeys(_SCALAR_OPS, lambda op, args, copies: 0),
+    **dict.fromkeys(("if", "?:"), _branch_copies),
+    **dict.fromkeys(("and", "or", "fractional"), _largest_copies),
+    **dict.fromkeys(_SUMMING_OPS, _summed_copies),
+    "substr": _substr_copies,
+    **dict.fromkeys(("map", "filter", "reduce"), _loop_copies),
+}
 
 
 def _context(scope: Scope) -> operators.Context:
@@ -248,13 +277,13 @@ def _context(scope: Scope) -> operators.Context:
 
 def _reference(name: Any, scope: Scope, path: str, depth: int) -> Rule:
     """``{"$ref": "name"}``: inline the shared evaluator (flagd substitutes it textually)."""
-    if not isinstance(name, str) or name not in scope.evaluators:
-        raise InvalidRule(path, f"$ref to unknown evaluator {name!r}")
-    if name in scope.refs:
-        raise InvalidRule(path, f"$ref cycle through evaluator {name!r}")
+    try:
+        name, evaluator = referenced(name, scope.evaluators, scope.refs, path)
+    except RefError as error:
+        raise InvalidRuleError(error.path, error.message) from None
     scope.refs.append(name)
     try:
-        return compile_rule(scope.evaluators[name], scope, f"$.$evaluators.{name}", depth + 1)
+        return compile_rule(evaluator, scope, f"$.$evaluators.{name}", depth + 1)
     finally:
         scope.refs.pop()
 
@@ -436,7 +465,8 @@ def _straight_chain(tests: list[Rule], values: list[Any], fallback: Any) -> Rule
     namespace: dict[str, Any] = {"fallback": fallback}
     namespace.update({f"t{i}": test for i, test in enumerate(tests)})
     namespace.update({f"v{i}": value for i, value in enumerate(values)})
-    exec(compile("\n".join(lines), "<targeting chain>", "exec"), namespace)
+    # Safe to exec: the source holds only the names above, never text from the flag.
+    exec(compile("\n".join(lines), "<targeting chain>", "exec"), namespace)  # noqa: S102, RUF100
     chain: Rule = namespace["chain"]
     return chain
 

@@ -16,6 +16,27 @@ from typing import Any
 
 from app.engine.problems import Problem
 
+__all__ = [
+    "EMPTY_METADATA",
+    "FRACTIONAL_VERSION_KEY",
+    "CompiledFlag",
+    "ErrorCode",
+    "FractionalVersion",
+    "JsonObject",
+    "JsonValue",
+    "Metadata",
+    "MetadataValue",
+    "Reason",
+    "Resolution",
+    "Resolver",
+]
+
+#: Any JSON document as ``orjson.loads`` returns it. Public signatures take JSON as this
+#: (or ``Mapping[str, JsonValue]``, which also accepts read-only views) instead of ``Any``.
+JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+#: A JSON object.
+JsonObject = dict[str, JsonValue]
+
 #: Flag metadata values allowed by flagd's schema.
 MetadataValue = str | int | float | bool
 Metadata = Mapping[str, MetadataValue]

@@ -17,6 +17,8 @@ from app.engine import bucketing, semver
 from app.engine.model import FractionalVersion
 from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key
 
+__all__ = ["BUILDERS", "Builder", "Context"]
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -42,35 +44,10 @@ def _string_test(name: str) -> Builder:
         left, right = compiled
         affix = args[1]
         if not isinstance(affix, str):
-            if is_constant(affix):
-                return constant(None)
-
-            def dynamic(data: Any) -> bool | None:
-                value, other = left(data), right(data)
-                if isinstance(value, str) and isinstance(other, str):
-                    return method(value, other)
-                return None
-
-            return dynamic
+            return constant(None) if is_constant(affix) else _affix_dynamic(method, left, right)
         key = plain_var_key(args[0])
-        if key is not None and name == "endswith":
-
-            def key_ends_with(data: Any) -> bool | None:
-                value = data.get(key) if data.__class__ is dict else get_var(data, key)
-                if value.__class__ is str:
-                    return value.endswith(affix)  # type: ignore[no-any-return]
-                return method(value, affix) if isinstance(value, str) else None
-
-            return key_ends_with
         if key is not None:
-
-            def key_starts_with(data: Any) -> bool | None:
-                value = data.get(key) if data.__class__ is dict else get_var(data, key)
-                if value.__class__ is str:
-                    return value.startswith(affix)  # type: ignore[no-any-return]
-                return method(value, affix) if isinstance(value, str) else None
-
-            return key_starts_with
+            return _affix_of_key(name, key, affix)
 
         def on_rule(data: Any) -> bool | None:
             value = left(data)
@@ -79,6 +56,43 @@ def _string_test(name: str) -> Builder:
         return on_rule
 
     return build
+
+
+def _affix_dynamic(method: Callable[[str, str], bool], left: Rule, right: Rule) -> Rule:
+    """``starts_with``/``ends_with`` whose affix is computed per evaluation."""
+
+    def dynamic(data: Any) -> bool | None:
+        value, other = left(data), right(data)
+        if isinstance(value, str) and isinstance(other, str):
+            return method(value, other)
+        return None
+
+    return dynamic
+
+
+def _affix_of_key(name: str, key: str, affix: str) -> Rule:
+    """``starts_with``/``ends_with`` of a plain context key and a constant: the hot shape.
+
+    One closure per method on purpose: ``value.endswith(affix)`` on an exact str is a
+    direct method call, cheaper than calling an unbound ``str.endswith`` held in a cell.
+    """
+    if name == "endswith":
+
+        def key_ends_with(data: Any) -> bool | None:
+            value = data.get(key) if data.__class__ is dict else get_var(data, key)
+            if value.__class__ is str:
+                return value.endswith(affix)  # type: ignore[no-any-return]
+            return value.endswith(affix) if isinstance(value, str) else None
+
+        return key_ends_with
+
+    def key_starts_with(data: Any) -> bool | None:
+        value = data.get(key) if data.__class__ is dict else get_var(data, key)
+        if value.__class__ is str:
+            return value.startswith(affix)  # type: ignore[no-any-return]
+        return value.startswith(affix) if isinstance(value, str) else None
+
+    return key_starts_with
 
 
 # --- sem_ver ----------------------------------------------------------------------------
@@ -196,82 +210,81 @@ def _fractional(args: list[Any], compiled: list[Rule], context: Context) -> Rule
     """
     if not compiled:
         return constant(None)
-    version = context.fractional
-    flag_key = context.flag_key
-    first_node = args[0]
-    if isinstance(first_node, list):
+    if isinstance(args[0], list):
         return _shorthand(args, compiled, context)
-
-    static_split = None
-    if all(is_constant(node) for node in args[1:]):
-        static_split = _parse_split(list(args[1:]), version)
-        if static_split is None and version is FractionalVersion.V3:
+    if not all(is_constant(node) for node in args[1:]):
+        return _fractional_dynamic(compiled[0], compiled[1:], context)
+    split = _parse_split(list(args[1:]), context.fractional)
+    if split is None:
+        if context.fractional is FractionalVersion.V3:
             return constant(None)
-    bucket_by = compiled[0]
-    rest = compiled[1:]
+        return _fractional_dynamic(compiled[0], compiled[1:], context)
+    return _fractional_static(args[0], compiled[0], compiled[1:], split, context)
 
-    def by_targeting_key(data: Any, buckets: list[Any]) -> Any:
-        """v1/v2: no string to bucket by, so Go falls back to flagKey + targetingKey."""
-        key = data.get("targetingKey") if isinstance(data, Mapping) else None
-        if not isinstance(key, str):
-            return None
-        split = _parse_split(buckets, version)
-        return None if split is None else _choose(split, flag_key + key, version)
 
-    def shorthand_v3(data: Any, buckets: list[Any]) -> Any:
-        key = data.get("targetingKey") if isinstance(data, Mapping) else None
-        if not isinstance(key, str) or not key:
-            return None
-        split = _parse_split(buckets, version)
-        return None if split is None else _choose(split, [flag_key, key], version)
+def _fractional_static(
+    first_node: Any, bucket_by: Rule, rest: list[Rule], split: Split, context: Context
+) -> Rule:
+    """A split of constant buckets: a string bucketing value is one hash and one bisect."""
+    variants, weights = split
+    bounds = bucketing.thresholds(weights) or ()
+    hash_text = _TEXT_HASHERS.get(context.fractional)
+    general = _fractional_general(split, rest, context)
+    if hash_text is None:  # v1: float bucketing, no fast path
+        return lambda data: general(data, bucket_by(data))
 
-    if static_split is not None:
-        split: Split = static_split
-        variants, weights = split
-        bounds = bucketing.thresholds(weights) or ()
-        hash_text = _TEXT_HASHERS.get(version)
-        key = plain_var_key(first_node)
+    # The last bound is 2**32, above any hash, so bisect always lands on a bucket.
+    key = plain_var_key(first_node)
+    if key is not None:
 
-        def fractional_general(data: Any, value: Any) -> Any:
-            if version is FractionalVersion.V3:
-                if isinstance(value, list):
-                    return shorthand_v3(data, [value, *[rule(data) for rule in rest]])
-                return None if value is None else _choose(split, value, version)
-            if isinstance(value, str):
-                return _choose(split, value, version)
-            buckets = [rule(data) for rule in rest]
-            return by_targeting_key(data, buckets if value is None else [value, *buckets])
-
-        if hash_text is None:  # v1: float bucketing, no fast path
-            return lambda data: fractional_general(data, bucket_by(data))
-
-        # The last bound is 2**32, above any hash, so bisect always lands on a bucket.
-        if key is not None:
-
-            def fractional_on_key(data: Any) -> Any:
-                value = data.get(key) if data.__class__ is dict else get_var(data, key)
-                if value.__class__ is str:
-                    hashed = hash_text(value)
-                    return None if hashed is None else variants[bisect_right(bounds, hashed)]
-                return fractional_general(data, value)
-
-            return fractional_on_key
-
-        def fractional_static(data: Any) -> Any:
-            value = bucket_by(data)
+        def fractional_on_key(data: Any) -> Any:
+            value = data.get(key) if data.__class__ is dict else get_var(data, key)
             if value.__class__ is str:
                 hashed = hash_text(value)
                 return None if hashed is None else variants[bisect_right(bounds, hashed)]
-            return fractional_general(data, value)
+            return general(data, value)
 
-        return fractional_static
+        return fractional_on_key
+
+    def fractional_static(data: Any) -> Any:
+        value = bucket_by(data)
+        if value.__class__ is str:
+            hashed = hash_text(value)
+            return None if hashed is None else variants[bisect_right(bounds, hashed)]
+        return general(data, value)
+
+    return fractional_static
+
+
+def _fractional_general(
+    split: Split, rest: list[Rule], context: Context
+) -> Callable[[Any, Any], Any]:
+    """A constant split applied to any bucketing value (the static closures' slow path)."""
+    version = context.fractional
+
+    def fractional_general(data: Any, value: Any) -> Any:
+        if version is FractionalVersion.V3:
+            if isinstance(value, list):
+                return _by_pair(data, [value, *[rule(data) for rule in rest]], context)
+            return None if value is None else _choose(split, value, version)
+        if isinstance(value, str):
+            return _choose(split, value, version)
+        buckets = [rule(data) for rule in rest]
+        return _by_text(data, buckets if value is None else [value, *buckets], context)
+
+    return fractional_general
+
+
+def _fractional_dynamic(bucket_by: Rule, rest: list[Rule], context: Context) -> Rule:
+    """Buckets computed per evaluation (or unusable in v1/v2 until then): parsed each time."""
+    version = context.fractional
 
     def fractional_dynamic(data: Any) -> Any:
         value = bucket_by(data)
         buckets = [rule(data) for rule in rest]
         if version is FractionalVersion.V3:
             if isinstance(value, list):
-                return shorthand_v3(data, [value, *buckets])
+                return _by_pair(data, [value, *buckets], context)
             if value is None:
                 return None
             split = _parse_split(buckets, version)
@@ -279,9 +292,27 @@ def _fractional(args: list[Any], compiled: list[Rule], context: Context) -> Rule
         if isinstance(value, str):
             split = _parse_split(buckets, version)
             return None if split is None else _choose(split, value, version)
-        return by_targeting_key(data, buckets if value is None else [value, *buckets])
+        return _by_text(data, buckets if value is None else [value, *buckets], context)
 
     return fractional_dynamic
+
+
+def _by_text(data: Any, buckets: list[Any], context: Context) -> Any:
+    """v1/v2: no string to bucket by, so Go falls back to flagKey + targetingKey."""
+    key = data.get("targetingKey") if isinstance(data, Mapping) else None
+    if not isinstance(key, str):
+        return None
+    split = _parse_split(buckets, context.fractional)
+    return None if split is None else _choose(split, context.flag_key + key, context.fractional)
+
+
+def _by_pair(data: Any, buckets: list[Any], context: Context) -> Any:
+    """v3 whose first argument turned out to be a bucket: by [flagKey, targetingKey]."""
+    key = data.get("targetingKey") if isinstance(data, Mapping) else None
+    if not isinstance(key, str) or not key:
+        return None
+    split = _parse_split(buckets, context.fractional)
+    return None if split is None else _choose(split, [context.flag_key, key], context.fractional)
 
 
 def _shorthand(args: list[Any], compiled: list[Rule], context: Context) -> Rule:

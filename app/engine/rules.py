@@ -11,6 +11,15 @@ from typing import Any
 
 from app.engine.coerce import to_string
 
+__all__ = [
+    "Rule",
+    "constant",
+    "get_var",
+    "is_constant",
+    "plain_var_key",
+    "var_rule",
+]
+
 Rule = Callable[[Any], Any]
 
 

@@ -13,20 +13,19 @@ once, and calls do no I/O.
 
 from __future__ import annotations
 
-import json
-import re
 import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from typing import Any, Final
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.engine.jsonlogic import targeting_problems
-from app.engine.problems import Problem
+from app.engine.problems import Problem, json_path
 
 __all__ = ["MAX_DEPTH", "flag_problems", "flag_set_problems"]
 
@@ -37,8 +36,8 @@ __all__ = ["MAX_DEPTH", "flag_problems", "flag_set_problems"]
 #: definitions stay far below this.
 MAX_DEPTH: Final = 32
 
-_SCHEMA: Final[dict[str, Any]] = json.loads(
-    resources.files("app.engine").joinpath("schemas/flag.json").read_text(encoding="utf-8")
+_SCHEMA: Final[dict[str, Any]] = orjson.loads(
+    resources.files("app.engine").joinpath("schemas/flag.json").read_bytes()
 )
 _SCHEMA_ID: Final[str] = _SCHEMA["$id"]
 _REGISTRY: Final = Registry().with_resource(
@@ -56,7 +55,6 @@ _FLAG_SET_VALIDATOR: Final = _validator_for("flagSet")
 
 _Path = tuple[str | int, ...]
 
-_SIMPLE_KEY: Final = re.compile(r"[A-Za-z0-9_$-]+")
 _REPR: Final = reprlib.Repr()
 _REPR.maxstring = 40
 _REPR.maxother = 40
@@ -107,7 +105,7 @@ def _too_deep(instance: object) -> str | None:
         else:
             continue
         if len(path) >= MAX_DEPTH:
-            return _format_path(path)
+            return json_path(path)
         stack.extend((child, (*path, key)) for key, child in children)
     return None
 
@@ -119,7 +117,7 @@ def _flag_semantics(flag: object, path: _Path) -> Iterator[Problem]:
     default, variants = flag.get("defaultVariant"), flag.get("variants")
     if isinstance(default, str) and isinstance(variants, Mapping) and default not in variants:
         yield Problem(
-            _format_path((*path, "defaultVariant")),
+            json_path((*path, "defaultVariant")),
             f"defaultVariant {_REPR.repr(default)} is not a key of variants",
         )
 
@@ -130,7 +128,7 @@ def _flag_costs(
     """Targeting beyond the engine's cost bounds (``targeting_problems``)."""
     if not isinstance(flag, Mapping):
         return
-    prefix = _format_path(path)
+    prefix = json_path(path)
     for at, message in targeting_problems(flag.get("targeting"), evaluators):
         yield Problem(prefix + at[1:], message)
 
@@ -156,7 +154,7 @@ def _flags_of(document: object) -> Iterator[tuple[str, object, Mapping[str, Any]
 
 def _to_problem(error: ValidationError) -> Problem:
     path, message = _explain(error)
-    return Problem(_format_path(path), message)
+    return Problem(json_path(path), message)
 
 
 def _explain(error: ValidationError) -> tuple[_Path, str]:
@@ -180,6 +178,7 @@ def _explain(error: ValidationError) -> tuple[_Path, str]:
 
 
 def _message(error: ValidationError) -> str:
+    """The schema's ``x-message`` if it has one, else a short text for the failed keyword."""
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     custom = schema.get("x-message")
     if isinstance(custom, str):
@@ -188,31 +187,29 @@ def _message(error: ValidationError) -> str:
     if keyword == "required":
         return str(error.message)
     if keyword == "enum" and isinstance(expected, list):
-        allowed = ", ".join(json.dumps(v) for v in expected)
+        allowed = ", ".join(orjson.dumps(v).decode() for v in expected)
         return f"must be one of {allowed}; got {_REPR.repr(got)}"
-    if keyword == "type":
-        return f"must be of type {_REPR.repr(expected)}; got {_json_type(got)}"
-    if keyword == "propertyNames":
-        return f"invalid property name {_REPR.repr(got)}"
-    if keyword == "additionalProperties":
-        return "unexpected property"
-    if keyword == "minItems":
-        return f"must have at least {expected} items"
-    if keyword == "maxItems":
-        return f"must have at most {expected} items"
-    if keyword == "minProperties":
-        return f"must have at least {expected} entries"
-    if keyword == "minimum":
-        return f"must be >= {expected}"
-    if keyword == "pattern":
-        return f"{_REPR.repr(got)} does not match the expected format"
     if keyword == "oneOf" and not error.context:
         if got == {}:
             return "an empty object is not allowed here"
         return "matches more than one allowed form"
-    if keyword in {"anyOf", "oneOf"}:
-        return "does not match any allowed form"
-    return f"failed {keyword} check"
+    explain = _KEYWORD_MESSAGES.get(str(keyword))
+    return explain(expected, got) if explain is not None else f"failed {keyword} check"
+
+
+#: Messages for the other keywords, from (the keyword's value, the failing instance).
+_KEYWORD_MESSAGES: Final[dict[str, Callable[[Any, Any], str]]] = {
+    "type": lambda expected, got: f"must be of type {_REPR.repr(expected)}; got {_json_type(got)}",
+    "propertyNames": lambda _, got: f"invalid property name {_REPR.repr(got)}",
+    "additionalProperties": lambda _, __: "unexpected property",
+    "minItems": lambda expected, _: f"must have at least {expected} items",
+    "maxItems": lambda expected, _: f"must have at most {expected} items",
+    "minProperties": lambda expected, _: f"must have at least {expected} entries",
+    "minimum": lambda expected, _: f"must be >= {expected}",
+    "pattern": lambda _, got: f"{_REPR.repr(got)} does not match the expected format",
+    "anyOf": lambda _, __: "does not match any allowed form",
+    "oneOf": lambda _, __: "does not match any allowed form",
+}
 
 
 def _json_type(value: object) -> str:
@@ -230,17 +227,3 @@ def _json_type(value: object) -> str:
         case Mapping():
             return "object"
     return type(value).__name__
-
-
-def _format_path(path: _Path) -> str:
-    parts = ["$"]
-    for part in path:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        elif not isinstance(part, str):  # only from non-JSON input, e.g. {None: ...}
-            parts.append(f"[{json.dumps(repr(part))}]")
-        elif _SIMPLE_KEY.fullmatch(part):
-            parts.append(f".{part}")
-        else:
-            parts.append(f"[{json.dumps(part)}]")
-    return "".join(parts)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Final
+
+__all__ = ["COMPARATORS", "OPERATORS", "VersionKey", "compare", "parse_version"]
 
 #: (major, minor, patch, is_release, prerelease identifiers); tuples order as SemVer.
 VersionKey = tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]
@@ -24,9 +27,6 @@ _SEMVER: Final = re.compile(
     r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?",
     re.ASCII,
 )
-
-#: The comparison operators of ``sem_ver``; ``^`` is "same major", ``~`` "same minor".
-OPERATORS: Final = frozenset({"=", "!=", "<", "<=", ">", ">=", "^", "~"})
 
 
 def parse_version(value: Any) -> VersionKey | None:
@@ -63,35 +63,26 @@ def _parse_text(text: str) -> VersionKey | None:
 _parse_cached = lru_cache(maxsize=4096)(_parse_text)
 
 
-#: Each operator as a function of two parsed versions (chosen once at compile time).
-COMPARATORS: Final[dict[str, Callable[[VersionKey, VersionKey], bool]]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "^": lambda left, right: left[0] == right[0],
-    "~": lambda left, right: left[0] == right[0] and left[1] == right[1],
-}
+#: Each ``sem_ver`` operator as a function of two parsed versions, the one place the
+#: operators are spelled; ``^`` is "same major", ``~`` "same minor".
+COMPARATORS: Final[Mapping[str, Callable[[VersionKey, VersionKey], bool]]] = MappingProxyType(
+    {
+        "=": operator.eq,
+        "!=": operator.ne,
+        "<": operator.lt,
+        "<=": operator.le,
+        ">": operator.gt,
+        ">=": operator.ge,
+        "^": lambda left, right: left[0] == right[0],
+        "~": lambda left, right: left[0] == right[0] and left[1] == right[1],
+    }
+)
+
+#: The operator names flagd knows.
+OPERATORS: Final = frozenset(COMPARATORS)
 
 
 def compare(left: VersionKey, operator: str, right: VersionKey) -> bool | None:
-    """Apply a ``sem_ver`` operator; None for an operator flagd does not know."""
-    if operator == "=":
-        return left == right
-    if operator == "!=":
-        return left != right
-    if operator == "<":
-        return left < right
-    if operator == "<=":
-        return left <= right
-    if operator == ">":
-        return left > right
-    if operator == ">=":
-        return left >= right
-    if operator == "^":
-        return left[0] == right[0]
-    if operator == "~":
-        return left[0] == right[0] and left[1] == right[1]
-    return None
+    """Apply a ``sem_ver`` operator chosen at evaluation time; None for one flagd does not know."""
+    test = COMPARATORS.get(operator)
+    return None if test is None else test(left, right)

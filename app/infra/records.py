@@ -195,6 +195,37 @@ class DeadLetter:
             "at": self.at,
         }
 
+    @classmethod
+    def from_json(cls, data: JSON) -> DeadLetter:
+        """A dead letter read back (its payload as kept: at most `MAX_DEAD_LETTER_PAYLOAD`)."""
+        text, encoded = data.get("payload"), data.get("payload_base64")
+        payload = text.encode() if isinstance(text, str) else base64.b64decode(encoded or "")
+        current = data.get("current_version")
+        return cls(
+            code=DeadLetterCode(data["code"]),
+            reason=str(data["reason"]),
+            topic=str(data["topic"]),
+            partition=int(data["partition"]),
+            offset=int(data["offset"]),
+            payload=payload,
+            problems=tuple((str(p["path"]), str(p["message"])) for p in data.get("problems", ())),
+            change_id=_optional_text(data.get("change_id")),
+            environment=_optional_text(data.get("environment")),
+            flag=_optional_text(data.get("flag")),
+            current_version=None if current is None else int(current),
+            at=float(data.get("at", 0.0)),
+        )
+
+    def rejection(self) -> Rejection:
+        """The decision this dead letter records, as its writer hears it."""
+        return Rejection(
+            self.code, self.reason, self.problems, self.current_version, self.change_id
+        )
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
 
 def _clip(text: str, limit: int) -> str:
     """`text`, or its start and end around "..." when longer than `limit` characters."""

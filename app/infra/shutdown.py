@@ -8,14 +8,17 @@ timer when the signal arrives and ends the process if the clean stop has not by 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable
 from types import FrameType
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from mode import Service
 
 log = logging.getLogger(__name__)
@@ -62,3 +65,12 @@ class ShutdownWatchdog(Service):  # type: ignore[misc]  # mode is untyped
             handler.flush()
         sys.stderr.flush()
         os._exit(EXIT_CODE)
+
+
+async def stop_within(stopping: Awaitable[None], timeout_s: float) -> None:
+    """Wait for a Kafka client to stop, at most `timeout_s`: a producer with records for an
+    unreachable broker would otherwise wait for them as long as its request timeout."""
+    try:
+        await asyncio.wait_for(stopping, timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        log.warning("a Kafka client did not stop within %.0fs: %r", timeout_s, exc)

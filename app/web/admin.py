@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from app.control.changes import MAX_CHANGE_ID, STATES
-from app.control.writer import ChangeWriter, new_change
-from app.infra.records import AppliedChange, ChangeOp
+from app.control.outcomes import BrokerUnavailable
+from app.control.writer import Writer, new_change
+from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode
 from app.infra.settings import Settings
 from app.web import inputs
 from app.web.admin_answers import API, check_keys, describe, etag, parse_if_match, read_json
@@ -25,12 +26,11 @@ __all__ = ["AdminApi"]
 
 # How a dead letter's code reads over HTTP.
 REJECTION_STATUS = {
-    "VERSION_CONFLICT": 409,
-    "INVALID_DEFINITION": 422,
-    "FLAG_NOT_FOUND": 404,
-    "MALFORMED": 400,
-    "IDEMPOTENCY_KEY_REUSED": 422,
-    "BROKER_UNAVAILABLE": 503,  # app.control.outcomes.broker_unavailable: retry later, same key
+    DeadLetterCode.VERSION_CONFLICT: 409,
+    DeadLetterCode.INVALID_DEFINITION: 422,
+    DeadLetterCode.FLAG_NOT_FOUND: 404,
+    DeadLetterCode.MALFORMED: 400,
+    DeadLetterCode.IDEMPOTENCY_KEY_REUSED: 422,
 }
 
 
@@ -42,7 +42,7 @@ class AdminApi:
         settings: Settings,
         credentials: Credentials,
         flags: FlagTable,
-        writer: ChangeWriter,
+        writer: Writer,
     ) -> None:
         self.max_body = settings.max_body_bytes
         self.credentials = credentials
@@ -197,12 +197,15 @@ class AdminApi:
             )
         if isinstance(outcome, AppliedChange):
             return ok(describe(outcome), headers={"ETag": etag(outcome.version)})
-        code = str(outcome.get("code"))
+        if isinstance(outcome, BrokerUnavailable):  # retry later, with the same Idempotency-Key
+            return error(
+                503, outcome.code, outcome.reason, change_id=change.change_id, current_version=None
+            )
         return error(
-            REJECTION_STATUS.get(code, 400),
-            code,
-            str(outcome.get("reason")),
-            outcome.get("problems") or (),
+            REJECTION_STATUS[outcome.code],
+            outcome.code.value,
+            outcome.reason,
+            [{"path": path, "message": message} for path, message in outcome.problems],
             change_id=change.change_id,
-            current_version=outcome.get("current_version"),
+            current_version=outcome.current_version,
         )

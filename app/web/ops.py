@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from app.web.responses import ok
+from tables.broker_watch import BrokerState, BrokerWatch
 from tables.flags import FlagTable
-from tables.replication import BrokerState, FlagReplication
+from tables.replication import FlagReplication
 
 __all__ = ["HealthApi"]
 
@@ -30,9 +31,12 @@ SERVING = {
 class HealthApi:
     """`/healthz` (alive) and `/readyz` (ready for evaluation traffic)."""
 
-    def __init__(self, flags: FlagTable, replication: FlagReplication) -> None:
+    def __init__(
+        self, flags: FlagTable, replication: FlagReplication, broker_watch: BrokerWatch
+    ) -> None:
         self.flags = flags
         self.replication = replication
+        self.broker_watch = broker_watch
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -42,10 +46,10 @@ class HealthApi:
 
     def broker(self) -> dict[str, Any]:
         """The broker's state as this worker last saw it, for both health bodies."""
-        state = self.replication.broker_state
+        state = self.broker_watch.broker_state
         return {
             "broker": state.value,
-            "writable": self.replication.writable.is_set(),
+            "writable": self.broker_watch.writable.is_set(),
             "serving": SERVING[state],
         }
 

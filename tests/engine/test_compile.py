@@ -124,7 +124,7 @@ def test_flag_set_rejects_only_the_bad_flag() -> None:
     }
     flags, problems = compile_flag_set(document)
     assert list(flags) == ["good"]
-    assert problems and all(p.path.startswith("$.flags['bad flag']") for p in problems)
+    assert problems and all(p.path.startswith('$.flags["bad flag"]') for p in problems)
 
 
 def test_bad_flag_set_metadata_rejects_the_whole_set() -> None:

@@ -9,9 +9,10 @@ repo). Two suites apply to an in-process evaluator:
 
 Fractional examples tagged ``@fractional-v1``/``-v2``/``-v3`` run with the flag set
 pinned to that generation through ``flagstream.fractional`` metadata; untagged ones run
-with the default (v3). Scenarios with steps that need a running flagd (connection,
-events, config, environment) are skipped with the step that rules them out; see
-docs/engine.md for the list.
+with the default (v3). Scenarios tagged for a daemon (``NOT_APPLICABLE``) or with a
+step from ``NOT_EVALUATION_STEPS`` (provider configuration, events, connections) are
+skipped with that reason; a step in neither list fails the scenario, so a new testbed
+release cannot silently skip what it adds. The exact counts are pinned below.
 """
 
 from __future__ import annotations
@@ -45,6 +46,35 @@ NOT_APPLICABLE = {
     "@deprecated": "superseded by @no-default-variant, which runs (contradicts it)",
     "@grace": "needs a flagd connection that can be lost",
     "@caching": "needs a flagd RPC cache",
+}
+
+#: Steps of scenarios that test something other than evaluation, with the reason each.
+NOT_EVALUATION_STEPS: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r'a config was initialized|an environment variable "FLAGD_\w+" with value ".*"'),
+        "tests the flagd provider's configuration (options, environment), not evaluation",
+    ),
+    (
+        re.compile(r"a (change|ready) event handler"),
+        "tests provider events, which an SDK provider emits, not an evaluator",
+    ),
+    (
+        re.compile(r"a (forbidden|socket|ssl|syncpayload|unavailable) flagd provider"),
+        "needs a running flagd reached over a connection (socket, TLS, sync stream)",
+    ),
+]
+
+#: Scenarios of flagd-testbed 3.9.0: all, run, and skipped by reason (tag or step).
+EXPECTED_CASES = 556
+EXPECTED_APPLICABLE = 427
+EXPECTED_SKIPS = {
+    "@caching": 15,
+    "@contextEnrichment": 4,
+    "@deprecated": 7,
+    "@grace": 4,
+    "configuration": 88,
+    "events": 4,
+    "connection": 7,
 }
 
 _TYPES: dict[str, type] = {
@@ -241,9 +271,20 @@ def _why_not_applicable(case: Case) -> str | None:
         if tag in case.tags:
             return f"{tag}: {reason}"
     for step in case.steps:
-        if _match(step) is None:
-            return f"needs a running flagd: step {step.text!r}"
+        if _match(step) is not None:
+            continue
+        for pattern, reason in NOT_EVALUATION_STEPS:
+            if pattern.fullmatch(step.text):
+                return f"{reason}: step {step.text!r}"
     return None
+
+
+def _skip_kind(reason: str) -> str:
+    """The key of ``EXPECTED_SKIPS`` a skip reason counts under."""
+    if reason.startswith("@"):
+        return reason.split(":", 1)[0]
+    kinds = {"configuration": "configuration", "events": "events", "running flagd": "connection"}
+    return next(kind for word, kind in kinds.items() if word in reason)
 
 
 def applicable_cases() -> list[Case]:
@@ -261,13 +302,20 @@ def test_scenario(case: Case | None) -> None:
     run = Run("evaluator" if _suite(case) == "evaluator" else "allFlags", _version(case.tags))
     for step in case.steps:
         matched = _match(step)
-        assert matched is not None
+        assert matched is not None, f"step neither run nor known to need a daemon: {step.text!r}"
         action, arguments = matched
         action(run, *arguments)
 
 
-def test_most_scenarios_apply() -> None:
-    """Guards against a parser change silently skipping the suite."""
+def test_exactly_the_known_scenarios_apply() -> None:
+    """Guards against a parser or testbed change silently skipping (or adding) scenarios."""
     if not _CASES:
         pytest.skip(f"flagd-testbed not found at {TESTBED}")
-    assert len(applicable_cases()) >= 250
+    skipped: dict[str, int] = {}
+    for case in _CASES:
+        reason = _why_not_applicable(case)
+        if reason is not None:
+            skipped[_skip_kind(reason)] = skipped.get(_skip_kind(reason), 0) + 1
+    assert len(_CASES) == EXPECTED_CASES
+    assert len(applicable_cases()) == EXPECTED_APPLICABLE
+    assert skipped == EXPECTED_SKIPS

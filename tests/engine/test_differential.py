@@ -4,8 +4,9 @@ Thousands of generated flags and contexts (tests/engine/generate.py, fixed seed)
 resolved by both; value, variant, reason and error code must agree. Where they do not,
 the disagreement must be one we judged to be the oracle's (docs/engine.md):
 
-* ``oracle-crash``: the oracle raises a plain Python exception (``ZeroDivisionError``
-  for ``/`` and ``%`` by zero, ...) where flagd answers; we answer too.
+* ``oracle-crash``: the oracle raises ``ZeroDivisionError`` for ``/`` and ``%`` by zero
+  where flagd answers; we answer too. No other exception is excused, and the crashes are
+  counted apart from agreement (plain and typed calls alike) and pinned exactly.
 * ``oracle-bool-spelling``: the oracle turns booleans into ``"True"``/``"False"`` when
   JsonLogic needs a string (``cat``, ``in`` on strings, ``substr``); flagd and JsonLogic
   say ``"true"``/``"false"``. Proven by re-running the oracle with that one function fixed.
@@ -43,6 +44,9 @@ SEED = 20261125
 FLAGS = 1000
 CONTEXTS_PER_FLAG = 4
 DEFAULT = "<caller default>"
+#: The oracle's crashes with SEED: only ZeroDivisionError is documented (docs/engine.md);
+#: any other kind, or a different count, means the generator or the oracle changed.
+EXPECTED_ORACLE_CRASHES = {"oracle-crash (ZeroDivisionError)": 102}
 
 Outcome = tuple[Any, str | None, str, str | None]
 
@@ -164,7 +168,9 @@ def test_engine_agrees_with_flagd_core() -> None:
                 kind = rng.choice(sorted(TYPED))
                 typed_ours = _ours_typed(compiled, attributes, key, kind)
                 typed_theirs = _theirs_typed(flag_key, definition, attributes, key, kind)
-                if isinstance(typed_theirs, str) or _outcomes_agree(typed_ours, typed_theirs):
+                if isinstance(typed_theirs, str):
+                    tally[f"typed oracle-crash ({typed_theirs[6:]})"] += 1
+                elif _outcomes_agree(typed_ours, typed_theirs):
                     tally["typed agree"] += 1
                 elif (
                     kind == "float"
@@ -189,4 +195,8 @@ def test_engine_agrees_with_flagd_core() -> None:
             )
     print(f"\ndifferential: {dict(tally)}")
     assert not mismatches, f"{len(mismatches)} disagreements:\n" + "\n".join(mismatches[:10])
+    crashes = {kind: count for kind, count in tally.items() if "oracle-crash" in kind}
+    assert crashes == EXPECTED_ORACLE_CRASHES, crashes
+    typed = tally["typed agree"] + tally["oracle-bool-as-float"]
+    assert typed == tally["agree"], "every agreeing case gets a typed call, counted once"
     assert tally["agree"] >= 0.95 * FLAGS * CONTEXTS_PER_FLAG

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.engine.jsonlogic import InvalidRule, Scope, compile_rule
+from app.engine.jsonlogic import InvalidRuleError, Scope, compile_rule
 from app.engine.model import FractionalVersion
 from tests.engine.json_equality import same_json
 
@@ -33,20 +33,20 @@ def test_case(description: str, rule: Any, data: Any, expected: Any) -> None:
 
 
 def test_unknown_operation_is_invalid() -> None:
-    with pytest.raises(InvalidRule, match="unknown operation"):
+    with pytest.raises(InvalidRuleError, match="unknown operation"):
         compile_rule({"if": [{"log": "x"}, 1, 2]}, _scope())
 
 
 def test_ref_is_inlined_and_missing_ref_is_invalid() -> None:
     scope = _scope(adult={">=": [{"var": "age"}, 18]})
     assert compile_rule({"if": [{"$ref": "adult"}, "yes", "no"]}, scope)({"age": 20}) == "yes"
-    with pytest.raises(InvalidRule, match="unknown evaluator"):
+    with pytest.raises(InvalidRuleError, match="unknown evaluator"):
         compile_rule({"$ref": "nope"}, scope)
 
 
 def test_ref_cycle_is_invalid() -> None:
     scope = _scope(a={"$ref": "b"}, b={"!": {"$ref": "a"}})
-    with pytest.raises(InvalidRule, match="cycle"):
+    with pytest.raises(InvalidRuleError, match="cycle"):
         compile_rule({"$ref": "a"}, scope)
 
 

@@ -1,0 +1,97 @@
+"""Reads the tail of `dead-letters` so that writers on this worker hear of refused changes.
+
+A writer only waits for changes it produced after it started waiting, so the reader starts at
+the topic's end and moves there again before writes are let out after a recovery (the broker
+may have lost the topic, and a position past the new end would hide every new dead letter):
+`BrokerWatch.before_writes(reader.move_to_end)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from app.control.outcomes import Outcomes
+from app.infra.records import DeadLetter, loads
+from app.infra.settings import Settings
+from app.infra.shutdown import stop_within
+from app.infra.topics import DEAD_LETTERS
+
+__all__ = ["DeadLetterReader", "decode_dead_letter"]
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 5.0  # longest wait for the consumer to stop
+UNREADABLE_PAUSE_S = 1.0  # pause before reading again after the broker refused a fetch
+DEAD_LETTERS_PARTITION = TopicPartition(DEAD_LETTERS, 0)  # the topic has one partition
+
+
+class DeadLetterReader(Service):  # type: ignore[misc]  # mode is untyped
+    """Resolves each waiting writer's outcome with the dead letter naming its change id."""
+
+    def __init__(self, settings: Settings, outcomes: Outcomes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.outcomes = outcomes
+        self._consumer: AIOKafkaConsumer | None = None
+        self._started = asyncio.Event()
+
+    async def on_start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",  # a position the topic lost: only new letters matter
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+        )
+        await self._consumer.start()
+        self._consumer.assign([DEAD_LETTERS_PARTITION])
+        await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
+        self._started.set()
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await stop_within(self._consumer.stop(), STOP_TIMEOUT_S)
+
+    async def move_to_end(self) -> None:
+        """Read only dead letters written from now on (a `BrokerWatch.before_writes` step)."""
+        await self._started.wait()
+        if self._consumer is not None:
+            await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
+
+    @Service.task  # type: ignore[untyped-decorator]  # mode is untyped
+    async def _tail(self) -> None:
+        await self._started.wait()
+        if self._consumer is None:
+            return
+        while not self.should_stop:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
+            except KafkaError as exc:
+                log.warning("dead letters cannot be read (%r): retrying", exc)
+                await self.sleep(UNREADABLE_PAUSE_S)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._tell_writer(record.offset, record.value)
+
+    def _tell_writer(self, offset: int, value: bytes | None) -> None:
+        letter = decode_dead_letter(value)
+        if letter is None:
+            log.warning("unreadable dead letter at offset %s", offset)
+        elif letter.change_id is not None:
+            self.outcomes.resolve(letter.change_id, letter.rejection())
+
+
+def decode_dead_letter(value: bytes | None) -> DeadLetter | None:
+    """The dead letter a record holds; None for one we cannot read (a foreign writer's)."""
+    try:
+        data = loads(value or b"")
+        return DeadLetter.from_json(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
