@@ -38,7 +38,7 @@ from app.evaluation.records import (
     result_json,
 )
 from app.evaluation.stats import NOT_FOUND
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.records import JSON, DeadLetter, DeadLetterCode, Rejection, dumps
 from app.infra.settings import Settings
 from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
@@ -55,10 +55,6 @@ MAX_POLL_RECORDS = 2000  # records per fetch handed to the loop (bounds a flush'
 REPLY_TOPIC_WAIT_S = 2.0  # how long to wait for a reply topic's metadata the first time
 REPLY_TOPIC_RECHECK_S = 30.0  # how long a missing reply topic is believed missing
 MAX_REPLY_TOPICS = 10_000  # topics remembered (the cache is dropped, not grown, beyond it)
-# Pre-bound children: a labelled lookup per record would cost more than an evaluation.
-EVALUATION_REQUESTS_EVALUATED = metrics.EVALUATION_REQUESTS.labels("evaluated")
-EVALUATION_REQUESTS_MALFORMED = metrics.EVALUATION_REQUESTS.labels("malformed")
-EVALUATION_REQUESTS_UNANSWERED = metrics.EVALUATION_REQUESTS.labels("unanswered")
 
 
 class EvaluationRequests(Service):
@@ -70,9 +66,15 @@ class EvaluationRequests(Service):
         flags: FlagTable,
         replication: FlagReplication,
         evaluator: Evaluator,
+        metrics: Metrics,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Pre-bound children: a labelled lookup per record would cost more than an evaluation.
+        self.evaluated = metrics.evaluation_requests.labels("evaluated")
+        self.malformed = metrics.evaluation_requests.labels("malformed")
+        self.unanswered = metrics.evaluation_requests.labels("unanswered")
+        self.dead_letters = metrics.dead_letters
         self.settings = settings
         self.flags = flags
         self.replication = replication
@@ -193,9 +195,9 @@ class EvaluationRequests(Service):
                 if item.request_id is not None or decoded.batch:
                     results.append(error_json(item, now))
         if malformed:
-            EVALUATION_REQUESTS_MALFORMED.inc(malformed)
+            self.malformed.inc(malformed)
         if len(decoded.items) > malformed:
-            EVALUATION_REQUESTS_EVALUATED.inc(len(decoded.items) - malformed)
+            self.evaluated.inc(len(decoded.items) - malformed)
         return encode_results(results, decoded.batch) if results else []
 
     def evaluate_one(self, request: Request, now: float) -> list[JSON]:
@@ -260,7 +262,7 @@ class EvaluationRequests(Service):
             self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
-        EVALUATION_REQUESTS_UNANSWERED.inc()
+        self.unanswered.inc()
         log.error("an evaluation result could not be produced: %r", exc)
 
     async def dead_letter(
@@ -283,7 +285,7 @@ class EvaluationRequests(Service):
             at=time.time(),
         )
         await self.send(DEAD_LETTERS, None, dumps(letter.to_json()))
-        metrics.DEAD_LETTERS.labels(code.value).inc()
+        self.dead_letters.labels(code.value).inc()
         log.info(
             "dead letter %s at %s/%d/%d: %s", code, EVALUATION_REQUESTS, partition, offset, reason
         )

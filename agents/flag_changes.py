@@ -18,7 +18,7 @@ from typing import Any
 import faust
 
 from app.control.changes import decide, decode_change
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.records import (
     AppliedChange,
     DeadLetter,
@@ -54,8 +54,11 @@ class FlagChangeAgent:
         flags: FlagTable,
         replication: FlagReplication,
         broker_watch: BrokerWatch,
+        metrics: Metrics,
     ) -> None:
         self.app = app
+        self.decided = metrics.flag_changes
+        self.dead_letters = metrics.dead_letters
         self.broker_watch = broker_watch
         self.partitions = settings.flag_change_partitions
         self.flags = flags
@@ -94,7 +97,7 @@ class FlagChangeAgent:
             await self.replication.sync([partition])
             self.synced_partitions.add(partition)
         if offset <= self.flags.decided(partition):
-            metrics.FLAG_CHANGES.labels("duplicate").inc()
+            self.decided.labels("duplicate").inc()
             return
         try:
             change, verdict = await self._decode_and_decide(raw, partition, offset)
@@ -102,7 +105,7 @@ class FlagChangeAgent:
             log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
             change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
         if verdict is None:
-            metrics.FLAG_CHANGES.labels("duplicate").inc()
+            self.decided.labels("duplicate").inc()
             return
         record = dumps(verdict.to_json()) if isinstance(verdict, AppliedChange) else b""
         if len(record) > MAX_CHANGELOG_RECORD:
@@ -112,7 +115,7 @@ class FlagChangeAgent:
             await self.send_dead_letter(verdict, raw, partition, offset, change)
             return
         await self.append_to_changelog(verdict.environment, record, partition)
-        metrics.FLAG_CHANGES.labels("applied").inc()
+        self.decided.labels("applied").inc()
 
     async def _decode_and_decide(
         self, raw: bytes | None, partition: int, offset: int
@@ -170,8 +173,8 @@ class FlagChangeAgent:
         await self.app.producer.send_and_wait(
             DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None
         )
-        metrics.DEAD_LETTERS.labels(rejection.code.value).inc()
-        metrics.FLAG_CHANGES.labels("rejected").inc()
+        self.dead_letters.labels(rejection.code.value).inc()
+        self.decided.labels("rejected").inc()
         log.info(
             "dead letter %s at %s/%d/%d: %s",
             rejection.code,

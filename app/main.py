@@ -23,8 +23,8 @@ from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.evaluation.stats import EvaluationStats
 from app.experiments.exposures import ExposureSink
-from app.infra import metrics
 from app.infra.fetch_wait import bound_fetch_wait
+from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.web.admin import AdminApi
 from app.web.auth import Credentials
@@ -32,7 +32,7 @@ from app.web.change_feed import ChangeFeed
 from app.web.evaluate import EvaluateApi
 from app.web.exposures import ExposuresApi
 from app.web.fast_path import FastPathWeb
-from app.web.http_metrics import count_responses
+from app.web.http_metrics import response_counter
 from app.web.metrics_site import MetricsSite
 from app.web.ofrep import OfrepApi
 from app.web.ops import HealthApi
@@ -90,7 +90,8 @@ def faust_app_for(settings: Settings) -> faust.App:
 
 def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     """Every part of one worker, wired; nothing runs until the app is started."""
-    metrics.WORKER.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
+    metrics = Metrics(registry)
+    metrics.worker.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
     bound_fetch_wait(settings.fetch_max_wait_ms)
     app = faust_app_for(settings)
 
@@ -100,8 +101,8 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         stream_depth=settings.stream_depth,
         change_id_depth=settings.change_id_depth,
     )
-    replication = FlagReplication(settings, flags)
-    broker_watch = BrokerWatch(settings, replication)
+    replication = FlagReplication(settings, flags, metrics)
+    broker_watch = BrokerWatch(settings, replication, metrics)
     outcomes = Outcomes(flags)
     replication.on_applied(outcomes.heard_applied)
     dead_letters = DeadLetterReader(settings, outcomes)
@@ -109,7 +110,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     writer = Writer(app, outcomes, broker_watch.writable, settings)
     live_flags = LiveFlags(flags)
     replication.on_rebuild(live_flags.forget)
-    exposures = ExposureSink(settings)
+    exposures = ExposureSink(settings, metrics)
     stats = EvaluationStats()
     registry.register(stats)
     evaluator = Evaluator(live_flags, exposures, stats)
@@ -120,30 +121,32 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         broker_watch,
         dead_letters,
         exposures,
-        EvaluationRequests(settings, flags, replication, evaluator),
+        EvaluationRequests(settings, flags, replication, evaluator, metrics),
         MetricsSite(settings.metrics_host, settings.metrics_port),
     ):
         app.service(service)  # type: ignore[arg-type]
-    FlagChangeAgent(app, settings, flags, replication, broker_watch).attach()
+    FlagChangeAgent(app, settings, flags, replication, broker_watch, metrics).attach()
 
     credentials = Credentials(settings)
-    feed = ChangeFeed()
+    feed = ChangeFeed(metrics)
     flags.listen(feed.publish)
     ofrep = OfrepApi(settings, credentials, flags, live_flags, replication, evaluator, feed)
     web_app = app.web.web_app
     for api in (
         AdminApi(settings, credentials, flags, writer),
         EvaluateApi(settings, credentials, flags, live_flags, replication),
-        ExposuresApi(settings, credentials, live_flags, replication, exposures),
-        ChangeStreamApi(settings, credentials, flags, replication, feed),
+        ExposuresApi(settings, credentials, live_flags, replication, exposures, metrics),
+        ChangeStreamApi(settings, credentials, flags, replication, feed, metrics),
         HealthApi(flags, replication, broker_watch),
         ofrep,
     ):
         web_app.add_routes(api.routes())
     web_app.on_shutdown.append(feed.close_streams)
     # Every answer of the HTTP API is counted, whatever its view returned or raised.
-    web_app.middlewares.append(count_responses)
-    if settings.ofrep_fast_path and isinstance(app.web, FastPathWeb):
+    web_app.middlewares.append(response_counter(metrics))
+    assert isinstance(app.web, FastPathWeb)  # web="flagstream://"
+    app.web.count_with(metrics)
+    if settings.ofrep_fast_path:
         app.web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)
 
     return Worker(

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
 from app.infra.topics import topic_specs
@@ -48,9 +48,12 @@ class BrokerState(Enum):
 class BrokerWatch(Service):  # type: ignore[misc]  # mode is untyped
     """Probes the broker, recovers the replication when it comes back, gates writes."""
 
-    def __init__(self, settings: Settings, replication: FlagReplication, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, replication: FlagReplication, metrics: Metrics, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.metrics = metrics
         self.replication = replication
         # Set while the broker answers and the table agrees with its log: writes may go out.
         self.writable = asyncio.Event()
@@ -73,7 +76,7 @@ class BrokerWatch(Service):  # type: ignore[misc]  # mode is untyped
             request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
         )
         await self._admin.start()
-        metrics.BROKER_REACHABLE.set(1)
+        self.metrics.broker_reachable.set(1)
 
     async def on_stop(self) -> None:
         if self._admin is not None:
@@ -119,7 +122,7 @@ class BrokerWatch(Service):  # type: ignore[misc]  # mode is untyped
             else:
                 log.warning("broker %s back: checking its changelog", self.settings.bootstrap)
         self.broker_state = state
-        metrics.BROKER_REACHABLE.set(0 if state is BrokerState.UNREACHABLE else 1)
+        self.metrics.broker_reachable.set(0 if state is BrokerState.UNREACHABLE else 1)
         if state is not BrokerState.REACHABLE:
             self.writable.clear()
 

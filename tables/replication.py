@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, loads
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
@@ -60,9 +60,12 @@ AppliedListener = Callable[[AppliedChange, bool], None]
 class FlagReplication(Service):
     """Tails the changelog into the `FlagTable`; `ready` is set once the start fences are read."""
 
-    def __init__(self, settings: Settings, table: FlagTable, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, table: FlagTable, metrics: Metrics, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.metrics = metrics
         self.table = table
         self.ready = asyncio.Event()
         self.partitions = [
@@ -137,7 +140,7 @@ class FlagReplication(Service):
         for step in self._before_ready:
             await step()
         self.ready.set()
-        metrics.READY.set(1)
+        self.metrics.ready.set(1)
         log.info(
             "flag table caught up in %.2fs: %d environments",
             time.monotonic() - started,
@@ -209,13 +212,13 @@ class FlagReplication(Service):
         async with self._table_lock:
             if not await same_log(self.settings, self.table, self.partitions):
                 self.ready.clear()
-                metrics.READY.set(0)
+                self.metrics.ready.set(0)
                 self._move_table_aside()
             self._seek_to_table()
             self._unreadable = False
         await self.sync(range(self.settings.flag_change_partitions))
         self.ready.set()
-        metrics.READY.set(1)
+        self.metrics.ready.set(1)
         log.info(
             "flag table agrees with the broker again: %d environments",
             len(self.table.environments()),
@@ -239,7 +242,7 @@ class FlagReplication(Service):
         self.table.wipe()
         for listener in self._rebuild_listeners:
             listener()
-        metrics.TABLE_REBUILDS.inc()
+        self.metrics.table_rebuilds.inc()
 
     # -- the tail ---------------------------------------------------------------------------
 
@@ -276,15 +279,15 @@ class FlagReplication(Service):
 
     def _apply(self, partition: int, records: Iterable[Any]) -> None:
         for record in records:
-            change = _decode_changelog(record.key, record.value)
+            change = _decode_changelog(record.key, record.value, self.metrics)
             mark = fingerprint(record.key, record.value)
             if change is None:
                 self.table.apply(partition, record.offset, None, mark)
                 continue
             fresh = self.table.apply(partition, record.offset, change, mark)
-            metrics.CHANGELOG_RECORDS.labels("applied" if fresh else "skipped").inc()
+            self.metrics.changelog_records.labels("applied" if fresh else "skipped").inc()
             if fresh and self.ready.is_set():
-                metrics.PROPAGATION_SECONDS.observe(max(0.0, time.time() - change.produced_at))
+                self.metrics.propagation_seconds.observe(max(0.0, time.time() - change.produced_at))
             for listener in self._applied_listeners:
                 listener(change, fresh)
 
@@ -294,16 +297,18 @@ class FlagReplication(Service):
         return self._consumer
 
 
-def _decode_changelog(key: bytes | None, value: bytes | None) -> AppliedChange | None:
+def _decode_changelog(
+    key: bytes | None, value: bytes | None, metrics: Metrics
+) -> AppliedChange | None:
     """The change a changelog record holds; None for fences and (logged) undecodable records."""
     if key == FENCE_KEY:
-        metrics.CHANGELOG_RECORDS.labels("fence").inc()
+        metrics.changelog_records.labels("fence").inc()
         return None
     try:
         return AppliedChange.from_json(loads(value or b""))
     except (ValueError, TypeError, KeyError) as exc:
         # Only our agent writes here; a bad record is a bug or a foreign writer. Skip it loudly
         # rather than stop every worker's table at it.
-        metrics.CHANGELOG_RECORDS.labels("undecodable").inc()
+        metrics.changelog_records.labels("undecodable").inc()
         log.error("skipping undecodable changelog record: %s", exc)
         return None

@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.records import SCHEMA_VERSION, dumps
 from app.infra.settings import Settings
 from app.infra.topics import EXPOSURES, partition_of
@@ -66,8 +66,10 @@ def to_json(pending: Pending) -> dict[str, Any]:
 class ExposureSink(Service):
     """Buffers exposures and produces them in batches."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.produced = metrics.exposures.labels("produced")
+        self.dropped = metrics.exposures.labels("dropped")
         self.settings = settings
         self.buffer: list[Pending] = []
         self._producer: AIOKafkaProducer | None = None
@@ -81,14 +83,14 @@ class ExposureSink(Service):
         if len(self.buffer) < self.settings.exposure_buffer:
             self.buffer.append(pending)
         else:
-            metrics.EXPOSURES.labels("dropped").inc()
+            self.dropped.inc()
 
     async def produce(self, exposures: list[Pending]) -> bool:
         """Queue exposures and wait until the broker has every one of them (True), or until
         the flush that took them lost some (False); False at once when the buffer is full.
         All or none are queued, so a caller that hears False may retry them all."""
         if len(self.buffer) + len(exposures) > self.settings.exposure_buffer:
-            metrics.EXPOSURES.labels("dropped").inc(len(exposures))
+            self.dropped.inc(len(exposures))
             return False
         self.buffer.extend(exposures)
         if self._flushed is None:
@@ -135,7 +137,7 @@ class ExposureSink(Service):
             failed = await self._produce(pending)
         except Exception:  # the broker went away mid-flush: count the loss, keep flushing
             log.exception("%d exposures could not be produced", failed)
-            metrics.EXPOSURES.labels("dropped").inc(failed)
+            self.dropped.inc(failed)
         finally:
             if flushed is not None:
                 flushed.set_result(failed)
@@ -183,9 +185,9 @@ class ExposureSink(Service):
             for (records, _), result in zip(in_flight, results, strict=True)
             if isinstance(result, BaseException)
         )
-        metrics.EXPOSURES.labels("produced").inc(len(pending) - failed)
+        self.produced.inc(len(pending) - failed)
         if failed:
-            metrics.EXPOSURES.labels("dropped").inc(failed)
+            self.dropped.inc(failed)
             log.error("%d of %d exposures could not be produced", failed, len(pending))
         return failed
 

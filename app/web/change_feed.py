@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, dumps
 
 __all__ = ["KEEPALIVE_S", "SSE_HEADERS", "ChangeFeed", "Subscriber", "event", "next_change"]
@@ -46,10 +46,11 @@ class Subscriber:
 class ChangeFeed:
     """Subscriber sets per environment, and the tasks serving open streams."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.serving: set[asyncio.Task[object]] = set()
-        metrics.STREAM_ENVIRONMENTS.set_function(lambda: len(self.subscribers))
+        self.clients = metrics.stream_clients
+        metrics.stream_environments.set_function(lambda: len(self.subscribers))
 
     def publish(self, change: AppliedChange) -> None:
         for subscriber in self.subscribers.get(change.environment, ()):
@@ -77,7 +78,7 @@ class ChangeFeed:
         task = asyncio.current_task()
         assert task is not None
         self.serving.add(task)
-        metrics.STREAM_CLIENTS.inc()
+        self.clients.inc()
         try:
             yield subscriber
         except (ConnectionResetError, asyncio.CancelledError):
@@ -85,7 +86,7 @@ class ChangeFeed:
         finally:
             self.unsubscribe(environment, subscriber)
             self.serving.discard(task)
-            metrics.STREAM_CLIENTS.dec()
+            self.clients.dec()
 
     async def close_streams(self, _: web.Application) -> None:
         """Cancel open streams on shutdown; aiohttp would otherwise wait for each to time out."""

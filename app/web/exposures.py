@@ -15,8 +15,8 @@ from aiohttp import web
 
 from app.evaluation.live_flags import LiveFlags
 from app.experiments.exposures import ExposureSink, Pending, exposure_id
-from app.infra import metrics
 from app.infra.keys import valid_key
+from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.web.admin_answers import not_ready, read_json
 from app.web.auth import Credentials
@@ -101,7 +101,9 @@ class ExposuresApi:
         live_flags: LiveFlags,
         replication: FlagReplication,
         sink: ExposureSink,
+        metrics: Metrics,
     ) -> None:
+        self.rejected = metrics.exposures.labels("rejected")
         self.max_body = settings.max_body_bytes
         self.write_timeout_s = settings.write_timeout_s
         self.credentials = credentials
@@ -142,7 +144,7 @@ class ExposuresApi:
             else:
                 accepted.append(checked)
         if rejected:
-            metrics.EXPOSURES.labels("rejected").inc(len(rejected))
+            self.rejected.inc(len(rejected))
         # Answered once the broker has them: an acknowledged exposure is never lost.
         if accepted and not await self.produced(accepted):
             message = "the exposures could not be produced in time; send them again"

@@ -54,9 +54,10 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_runner import BaseRunner, BaseSite, TCPSite
 from faust.web.drivers import aiohttp as faust_aiohttp
+from prometheus_client import Counter
 
-from app.infra import metrics
 from app.infra.keys import KEY_PATTERN
+from app.infra.metrics import Metrics
 from app.infra.records import dumps
 from app.web.auth import token_of
 
@@ -147,12 +148,15 @@ def header_text(value: bytes | None) -> str | None:
 class Connections:
     """What the fast connections of one site share: who they are and what they hold."""
 
-    __slots__ = ("buffered", "max_buffered", "open")
+    __slots__ = ("accepted", "buffered", "handoffs", "max_buffered", "open", "requests")
 
-    def __init__(self, max_buffered: int = MAX_BUFFERED_BYTES) -> None:
+    def __init__(self, metrics: Metrics, max_buffered: int = MAX_BUFFERED_BYTES) -> None:
         self.open: set[FastPath] = set()
         self.buffered = 0  # bytes of unfinished requests held, every connection together
         self.max_buffered = max_buffered
+        self.accepted = metrics.fast_path_connections
+        self.handoffs = metrics.fast_path_handoffs
+        self.requests = metrics.http_requests
 
 
 class FastPath(asyncio.Protocol):
@@ -231,7 +235,7 @@ class FastPath(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._shared.open.add(self)
-        metrics.FAST_PATH_CONNECTIONS.inc()
+        self._shared.accepted.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave()
@@ -385,7 +389,7 @@ class FastPath(asyncio.Protocol):
             answered = self._answer(self._token, self._key, body)
         except Exception:
             log.exception("the fast path failed to evaluate %r", self._key)
-            metrics.HTTP_REQUESTS.labels("ofrep", "500").inc()
+            self._shared.requests.labels("ofrep", "500").inc()
             details = {"key": self._key, "errorDetails": "internal error while evaluating"}
             answered, self._keep_alive = (500, dumps(details)), False
         if answered is None:
@@ -410,7 +414,7 @@ class FastPath(asyncio.Protocol):
 
     def _refuse(self, status: int, details: str) -> None:
         """Answer the unfinished request with `status` (408, 503) and close the connection."""
-        metrics.HTTP_REQUESTS.labels("ofrep", str(status)).inc()
+        self._shared.requests.labels("ofrep", str(status)).inc()
         body: dict[str, str] = {"errorDetails": details}
         if self._key:
             body = {"key": self._key, **body}
@@ -453,7 +457,7 @@ class FastPath(asyncio.Protocol):
         and resumes whichever protocol the transport has when the client catches up, so
         aiohttp is told it starts paused: its handlers then wait before writing more.
         """
-        metrics.FAST_PATH_HANDOFFS.labels(reason).inc()
+        self._shared.handoffs.labels(reason).inc()
         transport = self._transport
         assert transport is not None
         pending = bytes(pending)
@@ -522,7 +526,8 @@ class QuietRequestHandler(RequestHandler):
     """aiohttp's connection handler, except that a request it cannot parse is answered with
     a fixed 400 and logged by its kind only (`PARSE_ERRORS`), never with its bytes."""
 
-    __slots__ = ()
+    __slots__ = ("unparsed",)
+    unparsed: Counter  # `quiet_handlers` sets it: aiohttp builds the handler
 
     def handle_error(
         self,
@@ -536,7 +541,7 @@ class QuietRequestHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         self.logger.debug("bad request from %s: %s", request.remote, reason)
         if getattr(request, "_match_info", None) is None:  # routed: the middleware counted it
-            metrics.HTTP_REQUESTS.labels("unparsed", "400").inc()
+            self.unparsed.inc()
         if request.writer.output_size > 0:  # as aiohttp: an answer was started, none fits
             raise ConnectionError("a response was started before the request failed")
         response = web.Response(status=400, text=f"400 Bad Request: {reason}")
@@ -544,7 +549,7 @@ class QuietRequestHandler(RequestHandler):
         return response
 
 
-def quiet_handlers(server: web.Server) -> Callable[[], QuietRequestHandler]:
+def quiet_handlers(server: web.Server, metrics: Metrics) -> Callable[[], QuietRequestHandler]:
     """A protocol factory like `server` itself, making `QuietRequestHandler`s.
 
     `web.Server.__call__` builds a `RequestHandler` from the options the runner gave it
@@ -552,9 +557,12 @@ def quiet_handlers(server: web.Server) -> Callable[[], QuietRequestHandler]:
     """
     loop = asyncio.get_running_loop()
     options: dict[str, Any] = server._kwargs
+    unparsed = metrics.http_requests.labels("unparsed", "400")
 
     def handler() -> QuietRequestHandler:
-        return QuietRequestHandler(server, loop=loop, **options)
+        connection = QuietRequestHandler(server, loop=loop, **options)
+        connection.unparsed = unparsed
+        return connection
 
     return handler
 
@@ -562,13 +570,25 @@ def quiet_handlers(server: web.Server) -> Callable[[], QuietRequestHandler]:
 class QuietSite(TCPSite):
     """aiohttp's TCP site, whose connections are `QuietRequestHandler`s."""
 
-    __slots__ = ()
+    __slots__ = ("_metrics",)
+
+    def __init__(
+        self,
+        runner: BaseRunner,
+        host: str | None,
+        port: int,
+        *,
+        metrics: Metrics,
+        ssl_context: Any = None,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self._metrics = metrics
 
     async def start(self) -> None:
         await BaseSite.start(self)  # registers the site with its runner, as TCPSite.start does
         server = self._runner.server
         assert isinstance(server, web.Server)
-        await self._listen(quiet_handlers(server))
+        await self._listen(quiet_handlers(server, self._metrics))
 
     async def _listen(self, protocol: Callable[[], asyncio.Protocol]) -> None:
         loop = asyncio.get_running_loop()
@@ -592,14 +612,15 @@ class FastPathSite(QuietSite):
         answer: Answer,
         admits: Admits,
         max_body: int,
+        metrics: Metrics,
         max_buffered: int = MAX_BUFFERED_BYTES,
         ssl_context: Any = None,
     ) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context)
+        super().__init__(runner, host, port, metrics=metrics, ssl_context=ssl_context)
         self._answer = answer
         self._admits = admits
         self._max_body = max_body
-        self._connections = Connections(max_buffered)
+        self._connections = Connections(metrics, max_buffered)
         self._sweeper: asyncio.TimerHandle | None = None
 
     @property
@@ -611,7 +632,7 @@ class FastPathSite(QuietSite):
         await BaseSite.start(self)
         server = self._runner.server
         assert isinstance(server, web.Server)
-        fallback = quiet_handlers(server)
+        fallback = quiet_handlers(server, self._metrics)
 
         def connection() -> FastPath:
             return FastPath(fallback, self._answer, self._admits, self._max_body, self._connections)
@@ -644,6 +665,11 @@ class FastPathWeb(faust_aiohttp.Web):
     answer: Answer | None = None
     admits: Admits | None = None
     max_body = 0
+    metrics: Metrics | None = None
+
+    def count_with(self, metrics: Metrics) -> None:
+        """Count connections, hand-offs and the answers given here into `metrics`."""
+        self.metrics = metrics
 
     def answer_first(self, answer: Answer, max_body: int, admits: Admits) -> None:
         """Answer single-flag evaluations with `answer` before aiohttp sees them; `admits`
@@ -652,9 +678,14 @@ class FastPathWeb(faust_aiohttp.Web):
 
     def _new_transport_tcp(self) -> BaseSite:
         conf = self.app.conf
+        assert self.metrics is not None, "count_with(metrics) before the site starts"
         if self.answer is None or self.admits is None:
             return QuietSite(
-                self._runner, conf.web_bind, conf.web_port, ssl_context=conf.web_ssl_context
+                self._runner,
+                conf.web_bind,
+                conf.web_port,
+                metrics=self.metrics,
+                ssl_context=conf.web_ssl_context,
             )
         return FastPathSite(
             self._runner,
@@ -663,5 +694,6 @@ class FastPathWeb(faust_aiohttp.Web):
             answer=self.answer,
             admits=self.admits,
             max_body=self.max_body,
+            metrics=self.metrics,
             ssl_context=conf.web_ssl_context,
         )

@@ -13,12 +13,14 @@ import asyncio
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from app.infra import metrics
+from app.infra.metrics import Metrics
+from app.web.admin_answers import API
 from app.web.fast_path import parse_error_reason
 
-API: Final = "/api/v1/environments"
+__all__ = ["ROUTE_NAMES", "response_counter", "route_name"]
+
 # Route names by path template: the label values dashboards already use.
 ROUTE_NAMES: Final = {
     API: "environments",
@@ -46,28 +48,33 @@ def route_name(request: web.Request) -> str:
     return ROUTE_NAMES.get(resource.canonical, resource.canonical)
 
 
-def count(route: str, status: int) -> None:
-    metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+def response_counter(metrics: Metrics) -> Middleware:
+    """The middleware counting into `metrics.http_requests`."""
+    requests = metrics.http_requests
 
+    def count(route: str, status: int) -> None:
+        requests.labels(route, str(status)).inc()
 
-@web.middleware
-async def count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count the answer to `request`, whatever the view returned or raised.
+    @web.middleware
+    async def count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count the answer to `request`, whatever the view returned or raised.
 
-    A cancelled handler (the client went away) got no answer and is not counted.
-    """
-    route = route_name(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        count(route, exc.status)
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        # A body that breaks its own framing is the client's: the connection handler answers
-        # it 400 (`QuietRequestHandler`), anything else is ours, 500.
-        count(route, 400 if parse_error_reason(exc) is not None else 500)
-        raise
-    count(route, response.status)
-    return response
+        A cancelled handler (the client went away) got no answer and is not counted.
+        """
+        route = route_name(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            count(route, exc.status)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A body that breaks its own framing is the client's: the connection handler
+            # answers it 400 (`QuietRequestHandler`), anything else is ours, 500.
+            count(route, 400 if parse_error_reason(exc) is not None else 500)
+            raise
+        count(route, response.status)
+        return response
+
+    return count_responses

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from app.infra import metrics
+from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.web import inputs
 from app.web.admin_answers import API, check_keys, describe, not_ready
@@ -36,8 +36,9 @@ __all__ = ["ChangeStreamApi", "StreamSlots"]
 class StreamSlots:
     """Open streams, in all and per token, against their caps; tokens are counted by digest."""
 
-    def __init__(self, total: int, per_key: int) -> None:
+    def __init__(self, total: int, per_key: int, metrics: Metrics) -> None:
         self.total, self.per_key = total, per_key
+        self.refusals = metrics.stream_refusals
         self.open = 0
         self.by_key: Counter[bytes] = Counter()
 
@@ -45,11 +46,11 @@ class StreamSlots:
         """A 429 (this token's share is used) or 503 (the worker's) response, else None."""
         retry = {"Retry-After": str(int(KEEPALIVE_S))}
         if self.by_key[_digest(token)] >= self.per_key:
-            metrics.STREAM_REFUSALS.labels("per_key").inc()
+            self.refusals.labels("per_key").inc()
             message = f"this token holds {self.per_key} streams on this worker, the most allowed"
             return error(429, "TOO_MANY_STREAMS", message, headers=retry)
         if self.open >= self.total:
-            metrics.STREAM_REFUSALS.labels("total").inc()
+            self.refusals.labels("total").inc()
             message = f"this worker serves {self.total} streams, its most; retry later or elsewhere"
             return error(503, "STREAM_CAPACITY", message, headers=retry)
         return None
@@ -83,12 +84,13 @@ class ChangeStreamApi:
         flags: FlagTable,
         replication: FlagReplication,
         feed: ChangeFeed,
+        metrics: Metrics,
     ) -> None:
         self.credentials = credentials
         self.flags = flags
         self.replication = replication
         self.feed = feed
-        self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_key)
+        self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_key, metrics)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(API + "/{env}/stream", self.stream)]

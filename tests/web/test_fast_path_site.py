@@ -15,10 +15,14 @@ import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from app.infra.metrics import Metrics
 from app.web import fast_path
 from app.web.auth import bearer
 from app.web.fast_path import FastPathSite, QuietSite
+
+METRICS = Metrics(CollectorRegistry())  # apart from the process's registry
 
 REQUEST = (
     b"POST /ofrep/v1/evaluate/flags/%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\n"
@@ -49,7 +53,9 @@ async def serving() -> AsyncIterator[FastPathSite]:
     app.router.add_get("/other", aiohttp_answer)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = FastPathSite(runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024)
+    site = FastPathSite(
+        runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024, metrics=METRICS
+    )
     await site.start()
     try:
         yield site
@@ -189,6 +195,7 @@ async def serving_bodies(max_buffered: int) -> AsyncIterator[FastPathSite]:
         answer=answer,
         admits=admits,
         max_body=100_000,
+        metrics=METRICS,
         max_buffered=max_buffered,
     )
     await site.start()
@@ -344,8 +351,10 @@ def test_the_fast_path_answers_any_head_as_aiohttp_alone_does(data: st.DataObjec
         app.router.add_post("/ofrep/v1/evaluate/flags/{key}", aiohttp_same_answer)
         runner = web.AppRunner(app)
         await runner.setup()
-        fast = FastPathSite(runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024)
-        alone = QuietSite(runner, "127.0.0.1", 0)
+        fast = FastPathSite(
+            runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024, metrics=METRICS
+        )
+        alone = QuietSite(runner, "127.0.0.1", 0, metrics=METRICS)
         await fast.start()
         await alone.start()
         try:

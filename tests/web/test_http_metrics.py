@@ -1,4 +1,4 @@
-"""`count_responses` counts every answer of an aiohttp app, raised ones and 500s included.
+"""`response_counter` counts every answer of an aiohttp app, raised ones and 500s included.
 
 A real aiohttp server on a socket, with views that answer, raise an HTTP error or fail; no
 view counts anything itself. (Over a worker: tests/web/test_admin.py.)
@@ -12,10 +12,14 @@ import re
 import socket
 
 from aiohttp import web
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
-from app.web.http_metrics import count_responses
+from app.infra.metrics import Metrics
+from app.web.http_metrics import response_counter
 from tests.conftest import ADMIN_TOKEN, Worker
+
+REGISTRY = CollectorRegistry()
+METRICS = Metrics(REGISTRY)
 
 
 def counted(route: str, status: int) -> float:
@@ -41,7 +45,7 @@ def statuses_of(paths: list[tuple[str, str]]) -> list[int]:
     """Serve the app on a free port, request each (method, path), return the statuses."""
 
     async def run() -> list[int]:
-        app = web.Application(middlewares=[count_responses])
+        app = web.Application(middlewares=[response_counter(METRICS)])
         app.router.add_get("/healthz", answers)  # a named route (ROUTE_NAMES)
         app.router.add_get("/conflict/{id}", raises_http_error)
         app.router.add_get("/readyz", fails)

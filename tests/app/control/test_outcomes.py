@@ -41,7 +41,7 @@ def test_writers_learn_applied_repeated_and_lost_changes(tmp_path: Path) -> None
     async def run() -> dict[str, Any]:
         table = FlagTable(tmp_path, history_depth=5, stream_depth=5, change_id_depth=5)
         table.open()
-        replication = FlagReplication(Settings.from_env(), table)
+        replication = FlagReplication(Settings.from_env(), table, Metrics(CollectorRegistry()))
         outcomes = Outcomes(table)
         replication.on_applied(outcomes.heard_applied)
         waiting = {cid: outcomes.expect(cid) for cid in ("first", "again", "lost")}
