@@ -6,8 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from prometheus_client import CollectorRegistry
+
 from app.control.dead_letters import decode_dead_letter
 from app.control.outcomes import Outcomes
+from app.infra.metrics import Metrics
 from app.infra.records import (
     AppliedChange,
     ChangeOp,
