@@ -106,7 +106,10 @@ class Worker:
             stop(self.process, timeout_s=20)
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        """The log's first errors (a crash's cause comes before its long shutdown) and end."""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        first = [line for line in text if "ERROR" in line or "Crashed" in line][:10]
+        return "\n".join(["first errors:", *first, "last lines:", *text[-lines:]])
 
     def admin(self) -> AdminClient:
         return AdminClient(self.url, ADMIN_TOKEN, actor="pytest")

@@ -87,6 +87,8 @@ MAX_HEADERS: Final = 128
 SWEEP_S: Final = 1.0
 IDLE_SWEEPS: Final = 75
 REQUEST_SWEEPS: Final = 5
+# Seconds a refused connection keeps reading (and dropping) before it closes: see `_refuse`.
+LINGER_S: Final = 2.0
 # Bytes of unfinished requests the fast path holds per worker (every connection together); a
 # connection that would take it over is answered 503 and closed. Whole requests are answered
 # from the read that completes them and never count.
@@ -178,6 +180,7 @@ class FastPath(asyncio.Protocol):
         "_keep_alive",
         "_key",
         "_length",
+        "_lingering",
         "_max_body",
         "_parser",
         "_pending",
@@ -212,6 +215,7 @@ class FastPath(asyncio.Protocol):
         self._idle = 0  # sweeps without a byte
         self._unfinished = 0  # sweeps during which the same request stayed unfinished
         self._writing_paused = False
+        self._lingering = False  # refused: what still comes in is dropped (`_refuse`)
         self._fed = 0  # bytes of the unfinished head already fed to the parser
         self._head_end = -1  # where the body of a head already parsed starts
         self._reset()
@@ -258,6 +262,8 @@ class FastPath(asyncio.Protocol):
             transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a refused request: dropped until the close
         self._idle = 0
         pending = self._pending
         buffer: bytes | bytearray = data
@@ -413,12 +419,29 @@ class FastPath(asyncio.Protocol):
             transport.close()
 
     def _refuse(self, status: int, details: str) -> None:
-        """Answer the unfinished request with `status` (408, 503) and close the connection."""
+        """Answer the unfinished request with `status` (408, 503) and close the connection.
+
+        The client may still be sending its request: closing at once would make the kernel
+        answer its next bytes with a reset, which can discard the answer before the client
+        reads it. So the answer is followed by a FIN, and what still comes in is read and
+        dropped for LINGER_S before the close (aiohttp's lingering close does the same).
+        """
         self._shared.requests.labels("ofrep", str(status)).inc()
         body: dict[str, str] = {"errorDetails": details}
         if self._key:
             body = {"key": self._key, **body}
-        self._write_and_close(status, dumps(body))
+        payload = dumps(body)
+        transport = self._transport
+        assert transport is not None
+        if self._writing_paused or not transport.can_write_eof():
+            self._write_and_close(status, payload)
+        else:
+            transport.write(
+                LAST_ANSWER % (_status_lines[status], len(payload), http_date(), payload)
+            )
+            transport.write_eof()
+            self._lingering = True
+            asyncio.get_running_loop().call_later(LINGER_S, transport.close)
         self._leave()
 
     def _hold(self, buffer: bytes | bytearray, start: int) -> None:

@@ -260,6 +260,29 @@ def test_an_unfinished_request_is_answered_408_however_slowly_it_trickles(
     asyncio.run(scenario())
 
 
+def test_a_client_still_sending_after_a_408_reads_the_408_not_a_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refused connection is half-closed and drained, not closed under the client's feet:
+    bytes it still sends would be answered with a reset, which throws away the 408 unread."""
+    monkeypatch.setattr(fast_path, "SWEEP_S", 0.05)
+
+    async def scenario() -> None:
+        async with serving_bodies(max_buffered=1_000_000) as site:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            writer.write(with_body(50))
+            loop = asyncio.get_running_loop()
+            until = loop.time() + fast_path.REQUEST_SWEEPS * 0.05 + 0.5  # well past the 408
+            while loop.time() < until:
+                writer.write(b" ")
+                await asyncio.sleep(0.02)
+            answered = await asyncio.wait_for(reader.read(), 5)
+            assert answered.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answered
+            writer.close()
+
+    asyncio.run(scenario())
+
+
 def test_unfinished_requests_over_the_budget_are_answered_503() -> None:
     async def scenario() -> None:
         async with serving_bodies(max_buffered=10_000) as site:
