@@ -156,6 +156,14 @@ def test_a_delete_is_a_version_without_definition() -> None:
     assert isinstance(verdict, AppliedChange) and verdict.deleted and verdict.version == 3
 
 
+def test_a_put_without_a_definition_is_refused_not_a_crash() -> None:
+    """A `FlagChange` built by a caller (not `decode_change`) without a definition: a verdict,
+    not an AssertionError (nor, with asserts off, a put that deletes the flag)."""
+    verdict = decide(change(definition=None), applied(2), 3, 0.0)
+    assert isinstance(verdict, Rejection) and verdict.code is DeadLetterCode.MALFORMED
+    assert "needs a flag definition" in verdict.reason
+
+
 def test_an_invalid_definition_lists_every_problem() -> None:
     bad = {"state": "ON", "variants": {"a": 1}, "defaultVariant": "b"}
     verdict = decide(change(definition=bad), None, 0, 0.0)
