@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -11,7 +10,15 @@ from hypothesis import strategies as st
 
 from app.control.changes import decide, decode_change
 from app.infra.json_input import MAX_DEPTH
-from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+from app.infra.records import (
+    AppliedChange,
+    ChangeOp,
+    DeadLetterCode,
+    FlagChange,
+    Rejection,
+    dumps,
+    loads,
+)
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 
@@ -25,7 +32,7 @@ def envelope(**fields: Any) -> bytes:
         "actor": "me",
         "definition": FLAG,
     }
-    return json.dumps({**base, **fields}).encode()
+    return dumps({**base, **fields})
 
 
 def applied(
@@ -173,4 +180,4 @@ def test_an_invalid_definition_lists_every_problem() -> None:
 
 def test_applied_changes_round_trip_through_json() -> None:
     original = applied(3, seq=9)
-    assert AppliedChange.from_json(json.loads(json.dumps(original.to_json()))) == original
+    assert AppliedChange.from_json(loads(dumps(original.to_json()))) == original
