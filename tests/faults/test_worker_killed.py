@@ -32,13 +32,13 @@ PATIENT = {
 }
 
 
-def variant_of(targeting_key: str) -> str:
-    """The variant of the experiment flag `exp` for `targeting_key`, by the engine itself."""
+def variant_of(targeting_key: str) -> tuple[str, Any]:
+    """The variant and value of the experiment flag `exp` for `targeting_key`, by the engine."""
     compiled = compile_flag("exp", EXPERIMENT)
     assert not isinstance(compiled, list), compiled
-    variant = evaluate(compiled, {"targetingKey": targeting_key}, int(time.time()), "exp").variant
-    assert variant is not None
-    return variant
+    resolution = evaluate(compiled, {"targetingKey": targeting_key}, int(time.time()), "exp")
+    assert resolution.variant is not None
+    return resolution.variant, resolution.value
 
 
 class Load:
@@ -110,7 +110,7 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
         )
         slowest[0] = max(slowest[0], time.monotonic() - started)
         # The variant the engine gives this user (was: either variant passed).
-        assert (status, body["variant"]) == (200, variant_of(f"u{i}")), body
+        assert (status, (body["variant"], body["value"])) == (200, variant_of(f"u{i}")), body
 
     def post_exposures(i: int) -> None:
         ids = [f"x{i}-{n}" for n in range(5)]
