@@ -346,10 +346,7 @@ def _default_outcome(parts: _Parts, reason: Reason) -> Resolution:
     if parts.default_variant is None:
         # flagd: no default variant means the caller's default, with reason DEFAULT.
         return Resolution(None, None, Reason.DEFAULT, metadata=parts.metadata)
-    if parts.default_variant not in parts.variants:
-        message = f"default variant {parts.default_variant!r} is not a variant"
-        return parts.error(ErrorCode.GENERAL, message)
-    value = parts.variants[parts.default_variant]
+    value = parts.variants[parts.default_variant]  # the schema checked it names a variant
     return Resolution(value, parts.default_variant, reason, metadata=parts.metadata)
 
 
