@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 1.0  # how often the broker is asked whether it is there and has our topics
 PROBE_TIMEOUT_S = 3.0  # longest wait for one probe (a metadata request) before "unreachable"
 RECOVER_TIMEOUT_S = 30.0  # longest a recovery may take before it is tried again
-STOP_TIMEOUT_S = 5.0  # longest wait for the admin client to stop
 
 
 class BrokerState(Enum):
@@ -80,7 +79,7 @@ class BrokerWatch(Service):  # type: ignore[misc]  # mode is untyped
 
     async def on_stop(self) -> None:
         if self._admin is not None:
-            await stop_within(self._admin.close(), STOP_TIMEOUT_S)
+            await stop_within(self._admin.close())
 
     @Service.task  # type: ignore[untyped-decorator]  # mode is untyped
     async def _watch(self) -> None:

@@ -65,7 +65,7 @@ async def same_log(
     try:
         return await _records_match(consumer, expected, timeout_s)
     finally:
-        await stop_within(consumer.stop(), timeout_s)
+        await stop_within(consumer.stop())
 
 
 async def _records_match(

@@ -28,14 +28,15 @@ sent again as a new record (a writer's retry with its `Idempotency-Key`), within
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
-from app.infra.records import AppliedChange, dumps
+from app.infra.records import AppliedChange, dumps, loads
+
+__all__ = ["FlagTable", "Listener"]
 
 Listener = Callable[[AppliedChange], None]
 
@@ -136,12 +137,11 @@ class FlagTable:
         Its definition comes from the flag's history; a version the history no longer keeps
         comes back without one.
         """
-        assert self._db is not None, "open() the table first"
-        raw = self._db.get(f"c/{environment}/{change_id}".encode())
+        raw = self._open_db().get(f"c/{environment}/{change_id}".encode())
         if raw is None:
             return None
         change = _load(raw)
-        kept = self._db.get(f"h/{environment}/{change.flag}/{change.version:012d}".encode())
+        kept = self._open_db().get(f"h/{environment}/{change.flag}/{change.version:012d}".encode())
         return _load(kept) if kept is not None else change
 
     def decided(self, partition: int) -> int:
@@ -188,7 +188,7 @@ class FlagTable:
         environment's), which happens only when a changelog is rewritten by a retrying
         producer; the offset still moves so the record is not read again.
         """
-        assert self._db is not None, "open() the table first"
+        db = self._open_db()
         batch = WriteBatch(raw_mode=True)
         batch.put(f"o/{partition:06d}".encode(), f"{offset + 1}:{fingerprint}".encode())
         fresh = change is not None and change.seq > self.environment_seq(change.environment)
@@ -202,7 +202,7 @@ class FlagTable:
         if change is not None and decided:
             key = f"d/{change.source_partition:06d}".encode()
             batch.put(key, str(change.source_offset).encode())
-        self._db.write(batch)
+        db.write(batch)
         self._positions[partition] = offset + 1
         self._fingerprints[partition] = fingerprint
         if change is not None and decided:
@@ -227,13 +227,13 @@ class FlagTable:
         batch.put(f"c/{env}/{change.change_id}".encode(), dumps(_without_definition(change)))
         batch.put(f"n/{env}/{change.seq:012d}".encode(), change.change_id.encode())
         if change.seq > self.change_id_depth:
-            assert self._db is not None
+            db = self._open_db()
             old = f"n/{env}/{change.seq - self.change_id_depth:012d}".encode()
-            old_id = self._db.get(old)
+            old_id = db.get(old)
             if old_id is not None:
                 batch.delete(old)
                 entry = f"c/{env}/{old_id.decode()}".encode()
-                kept = self._db.get(entry)
+                kept = db.get(entry)
                 # Only a foreign writer reuses a change id; the newer use keeps its entry.
                 if kept is not None and _load(kept).seq == change.seq - self.change_id_depth:
                     batch.delete(entry)
@@ -244,10 +244,14 @@ class FlagTable:
         while len(log) > self.stream_depth:
             log.popleft()
 
+    def _open_db(self) -> Rdict:
+        if self._db is None:
+            raise RuntimeError("open() the flag table first")
+        return self._db
+
     def _scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
-        assert self._db is not None, "open() the table first"
         start = prefix.encode()
-        it = self._db.iter()
+        it = self._open_db().iter()
         it.seek(start)
         while it.valid():
             key: bytes = it.key()
@@ -258,7 +262,7 @@ class FlagTable:
 
 
 def _load(value: bytes) -> AppliedChange:
-    return AppliedChange.from_json(json.loads(value))
+    return AppliedChange.from_json(loads(value))
 
 
 def _without_definition(change: AppliedChange) -> dict[str, object]:

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 FENCE_KEY = b"__fence__"
 READY_WAIT_S = 5.0  # how long a request to a worker still recovering waits for it
 FENCE_ATTEMPTS = 5  # sends of one fence: a re-created topic may fail its first produce
-STOP_TIMEOUT_S = 5.0  # longest wait for each Kafka client to stop (unsent records are dropped)
 UNREADABLE_PAUSE_S = 1.0  # pause between reads while the log cannot be read (awaiting recover)
 
 # Called with every change read from the changelog and whether it was new to the table.
@@ -128,10 +127,10 @@ class FlagReplication(Service):
         self.add_future(self._catch_up())
 
     async def on_stop(self) -> None:
-        """Stop the Kafka clients, each within `STOP_TIMEOUT_S`."""
+        """Stop the Kafka clients, each within `CLIENT_STOP_TIMEOUT_S`."""
         for client in (self._consumer, self._producer):
             if client is not None:
-                await stop_within(client.stop(), STOP_TIMEOUT_S)
+                await stop_within(client.stop())
         self.table.close()
 
     async def _catch_up(self) -> None:

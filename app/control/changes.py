@@ -12,7 +12,16 @@ from typing import Any
 from app.engine.schema import flag_problems
 from app.infra.json_input import Unacceptable, parse_json
 from app.infra.keys import KEY_PATTERN, valid_key
-from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+from app.infra.records import (
+    JSON,
+    AppliedChange,
+    ChangeOp,
+    DeadLetterCode,
+    FlagChange,
+    Rejection,
+)
+
+__all__ = ["MAX_CHANGE_ID", "STATES", "decide", "decode_change"]
 
 STATES = ("ENABLED", "DISABLED")
 # A change id is remembered (RocksDB key and value) for FLAGSTREAM_CHANGE_ID_DEPTH changes: a
@@ -20,60 +29,21 @@ STATES = ("ENABLED", "DISABLED")
 MAX_CHANGE_ID = 200
 
 
-def _malformed(reason: str, *problems: tuple[str, str]) -> Rejection:
-    return Rejection(DeadLetterCode.MALFORMED, reason, problems)
-
-
 def decode_change(raw: bytes | None) -> FlagChange | Rejection:
     """Turn the bytes of a `flag-changes` record into a change, or say what is wrong."""
-    if not raw:
-        return _malformed("empty record")
-    data: Any = parse_json(raw)  # strict and depth-bounded, as every HTTP body
-    if isinstance(data, Unacceptable):
-        return _malformed(data.message)
-    if not isinstance(data, dict):
-        return _malformed("a change must be a JSON object")
+    data = _json_object(raw)
+    if isinstance(data, Rejection):
+        return data
     problems: list[tuple[str, str]] = []
-
-    def text(name: str, *, required: bool = True) -> str:
-        value = data.get(name)
-        if isinstance(value, str) and value:
-            return value
-        if required or value is not None:
-            problems.append((f"$.{name}", "must be a non-empty string"))
-        return ""
-
     change_id, environment, flag, actor = (
-        text("change_id"),
-        text("environment"),
-        text("flag"),
-        text("actor"),
+        _text(data, name, problems) for name in ("change_id", "environment", "flag", "actor")
     )
-    if len(change_id) > MAX_CHANGE_ID:
-        problems.append(("$.change_id", f"must have at most {MAX_CHANGE_ID} characters"))
-    for name, key in (("environment", environment), ("flag", flag)):
-        if key and not valid_key(key):
-            problems.append((f"$.{name}", f"must match {KEY_PATTERN.pattern}"))
-    try:
-        op = ChangeOp(str(data.get("op")))
-    except ValueError:
-        problems.append(("$.op", f"must be one of {[o.value for o in ChangeOp]}"))
-        op = ChangeOp.PUT
-    expected = data.get("expected_version")
-    if expected is not None and (
-        not isinstance(expected, int) or isinstance(expected, bool) or expected < 0
-    ):
-        problems.append(("$.expected_version", "must be a non-negative integer or null"))
-    produced_at = data.get("produced_at", 0.0)
-    if not isinstance(produced_at, int | float) or isinstance(produced_at, bool):
-        problems.append(("$.produced_at", "must be a number (unix seconds)"))
-        produced_at = 0.0
-    definition = data.get("definition")
-    state = data.get("state")
-    if op is ChangeOp.PUT and not isinstance(definition, dict):
-        problems.append(("$.definition", "a put needs a flag definition object"))
-    if op is ChangeOp.STATE and state not in STATES:
-        problems.append(("$.state", f"must be one of {list(STATES)}"))
+    problems += _id_and_key_problems(change_id, environment, flag)
+    op = _op(data, problems)
+    expected = _expected_version(data, problems)
+    produced_at = _produced_at(data, problems)
+    definition, state = data.get("definition"), data.get("state")
+    problems += _body_problems(op, definition, state)
     if problems:
         usable = change_id and not any(path == "$.change_id" for path, _ in problems)
         return Rejection(
@@ -88,11 +58,77 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
         flag=flag,
         op=op,
         actor=actor,
-        produced_at=float(produced_at),
+        produced_at=produced_at,
         definition=definition if op is ChangeOp.PUT else None,
         state=state if op is ChangeOp.STATE else None,
         expected_version=expected,
     )
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | Rejection:
+    """The record's JSON object, parsed strict and depth-bounded as every HTTP body."""
+    if not raw:
+        return Rejection.malformed("empty record")
+    data: Any = parse_json(raw)
+    if isinstance(data, Unacceptable):
+        return Rejection.malformed(data.message)
+    if not isinstance(data, dict):
+        return Rejection.malformed("a change must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], name: str, problems: list[tuple[str, str]]) -> str:
+    """A required non-empty string field ("" and a problem when it is not one)."""
+    value = data.get(name)
+    if isinstance(value, str) and value:
+        return value
+    problems.append((f"$.{name}", "must be a non-empty string"))
+    return ""
+
+
+def _id_and_key_problems(change_id: str, environment: str, flag: str) -> list[tuple[str, str]]:
+    problems = []
+    if len(change_id) > MAX_CHANGE_ID:
+        problems.append(("$.change_id", f"must have at most {MAX_CHANGE_ID} characters"))
+    for name, key in (("environment", environment), ("flag", flag)):
+        if key and not valid_key(key):
+            problems.append((f"$.{name}", f"must match {KEY_PATTERN.pattern}"))
+    return problems
+
+
+def _op(data: dict[str, Any], problems: list[tuple[str, str]]) -> ChangeOp:
+    try:
+        return ChangeOp(str(data.get("op")))
+    except ValueError:
+        problems.append(("$.op", f"must be one of {[o.value for o in ChangeOp]}"))
+        return ChangeOp.PUT
+
+
+def _expected_version(data: dict[str, Any], problems: list[tuple[str, str]]) -> int | None:
+    expected = data.get("expected_version")
+    if expected is None or (
+        isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
+    ):
+        return expected
+    problems.append(("$.expected_version", "must be a non-negative integer or null"))
+    return None
+
+
+def _produced_at(data: dict[str, Any], problems: list[tuple[str, str]]) -> float:
+    produced_at = data.get("produced_at", 0.0)
+    if isinstance(produced_at, int | float) and not isinstance(produced_at, bool):
+        return float(produced_at)
+    problems.append(("$.produced_at", "must be a number (unix seconds)"))
+    return 0.0
+
+
+def _body_problems(op: ChangeOp, definition: Any, state: Any) -> list[tuple[str, str]]:
+    """What the operation needs: a definition object for a put, a known state for `state`."""
+    if op is ChangeOp.PUT and not isinstance(definition, dict):
+        return [("$.definition", "a put needs a flag definition object")]
+    if op is ChangeOp.STATE and state not in STATES:
+        return [("$.state", f"must be one of {list(STATES)}")]
+    return []
 
 
 def decide(
@@ -121,7 +157,6 @@ def decide(
             f"change id {change.change_id!r} was used for another request "
             f"(version {earlier.version} of flag {earlier.flag!r}); use a new Idempotency-Key",
         )
-    live = current is not None and not current.deleted
     current_version = current.version if current is not None else 0
     if change.expected_version is not None and change.expected_version != current_version:
         return Rejection(
@@ -129,16 +164,9 @@ def decide(
             f"expected version {change.expected_version}, the flag is at version {current_version}",
             current_version=current_version,
         )
-    if change.op is ChangeOp.PUT:
-        definition = change.definition
-        assert definition is not None  # decode_change guarantees it
-    else:
-        if not live:
-            return Rejection(DeadLetterCode.FLAG_NOT_FOUND, f"flag {change.flag!r} does not exist")
-        assert current is not None and current.definition is not None
-        definition = (
-            None if change.op is ChangeOp.DELETE else {**current.definition, "state": change.state}
-        )
+    definition = _next_definition(change, current)
+    if isinstance(definition, Rejection):
+        return definition
     if definition is not None:
         problems = flag_problems(definition)
         if problems:
@@ -162,3 +190,16 @@ def decide(
         source_offset=source[1],
         request=change.request_digest(),
     )
+
+
+def _next_definition(change: FlagChange, current: AppliedChange | None) -> JSON | Rejection | None:
+    """The definition the change leaves (None: deleted), or why it cannot apply."""
+    if change.op is ChangeOp.PUT:
+        if change.definition is None:  # decode_change refuses such a put; a caller may not
+            return Rejection.malformed("a put needs a flag definition object")
+        return change.definition
+    if current is None or current.definition is None:
+        return Rejection(DeadLetterCode.FLAG_NOT_FOUND, f"flag {change.flag!r} does not exist")
+    if change.op is ChangeOp.DELETE:
+        return None
+    return {**current.definition, "state": change.state}

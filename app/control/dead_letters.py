@@ -26,7 +26,6 @@ __all__ = ["DeadLetterReader", "decode_dead_letter"]
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 5.0  # longest wait for the consumer to stop
 UNREADABLE_PAUSE_S = 1.0  # pause before reading again after the broker refused a fetch
 DEAD_LETTERS_PARTITION = TopicPartition(DEAD_LETTERS, 0)  # the topic has one partition
 
@@ -56,7 +55,7 @@ class DeadLetterReader(Service):  # type: ignore[misc]  # mode is untyped
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
-            await stop_within(self._consumer.stop(), STOP_TIMEOUT_S)
+            await stop_within(self._consumer.stop())
 
     async def move_to_end(self) -> None:
         """Read only dead letters written from now on (a `BrokerWatch.before_writes` step)."""

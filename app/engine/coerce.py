@@ -44,7 +44,7 @@ _NOT_A_NUMBER_WORDS = frozenset({"inf", "-inf", "+inf"})
 def truthy(value: Any) -> bool:
     """JsonLogic truthiness: ``[]``, ``""``, ``0``, NaN and null are false, objects true."""
     if value.__class__ is bool:
-        return value  # type: ignore[no-any-return]
+        return value
     if value is None:
         return False
     if isinstance(value, float):

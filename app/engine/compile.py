@@ -266,7 +266,7 @@ def _failure(parts: _Parts) -> Callable[[Exception], Resolution]:
 
 
 def compile_flag_set(
-    document: Mapping[str, Any],
+    document: Mapping[str, JsonValue],
 ) -> tuple[dict[str, CompiledFlag], list[Problem]]:
     """Compile a whole flagd file: the flags that load, and the problems of those that do not.
 
@@ -275,7 +275,8 @@ def compile_flag_set(
     """
     if not isinstance(document, Mapping) or not isinstance(document.get("flags"), Mapping):
         return {}, flag_set_problems(document) or [Problem("$.flags", "must be an object")]
-    flags: Mapping[str, Any] = document["flags"]
+    # Checked above: an object; each flag's shape is checked by compile_flag.
+    flags = cast(Mapping[str, Mapping[str, JsonValue]], document["flags"])
     set_level = flag_set_problems({**document, "flags": {}})
     fatal = [problem for problem in set_level if not problem.path.startswith("$.$evaluators")]
     if fatal:
@@ -346,10 +347,7 @@ def _default_outcome(parts: _Parts, reason: Reason) -> Resolution:
     if parts.default_variant is None:
         # flagd: no default variant means the caller's default, with reason DEFAULT.
         return Resolution(None, None, Reason.DEFAULT, metadata=parts.metadata)
-    if parts.default_variant not in parts.variants:
-        message = f"default variant {parts.default_variant!r} is not a variant"
-        return parts.error(ErrorCode.GENERAL, message)
-    value = parts.variants[parts.default_variant]
+    value = parts.variants[parts.default_variant]  # the schema checked it names a variant
     return Resolution(value, parts.default_variant, reason, metadata=parts.metadata)
 
 

@@ -8,9 +8,9 @@ seconds). A static flag costs an attribute lookup; a targeted one calls the clos
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
-from app.engine.model import CompiledFlag, ErrorCode, Reason, Resolution
+from app.engine.model import CompiledFlag, ErrorCode, JsonValue, Reason, Resolution
 
 __all__ = [
     "evaluate",
@@ -21,7 +21,7 @@ __all__ = [
 
 def evaluate(
     flag: CompiledFlag | None,
-    context: Mapping[str, Any],
+    context: Mapping[str, JsonValue],
     now: int,
     flag_key: str = "",
 ) -> Resolution:
@@ -61,12 +61,12 @@ _ACCEPTS: Final[dict[type, tuple[type, ...]]] = {
 
 def evaluate_typed(
     flag: CompiledFlag | None,
-    context: Mapping[str, Any],
+    context: Mapping[str, JsonValue],
     now: int,
     expected: type,
     *,
     flag_key: str = "",
-    default: Any = None,
+    default: JsonValue = None,
 ) -> Resolution:
     """``evaluate`` for a typed call (``bool``, ``str``, ``int``, ``float``, ``object``).
 

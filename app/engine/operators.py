@@ -81,7 +81,7 @@ def _affix_of_key(name: str, key: str, affix: str) -> Rule:
         def key_ends_with(data: Any) -> bool | None:
             value = data.get(key) if data.__class__ is dict else get_var(data, key)
             if value.__class__ is str:
-                return value.endswith(affix)  # type: ignore[no-any-return]
+                return value.endswith(affix)
             return value.endswith(affix) if isinstance(value, str) else None
 
         return key_ends_with
@@ -89,7 +89,7 @@ def _affix_of_key(name: str, key: str, affix: str) -> Rule:
     def key_starts_with(data: Any) -> bool | None:
         value = data.get(key) if data.__class__ is dict else get_var(data, key)
         if value.__class__ is str:
-            return value.startswith(affix)  # type: ignore[no-any-return]
+            return value.startswith(affix)
         return value.startswith(affix) if isinstance(value, str) else None
 
     return key_starts_with

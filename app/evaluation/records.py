@@ -10,7 +10,6 @@ docs/topics.md documents the forms ("Evaluation requests and results").
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +17,33 @@ from typing import Any, Final
 
 from app.engine import Resolution
 from app.evaluation.live_flags import LiveFlag
+from app.infra.json_input import Unacceptable, parse_json
 from app.infra.keys import KEY_PATTERN
 from app.infra.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps, loads
 from app.infra.topics import EVALUATION_RESULTS
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_REQUEST_ID_CHARS",
+    "REPLY_TOPIC_PATTERN",
+    "RESULT_RECORD_BYTES",
+    "TOO_LARGE",
+    "EvaluationResult",
+    "FlagResult",
+    "Invalid",
+    "Request",
+    "RequestRefusedError",
+    "Requests",
+    "decode_requests",
+    "decode_results",
+    "encode_requests",
+    "encode_results",
+    "error_json",
+    "flag_json",
+    "result_json",
+    "too_large",
+    "valid_reply_topic",
+]
 
 # A worker writes results only to `evaluation-results` or a topic under `evaluation-results.`:
 # a reply topic is chosen by whoever can produce a request, and without this bound anyone who
@@ -74,10 +97,6 @@ def valid_reply_topic(topic: str) -> bool:
     return REPLY_TOPIC_PATTERN.match(topic) is not None
 
 
-def _malformed(reason: str, *problems: tuple[str, str]) -> Rejection:
-    return Rejection(DeadLetterCode.MALFORMED, reason, problems)
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -103,9 +122,8 @@ def _decode_item(data: Any, path: str) -> Request | Invalid:
     context = data.get("context", {})
     if not isinstance(context, dict):
         problems.append((f"{path}.context", "must be a JSON object"))
-    if problems:
+    if problems or request_id is None or environment is None:
         return Invalid(request_id, environment, tuple(problems))
-    assert request_id is not None and environment is not None
     return Request(request_id, environment, flags, context)
 
 
@@ -126,15 +144,15 @@ def decode_requests(raw: bytes | None) -> Requests | Rejection:
     record out, so a batch has one destination.
     """
     if not raw:
-        return _malformed("empty record")
-    try:
-        data: Any = loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return _malformed(f"not JSON: {exc}")
+        return Rejection.malformed("empty record")
+    data: Any = parse_json(raw)  # strict and depth-bounded, as every HTTP body
+    if isinstance(data, Unacceptable):
+        return Rejection.malformed(data.message)
     if not isinstance(data, dict):
-        return _malformed("a request record must be a JSON object")
+        return Rejection.malformed("a request record must be a JSON object")
     if data.get("schema") != SCHEMA_VERSION:
-        return _malformed(f"unknown schema {data.get('schema')!r}", ("$.schema", "must be 1"))
+        schema = data.get("schema")
+        return Rejection.malformed(f"unknown schema {schema!r}", ("$.schema", "must be 1"))
     if "requests" not in data:
         reply_to, problem = _reply_to(data, "$")
         item = _decode_item(data, "$")
@@ -143,7 +161,7 @@ def decode_requests(raw: bytes | None) -> Requests | Rejection:
         return Requests([item], batch=False, reply_to=reply_to or EVALUATION_RESULTS)
     batch = data["requests"]
     if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
-        return _malformed(
+        return Rejection.malformed(
             "bad batch", ("$.requests", f"must be a list of 1 to {MAX_BATCH} request objects")
         )
     reply_to, problem = _reply_to(data, "$")
@@ -285,11 +303,11 @@ class EvaluationResult:
     def raise_for_error(self) -> EvaluationResult:
         """Turn a refused request into an exception, for callers that prefer one."""
         if self.error is not None:
-            raise RequestRefused(self.request_id, self.error)
+            raise RequestRefusedError(self.request_id, self.error)
         return self
 
 
-class RequestRefused(Exception):
+class RequestRefusedError(Exception):
     """A worker answered a request with an error (a malformed request)."""
 
     def __init__(self, request_id: str, error: JSON) -> None:

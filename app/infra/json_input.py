@@ -10,11 +10,14 @@ definitions (`app.engine.schema.MAX_DEPTH`), which answers with the path of the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from app.infra.records import loads
+
+__all__ = ["MAX_DEPTH", "Unacceptable", "nested_deeper", "parse_json"]
 
 # Objects and arrays inside one another; a scalar is depth 0, `[]` depth 1.
 MAX_DEPTH: Final = 64
@@ -32,7 +35,7 @@ def parse_json(raw: bytes | str) -> Any:
     """The JSON value of `raw`, or an `Unacceptable` saying why there is none."""
     try:
         value = loads(raw)
-    except json.JSONDecodeError as exc:  # orjson's error, also raised for bytes not UTF-8
+    except orjson.JSONDecodeError as exc:  # also raised for bytes that are not UTF-8
         return Unacceptable(f"not JSON: {exc}")
     # Each level costs two bytes ("[]"), so a short document (most evaluation bodies, on the
     # hot path) cannot nest too deep and is not looked at again.

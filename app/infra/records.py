@@ -16,6 +16,22 @@ from typing import Any
 
 import orjson
 
+__all__ = [
+    "JSON",
+    "MAX_DEAD_LETTER_PAYLOAD",
+    "MAX_DEAD_LETTER_PROBLEMS",
+    "MAX_PROBLEM_CHARS",
+    "SCHEMA_VERSION",
+    "AppliedChange",
+    "ChangeOp",
+    "DeadLetter",
+    "DeadLetterCode",
+    "FlagChange",
+    "Rejection",
+    "dumps",
+    "loads",
+]
+
 JSON = dict[str, Any]
 SCHEMA_VERSION = 1
 
@@ -139,6 +155,11 @@ class Rejection:
     # writer is waiting for that id and must hear of the refusal, not wait out its timeout.
     change_id: str | None = None
 
+    @classmethod
+    def malformed(cls, reason: str, *problems: tuple[str, str]) -> Rejection:
+        """A record that cannot be read as what its topic carries."""
+        return cls(DeadLetterCode.MALFORMED, reason, problems)
+
 
 # What a dead letter keeps of a refused record: the first bytes of its payload, the first
 # problems, each path and message cut. Escaped as JSON text a character may take 6 bytes
@@ -257,5 +278,5 @@ def dumps_sorted(data: Any) -> bytes:
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON; raises `json.JSONDecodeError` (orjson's is a subclass) on bad input."""
+    """Parse JSON; raises `orjson.JSONDecodeError` (a `ValueError`) on bad input."""
     return orjson.loads(raw)

@@ -67,7 +67,10 @@ class ShutdownWatchdog(Service):  # type: ignore[misc]  # mode is untyped
         os._exit(EXIT_CODE)
 
 
-async def stop_within(stopping: Awaitable[None], timeout_s: float) -> None:
+CLIENT_STOP_TIMEOUT_S = 5.0  # longest wait for one Kafka client to stop (unsent records dropped)
+
+
+async def stop_within(stopping: Awaitable[None], timeout_s: float = CLIENT_STOP_TIMEOUT_S) -> None:
     """Wait for a Kafka client to stop, at most `timeout_s`: a producer with records for an
     unreachable broker would otherwise wait for them as long as its request timeout."""
     try:

@@ -202,7 +202,7 @@ class AdminApi:
                 503, outcome.code, outcome.reason, change_id=change.change_id, current_version=None
             )
         return error(
-            REJECTION_STATUS[outcome.code],
+            REJECTION_STATUS.get(outcome.code, 400),
             outcome.code.value,
             outcome.reason,
             [{"path": path, "message": message} for path, message in outcome.problems],

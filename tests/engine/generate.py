@@ -197,6 +197,11 @@ def condition(rng: random.Random, depth: int) -> dict[str, Any]:
         return {op: [condition(rng, depth - 1) for _ in range(rng.randint(1, 3))]}
     if op == "if":
         return {"if": [condition(rng, depth - 1), condition(rng, depth - 1), condition(rng, 0)]}
+    return _leaf_condition(rng, op, depth)
+
+
+def _leaf_condition(rng: random.Random, op: str, depth: int) -> dict[str, Any]:
+    """A condition that does not combine other conditions (same draws as before the split)."""
     if op == "between":
         return {rng.choice(["<", "<="]): [rng.randint(0, 30), _var(rng), rng.randint(20, 90)]}
     if op == "in":

@@ -58,56 +58,72 @@ def _cells(line: str) -> tuple[str, ...]:
 
 def parse(path: Path, name: str | None = None) -> list[Case]:
     """All cases of a feature file, in file order; ``name`` labels them (default: file name)."""
-    feature = name or path.name
-    feature_tags: set[str] = set()
-    background: list[Step] = []
-    scenarios: list[_Scenario] = []
-    pending_tags: set[str] = set()
+    reader = _Reader(str(path))
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        reader.line(number, raw.strip())
+    return _expand(name or path.name, reader.background, reader.scenarios)
+
+
+@dataclass
+class _Reader:
+    """The state of reading a feature file line by line."""
+
+    path: str
+    feature_tags: set[str] = field(default_factory=set)
+    background: list[Step] = field(default_factory=list)
+    scenarios: list[_Scenario] = field(default_factory=list)
+    pending_tags: set[str] = field(default_factory=set)
     current_steps: list[Step] | None = None
     current_examples: list[tuple[str, ...]] | None = None
     current: _Scenario | None = None
 
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
+    def line(self, number: int, line: str) -> None:
         if not line or line.startswith("#"):
-            continue
+            return
         if line.startswith("@"):
-            pending_tags |= {tag for tag in line.split() if tag.startswith("@")}
-            continue
-        if line.startswith("Feature:"):
-            feature_tags, pending_tags = pending_tags, set()
-            continue
-        if line.startswith("Background:"):
-            current_steps, current_examples, current = background, None, None
-            continue
-        head = line.split(":", 1)[0]
-        if head in ("Scenario", "Scenario Outline", "Scenario Template"):
-            current = _Scenario(
-                line.split(":", 1)[1].strip(),
-                feature_tags | pending_tags,
-                number,
-                head != "Scenario",
-            )
-            scenarios.append(current)
-            pending_tags, current_steps, current_examples = set(), current.steps, None
-            continue
-        if head in ("Examples", "Scenarios"):
-            assert current is not None, f"{path}:{number}: Examples outside a scenario"
-            current_examples = []
-            current.examples.append((pending_tags, current_examples, number))
-            pending_tags = set()
-            continue
-        if line.startswith("|"):
-            if current_examples is not None:
-                current_examples.append(_cells(line))
-            elif current_steps:
-                last = current_steps[-1]
-                current_steps[-1] = Step(last.text, (*last.table, _cells(line)))
-            continue
-        keyword = next((k for k in _KEYWORDS if line.startswith(k)), None)
-        if keyword is not None and current_steps is not None:
-            current_steps.append(Step(line[len(keyword) :]))
+            self.pending_tags |= {tag for tag in line.split() if tag.startswith("@")}
+        elif line.startswith("Feature:"):
+            self.feature_tags, self.pending_tags = self.pending_tags, set()
+        elif line.startswith("Background:"):
+            self.current_steps, self.current_examples, self.current = self.background, None, None
+        elif line.split(":", 1)[0] in ("Scenario", "Scenario Outline", "Scenario Template"):
+            self.scenario(number, line)
+        elif line.split(":", 1)[0] in ("Examples", "Scenarios"):
+            self.examples(number)
+        elif line.startswith("|"):
+            self.row(line)
+        else:
+            keyword = next((k for k in _KEYWORDS if line.startswith(k)), None)
+            if keyword is not None and self.current_steps is not None:
+                self.current_steps.append(Step(line[len(keyword) :]))
 
+    def scenario(self, number: int, line: str) -> None:
+        head, title = line.split(":", 1)
+        tags = self.feature_tags | self.pending_tags
+        self.current = _Scenario(title.strip(), tags, number, head != "Scenario")
+        self.scenarios.append(self.current)
+        self.pending_tags, self.current_steps, self.current_examples = (
+            set(),
+            self.current.steps,
+            None,
+        )
+
+    def examples(self, number: int) -> None:
+        assert self.current is not None, f"{self.path}:{number}: Examples outside a scenario"
+        self.current_examples = []
+        self.current.examples.append((self.pending_tags, self.current_examples, number))
+        self.pending_tags = set()
+
+    def row(self, line: str) -> None:
+        if self.current_examples is not None:
+            self.current_examples.append(_cells(line))
+        elif self.current_steps:
+            last = self.current_steps[-1]
+            self.current_steps[-1] = Step(last.text, (*last.table, _cells(line)))
+
+
+def _expand(feature: str, background: list[Step], scenarios: list[_Scenario]) -> list[Case]:
+    """One case per plain scenario and per example row of an outline."""
     cases: list[Case] = []
     for scenario in scenarios:
         steps = (*background, *scenario.steps)

@@ -9,6 +9,7 @@ ERROR / GENERAL once the work budget of ``app.engine.budget`` is spent.
 
 from __future__ import annotations
 
+import sys
 import time
 import tracemalloc
 from typing import Any
@@ -257,7 +258,8 @@ def test_costly_evaluations_end_in_an_error_promptly(
     flag = _compiled({"if": [targeting, "on", "off"]})
     resolution, elapsed, peak = _timed(flag, context)
     _assert_budget_error(resolution)
-    assert elapsed < 0.25, elapsed  # ~10-40 ms on a quiet machine; generous when loaded
+    # ~10-40 ms on a quiet machine; generous when loaded, and 10x under a tracer (coverage).
+    assert elapsed < 0.25 * (10 if sys.gettrace() is not None else 1), elapsed
     assert peak < 4_000_000, peak
 
 

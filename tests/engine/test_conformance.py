@@ -72,9 +72,9 @@ EXPECTED_SKIPS = {
     "@contextEnrichment": 4,
     "@deprecated": 7,
     "@grace": 4,
-    "configuration": 88,
-    "events": 4,
-    "connection": 7,
+    "configuration": 88,  # gherkin/config.feature has 96: 8 more are counted as @caching
+    "events": 5,
+    "connection": 6,
 }
 
 _TYPES: dict[str, type] = {
@@ -270,12 +270,11 @@ def _why_not_applicable(case: Case) -> str | None:
     for tag, reason in NOT_APPLICABLE.items():
         if tag in case.tags:
             return f"{tag}: {reason}"
-    for step in case.steps:
-        if _match(step) is not None:
-            continue
-        for pattern, reason in NOT_EVALUATION_STEPS:
-            if pattern.fullmatch(step.text):
-                return f"{reason}: step {step.text!r}"
+    unmatched = [step.text for step in case.steps if _match(step) is None]
+    for pattern, reason in NOT_EVALUATION_STEPS:  # in order: configuration first
+        for text in unmatched:
+            if pattern.fullmatch(text):
+                return f"{reason}: step {text!r}"
     return None
 
 

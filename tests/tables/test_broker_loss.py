@@ -111,14 +111,34 @@ def broker_reachable(worker: Worker) -> float:
     raise AssertionError("flagstream_broker_reachable is not exported")
 
 
-def timed_put(worker: Worker, key: str) -> tuple[float, Exception | dict[str, Any]]:
+def timed_put(
+    worker: Worker, key: str, definition: dict[str, Any] | None = None
+) -> tuple[float, Exception | dict[str, Any]]:
     """How long a PUT took, and its answer (an AdminError, or the client's own timeout)."""
     started = time.monotonic()
     try:
-        result: Exception | dict[str, Any] = admin(worker).put(ENV, key, flag())
+        result: Exception | dict[str, Any] = admin(worker).put(ENV, key, definition or flag())
     except (AdminError, OSError) as exc:
         result = exc
     return time.monotonic() - started, result
+
+
+INVALID_FLAG = {"state": "ON", "variants": {"a": 1}, "defaultVariant": "b"}
+REFUSED_BEFORE_OUTAGE = 3  # dead letters at offsets 0-2 of the topic the broker then loses
+
+
+def refused_put(worker: Worker) -> tuple[float, AdminError]:
+    """How long a PUT the agent refuses took, and its answer (the writer hears the dead letter)."""
+    took, result = timed_put(worker, "refused", INVALID_FLAG)
+    assert isinstance(result, AdminError), result
+    return took, result
+
+
+def test_refused_writes_are_answered_from_their_dead_letters(outage: Outage) -> None:
+    for _ in range(REFUSED_BEFORE_OUTAGE):
+        took, refused = refused_put(outage.worker)
+        assert refused.reply.status == 422, refused
+        assert took < WRITE_TIMEOUT_S
 
 
 def test_a_write_while_the_broker_is_down_answers_503_within_the_write_timeout(
@@ -180,6 +200,15 @@ def test_the_worker_recovers_alone_when_the_broker_comes_back_empty(outage: Outa
     assert (status, ready["broker"], ready["writable"]) == (200, "reachable", True)
     assert broker_reachable(outage.worker) == 1
     assert list(outage.tmp.joinpath("one").glob("flags.lost-*")), "the old table is kept"
+
+
+def test_a_refused_write_is_answered_after_the_broker_came_back_empty(outage: Outage) -> None:
+    """The dead-letter topic came back empty: its first new letter is at offset 0, before where
+    the worker read up to. The worker moves to the new end before it accepts writes, so the
+    writer hears its 422 at once instead of waiting out the write timeout (504)."""
+    took, refused = refused_put(outage.worker)
+    assert refused.reply.status == 422, refused
+    assert took < WRITE_TIMEOUT_S
 
 
 def test_a_fresh_worker_starts_on_the_broker_that_came_back(outage: Outage) -> None:

@@ -1,46 +1,95 @@
-"""A worker still reading its changelog says so, instead of calling existing flags missing."""
+"""A worker still reading its changelog says so, instead of calling existing flags missing.
+
+The test decides that the worker is recovering: it freezes the broker (SIGSTOP) while the
+fresh worker answers HTTP but has not caught up, so the worker cannot catch up until the broker
+is thawed. It then knows which answer is right: after `READY_WAIT_S` of waiting, a 500 that
+says the worker is recovering; never FLAG_NOT_FOUND, and never a value from an empty table.
+"""
 
 from __future__ import annotations
 
+import signal
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from app.control.client import AdminClient
-from app.infra.topics import FLAGS_CHANGELOG
-from tables.replication import FENCE_KEY
-from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, produce
+from app.infra.broker import free_port, start_broker, stop
+from tables.replication import READY_WAIT_S
+from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, wait_until
 
-BACKLOG = 200_000  # changelog records a fresh worker must read before it is ready
+STARTUP_S = 60.0  # longest a worker process may take to answer HTTP on a loaded machine
+EVALUATE = "/ofrep/v1/evaluate/flags/kept"
 
 
-def test_evaluations_wait_for_recovery_and_say_so(broker: str, tmp_path: Path) -> None:
-    first = Worker(broker, tmp_path / "first", "recovering").start()
+class FreezableBroker:
+    """An embedded broker of this test's own that the test may freeze (SIGSTOP) and thaw."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.process = start_broker("127.0.0.1", port)
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def broker() -> Iterator[FreezableBroker]:
+    frozen = FreezableBroker()
+    yield frozen
+    frozen.thaw()  # a frozen process cannot stop
+    stop(frozen.process)
+
+
+def answers_http(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_an_evaluation_on_a_recovering_worker_says_so_after_its_bounded_wait(
+    broker: FreezableBroker, tmp_path: Path
+) -> None:
+    brokers = broker.address
+    first = Worker(brokers, tmp_path / "first", "recovering").start()
     first.admin().put("development", "kept", flag(default="on"))
     first.stop()
-    for partition in range(4):
-        produce(broker, FLAGS_CHANGELOG, [(FENCE_KEY, b"x")] * (BACKLOG // 4), partition)
 
-    fresh = Worker(broker, tmp_path / "fresh", "recovering")
+    fresh = Worker(brokers, tmp_path / "fresh", "recovering")
     fresh.launch()
     try:
-        sdk = AdminClient(fresh.url, SDK_KEY)
-        while True:
-            try:
-                urllib.request.urlopen(fresh.url + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
-        assert AdminClient(fresh.url, ADMIN_TOKEN).request("GET", "/readyz").status == 503
-        # Asked while the table is empty: the answer waits for recovery (then 200) or, after
-        # its bounded wait, says the worker is recovering (500); never FLAG_NOT_FOUND.
-        early = sdk.request("POST", "/ofrep/v1/evaluate/flags/kept", {"context": {}})
-        if early.status == 500:
-            assert "recovering" in early.body["errorDetails"]
-        else:
-            assert (early.status, early.body.get("value")) == (200, True), early.body
+        # The worker answers HTTP before it reads its changelog, which needs the broker: frozen
+        # now, the worker cannot catch up until the thaw.
+        wait_until(lambda: answers_http(fresh.url), STARTUP_S)
+        broker.freeze()
+        admin, sdk = AdminClient(fresh.url, ADMIN_TOKEN), AdminClient(fresh.url, SDK_KEY)
+        ready = admin.request("GET", "/readyz")
+        assert (ready.status, ready.body["status"]) == (503, "recovering"), ready.body
+
+        started = time.monotonic()
+        early = sdk.request("POST", EVALUATE, {"context": {}})
+        waited = time.monotonic() - started
+        assert (early.status, early.body) == (
+            500,
+            {"key": "kept", "errorDetails": "the flag table of this worker is still recovering"},
+        )
+        assert waited >= READY_WAIT_S  # it waited for recovery before saying so
+        still = admin.request("GET", "/readyz")  # so no other path can have answered
+        assert (still.status, still.body["status"]) == (503, "recovering"), still.body
+
+        broker.thaw()
         fresh.wait_ready(120)
-        late = sdk.request("POST", "/ofrep/v1/evaluate/flags/kept", {"context": {}})
+        late = sdk.request("POST", EVALUATE, {"context": {}})
         assert (late.status, late.body["value"]) == (200, True)
     finally:
+        broker.thaw()
         fresh.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -11,7 +10,15 @@ from hypothesis import strategies as st
 
 from app.control.changes import decide, decode_change
 from app.infra.json_input import MAX_DEPTH
-from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode, FlagChange, Rejection
+from app.infra.records import (
+    AppliedChange,
+    ChangeOp,
+    DeadLetterCode,
+    FlagChange,
+    Rejection,
+    dumps,
+    loads,
+)
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 
@@ -25,7 +32,7 @@ def envelope(**fields: Any) -> bytes:
         "actor": "me",
         "definition": FLAG,
     }
-    return json.dumps({**base, **fields}).encode()
+    return dumps({**base, **fields})
 
 
 def applied(
@@ -156,6 +163,14 @@ def test_a_delete_is_a_version_without_definition() -> None:
     assert isinstance(verdict, AppliedChange) and verdict.deleted and verdict.version == 3
 
 
+def test_a_put_without_a_definition_is_refused_not_a_crash() -> None:
+    """A `FlagChange` built by a caller (not `decode_change`) without a definition: a verdict,
+    not an AssertionError (nor, with asserts off, a put that deletes the flag)."""
+    verdict = decide(change(definition=None), applied(2), 3, 0.0)
+    assert isinstance(verdict, Rejection) and verdict.code is DeadLetterCode.MALFORMED
+    assert "needs a flag definition" in verdict.reason
+
+
 def test_an_invalid_definition_lists_every_problem() -> None:
     bad = {"state": "ON", "variants": {"a": 1}, "defaultVariant": "b"}
     verdict = decide(change(definition=bad), None, 0, 0.0)
@@ -165,4 +180,4 @@ def test_an_invalid_definition_lists_every_problem() -> None:
 
 def test_applied_changes_round_trip_through_json() -> None:
     original = applied(3, seq=9)
-    assert AppliedChange.from_json(json.loads(json.dumps(original.to_json()))) == original
+    assert AppliedChange.from_json(loads(dumps(original.to_json()))) == original

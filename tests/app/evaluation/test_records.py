@@ -22,6 +22,7 @@ from app.evaluation.records import (
     error_json,
     valid_reply_topic,
 )
+from app.infra.json_input import MAX_DEPTH
 from app.infra.records import Rejection
 
 GOOD = {"request_id": "r1", "environment": "prod", "flags": ["a"], "context": {"x": 1}}
@@ -60,6 +61,19 @@ def test_no_flags_means_every_flag_and_no_context_an_empty_one() -> None:
 def test_unreadable_records_are_rejections(record: bytes, reason: str) -> None:
     decoded = decode_requests(record)
     assert isinstance(decoded, Rejection) and reason in decoded.reason
+
+
+def test_a_request_nested_deeper_than_the_bound_is_malformed() -> None:
+    """Kafka requests are parsed as every other edge (app.infra.json_input): a context 65
+    containers deep is refused where it enters, not handed to the evaluator."""
+    context: Any = True
+    for _ in range(MAX_DEPTH):
+        context = {"k": context}
+    decoded = decode_requests(raw({"schema": 1, **GOOD, "context": context}))
+    assert isinstance(decoded, Rejection)
+    assert f"nested deeper than {MAX_DEPTH} levels" in decoded.reason
+    at_bound = decode_requests(raw({"schema": 1, **GOOD, "context": context["k"]}))
+    assert isinstance(at_bound, Requests)
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,7 @@ def test_one_exposure_per_experiment_evaluation_over_kafka(
     )
     variants = {
         c["targetingKey"]: r.flags["experiment"].variant
-        for c, r in zip(contexts[:40], results, strict=False)
+        for c, r in zip(contexts[:40], results[:40], strict=True)
     }
     for exposure in exposures:
         assert exposure["variant"] == variants[exposure["targeting_key"]]
