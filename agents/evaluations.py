@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import TopicPartition
 from mode import Service
 
+from agents.dead_letters import DeadLetterSender
 from app.engine import Reason, flag_not_found
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.records import (
@@ -39,7 +40,7 @@ from app.evaluation.records import (
 )
 from app.evaluation.stats import NOT_FOUND
 from app.infra.metrics import Metrics
-from app.infra.records import JSON, DeadLetter, DeadLetterCode, Rejection, dumps
+from app.infra.records import JSON, DeadLetterCode, Rejection
 from app.infra.settings import Settings
 from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
 from tables.flags import FlagTable
@@ -74,7 +75,7 @@ class EvaluationRequests(Service):
         self.evaluated = metrics.evaluation_requests.labels("evaluated")
         self.malformed = metrics.evaluation_requests.labels("malformed")
         self.unanswered = metrics.evaluation_requests.labels("unanswered")
-        self.dead_letters = metrics.dead_letters
+        self.dead_letters = DeadLetterSender(EVALUATION_REQUESTS, self._send_dead_letter, metrics)
         self.settings = settings
         self.flags = flags
         self.replication = replication
@@ -172,14 +173,11 @@ class EvaluationRequests(Service):
             for value in answer:
                 await self.send(decoded.reply_to, key, value)
         if isinstance(decoded, Rejection):
-            await self.dead_letter(
-                decoded.code, decoded.reason, decoded.problems, raw, partition, offset
-            )
+            await self.dead_letters.park(decoded, raw, partition, offset)
         elif decoded.problems:
             reason = "malformed evaluation request(s)"
-            await self.dead_letter(
-                DeadLetterCode.MALFORMED, reason, decoded.problems, raw, partition, offset
-            )
+            rejection = Rejection.malformed(reason, *decoded.problems)
+            await self.dead_letters.park(rejection, raw, partition, offset)
         self.evaluator.stats.observe(SOURCE, time.perf_counter() - started)
 
     def evaluate(self, decoded: Requests) -> list[bytes]:
@@ -256,6 +254,9 @@ class EvaluationRequests(Service):
             return
         delivery.add_done_callback(self._check_delivered)
 
+    async def _send_dead_letter(self, letter: bytes) -> None:
+        await self.send(DEAD_LETTERS, None, letter)
+
     def _check_delivered(self, delivery: asyncio.Future[Any]) -> None:
         exc = None if delivery.cancelled() else delivery.exception()
         if exc is not None:
@@ -264,31 +265,6 @@ class EvaluationRequests(Service):
     def _failed(self, exc: BaseException) -> None:
         self.unanswered.inc()
         log.error("an evaluation result could not be produced: %r", exc)
-
-    async def dead_letter(
-        self,
-        code: DeadLetterCode,
-        reason: str,
-        problems: tuple[tuple[str, str], ...],
-        raw: bytes | None,
-        partition: int,
-        offset: int,
-    ) -> None:
-        letter = DeadLetter(
-            code=code,
-            reason=reason,
-            topic=EVALUATION_REQUESTS,
-            partition=partition,
-            offset=offset,
-            payload=raw or b"",
-            problems=problems,
-            at=time.time(),
-        )
-        await self.send(DEAD_LETTERS, None, dumps(letter.to_json()))
-        self.dead_letters.labels(code.value).inc()
-        log.info(
-            "dead letter %s at %s/%d/%d: %s", code, EVALUATION_REQUESTS, partition, offset, reason
-        )
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):

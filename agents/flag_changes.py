@@ -17,11 +17,11 @@ from typing import Any
 
 import faust
 
+from agents.dead_letters import DeadLetterSender
 from app.control.changes import decide, decode_change
 from app.infra.metrics import Metrics
 from app.infra.records import (
     AppliedChange,
-    DeadLetter,
     DeadLetterCode,
     FlagChange,
     Rejection,
@@ -58,7 +58,7 @@ class FlagChangeAgent:
     ) -> None:
         self.app = app
         self.decided = metrics.flag_changes
-        self.dead_letters = metrics.dead_letters
+        self.dead_letters = DeadLetterSender(FLAG_CHANGES, self._send_dead_letter, metrics)
         self.broker_watch = broker_watch
         self.partitions = settings.flag_change_partitions
         self.flags = flags
@@ -137,6 +137,9 @@ class FlagChangeAgent:
         )
         return change, verdict
 
+    async def _send_dead_letter(self, letter: bytes) -> None:
+        await self.app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
+
     async def append_to_changelog(self, environment: str, record: bytes, partition: int) -> None:
         metadata = await self.app.producer.send_and_wait(
             FLAGS_CHANGELOG,
@@ -156,30 +159,16 @@ class FlagChangeAgent:
         offset: int,
         change: FlagChange | None,
     ) -> None:
-        letter = DeadLetter(
-            code=rejection.code,
-            reason=rejection.reason,
-            topic=FLAG_CHANGES,
-            partition=partition,
-            offset=offset,
-            payload=raw or b"",
-            problems=rejection.problems,
-            change_id=change.change_id if change else rejection.change_id,
-            environment=change.environment if change else None,
-            flag=change.flag if change else None,
-            current_version=rejection.current_version,
-            at=time.time(),
-        )
-        await self.app.producer.send_and_wait(
-            DEAD_LETTERS, None, dumps(letter.to_json()), 0, None, None
-        )
-        self.dead_letters.labels(rejection.code.value).inc()
+        if change is None:
+            await self.dead_letters.park(rejection, raw, partition, offset)
+        else:
+            await self.dead_letters.park(
+                rejection,
+                raw,
+                partition,
+                offset,
+                environment=change.environment,
+                flag=change.flag,
+                change_id=change.change_id,
+            )
         self.decided.labels("rejected").inc()
-        log.info(
-            "dead letter %s at %s/%d/%d: %s",
-            rejection.code,
-            FLAG_CHANGES,
-            partition,
-            offset,
-            rejection.reason,
-        )

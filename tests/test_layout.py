@@ -30,6 +30,7 @@ BEHAVIOURS = {
     "tests/engine/test_differential.py": "the engine against the flagd-core oracle",
     "tests/engine/test_properties.py": "hypothesis properties of compile and evaluate together",
     "tests/engine/test_purity.py": "what no engine module may import",
+    "tests/engine/test_edges.py": "slow paths, bounds and odd values across engine modules",
     "tests/web/test_bad_input.py": "bad input on every HTTP route",
     "tests/web/test_evaluation_budget.py": "a costly flag cannot stall a worker (engine budget)",
     "tests/web/test_idempotency.py": "Idempotency-Key through admin API, writer and agent",

@@ -125,8 +125,8 @@ class EvaluateApi:
                     "value": resolution.value,
                     "variant": resolution.variant,
                     "reason": resolution.reason.value,
-                    "errorCode": resolution.error_code.value if resolution.error_code else None,
-                    "errorMessage": resolution.error_message,
+                    "error_code": resolution.error_code.value if resolution.error_code else None,
+                    "error_message": resolution.error_message,
                     "version": live.version if live else None,
                 }
             )

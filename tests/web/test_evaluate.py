@@ -45,7 +45,7 @@ def test_each_moment_gets_the_version_live_then(worker: Worker, env: str) -> Non
     assert evaluate(worker, env, {"context": context, "at": iso})["color"]["variant"] == "blue"
     assert evaluate(worker, env, {"context": context, "at": moments[0] - 60}) == {}
     now = evaluate(worker, env, {"context": context, "flags": ["color"]})["color"]
-    assert now["errorCode"] == "FLAG_NOT_FOUND", "deleted now"
+    assert now["error_code"] == "FLAG_NOT_FOUND", "deleted now"
 
 
 def test_timestamp_rules_see_the_moment_asked_about(worker: Worker, env: str) -> None:
