@@ -14,6 +14,8 @@ from app.engine.model import (
     CompiledFlag,
     ErrorCode,
     FractionalVersion,
+    JsonObject,
+    JsonValue,
     Reason,
     Resolution,
 )
@@ -24,6 +26,8 @@ __all__ = [
     "CompiledFlag",
     "ErrorCode",
     "FractionalVersion",
+    "JsonObject",
+    "JsonValue",
     "Problem",
     "Reason",
     "Resolution",
