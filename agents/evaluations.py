@@ -121,7 +121,8 @@ class EvaluationRequests(Service):
         # Answering before the flag table has caught up would say FLAG_NOT_FOUND for flags
         # that exist: join the group only once it has.
         await self.replication.ready.wait()
-        assert self.consumer is not None
+        if self.consumer is None:
+            raise RuntimeError("the evaluation requests are answered only once started")
         self.consumer.subscribe([EVALUATION_REQUESTS], listener=_CommitOnRevoke(self))
         last_commit = time.monotonic()
         yield_at = time.perf_counter() + HOLD_LOOP_S
@@ -168,8 +169,7 @@ class EvaluationRequests(Service):
         except Exception as exc:  # a bug must not stop the data plane: park the record
             log.exception("answering %s/%d/%d failed", EVALUATION_REQUESTS, partition, offset)
             decoded, answer = Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}"), []
-        if answer:
-            assert isinstance(decoded, Requests)
+        if answer and isinstance(decoded, Requests):  # an answer is only ever to requests
             for value in answer:
                 await self.send(decoded.reply_to, key, value)
         if isinstance(decoded, Rejection):
@@ -223,7 +223,8 @@ class EvaluationRequests(Service):
         if len(self.reply_topics) >= MAX_REPLY_TOPICS:
             self.reply_topics.clear()
         producer = self.producer
-        assert producer is not None
+        if producer is None:
+            raise RuntimeError("records are sent only once started")
         try:
             await asyncio.wait_for(producer.partitions_for(topic), REPLY_TOPIC_WAIT_S)
             exists = True
@@ -246,7 +247,8 @@ class EvaluationRequests(Service):
         Awaiting `producer.send` only waits while the producer's buffer is full: backpressure.
         """
         producer = self.producer
-        assert producer is not None
+        if producer is None:
+            raise RuntimeError("records are sent only once started")
         try:
             delivery = await producer.send(topic, value, key=key)
         except Exception as exc:

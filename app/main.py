@@ -144,7 +144,8 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     web_app.on_shutdown.append(feed.close_streams)
     # Every answer of the HTTP API is counted, whatever its view returned or raised.
     web_app.middlewares.append(response_counter(metrics))
-    assert isinstance(app.web, FastPathWeb)  # web="flagstream://"
+    if not isinstance(app.web, FastPathWeb):
+        raise TypeError(f'web="flagstream://" must pick FastPathWeb, not {type(app.web)}')
     app.web.count_with(metrics)
     if settings.ofrep_fast_path:
         app.web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)

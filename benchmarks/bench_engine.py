@@ -353,11 +353,8 @@ def launchdarkly(contexts: list[dict[str, Any]]) -> dict[str, Entry]:
     return runners
 
 
-def unleash(contexts: list[dict[str, Any]]) -> dict[str, Entry]:
-    from UnleashClient import UnleashClient
-    from UnleashClient.cache import FileCache
-
-    logging.getLogger("UnleashClient").disabled = True
+def unleash_features() -> dict[str, Any]:
+    """The three benchmark flags as Unleash features: static, a split, ten rules."""
 
     def constraint(name: str, operator: str, *values: str) -> dict[str, Any]:
         if len(values) == 1 and operator not in ("IN", "NOT_IN"):
@@ -407,6 +404,16 @@ def unleash(contexts: list[dict[str, Any]]) -> dict[str, Entry]:
             for c in item["constraints"]:
                 if c["operator"].startswith("STR_"):
                     c.pop("value", None)
+    return features
+
+
+def unleash(contexts: list[dict[str, Any]]) -> dict[str, Entry]:
+    from UnleashClient import UnleashClient
+    from UnleashClient.cache import FileCache
+
+    logging.getLogger("UnleashClient").disabled = True
+
+    features = unleash_features()
     cache = FileCache("flagstream-bench", directory=tempfile.mkdtemp())
     cache.bootstrap_from_dict(features)
     client = UnleashClient(

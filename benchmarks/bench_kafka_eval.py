@@ -42,7 +42,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.evaluation.records import encode_requests  # noqa: E402
+from app.engine import compile_flag, evaluate  # noqa: E402
+from app.engine.model import CompiledFlag  # noqa: E402
+from app.evaluation.records import (  # noqa: E402
+    Request,
+    Requests,
+    decode_requests,
+    encode_requests,
+    encode_results,
+    error_json,
+    flag_json,
+    result_json,
+)
 from app.infra.broker import free_port, start_broker, stop  # noqa: E402
 from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS  # noqa: E402
 from tests.conftest import Worker, flag  # noqa: E402
@@ -108,42 +119,33 @@ def faust_consume_only(brokers: str, group: str, count: int) -> None:
     app.main()
 
 
+def engine_answers(compiled: dict[str, CompiledFlag], raw: bytes | None) -> list[bytes]:
+    """The result records for the request record `raw`: what the worker answers, by the engine
+    alone."""
+    decoded = decode_requests(raw)
+    if not isinstance(decoded, Requests):
+        return []
+    now = time.time()
+    results = []
+    for item in decoded.items:
+        if isinstance(item, Request):
+            flags = []
+            for key in item.flags if item.flags is not None else list(compiled):
+                resolution = evaluate(compiled[key], item.context, int(now), key)
+                flags.append(flag_json(key, None, resolution))
+            results.append(result_json(item, flags, now))
+        else:
+            results.append(error_json(item, now))
+    return encode_results(results, decoded.batch)
+
+
 def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
     """Consume, evaluate with the engine, produce: no Faust, the same records in and out."""
-    from app.engine import compile_flag, evaluate
-    from app.engine.model import CompiledFlag
-    from app.evaluation.records import (
-        Request,
-        Requests,
-        decode_requests,
-        encode_results,
-        error_json,
-        flag_json,
-        result_json,
-    )
-
     compiled: dict[str, CompiledFlag] = {}
     for key, definition in FLAGS.items():
         result = compile_flag(key, definition)
         assert isinstance(result, CompiledFlag)
         compiled[key] = result
-
-    def answer(raw: bytes | None) -> list[bytes]:
-        decoded = decode_requests(raw)
-        if not isinstance(decoded, Requests):
-            return []
-        now = time.time()
-        results = []
-        for item in decoded.items:
-            if isinstance(item, Request):
-                flags = []
-                for key in item.flags if item.flags is not None else list(compiled):
-                    resolution = evaluate(compiled[key], item.context, int(now), key)
-                    flags.append(flag_json(key, None, resolution))
-                results.append(result_json(item, flags, now))
-            else:
-                results.append(error_json(item, now))
-        return encode_results(results, decoded.batch)
 
     async def run() -> None:
         consumer = AIOKafkaConsumer(
@@ -160,7 +162,7 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
         while done < count:
             for records in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
                 for record in records:
-                    for value in answer(record.value):
+                    for value in engine_answers(compiled, record.value):
                         await producer.send(EVALUATION_RESULTS, value, key=record.key)
                     done += 1
         await producer.flush()

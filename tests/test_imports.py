@@ -101,3 +101,66 @@ def test_no_import_cycle_among_the_project_modules() -> None:
 def test_only_the_cli_imports_the_composition_root() -> None:
     importers = sorted(name for name, targets in graph().items() if "app.main" in targets)
     assert importers == ["app.cli.commands"]
+
+
+def defined_names(tree: ast.Module) -> set[str]:
+    """The names a module binds at its top level: definitions, assignments, imports."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+    return names
+
+
+def public_names(tree: ast.Module) -> list[str] | None:
+    """The module's `__all__` as written (a literal list of strings), None without one."""
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "__all__":
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            assert isinstance(value, ast.List | ast.Tuple), "__all__ must be a literal list"
+            return [ast.literal_eval(item) for item in value.elts]
+    return None
+
+
+def all_problems(source: str, is_package: bool) -> list[str]:
+    """What is wrong with a module's `__all__`: missing, listing what it does not define or
+    twice, or an empty one on a package that does not say in a docstring what it is."""
+    tree = ast.parse(source)
+    listed = public_names(tree)
+    if listed is None:
+        return ["no __all__"]
+    defined = defined_names(tree)
+    problems = [f"{name!r} listed but not defined" for name in listed if name not in defined]
+    problems += [f"{name!r} listed twice" for name in set(listed) if listed.count(name) > 1]
+    if is_package and not ast.get_docstring(tree):
+        problems.append("a package's __init__ says in a docstring what the package is")
+    return problems
+
+
+def test_the_all_check_sees_what_is_wrong() -> None:
+    """The check below could not fail if it accepted anything: modules it must refuse."""
+    assert all_problems("def f(): pass", is_package=False) == ["no __all__"]
+    assert all_problems("__all__ = ['f', 'g']\ndef f(): pass", False) == [
+        "'g' listed but not defined"
+    ]
+    assert all_problems("__all__: list[str] = []", is_package=True) != []
+    assert all_problems('"""Doc."""\n__all__: list[str] = []', is_package=True) == []
+    good = "from x import y as z\nimport a.b\nA: int = 1\nclass C: pass\n"
+    assert all_problems(good + "__all__ = ['A', 'C', 'a', 'z']", is_package=False) == []
+
+
+def test_every_module_states_its_public_names() -> None:
+    """`__all__` in every module of app/, agents/ and tables/, naming only what it defines."""
+    found = {
+        name: problems
+        for name, path in modules().items()
+        if (problems := all_problems(path.read_text(), path.name == "__init__.py"))
+    }
+    assert found == {}

@@ -26,6 +26,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["Keys", "drop_previous", "hand_over", "load_keys", "worker_dir"]
+
 KEYS_FILE = "keys.json"
 
 

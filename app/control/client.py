@@ -10,7 +10,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+__all__ = ["AdminClient", "AdminError", "Reply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,8 @@ class AdminClient:
     def __init__(
         self, base_url: str, token: str, actor: str = "cli", timeout_s: float = 30.0
     ) -> None:
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"the admin API's URL must be http(s)://, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.actor = actor
@@ -46,7 +50,8 @@ class AdminClient:
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> Reply:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        url = self.base_url + path  # http(s), checked in __init__ (S310)
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
         request.add_header("Authorization", f"Bearer {self.token}")
         request.add_header("X-Actor", self.actor)
         if data is not None:
@@ -54,7 +59,7 @@ class AdminClient:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
                 return _reply(response.status, response.read(), dict(response.headers))
         except urllib.error.HTTPError as exc:
             return _reply(exc.code, exc.read(), dict(exc.headers))

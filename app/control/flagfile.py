@@ -11,6 +11,8 @@ from typing import Any
 
 from app.engine.refs import RefError, inline_refs
 
+__all__ = ["FlagFileError", "flags_of", "plan"]
+
 
 class FlagFileError(ValueError):
     """The file is not a flagd document we can apply (raised to the CLI, shown to the user)."""

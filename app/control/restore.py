@@ -44,6 +44,8 @@ from app.control.client import AdminClient, AdminError, Reply
 from app.infra.records import JSON, AppliedChange
 from tables.flags import FlagTable
 
+__all__ = ["RestoreError", "origin", "plan", "read_table", "restore", "totals"]
+
 MARKER = "restore:"
 MAX_ACTOR = 128  # the admin API keeps the first 128 characters of X-Actor
 MAX_PLAIN_ID = 160  # longer original change ids are named by their digest

@@ -29,6 +29,8 @@ from app.evaluation.records import (
 )
 from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
 
+__all__ = ["EvaluationClient"]
+
 
 class EvaluationClient:
     """Sends evaluation requests and resolves each with its result, or TimeoutError."""

@@ -15,6 +15,8 @@ from app.evaluation.live_flags import LiveFlag, LiveFlags
 from app.evaluation.stats import NOT_FOUND, EvaluationStats
 from app.experiments.exposures import ExposureSink, exposure_id
 
+__all__ = ["Evaluated", "Evaluator", "resolve"]
+
 Evaluated = tuple[str, LiveFlag | None, Resolution]
 
 

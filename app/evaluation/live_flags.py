@@ -15,6 +15,8 @@ from app.engine import CompiledFlag, compile_flag
 from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
+__all__ = ["BEYOND_HISTORY", "BeyondHistory", "LiveFlag", "LiveFlags"]
+
 EXPERIMENT_KEY = "experiment"  # flag metadata: true marks an experiment (exposures are emitted)
 EXPERIMENT_NAME_KEY = "experimentKey"  # flag metadata: the experiment's name (default: flag key)
 PAST_VERSIONS_CACHED = 1024
@@ -39,7 +41,8 @@ class LiveFlag:
 
 
 def build(change: AppliedChange) -> LiveFlag:
-    assert change.definition is not None
+    if change.definition is None:
+        raise ValueError(f"{change.flag!r} v{change.version} is a deletion: no flag to build")
     compiled = compile_flag(change.flag, change.definition)
     if isinstance(compiled, list):
         # The agent validated this definition; a compile failure means engine and schema

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+__all__ = ["NOT_FOUND", "EvaluationStats"]
+
 NOT_FOUND = "(not found)"
 # Seconds; from 50 us (a static flag over Kafka) to 100 ms (a stalled event loop).
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)

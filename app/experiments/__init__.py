@@ -1,0 +1,3 @@
+"""Experiments: the exposures every evaluation of an experiment flag emits (analytics next)."""
+
+__all__: list[str] = []

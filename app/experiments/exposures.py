@@ -27,6 +27,8 @@ from app.infra.records import SCHEMA_VERSION, dumps
 from app.infra.settings import Settings
 from app.infra.topics import EXPOSURES, partition_of
 
+__all__ = ["ExposureSink", "Pending", "exposure_id"]
+
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 200  # exposures encoded between two yields to the event loop in `flush`
@@ -144,8 +146,9 @@ class ExposureSink(Service):
 
     async def _produce(self, pending: list[Pending]) -> int:
         """Produce `pending`; the number of exposures that could not be."""
-        assert self._producer is not None
         producer = self._producer
+        if producer is None:
+            raise RuntimeError("exposures are produced only once the sink started")
         open_batches: dict[int, tuple[Any, int]] = {}  # partition -> (batch, records in it)
         in_flight: list[tuple[int, Any]] = []  # (records, future of the broker's answer)
         failed = 0

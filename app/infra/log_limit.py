@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from mode import Service
 
+__all__ = ["RepeatLimiter"]
+
 WINDOW_S = 10.0  # seconds a repeated warning or error is held back
 MAX_KEYS = 10_000  # message templates remembered (forgotten all at once beyond it)
 

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["SETTINGS", "Setting", "Settings"]
+
 
 @dataclass(frozen=True, slots=True)
 class Setting:

@@ -21,6 +21,8 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from mode import Service
 
+__all__ = ["CLIENT_STOP_TIMEOUT_S", "EXIT_CODE", "ShutdownWatchdog", "stop_within"]
+
 log = logging.getLogger(__name__)
 
 EXIT_CODE = 70  # EX_SOFTWARE: the clean stop did not finish in time

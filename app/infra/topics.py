@@ -15,6 +15,20 @@ from aiokafka.partitioner import murmur2
 
 from app.infra.settings import Settings
 
+__all__ = [
+    "DEAD_LETTERS",
+    "EVALUATION_REQUESTS",
+    "EVALUATION_RESULTS",
+    "EXPOSURES",
+    "FLAGS_CHANGELOG",
+    "FLAG_CHANGES",
+    "TopicSpec",
+    "ensure_topics",
+    "partition_for",
+    "partition_of",
+    "topic_specs",
+]
+
 log = logging.getLogger(__name__)
 
 FLAG_CHANGES = "flag-changes"

@@ -76,7 +76,8 @@ class ChangeFeed:
         subscriber = Subscriber()
         self.subscribe(environment, subscriber)
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise RuntimeError("a stream is served by a task of the event loop")
         self.serving.add(task)
         self.clients.inc()
         try:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from app.engine import ErrorCode, Reason, Resolution
 from app.evaluation.evaluator import resolve
-from app.evaluation.live_flags import BEYOND_HISTORY, BeyondHistory, LiveFlag, LiveFlags
+from app.evaluation.live_flags import BeyondHistory, LiveFlag, LiveFlags
 from app.infra.settings import Settings
 from app.web.admin_answers import API, check_keys, not_ready, read_json
 from app.web.auth import Credentials
@@ -73,12 +73,11 @@ class EvaluateApi:
             if when is None
             else self.live_flags.at(environment, key, when)
         )
-        if live is BEYOND_HISTORY:
+        if isinstance(live, BeyondHistory):
             message = (
                 f"the table keeps {self.history_depth} versions of {key!r}; none was live then"
             )
             return None, Resolution(None, None, Reason.ERROR, ErrorCode.GENERAL, message)
-        assert not isinstance(live, BeyondHistory)
         return live, resolve(live, key, context, time.time() if when is None else when)
 
     async def evaluate(self, request: web.Request) -> web.Response:
@@ -111,9 +110,8 @@ class EvaluateApi:
         when = parse_at(body.get("at"))
         if isinstance(when, str):
             problems.append({"path": "$.at", "message": when})
-        if problems:
+        if problems or isinstance(when, str):  # a str `when` is one of the problems
             return error(400, "INVALID_CONTEXT", "invalid evaluation request", problems)
-        assert not isinstance(when, str)
         results = []
         for key in self.flags.keys(env) if keys is None else keys:
             live, resolution = self.resolve_at(env, key, context, when)

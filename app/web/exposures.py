@@ -74,9 +74,8 @@ def check_item(
         problems.append(
             {"path": f"{at}.exposure_id", "message": f"must be a string of 1-{MAX_TEXT} characters"}
         )
-    if problems:
+    if problems or live is None:  # no live flag is always one of the problems (above)
         return problems
-    assert live is not None
     experiment = live.experiment or key
     return (
         environment,

@@ -61,6 +61,18 @@ from app.infra.metrics import Metrics
 from app.infra.records import dumps
 from app.web.auth import token_of
 
+__all__ = [
+    "IDLE_SWEEPS",
+    "REQUEST_SWEEPS",
+    "SWEEP_S",
+    "Admits",
+    "Answer",
+    "FastPathSite",
+    "FastPathWeb",
+    "QuietSite",
+    "parse_error_reason",
+]
+
 log = logging.getLogger(__name__)
 
 Answer = Callable[[str | None, str, bytes], tuple[int, bytes] | None]
@@ -193,6 +205,8 @@ class FastPath(asyncio.Protocol):
         "_url",
         "_writing_paused",
     )
+    # Set by connection_made, before any other callback: only connected protocols are `open`.
+    _transport: asyncio.Transport
 
     def __init__(
         self,
@@ -208,7 +222,6 @@ class FastPath(asyncio.Protocol):
         self._admitted: str | None = ""  # the last key admitted ("" never is one)
         self._max_body = max_body
         self._shared = shared
-        self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._pending = bytearray()  # the unfinished request, from its first byte
         self._held = 0  # len(_pending) as counted in shared.buffered
@@ -236,7 +249,8 @@ class FastPath(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        if not isinstance(transport, asyncio.Transport):  # a TCP server's transports are
+            raise TypeError(f"the fast path reads a stream transport, not {type(transport)}")
         self._transport = transport
         self._shared.open.add(self)
         self._shared.accepted.inc()
@@ -247,14 +261,12 @@ class FastPath(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client reads slower than it asks: stop reading and answering until it catches
         up (`resume_writing`), so what it makes the worker hold is one read and its answers."""
-        assert self._transport is not None
         self._writing_paused = True
         self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         """The client caught up: answer what was read meanwhile, then read again."""
         transport = self._transport
-        assert transport is not None
         self._writing_paused = False
         if self._pending:
             self.data_received(b"")
@@ -271,7 +283,9 @@ class FastPath(asyncio.Protocol):
             pending += data
             buffer = pending
         size, start = len(buffer), 0  # `start`: the first byte of the request being read
-        while start < size:
+        # A paused client (pause_writing, while answering) gets no more answers: the rest of
+        # what it sent waits for resume_writing.
+        while start < size and not self._writing_paused:
             if self._head_end < 0:
                 reason = self._frame_head(buffer, start)
                 if reason == "unfinished":
@@ -293,8 +307,6 @@ class FastPath(asyncio.Protocol):
             self._head_end, self._fed, self._unfinished = -1, 0, 0
             self._reset()
             start = end
-            if self._writing_paused:
-                break  # the client is not reading: the rest waits for resume_writing
         if start < size or self._held:
             self._hold(buffer, start)
 
@@ -405,13 +417,11 @@ class FastPath(asyncio.Protocol):
             self._write_and_close(status, payload)
             return True
         transport = self._transport
-        assert transport is not None
         transport.write(ANSWER % (_status_lines[status], len(payload), http_date(), payload))
         return True
 
     def _write_and_close(self, status: int, payload: bytes) -> None:
         transport = self._transport
-        assert transport is not None
         transport.write(LAST_ANSWER % (_status_lines[status], len(payload), http_date(), payload))
         if self._writing_paused:
             transport.abort()  # the client does not read: nothing would flush
@@ -432,7 +442,6 @@ class FastPath(asyncio.Protocol):
             body = {"key": self._key, **body}
         payload = dumps(body)
         transport = self._transport
-        assert transport is not None
         if self._writing_paused or not transport.can_write_eof():
             self._write_and_close(status, payload)
         else:
@@ -482,7 +491,6 @@ class FastPath(asyncio.Protocol):
         """
         self._shared.handoffs.labels(reason).inc()
         transport = self._transport
-        assert transport is not None
         pending = bytes(pending)
         self._leave()
         handler = self._fallback()
@@ -495,8 +503,7 @@ class FastPath(asyncio.Protocol):
         handler.data_received(pending)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._transport.close()
 
     def sweep(self) -> None:
         """One more second: close an idle connection, time out an unfinished request."""
@@ -506,7 +513,7 @@ class FastPath(asyncio.Protocol):
             if self._unfinished >= REQUEST_SWEEPS:
                 seconds = int(REQUEST_SWEEPS * SWEEP_S)
                 self._refuse(408, f"the request was not complete within {seconds} s")
-        elif self._idle >= IDLE_SWEEPS and self._transport is not None:
+        elif self._idle >= IDLE_SWEEPS:
             if self._writing_paused:
                 self._transport.abort()  # the client stopped reading: nothing would flush
             else:
@@ -610,7 +617,8 @@ class QuietSite(TCPSite):
     async def start(self) -> None:
         await BaseSite.start(self)  # registers the site with its runner, as TCPSite.start does
         server = self._runner.server
-        assert isinstance(server, web.Server)
+        if not isinstance(server, web.Server):
+            raise TypeError(f"a site serves an aiohttp web.Server, not {type(server)}")
         await self._listen(quiet_handlers(server, self._metrics))
 
     async def _listen(self, protocol: Callable[[], asyncio.Protocol]) -> None:
@@ -654,7 +662,8 @@ class FastPathSite(QuietSite):
     async def start(self) -> None:
         await BaseSite.start(self)
         server = self._runner.server
-        assert isinstance(server, web.Server)
+        if not isinstance(server, web.Server):
+            raise TypeError(f"a site serves an aiohttp web.Server, not {type(server)}")
         fallback = quiet_handlers(server, self._metrics)
 
         def connection() -> FastPath:
@@ -701,7 +710,8 @@ class FastPathWeb(faust_aiohttp.Web):
 
     def _new_transport_tcp(self) -> BaseSite:
         conf = self.app.conf
-        assert self.metrics is not None, "count_with(metrics) before the site starts"
+        if self.metrics is None:
+            raise RuntimeError("count_with(metrics) before the site starts")
         if self.answer is None or self.admits is None:
             return QuietSite(
                 self._runner,

@@ -16,6 +16,16 @@ from aiohttp import web
 
 from app.infra.json_input import Unacceptable, parse_json
 
+__all__ = [
+    "Refused",
+    "decode_body",
+    "last_event_id",
+    "not_utf8",
+    "parse_version",
+    "read_body",
+    "read_json",
+]
+
 # A version or sequence number as clients send it back: ASCII digits, within a signed 64 bits.
 # `str.isdigit()` accepts "²" and `int()` refuses more than 4300 digits: both were 500s.
 VERSION: Final = re.compile(r"[0-9]{1,18}")

@@ -18,6 +18,8 @@ from mode import Service
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+__all__ = ["MetricsSite"]
+
 
 class MetricsSite(Service):
     """`GET /metrics` of `registry` on `host:port`, started and stopped with the worker."""

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+__all__ = ["error", "ok"]
+
 
 def ok(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(

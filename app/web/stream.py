@@ -140,14 +140,13 @@ class ChangeStreamApi:
         # Subscribed before reading the log, so nothing applied in between is lost; the
         # queue may then repeat what the log gave, which `last` filters out.
         missed = self.flags.changes_after(env, last) if last is not None else None
-        if missed is None:
+        if last is None or missed is None:
             last, body = self.snapshot(env)
             await response.write(body)
         else:
             for change in missed:
                 await response.write(event("change", change.seq, describe(change)))
                 last = change.seq
-        assert last is not None
         while True:
             change = await next_change(subscriber, response)
             if subscriber.overflowed or change.seq > last + 1:

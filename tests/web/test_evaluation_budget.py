@@ -64,8 +64,7 @@ def test_a_costly_flag_answers_an_error_promptly_and_others_keep_answering(
     answers: list[tuple[int, Any, float]] = []
 
     def hammer() -> None:
-        for _ in range(3):
-            answers.append(_evaluate(worker, costly, {"targetingKey": "u", "s": "a"}))
+        answers.extend(_evaluate(worker, costly, {"targetingKey": "u", "s": "a"}) for _ in range(3))
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in threads:
