@@ -124,14 +124,17 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         EvaluationRequests(settings, flags, replication, evaluator, metrics),
         MetricsSite(settings.metrics_host, settings.metrics_port),
     ):
-        app.service(service)  # type: ignore[arg-type]
+        app.service(service)  # type: ignore[arg-type]  # faust annotates a class only
     FlagChangeAgent(app, settings, flags, replication, broker_watch, metrics).attach()
 
     credentials = Credentials(settings)
     feed = ChangeFeed(metrics)
     flags.listen(feed.publish)
     ofrep = OfrepApi(settings, credentials, flags, live_flags, replication, evaluator, feed)
-    web_app = app.web.web_app
+    web = app.web
+    if not isinstance(web, FastPathWeb):
+        raise TypeError(f'web="flagstream://" must pick FastPathWeb, not {type(web)}')
+    web_app = web.web_app
     for api in (
         AdminApi(settings, credentials, flags, writer),
         EvaluateApi(settings, credentials, flags, live_flags, replication),
@@ -144,11 +147,9 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     web_app.on_shutdown.append(feed.close_streams)
     # Every answer of the HTTP API is counted, whatever its view returned or raised.
     web_app.middlewares.append(response_counter(metrics))
-    if not isinstance(app.web, FastPathWeb):
-        raise TypeError(f'web="flagstream://" must pick FastPathWeb, not {type(app.web)}')
-    app.web.count_with(metrics)
+    web.count_with(metrics)
     if settings.ofrep_fast_path:
-        app.web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)
+        web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)
 
     return Worker(
         settings, app, flags, replication, broker_watch, live_flags, evaluator, exposures, writer

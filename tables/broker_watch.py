@@ -44,7 +44,7 @@ class BrokerState(Enum):
     RECOVERING = "recovering"  # answering again; the log is being checked (table rebuilt)
 
 
-class BrokerWatch(Service):  # type: ignore[misc]  # mode is untyped
+class BrokerWatch(Service):
     """Probes the broker, recovers the replication when it comes back, gates writes."""
 
     def __init__(
@@ -81,7 +81,7 @@ class BrokerWatch(Service):  # type: ignore[misc]  # mode is untyped
         if self._admin is not None:
             await stop_within(self._admin.close())
 
-    @Service.task  # type: ignore[untyped-decorator]  # mode is untyped
+    @Service.task
     async def _watch(self) -> None:
         """Once the table caught up (writes opened), probe every `PROBE_INTERVAL_S`."""
         await self.replication.ready.wait()

@@ -55,6 +55,7 @@ def run_worker(_: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(settings))
     worker = build(settings)
     # A broker outage must neither flood the log nor keep a stopping worker alive.
+    # faust annotates `service` for a class only; it starts an instance just as well.
     worker.app.service(RepeatLimiter())  # type: ignore[arg-type]
     worker.app.service(ShutdownWatchdog(settings.shutdown_timeout_s))  # type: ignore[arg-type]
     sys.argv = ["flagstream", "worker", "-l", settings.log_level]

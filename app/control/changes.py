@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.engine import JsonObject
 from app.engine.schema import flag_problems
 from app.infra.json_input import Unacceptable, parse_json
 from app.infra.keys import KEY_PATTERN, valid_key
 from app.infra.records import (
-    JSON,
     AppliedChange,
     ChangeOp,
     DeadLetterCode,
@@ -59,13 +59,14 @@ def decode_change(raw: bytes | None) -> FlagChange | Rejection:
         op=op,
         actor=actor,
         produced_at=produced_at,
-        definition=definition if op is ChangeOp.PUT else None,
-        state=state if op is ChangeOp.STATE else None,
+        # The isinstance checks only narrow: _body_problems refused any other shape.
+        definition=definition if op is ChangeOp.PUT and isinstance(definition, dict) else None,
+        state=state if op is ChangeOp.STATE and isinstance(state, str) else None,
         expected_version=expected,
     )
 
 
-def _json_object(raw: bytes | None) -> dict[str, Any] | Rejection:
+def _json_object(raw: bytes | None) -> JsonObject | Rejection:
     """The record's JSON object, parsed strict and depth-bounded as every HTTP body."""
     if not raw:
         return Rejection.malformed("empty record")
@@ -77,7 +78,7 @@ def _json_object(raw: bytes | None) -> dict[str, Any] | Rejection:
     return data
 
 
-def _text(data: dict[str, Any], name: str, problems: list[tuple[str, str]]) -> str:
+def _text(data: JsonObject, name: str, problems: list[tuple[str, str]]) -> str:
     """A required non-empty string field ("" and a problem when it is not one)."""
     value = data.get(name)
     if isinstance(value, str) and value:
@@ -96,7 +97,7 @@ def _id_and_key_problems(change_id: str, environment: str, flag: str) -> list[tu
     return problems
 
 
-def _op(data: dict[str, Any], problems: list[tuple[str, str]]) -> ChangeOp:
+def _op(data: JsonObject, problems: list[tuple[str, str]]) -> ChangeOp:
     try:
         return ChangeOp(str(data.get("op")))
     except ValueError:
@@ -104,7 +105,7 @@ def _op(data: dict[str, Any], problems: list[tuple[str, str]]) -> ChangeOp:
         return ChangeOp.PUT
 
 
-def _expected_version(data: dict[str, Any], problems: list[tuple[str, str]]) -> int | None:
+def _expected_version(data: JsonObject, problems: list[tuple[str, str]]) -> int | None:
     expected = data.get("expected_version")
     if expected is None or (
         isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
@@ -114,7 +115,7 @@ def _expected_version(data: dict[str, Any], problems: list[tuple[str, str]]) -> 
     return None
 
 
-def _produced_at(data: dict[str, Any], problems: list[tuple[str, str]]) -> float:
+def _produced_at(data: JsonObject, problems: list[tuple[str, str]]) -> float:
     produced_at = data.get("produced_at", 0.0)
     if isinstance(produced_at, int | float) and not isinstance(produced_at, bool):
         return float(produced_at)
@@ -192,7 +193,9 @@ def decide(
     )
 
 
-def _next_definition(change: FlagChange, current: AppliedChange | None) -> JSON | Rejection | None:
+def _next_definition(
+    change: FlagChange, current: AppliedChange | None
+) -> JsonObject | Rejection | None:
     """The definition the change leaves (None: deleted), or why it cannot apply."""
     if change.op is ChangeOp.PUT:
         if change.definition is None:  # decode_change refuses such a put; a caller may not

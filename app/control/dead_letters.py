@@ -30,7 +30,7 @@ UNREADABLE_PAUSE_S = 1.0  # pause before reading again after the broker refused 
 DEAD_LETTERS_PARTITION = TopicPartition(DEAD_LETTERS, 0)  # the topic has one partition
 
 
-class DeadLetterReader(Service):  # type: ignore[misc]  # mode is untyped
+class DeadLetterReader(Service):
     """Resolves each waiting writer's outcome with the dead letter naming its change id."""
 
     def __init__(self, settings: Settings, outcomes: Outcomes, **kwargs: Any) -> None:
@@ -38,7 +38,8 @@ class DeadLetterReader(Service):  # type: ignore[misc]  # mode is untyped
         self.settings = settings
         self.outcomes = outcomes
         self._consumer: AIOKafkaConsumer | None = None
-        self._started = asyncio.Event()
+        # Not `_started`: that is mode's own flag, set before on_start has made the consumer.
+        self._consumer_ready = asyncio.Event()
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -51,7 +52,7 @@ class DeadLetterReader(Service):  # type: ignore[misc]  # mode is untyped
         await self._consumer.start()
         self._consumer.assign([DEAD_LETTERS_PARTITION])
         await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
-        self._started.set()
+        self._consumer_ready.set()
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -59,13 +60,13 @@ class DeadLetterReader(Service):  # type: ignore[misc]  # mode is untyped
 
     async def move_to_end(self) -> None:
         """Read only dead letters written from now on (a `BrokerWatch.before_writes` step)."""
-        await self._started.wait()
+        await self._consumer_ready.wait()
         if self._consumer is not None:
             await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
 
-    @Service.task  # type: ignore[untyped-decorator]  # mode is untyped
+    @Service.task
     async def _tail(self) -> None:
-        await self._started.wait()
+        await self._consumer_ready.wait()
         if self._consumer is None:
             return
         while not self.should_stop:

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.control.client import AdminClient, AdminError, Reply
-from app.infra.records import JSON, AppliedChange
+from app.engine import JsonObject
+from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
 __all__ = ["RestoreError", "origin", "plan", "read_table", "restore", "totals"]
@@ -72,7 +73,7 @@ class Step:
 
     environment: str
     flag: str
-    definition: JSON | None  # None: a delete
+    definition: JsonObject | None  # None: a delete
     change_id: str
     actor: str
 

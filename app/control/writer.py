@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from aiokafka.errors import KafkaError
 
 from app.control.outcomes import BrokerUnavailable, Outcome, Outcomes
-from app.infra.records import JSON, ChangeOp, FlagChange, dumps
+from app.engine import JsonObject
+from app.infra.records import ChangeOp, FlagChange, dumps
 from app.infra.settings import Settings
 from app.infra.topics import FLAG_CHANGES, partition_for
 
@@ -55,7 +56,7 @@ def new_change(
     op: ChangeOp,
     actor: str,
     *,
-    definition: JSON | None = None,
+    definition: JsonObject | None = None,
     state: str | None = None,
     expected_version: int | None = None,
     change_id: str | None = None,

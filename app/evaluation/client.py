@@ -17,10 +17,10 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from app.engine import JsonObject
 from app.evaluation.records import (
     EvaluationResult,
     decode_results,
@@ -97,7 +97,7 @@ class EvaluationClient:
     async def evaluate(
         self,
         environment: str,
-        context: dict[str, Any],
+        context: JsonObject,
         flags: Sequence[str] | None = None,
     ) -> EvaluationResult:
         """One request: `flags` of `environment` (every flag when None) for `context`."""
@@ -107,7 +107,7 @@ class EvaluationClient:
     async def evaluate_many(
         self,
         environment: str,
-        contexts: Sequence[dict[str, Any]],
+        contexts: Sequence[JsonObject],
         flags: Sequence[str] | None = None,
     ) -> list[EvaluationResult]:
         """One request per context, sent as one batch record; results in the same order."""

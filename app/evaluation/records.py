@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from app.engine import Resolution
+from app.engine import JsonObject, Resolution
 from app.evaluation.live_flags import LiveFlag
 from app.infra.json_input import Unacceptable, parse_json
 from app.infra.keys import KEY_PATTERN
@@ -66,7 +66,7 @@ class Request:
     request_id: str
     environment: str
     flags: list[str] | None
-    context: dict[str, Any]
+    context: JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ def _decode_item(data: Any, path: str) -> Request | Invalid:
     return Request(request_id, environment, flags, context)
 
 
-def _reply_to(data: dict[str, Any], path: str) -> tuple[str | None, tuple[str, str] | None]:
+def _reply_to(data: JsonObject, path: str) -> tuple[str | None, tuple[str, str] | None]:
     """The record's reply topic (None: absent), or the problem with it."""
     reply_to = data.get("reply_to")
     if reply_to is None:
@@ -261,7 +261,7 @@ def too_large(result: JSON) -> JSON:
 
 
 def encode_requests(
-    requests: Sequence[tuple[str, str, dict[str, Any], list[str] | None]],
+    requests: Sequence[tuple[str, str, JsonObject, list[str] | None]],
     reply_to: str | None = None,
 ) -> bytes:
     """A request record from (request_id, environment, context, flags); a batch when >1."""

@@ -66,7 +66,7 @@ def limit_repeats(window_s: float = WINDOW_S) -> RepeatLimit:
     return limit
 
 
-class RepeatLimiter(Service):  # type: ignore[misc]  # mode is untyped
+class RepeatLimiter(Service):
     """Installs `limit_repeats` when the worker starts, once its logging is configured."""
 
     async def on_start(self) -> None:

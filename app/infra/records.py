@@ -12,9 +12,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:  # the codec needs the alias for its annotations only, not the engine
+    from app.engine import JsonObject
 
 __all__ = [
     "JSON",
@@ -54,7 +57,7 @@ class FlagChange:
     op: ChangeOp
     actor: str
     produced_at: float
-    definition: JSON | None = None
+    definition: JsonObject | None = None
     state: str | None = None
     expected_version: int | None = None
 
@@ -94,7 +97,7 @@ class AppliedChange:
     op: ChangeOp
     seq: int
     version: int
-    definition: JSON | None
+    definition: JsonObject | None
     actor: str
     updated_at: float
     produced_at: float

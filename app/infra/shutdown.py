@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 EXIT_CODE = 70  # EX_SOFTWARE: the clean stop did not finish in time
 
 
-class ShutdownWatchdog(Service):  # type: ignore[misc]  # mode is untyped
+class ShutdownWatchdog(Service):
     """Exits the process `timeout_s` after the first SIGTERM/SIGINT if it is still running.
 
     Started as a Faust service, after the worker installed its own signal handling on the

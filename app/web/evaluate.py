@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.engine import ErrorCode, Reason, Resolution
+from app.engine import ErrorCode, JsonObject, Reason, Resolution
 from app.evaluation.evaluator import resolve
 from app.evaluation.live_flags import BeyondHistory, LiveFlag, LiveFlags
 from app.infra.settings import Settings
@@ -66,7 +66,7 @@ class EvaluateApi:
         return [web.post(API + "/{env}/evaluate", self.evaluate)]
 
     def resolve_at(
-        self, environment: str, key: str, context: dict[str, Any], when: float | None
+        self, environment: str, key: str, context: JsonObject, when: float | None
     ) -> tuple[LiveFlag | None, Resolution]:
         live = (
             self.live_flags.get(environment, key)

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from app.engine import ErrorCode, Resolution
+from app.engine import ErrorCode, JsonObject, Resolution
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.infra.records import dumps, dumps_sorted
@@ -140,7 +140,7 @@ ContextRefusal = tuple[int, ErrorCode, str]
 """Why a body is not a context: the HTTP status, the error code and the details."""
 
 
-def parse_context(raw: bytes) -> dict[str, Any] | ContextRefusal:
+def parse_context(raw: bytes) -> JsonObject | ContextRefusal:
     """The evaluation context of a request body, or why the body is not one.
 
     A missing body or `context` is the empty context: the Python OFREP provider sends `{}`

@@ -1,0 +1,50 @@
+"""The dead-letter reader against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from app.control.dead_letters import DEAD_LETTERS_PARTITION, DeadLetterReader
+from app.control.outcomes import Outcomes
+from app.infra.settings import Settings
+from app.infra.topics import ensure_topics
+from tables.flags import FlagTable
+from tests.conftest import produce
+
+
+def test_moving_to_the_end_while_starting_waits_for_the_consumer(
+    broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`move_to_end` (a step before writes reopen) may come while the reader starts.
+
+    The reader's own "consumer ready" event was once named `_started`, mode's own flag, which
+    mode sets before `on_start` runs: a move then met a consumer not yet started and failed.
+    """
+    monkeypatch.setenv("FLAGSTREAM_BROKERS", broker)
+    settings = Settings.from_env()
+    asyncio.run(ensure_topics(settings))
+    produce(broker, "dead-letters", [(None, b"an old letter")])
+
+    async def run() -> int:
+        table = FlagTable(tmp_path, history_depth=5, stream_depth=5, change_id_depth=5)
+        table.open()
+        reader = DeadLetterReader(settings, Outcomes(table))
+        starting = asyncio.create_task(reader.start())
+        deadline = time.monotonic() + 30
+        while reader._consumer is None:  # on_start has begun: the consumer is starting
+            assert time.monotonic() < deadline, "the reader never began to start"
+            await asyncio.sleep(0)  # a yield: let the start run to its first wait
+        try:
+            await asyncio.wait_for(reader.move_to_end(), 30)
+            await starting
+            assert reader._consumer is not None
+            return int(await reader._consumer.position(DEAD_LETTERS_PARTITION))
+        finally:
+            await reader.stop()
+            table.close()
+
+    assert asyncio.run(run()) == 1  # past the old letter
