@@ -1,0 +1,6 @@
+# Typed stubs for aiokafka.partitioner (see __init__.pyi).
+
+from typing import Any
+
+def murmur2(data: bytes) -> int: ...
+def __getattr__(name: str) -> Any: ...
