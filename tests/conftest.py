@@ -25,7 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from hypothesis import HealthCheck, settings
 
-from app.cli.commands import wait_ready
+from app.cli.supervisor import wait_ready
 from app.control.client import AdminClient
 from app.infra.broker import free_port, start_broker, stop
 

@@ -19,12 +19,13 @@ gets discarded.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 __all__ = ["Keys", "drop_previous", "hand_over", "load_keys", "worker_dir"]
 
@@ -44,9 +45,10 @@ def load_keys(data_dir: Path) -> Keys:
         keys = Keys(
             "admin-" + secrets.token_urlsafe(16), "sdk-development-" + secrets.token_urlsafe(8)
         )
-        _write_private(path, json.dumps({"admin_token": keys.admin_token, "sdk_key": keys.sdk_key}))
+        keys_json = {"admin_token": keys.admin_token, "sdk_key": keys.sdk_key}
+        _write_private(path, orjson.dumps(keys_json).decode())
     os.chmod(path, 0o600)  # a copied or hand-made file may have been readable by others
-    data = json.loads(path.read_text())
+    data = orjson.loads(path.read_bytes())
     if not isinstance(data, dict) or not all(
         isinstance(data.get(name), str) and data[name] for name in ("admin_token", "sdk_key")
     ):

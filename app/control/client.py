@@ -5,12 +5,13 @@ Synchronous on purpose: the CLI does one thing at a time, and urllib needs no ev
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+import orjson
 
 __all__ = ["AdminClient", "AdminError", "Reply"]
 
@@ -49,7 +50,7 @@ class AdminClient:
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> Reply:
-        data = json.dumps(body).encode() if body is not None else None
+        data = orjson.dumps(body) if body is not None else None
         url = self.base_url + path  # http(s), checked in __init__ (S310)
         request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
         request.add_header("Authorization", f"Bearer {self.token}")
@@ -131,7 +132,7 @@ class AdminClient:
 
 def _reply(status: int, raw: bytes, headers: dict[str, str]) -> Reply:
     try:
-        body = json.loads(raw) if raw else None
+        body = orjson.loads(raw) if raw else None
     except ValueError:
         body = raw.decode(errors="replace")
     return Reply(status, body, headers)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+
+from app.infra.records import dumps
 
 __all__ = ["error", "ok"]
 
 
 def ok(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        body=dumps(body),
         status=status,
         content_type="application/json",
         headers=headers,

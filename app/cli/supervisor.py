@@ -1,0 +1,153 @@
+"""`flagstream up`: the embedded broker and one worker as child processes, for a newcomer.
+
+The one command to try flagstream: the broker, a worker, the example flags (or the flags of the
+last run, restored into the fresh broker), and the URLs and keys to use them, stopped cleanly by
+Ctrl-C. The data dir keeps the flags and the keys, so the next `up` starts where this one
+stopped (`app.cli.up_state`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from app.cli import up_state
+from app.cli.flags import RESTORE_JOBS, apply_file
+from app.control.client import AdminClient
+from app.control.restore import RestoreError, plan, read_table, restore
+
+__all__ = ["run_up", "wait_ready"]
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {process.returncode}")
+        try:
+            # S310: `url` is the http:// address of the worker this command started.
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Broker + one worker + the flags of the last run (else the examples); Ctrl-C stops both.
+
+    The data dir keeps the admin token, the SDK key and the worker's table across runs; the
+    table of the last run is restored into the fresh (empty) broker before anything else.
+    """
+    from app.infra.broker import free_port, port_open, start_broker, stop
+
+    host = "127.0.0.1"
+    kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
+    web_port = args.port if not port_open(host, args.port) else free_port()
+    metrics_port = args.metrics_port if not port_open(host, args.metrics_port) else free_port()
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys = up_state.load_keys(data_dir)
+    admin_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or keys.admin_token
+    sdk_key = keys.sdk_key
+    # Before the worker starts: meeting an empty broker, it would wipe the last run's table.
+    previous = up_state.hand_over(data_dir)
+    env = {
+        **os.environ,
+        "FLAGSTREAM_BROKERS": f"{host}:{kafka_port}",
+        "FLAGSTREAM_WEB_HOST": host,
+        "FLAGSTREAM_WEB_PORT": str(web_port),
+        "FLAGSTREAM_METRICS_HOST": host,
+        "FLAGSTREAM_METRICS_PORT": str(metrics_port),
+        "FLAGSTREAM_DATA_DIR": str(up_state.worker_dir(data_dir)),
+        "FLAGSTREAM_ADMIN_TOKEN": admin_token,
+        "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
+        # Tansu holds a group's first join for its timeouts (about half the session timeout
+        # was seen here): short ones make `up` answer in seconds instead of half a minute.
+        "FLAGSTREAM_REBALANCE_TIMEOUT_S": os.environ.get("FLAGSTREAM_REBALANCE_TIMEOUT_S", "3"),
+        "FLAGSTREAM_SESSION_TIMEOUT_S": os.environ.get("FLAGSTREAM_SESSION_TIMEOUT_S", "6"),
+        "FLAGSTREAM_HEARTBEAT_S": os.environ.get("FLAGSTREAM_HEARTBEAT_S", "1"),
+        "FLAGSTREAM_FETCH_MAX_WAIT_MS": os.environ.get("FLAGSTREAM_FETCH_MAX_WAIT_MS", "10"),
+        "FLAGSTREAM_PRODUCER_IDEMPOTENCE": "false",
+    }
+    url = f"http://{host}:{web_port}"
+    print(f"starting the embedded broker on {host}:{kafka_port} ...", flush=True)
+    broker = start_broker(host, kafka_port, data_dir / "broker.log")
+    worker: subprocess.Popen[bytes] | None = None
+    # `kill` stops everything as Ctrl-C does; Ctrl-C too when started in the background of a
+    # script (which starts it with SIGINT ignored, so Python would not turn it into one).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        log_path = Path(args.log).resolve()
+        print(f"starting a worker (data: {data_dir}, log: {log_path}) ...", flush=True)
+        with log_path.open("ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_ready(url, worker, timeout_s=120)
+        client = AdminClient(url, admin_token, actor="flagstream-up")
+        if previous is not None:
+            restore_last_run(client, previous)
+        if not client.environments().get("development"):
+            apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
+        print(
+            f"\nflagstream is up.\n"
+            f"  flags:       {url}/api/v1/environments/development/flags\n"
+            f"  changes:     {url}/api/v1/environments/development/stream (server-sent events)\n"
+            f"  metrics:     http://{host}:{metrics_port}/metrics (Prometheus, loopback only)\n"
+            f"  admin token: {admin_token}\n"
+            f"  SDK key:     {sdk_key}  (environment development)\n"
+            f"  try:         curl -H 'Authorization: Bearer {admin_token}' \\\n"
+            f"                 {url}/api/v1/environments/development/flags\n"
+            f"  or:          FLAGSTREAM_URL={url} FLAGSTREAM_ADMIN_TOKEN={admin_token} \\\n"
+            f"                 .venv/bin/flagstream flags list --env development\n"
+            f"  data:        {data_dir} (flags, history and keys survive a restart)\n"
+            f"Ctrl-C stops everything.",
+            flush=True,
+        )
+        while worker.poll() is None and broker.poll() is None:
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        if worker is not None:
+            stop(worker, timeout_s=20)
+        stop(broker)
+
+
+def restore_last_run(client: AdminClient, previous: Path) -> None:
+    """Write the last run's flags and history into this run's empty broker."""
+    print(f"restoring the flags of the last run from {previous} ...", flush=True)
+    with read_table(previous) as table:
+        steps = plan(table)
+    outcomes = restore(
+        client, steps, jobs=RESTORE_JOBS, say=lambda line: print("  " + line, flush=True)
+    )
+    if any(outcome.refused for outcome in outcomes):
+        raise RestoreError(
+            f"some versions were refused (above). The last run's table stays in {previous}: "
+            "the next `flagstream up` restores it again; remove that directory to start "
+            "without it"
+        )
+    up_state.drop_previous(previous)
+
+
+# -- managing flags ------------------------------------------------------------------------
