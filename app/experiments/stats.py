@@ -13,8 +13,8 @@ tests hold us to them within 1e-9. The inputs are what the stream can aggregate 
 
 Pure: no I/O, no clock. Invalid arguments (negative n, non-finite sums, a conversion count above
 n, alpha outside (0, 1)) are bugs of the caller and raise ValueError; a comparison gbstats cannot
-make (control mean 0, zero variance) is a value: `Comparison.unavailable` says why and the lifts
-are gbstats' uninformative default (estimate 0, interval [0, 0], p-value 1).
+make (control mean 0, zero variance, a figure beyond a float) is a value: `Comparison.unavailable`
+says why and the lifts are gbstats' uninformative default (estimate 0, interval [0, 0], p 1).
 """
 
 from __future__ import annotations
@@ -333,10 +333,15 @@ def _lift(
 
 def _is_finite(lift: Lift) -> bool:
     """True when every figure of the lift is a finite float and its stddev positive."""
-    figures = (lift.estimate, lift.ci.low, lift.ci.high, lift.sequential_ci.low)
+    figures = (
+        lift.estimate,
+        lift.ci.low,
+        lift.ci.high,
+        lift.sequential_ci.low,
+        lift.sequential_ci.high,
+    )
     return (
         all(map(math.isfinite, figures))
-        and math.isfinite(lift.sequential_ci.high)
         and 0 < lift.stddev < math.inf
         and 0 <= lift.p_value <= 1
         and 0 <= lift.sequential_p_value <= 1
