@@ -35,6 +35,7 @@ from app.web.fast_path import FastPathWeb
 from app.web.http_metrics import response_counter
 from app.web.metrics_site import MetricsSite
 from app.web.ofrep import OfrepApi
+from app.web.ofrep_events import OfrepEvents
 from app.web.ops import HealthApi
 from app.web.stream import ChangeStreamApi
 from tables.broker_watch import BrokerWatch
@@ -142,6 +143,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         ChangeStreamApi(settings, credentials, flags, replication, feed, metrics),
         HealthApi(flags, replication, broker_watch),
         ofrep,
+        OfrepEvents(credentials, flags, feed),
     ):
         web_app.add_routes(api.routes())
     web_app.on_shutdown.append(feed.close_streams)

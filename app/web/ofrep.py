@@ -4,12 +4,12 @@ Implements `service/openapi.yaml` of github.com/open-feature/protocol (OFREP 0.3
 
     POST /ofrep/v1/evaluate/flags/{key}   one flag      200 | 400 | 401 | 403 | 404 | 413
     POST /ofrep/v1/evaluate/flags         every flag    200 | 304 | 400 | 401 | 403 | 413
-    GET  /ofrep/v1/events                 change notifications (SSE), advertised by the bulk
-                                          response's `eventStreams` (ADR-0008)
+
+and advertises `GET /ofrep/v1/events`, the change notifications (`app.web.ofrep_events`).
 
 An SDK key (`Authorization: Bearer` or `X-API-Key`) selects the environment; nothing in a
 request can name another. Evaluation goes through `Evaluator`, which counts it and emits
-exposures. `resolution_body` is the one place a `Resolution` becomes an HTTP status and body.
+exposures. How bodies read on the wire is `app.web.ofrep_wire`.
 
 The single-flag endpoint is the hot path (one request per flag evaluation of a server-side
 SDK): `app/web/fast_path.py` answers it in front of aiohttp with `evaluate_at_once` and hands
@@ -29,149 +29,35 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from app.engine import ErrorCode, JsonObject, Resolution
+from app.engine import ErrorCode
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
-from app.infra.records import dumps, dumps_sorted
+from app.infra.records import dumps_sorted
 from app.infra.settings import Settings
 from app.web import inputs
-from app.web.auth import Access, Credentials, bearer
-from app.web.change_feed import SSE_HEADERS, ChangeFeed, event, next_change
+from app.web.auth import Credentials
+from app.web.change_feed import ChangeFeed
+from app.web.ofrep_events import EVENTS_PATH, INACTIVITY_DELAY_S
+from app.web.ofrep_wire import (
+    PREFIX,
+    EncodedBodies,
+    bad_request,
+    parse_context,
+    refused,
+    resolution_body,
+    respond,
+)
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
-__all__ = ["OfrepApi", "parse_context", "resolution_body"]
+__all__ = ["OfrepApi"]
 
-PREFIX: Final = "/ofrep/v1"
-EVENTS_PATH: Final = PREFIX + "/events"
-# Seconds a client may stay inactive before closing the stream; the spec's default.
-INACTIVITY_DELAY_S: Final = 120
-# Encoded single-flag bodies kept (see `encoded`): a few per flag version.
-BODY_CACHE_SIZE: Final = 8192
 # How long a re-fetch that names a newer `flagConfigEtag` waits for this worker to apply it.
 CATCH_UP_WAIT_S: Final = 2.0
 
-# Error codes OFREP puts on the wire (`evaluationFailure`, `flagNotFound`); others are GENERAL.
-WIRE_CODES: Final = frozenset(
-    {
-        ErrorCode.FLAG_NOT_FOUND,
-        ErrorCode.PARSE_ERROR,
-        ErrorCode.TARGETING_KEY_MISSING,
-        ErrorCode.INVALID_CONTEXT,
-        ErrorCode.GENERAL,
-    }
-)
 # Bound once: a global lookup of a module attribute per request is measurable here.
 _perf_counter = time.perf_counter
 _time = time.time
-
-
-def resolution_body(key: str, resolution: Resolution) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and OFREP body of one flag's resolution.
-
-    Success (`evaluationSuccess`): key, reason, variant and metadata; `value` is left out
-    when the caller's default applies (`codeDefaultFlag`: disabled, or no default variant),
-    as flagd does. `variant` is then "" (flagd's "no variant" on its gRPC wire): OFREP lets it
-    be left out too, but the Python OFREP provider (0.3.0) reads it unconditionally and fails
-    the evaluation without it. FLAG_NOT_FOUND is 404 (`flagNotFound`); every other error is
-    400 (`evaluationFailure`).
-    """
-    code = resolution.error_code
-    if code is None:
-        body: dict[str, Any] = {"key": key, "reason": resolution.reason}
-        if resolution.value is not None:
-            body["value"] = resolution.value
-        body["variant"] = "" if resolution.variant is None else resolution.variant
-        body["metadata"] = resolution.metadata
-        return 200, body
-    failure = {
-        "key": key,
-        "errorCode": code if code in WIRE_CODES else ErrorCode.GENERAL,
-        "errorDetails": resolution.error_message or code.value,
-        "metadata": resolution.metadata,
-    }
-    return (404 if code is ErrorCode.FLAG_NOT_FOUND else 400), failure
-
-
-class EncodedBodies:
-    """`resolution_body` as bytes, encoded once per pre-built resolution.
-
-    The engine builds every outcome of a flag version once and hands out the same objects
-    (`app.engine.compile`), so the bytes are cached by the resolution's identity; the cache
-    holds the resolution itself, so the id cannot be reused while cached. Errors carry
-    per-call messages and are not cached. Bounded: emptied when full.
-    """
-
-    def __init__(self, size: int = BODY_CACHE_SIZE) -> None:
-        self.size = size
-        self._bodies: dict[int, tuple[Resolution, str, int, bytes]] = {}
-
-    def __call__(self, key: str, resolution: Resolution) -> tuple[int, bytes]:
-        cached = self._bodies.get(id(resolution))
-        if cached is not None and cached[0] is resolution and cached[1] == key:
-            return cached[2], cached[3]
-        status, body = resolution_body(key, resolution)
-        raw = dumps(body)
-        if resolution.error_code is None:
-            if len(self._bodies) >= self.size:
-                self._bodies.clear()
-            self._bodies[id(resolution)] = (resolution, key, status, raw)
-        return status, raw
-
-
-def respond(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=dumps(body),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def bad_request(key: str | None, status: int, code: ErrorCode, details: str) -> web.Response:
-    """An `evaluationFailure` (one flag, with its key) or a `bulkEvaluationFailure` (bulk)."""
-    body = {"errorCode": code, "errorDetails": details}
-    if key is not None:
-        body = {"key": key, **body}
-    return respond(status, body)
-
-
-ContextRefusal = tuple[int, ErrorCode, str]
-"""Why a body is not a context: the HTTP status, the error code and the details."""
-
-
-def parse_context(raw: bytes) -> JsonObject | ContextRefusal:
-    """The evaluation context of a request body, or why the body is not one.
-
-    A missing body or `context` is the empty context: the Python OFREP provider sends `{}`
-    when the caller has no context. `targetingKey`, when present, must be a string. A body
-    nested too deep (`app.infra.json_input.MAX_DEPTH`) is an invalid context.
-    """
-    if not raw:
-        return {}
-    body = inputs.decode_body(raw)
-    if isinstance(body, inputs.Refused):
-        code = ErrorCode.INVALID_CONTEXT if body.too_deep else ErrorCode.PARSE_ERROR
-        return 400, code, body.message
-    if not isinstance(body, dict):
-        return 400, ErrorCode.INVALID_CONTEXT, "the body must be a JSON object"
-    context = body.get("context")
-    if context is None:
-        return {}
-    if not isinstance(context, dict):
-        return 400, ErrorCode.INVALID_CONTEXT, "context must be a JSON object"
-    targeting_key = context.get("targetingKey")
-    if targeting_key is not None and not isinstance(targeting_key, str):
-        return 400, ErrorCode.INVALID_CONTEXT, "targetingKey must be a string"
-    return context
-
-
-def refetch(environment: str, seq: int, last_modified: float | None) -> bytes:
-    """One `refetchEvaluation` notification (openapi.yaml `sseEvent`; id: the env's seq)."""
-    data: dict[str, Any] = {"type": "refetchEvaluation", "etag": f'"{seq}"'}
-    if last_modified is not None:
-        data["lastModified"] = int(last_modified)
-    return event("message", seq, data)
 
 
 class OfrepApi:
@@ -202,7 +88,6 @@ class OfrepApi:
         return [
             web.post(PREFIX + "/evaluate/flags/{key}", self.evaluate_flag),
             web.post(PREFIX + "/evaluate/flags", self.evaluate_flags),
-            web.get(EVENTS_PATH, self.stream_events),
         ]
 
     def admits(self, token: str | None) -> bool:
@@ -223,19 +108,6 @@ class OfrepApi:
             body["key"] = key
         return respond(500, body)
 
-    def refused(self, request: web.Request, key: str | None) -> web.Response:
-        """401 without a known SDK key; 403 for an admin or read token (they do not evaluate)."""
-        if self.credentials.access_of(bearer(request)) is not Access.NONE:
-            status, details = 403, "admin and read tokens do not evaluate flags: use an SDK key"
-            headers = None
-        else:
-            status, details = 401, "an SDK key is required (Authorization: Bearer or X-API-Key)"
-            headers = {"WWW-Authenticate": "Bearer"}
-        body: dict[str, Any] = {"errorDetails": details}
-        if key is not None:
-            body["key"] = key
-        return respond(status, body, headers)
-
     async def read_context(
         self, request: web.Request, key: str | None
     ) -> dict[str, Any] | web.Response:
@@ -252,7 +124,7 @@ class OfrepApi:
         key = request.match_info["key"]
         environment = self.credentials.sdk_environment(request)
         if environment is None:
-            return self.refused(request, key)
+            return refused(self.credentials, request, key)
         context = await self.read_context(request, key)
         if isinstance(context, web.Response):
             return context
@@ -321,7 +193,7 @@ class OfrepApi:
         started = _perf_counter()
         environment = self.credentials.sdk_environment(request)
         if environment is None:
-            return self.refused(request, None)
+            return refused(self.credentials, request, None)
         context = await self.read_context(request, None)
         if isinstance(context, web.Response):
             return context
@@ -345,37 +217,4 @@ class OfrepApi:
         }
         response = respond(200, body, {"ETag": etag})
         self.stats.observe("ofrep_bulk", _perf_counter() - started)
-        return response
-
-    async def notify(
-        self, request: web.Request, response: web.StreamResponse, environment: str
-    ) -> None:
-        """One notification per burst of changes, and one at once to a client that missed some.
-
-        Notifications carry no flags, so missed changes collapse into one: the client
-        re-fetches. A `Last-Event-ID` that is no event id is no hint: answered as absent.
-        """
-        async with self.feed.subscription(environment) as subscriber:
-            last = inputs.last_event_id(request)
-            seq = self.flags.environment_seq(environment)
-            if isinstance(last, int) and last < seq:
-                await response.write(refetch(environment, seq, None))
-            else:
-                await response.write(b": connected\n\n")
-            while True:
-                change = await next_change(subscriber, response)
-                while not subscriber.queue.empty():  # coalesce a burst
-                    change = subscriber.queue.get_nowait()
-                subscriber.overflowed = False  # a full queue lost changes: the re-fetch has them
-                seq = self.flags.environment_seq(environment)
-                await response.write(refetch(environment, seq, change.updated_at))
-
-    async def stream_events(self, request: web.Request) -> web.StreamResponse:
-        """`GET /ofrep/v1/events`: change notifications for the SDK key's environment."""
-        environment = self.credentials.sdk_environment(request)
-        if environment is None:
-            return self.refused(request, None)
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        await response.prepare(request)
-        await self.notify(request, response, environment)
         return response

@@ -268,7 +268,7 @@ def test_secrets_are_compared_in_constant_time_only() -> None:
     holders = {
         "app/web/auth.py",
         "app/infra/settings.py",
-        "app/cli/commands.py",
+        "app/cli/supervisor.py",
         "app/cli/up_state.py",
     }
     for path in (REPO / "app").rglob("*.py"):
