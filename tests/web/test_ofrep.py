@@ -118,7 +118,9 @@ SINGLE_SCHEMAS = {200: "serverEvaluationSuccess", 400: "evaluationFailure", 404:
 BULK_SCHEMAS = {200: "bulkEvaluationSuccess", 400: "bulkEvaluationFailure"}
 
 
-class Reply:
+class SpecReply:
+    """An OFREP answer over http.client, its body already checked against the spec."""
+
     def __init__(self, status: int, headers: http.client.HTTPMessage, raw: bytes) -> None:
         self.status = status
         self.headers = headers
@@ -135,7 +137,7 @@ def post(
     scheme: str = "bearer",
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
-) -> Reply:
+) -> SpecReply:
     """POST to the worker; the body is checked against the spec for the path and status."""
     sent = {"Content-Type": "application/json", **(headers or {})}
     if key is not None:
@@ -148,7 +150,7 @@ def post(
             "POST", parsed.path + (f"?{parsed.query}" if parsed.query else ""), data, sent
         )
         response = connection.getresponse()
-        reply = Reply(response.status, response.headers, response.read())
+        reply = SpecReply(response.status, response.headers, response.read())
     finally:
         connection.close()
     schemas = BULK_SCHEMAS if parsed.path == BULK else SINGLE_SCHEMAS
@@ -159,7 +161,9 @@ def post(
     return reply
 
 
-def evaluate_one(worker: Worker, flag_key: str, context: dict[str, Any], **kwargs: Any) -> Reply:
+def evaluate_one(
+    worker: Worker, flag_key: str, context: dict[str, Any], **kwargs: Any
+) -> SpecReply:
     return post(worker, SINGLE + urllib.parse.quote(flag_key), {"context": context}, **kwargs)
 
 

@@ -40,7 +40,9 @@ OBJECT = {
 }
 
 
-class Reply:
+class WireReply:
+    """An answer read off a raw socket: its bytes as sent, and which path wrote it."""
+
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
 
@@ -63,12 +65,12 @@ class Connection:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def reply(self) -> Reply:
+    def reply(self) -> WireReply:
         reply = self.reply_or_eof()
         assert reply is not None, "the server closed the connection"
         return reply
 
-    def reply_or_eof(self) -> Reply | None:
+    def reply_or_eof(self) -> WireReply | None:
         """The next reply, or None when the server closed the connection instead."""
         status_line = self.file.readline()
         if not status_line:
@@ -80,8 +82,8 @@ class Connection:
             name, _, value = line.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
         if status in (100, 304):
-            return Reply(status, headers, b"")
-        return Reply(status, headers, self.file.read(int(headers["content-length"])))
+            return WireReply(status, headers, b"")
+        return WireReply(status, headers, self.file.read(int(headers["content-length"])))
 
     def closed_by_server(self) -> bool:
         return self.file.read(1) == b""
