@@ -22,7 +22,9 @@ from app.control.writer import Writer
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.evaluation.stats import EvaluationStats
-from app.experiments.exposures import ExposureSink
+from app.experiments.exposures import ExposureSink, exposure_channel
+from app.experiments.metric_events import metric_event_channel
+from app.experiments.record_sink import RecordSink
 from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.metrics import Metrics
 from app.infra.settings import Settings
@@ -33,6 +35,7 @@ from app.web.evaluate import EvaluateApi
 from app.web.exposures import ExposuresApi
 from app.web.fast_path import FastPathWeb
 from app.web.http_metrics import response_counter
+from app.web.metric_events import MetricEventsApi
 from app.web.metrics_site import MetricsSite
 from app.web.ofrep import OfrepApi
 from app.web.ofrep_events import OfrepEvents
@@ -111,7 +114,10 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     writer = Writer(app, outcomes, broker_watch.writable, settings)
     live_flags = LiveFlags(flags)
     replication.on_rebuild(live_flags.forget)
-    exposures = ExposureSink(settings, metrics)
+    # One batching producer for exposures and metric events, each with its own buffer.
+    exposures = exposure_channel(settings, metrics)
+    metric_events = metric_event_channel(settings, metrics)
+    record_sink = RecordSink(settings, (exposures, metric_events))
     stats = EvaluationStats()
     registry.register(stats)
     evaluator = Evaluator(live_flags, exposures, stats)
@@ -121,7 +127,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         replication,
         broker_watch,
         dead_letters,
-        exposures,
+        record_sink,
         EvaluationRequests(settings, flags, replication, evaluator, metrics),
         MetricsSite(settings.metrics_host, settings.metrics_port),
     ):
@@ -140,6 +146,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         AdminApi(settings, credentials, flags, writer),
         EvaluateApi(settings, credentials, flags, live_flags, replication),
         ExposuresApi(settings, credentials, live_flags, replication, exposures, metrics),
+        MetricEventsApi(settings, credentials, live_flags, replication, metric_events, metrics),
         ChangeStreamApi(settings, credentials, flags, replication, feed, metrics),
         HealthApi(flags, replication, broker_watch),
         ofrep,

@@ -11,6 +11,7 @@ from typing import Any
 
 from app.engine import JsonObject
 from app.engine.schema import flag_problems
+from app.experiments import metrics as experiment_metrics
 from app.infra.json_input import Unacceptable, parse_json
 from app.infra.keys import KEY_PATTERN, valid_key
 from app.infra.records import (
@@ -170,6 +171,10 @@ def decide(
         return definition
     if definition is not None:
         problems = flag_problems(definition)
+        if not problems and change.op is ChangeOp.PUT:
+            # What flagstream reads from metadata (metric declarations), checked on a put
+            # only: a kill switch must flip a flag stored before this check existed.
+            problems = experiment_metrics.problems(definition)
         if problems:
             return Rejection(
                 DeadLetterCode.INVALID_DEFINITION,

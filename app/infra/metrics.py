@@ -93,6 +93,13 @@ class Metrics:
             ["outcome"],  # produced | dropped | rejected (bad items posted to /api/v1/exposures)
             registry=registry,
         )
+        self.metric_events = Counter(
+            "flagstream_metric_events_total",
+            "Experiment metric events, by outcome.",
+            # produced | dropped | rejected (bad items posted to /api/v1/metric-events)
+            ["outcome"],
+            registry=registry,
+        )
         self.evaluation_requests = Counter(
             "flagstream_evaluation_requests_total",
             "Evaluation requests read from Kafka by this worker, by outcome.",

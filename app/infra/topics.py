@@ -22,6 +22,7 @@ __all__ = [
     "EXPOSURES",
     "FLAGS_CHANGELOG",
     "FLAG_CHANGES",
+    "METRIC_EVENTS",
     "TopicSpec",
     "ensure_topics",
     "partition_for",
@@ -37,6 +38,7 @@ DEAD_LETTERS = "dead-letters"
 EVALUATION_REQUESTS = "evaluation-requests"
 EVALUATION_RESULTS = "evaluation-results"
 EXPOSURES = "exposures"
+METRIC_EVENTS = "metric-events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
     changelog, so one environment's changes stay in one totally ordered log.
     The changelog is not compacted: it carries every applied version, so a worker rebuilt
     from it has the same history and change-stream log as every other worker.
+    `exposures` and `metric-events` are both keyed by targeting key and must have the same
+    partition count (one setting, one retention), so a subject's exposures and events meet
+    in one partition number for the consumer that joins them.
     """
     partitions = settings.flag_change_partitions
     forever = str(settings.flag_changes_retention_ms)
@@ -68,6 +73,11 @@ def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
         TopicSpec(
             EXPOSURES,
             settings.exposure_partitions,
+            {"retention.ms": str(settings.exposures_retention_ms)},
+        ),
+        TopicSpec(
+            METRIC_EVENTS,
+            settings.exposure_partitions,  # co-partitioned with `exposures`: the same setting
             {"retention.ms": str(settings.exposures_retention_ms)},
         ),
     )

@@ -31,6 +31,7 @@ ROUTE_NAMES: Final = {
     API + "/{env}/stream": "stream",
     API + "/{env}/evaluate": "evaluate",
     "/api/v1/exposures": "exposures",
+    "/api/v1/metric-events": "metric_events",
     "/ofrep/v1/evaluate/flags/{key}": "ofrep",  # the fast path's label too
     "/ofrep/v1/evaluate/flags": "ofrep_bulk",
     "/ofrep/v1/events": "ofrep_events",
