@@ -116,7 +116,7 @@ def problems(definition: Mapping[str, object]) -> list[Problem]:
     """What is wrong with a flag definition's metric declarations and control variant.
 
     Every `metric.` entry is checked (the prefix is reserved); `control` only on an
-    experiment flag, where it must name one of the flag's variants.
+    experiment flag, where it must name one of the flag's variants. Sorted by path.
     """
     metadata = definition.get("metadata")
     if not isinstance(metadata, Mapping):
@@ -136,4 +136,4 @@ def problems(definition: Mapping[str, object]) -> list[Problem]:
         ):
             message = "must name one of the flag's variants (the control of the experiment)"
             found.append(Problem(json_path(("metadata", CONTROL_KEY)), message))
-    return found
+    return sorted(found, key=lambda p: (p.path, p.message))  # as flag_problems orders them
