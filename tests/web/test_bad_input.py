@@ -34,6 +34,7 @@ SEEDED: dict[str, dict[str, Any]] = {
     "plain": flag("on"),
     "costly": COSTLY,
     "versioned": flag(targeting={"if": [{"sem_ver": [{"var": "v"}, ">=", "1.2.0"]}, "on", "off"]}),
+    "measured": flag(metadata={"experiment": True, "metric.clicks": "conversion"}),
 }
 
 
@@ -55,6 +56,7 @@ ROUTES: dict[str, tuple[str, str, str, str]] = {
     "state": ("POST", f"{API}/{ENV}/flags/plain/state", ADMIN_TOKEN, "state"),
     "evaluate": ("POST", f"{API}/{ENV}/evaluate", READ_TOKEN, "evaluate"),
     "exposures": ("POST", "/api/v1/exposures", SDK_KEY, "exposures"),
+    "metric-events": ("POST", "/api/v1/metric-events", SDK_KEY, "metric_events"),
     "ofrep": ("POST", "/ofrep/v1/evaluate/flags/plain", SDK_KEY, "ofrep"),
     "ofrep-bulk": ("POST", "/ofrep/v1/evaluate/flags", SDK_KEY, "ofrep_bulk"),
 }
@@ -80,17 +82,20 @@ CASES: dict[str, tuple[bytes, dict[str, tuple[int, str]]]] = {
             "state": (422, "$.state"),
             "evaluate": (400, "must be an object"),
             "exposures": (400, '{\\"exposures\\": [...]}'),
+            "metric-events": (400, '{\\"events\\": [...]}'),
             "ofrep": (400, "must be a JSON object"),
             "ofrep-bulk": (400, "must be a JSON object"),
         },
     ),
     "wrong-field-type": (
-        b'{"state": 1, "context": [1], "exposures": "x", "variants": [], "defaultVariant": 2}',
+        b'{"state": 1, "context": [1], "exposures": "x", "events": "x", "variants": [], '
+        b'"defaultVariant": 2}',
         {
             "put": (422, "$.state"),
             "state": (422, "$.state"),
             "evaluate": (400, "$.context"),
             "exposures": (400, '{\\"exposures\\": [...]}'),
+            "metric-events": (400, '{\\"events\\": [...]}'),
             "ofrep": (400, "context must be a JSON object"),
             "ofrep-bulk": (400, "context must be a JSON object"),
         },
@@ -103,12 +108,25 @@ CASES: dict[str, tuple[bytes, dict[str, tuple[int, str]]]] = {
         },
     ),
     "missing-fields": (
-        b'{"defaultVariant": "on", "exposures": [{"flag": "plain"}]}',
+        b'{"defaultVariant": "on", "exposures": [{"flag": "plain"}], "events": [{"metric": "m"}]}',
         {
             "put": (422, "'state' is a required property"),
             "state": (422, "$.state"),
             "exposures": (202, "$.exposures[0].variant"),
+            "metric-events": (202, "$.events[0].targeting_key"),
         },
+    ),
+    "undeclared-metric": (
+        b'{"events": [{"targeting_key": "u", "metric": "undeclared", "value": 1}]}',
+        {"metric-events": (202, "declares the metric 'undeclared'")},
+    ),
+    "conversion-value": (
+        b'{"events": [{"targeting_key": "u", "metric": "clicks", "value": 2}]}',
+        {"metric-events": (202, "$.events[0].value")},
+    ),
+    "metric-declaration": (
+        json.dumps(flag(metadata={"experiment": True, "metric.clicks": "count"})).encode(),
+        {"put": (422, "metric.clicks")},
     ),
     "explosive-jsonlogic": (targeted(DOUBLING), {"put": (422, "$.targeting.reduce[1]")}),
     "negative-weight": (split(-50), {"put": (422, "$.targeting.fractional[1][1]")}),
@@ -343,6 +361,11 @@ UNKNOWN: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
             "zzz": 1,
             "exposures": [{"flag": "plain", "variant": "on", "targeting_key": "u", "zzz": 2}],
         },
+    ),
+    "metric-events": (
+        "/api/v1/metric-events",
+        {"events": [{"targeting_key": "u", "metric": "clicks", "event_id": "e"}]},
+        {"zzz": 1, "events": [{"targeting_key": "u", "metric": "clicks", "event_id": "e", "z": 2}]},
     ),
 }
 
