@@ -8,6 +8,7 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -167,3 +168,38 @@ def test_a_flag_whose_metric_declarations_do_not_parse_is_refused(worker: Worker
         '$.metadata["metric.latency"]',
         '$.metadata["metric.revenue"]',
     ]
+
+
+def test_202_waits_for_the_broker_and_a_full_buffer_is_503(
+    worker: Worker, broker: str, cluster: list[Worker], tmp_path: Path
+) -> None:
+    """A worker flushing every 3 s: its 202 comes once the events are on the broker (not
+    when they are buffered); more events than its buffer holds are refused, to send again.
+    Last in the module: the second worker joins the shared worker's groups."""
+    metric = unique("buy")
+    worker.admin().put("development", unique("exp"), experiment(**{metric: "conversion"}))
+    slow = Worker(
+        broker,
+        tmp_path / "data",
+        "flagstream-test",
+        FLAGSTREAM_EXPOSURE_FLUSH_MS="3000",
+        FLAGSTREAM_EXPOSURE_BUFFER="5",
+    )
+    cluster.append(slow)
+    slow.start()
+    sdk = AdminClient(slow.url, SDK_KEY)
+    events = [{"targeting_key": unique("u"), "metric": metric} for _ in range(6)]
+    wait_until(lambda: sdk.request("POST", POST, {"events": events[:1]}).status == 202, 20)
+
+    reply = sdk.request("POST", POST, {"events": events[1:3]})
+    assert reply.status == 202 and reply.body["accepted"] == 2
+    keys = {event["targeting_key"] for event in events[1:3]}
+    on_the_broker = records_of(broker, METRIC_EVENTS, keys, idle_s=0.2)  # read at once
+    assert len(on_the_broker) == 2, "answered before the broker had them"
+
+    full = sdk.request("POST", POST, {"events": events})
+    assert full.status == 503 and full.headers.get("Retry-After") == "1", full.body
+    assert "send them again" in full.body["error"]["message"]
+    assert re.search(
+        r'^flagstream_metric_events_total\{outcome="dropped"\} 6\.0$', slow.metrics(), re.M
+    )
