@@ -1,0 +1,111 @@
+"""PartitionFold over a real RocksDB: batches, redeliveries and restarts give the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.experiments.attribution import Event, Exposure
+from app.experiments.fold import EventRecord, ExposureRecord, PartitionFold, Sourced
+from tables.partition_state import PartitionState
+from tests.app.experiments.test_attribution import (
+    METRICS,
+    WINDOW,
+    Record,
+    events,
+    exposures,
+    same,
+    truth,
+)
+from tests.app.experiments.test_attribution import observed as observed_totals
+
+EXPERIMENTS = ("checkout", "search")
+subjects = st.sampled_from(["ann", "bob/with slash", "cé"])
+exposure_records = st.builds(
+    ExposureRecord, st.just("dev"), st.sampled_from(EXPERIMENTS), subjects, exposures
+)
+event_records = st.builds(EventRecord, st.just("dev"), subjects, events)
+streams = st.lists(st.one_of(exposure_records, event_records), max_size=40)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[PartitionState]:
+    state = PartitionState(tmp_path / "experiments")
+    state.open()
+    yield state
+    state.close()
+
+
+def sourced(stream: list[ExposureRecord | EventRecord]) -> list[Sourced]:
+    """Each record at its offset in its own topic, as a consumer reads them."""
+    next_offset = {"exposures": 0, "metric-events": 0}
+    out = []
+    for record in stream:
+        source = "exposures" if isinstance(record, ExposureRecord) else "metric-events"
+        out.append(Sourced(source, next_offset[source], record))
+        next_offset[source] += 1
+    return out
+
+
+def expected(stream: list[ExposureRecord | EventRecord], experiment: str) -> object:
+    """The truth of one experiment: its exposures and every event of the environment."""
+    pairs: list[Record] = []
+    for record in stream:
+        if isinstance(record, ExposureRecord) and record.experiment == experiment:
+            pairs.append((record.subject, record.exposure))
+        elif isinstance(record, EventRecord):
+            pairs.append((record.subject, record.event))
+    return truth(pairs)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(streams, st.integers(1, 7), st.data())
+def test_batches_redeliveries_and_restarts_give_the_truth(
+    tmp_path_factory: pytest.TempPathFactory,
+    stream: list[ExposureRecord | EventRecord],
+    batch_size: int,
+    data: st.DataObject,
+) -> None:
+    path = tmp_path_factory.mktemp("fold") / "experiments"
+    store = PartitionState(path)
+    store.open()
+    fold = PartitionFold(store, lambda env, experiment: METRICS, WINDOW)
+    items = sourced(stream)
+    start = 0
+    while start < len(items):
+        batch = items[start : start + batch_size]
+        fold.apply(0, batch)
+        if data.draw(st.booleans(), label="redeliver"):
+            fold.apply(0, items[max(0, start - batch_size) : start + batch_size])
+        if data.draw(st.booleans(), label="restart"):
+            store.close()
+            store.open()
+        start += batch_size
+    for experiment in EXPERIMENTS:
+        got = observed_totals(fold.totals(0, "dev", experiment))
+        assert same(got, expected(stream, experiment)), experiment  # type: ignore[arg-type]
+    store.close()
+
+
+def test_an_event_counts_in_each_experiment_the_subject_saw(store: PartitionState) -> None:
+    fold = PartitionFold(store, lambda env, experiment: METRICS, WINDOW)
+    fold.apply(
+        3,
+        sourced(
+            [
+                ExposureRecord("dev", "checkout", "ann", Exposure(1.0, "x1", "a", 1)),
+                EventRecord("dev", "ann", Event(2.0, "e1", "spend", 4.0)),
+                ExposureRecord("dev", "search", "ann", Exposure(3.0, "x2", "control", 1)),
+                EventRecord("dev", "ann", Event(5.0, "e2", "spend", 1.5)),
+            ]
+        ),
+    )
+    checkout = fold.totals(3, "dev", "checkout").variants["a"]
+    search = fold.totals(3, "dev", "search").variants["control"]
+    assert (checkout.subjects, checkout.sums["spend"], checkout.squares["spend"]) == (1, 5.5, 30.25)
+    assert (search.subjects, search.sums["spend"]) == (1, 1.5)  # the first event came before
+    assert fold.totals(2, "dev", "checkout").variants == {}  # another partition
