@@ -79,19 +79,26 @@ SETTINGS: tuple[Setting, ...] = (
         "Partitions of `evaluation-requests` and `evaluation-results`.",
     ),
     Setting(
-        "FLAGSTREAM_EXPOSURE_PARTITIONS", "8", "Partitions of `exposures` (keyed by targeting key)."
+        "FLAGSTREAM_EXPOSURE_PARTITIONS",
+        "8",
+        "Partitions of `exposures` and `metric-events` (both keyed by targeting key).",
     ),
     Setting(
         "FLAGSTREAM_EXPOSURES_RETENTION_MS",
         "604800000",
-        "Retention of `exposures` (default 7 days).",
+        "Retention of `exposures` and `metric-events` (default 7 days).",
     ),
     Setting(
         "FLAGSTREAM_EXPOSURE_BUFFER",
         "100000",
-        "Exposures buffered per worker before new ones are dropped (and counted).",
+        "Exposures (and, apart, metric events) buffered per worker before new ones are dropped"
+        " (and counted).",
     ),
-    Setting("FLAGSTREAM_EXPOSURE_FLUSH_MS", "50", "How often buffered exposures are produced."),
+    Setting(
+        "FLAGSTREAM_EXPOSURE_FLUSH_MS",
+        "50",
+        "How often buffered exposures and metric events are produced.",
+    ),
     Setting(
         "FLAGSTREAM_PRODUCER_IDEMPOTENCE",
         "true",
