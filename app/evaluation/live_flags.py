@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from app.engine import CompiledFlag, compile_flag
+from app.experiments.metrics import EXPERIMENT_KEY, EXPERIMENT_NAME_KEY
 from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
 __all__ = ["BEYOND_HISTORY", "BeyondHistory", "LiveFlag", "LiveFlags"]
 
-EXPERIMENT_KEY = "experiment"  # flag metadata: true marks an experiment (exposures are emitted)
-EXPERIMENT_NAME_KEY = "experimentKey"  # flag metadata: the experiment's name (default: flag key)
 PAST_VERSIONS_CACHED = 1024
 
 

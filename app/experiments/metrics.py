@@ -29,6 +29,7 @@ from app.infra.keys import KEY_PATTERN, valid_key
 __all__ = [
     "CONTROL_KEY",
     "EXPERIMENT_KEY",
+    "EXPERIMENT_NAME_KEY",
     "METRIC_PREFIX",
     "Harm",
     "Metric",
@@ -42,7 +43,8 @@ __all__ = [
 MetricKind = Literal["conversion", "mean"]
 Harm = Literal["increase", "decrease"]
 
-EXPERIMENT_KEY: Final = "experiment"  # metadata: true marks an experiment flag
+EXPERIMENT_KEY: Final = "experiment"  # metadata: true marks an experiment flag (exposures)
+EXPERIMENT_NAME_KEY: Final = "experimentKey"  # metadata: the experiment's name (default: flag key)
 CONTROL_KEY: Final = "control"  # metadata of an experiment flag: the control variant
 METRIC_PREFIX: Final = "metric."  # metadata: "metric.<key>": "<kind> [guardrail <harm>]"
 GUARDRAIL: Final = "guardrail"
