@@ -31,6 +31,7 @@ from app.experiments.stats import MetricKind
 
 __all__ = [
     "MAX_EVENTS",
+    "MAX_WINDOWS",
     "Contribution",
     "Event",
     "Exposure",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 MAX_EVENTS: Final = 1000
+# Time windows of exposure counts kept per variant, the newest (a day of minute windows).
+MAX_WINDOWS: Final = 1440
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -143,6 +146,9 @@ class VariantTotals:
     crossovers: int = 0
     sums: dict[str, float] = field(default_factory=dict)
     squares: dict[str, float] = field(default_factory=dict)
+    # Exposures served of this variant per time window (its start, unix seconds): a time
+    # series. Each exposure counts where it was served, whichever variant its subject is in.
+    windows: dict[int, int] = field(default_factory=dict)
 
     def add(self, part: Contribution, sign: int) -> None:
         self.subjects += sign
@@ -167,3 +173,12 @@ class Totals:
             self.variants.setdefault(before.variant, VariantTotals()).add(before, -1)
         if after is not None:
             self.variants.setdefault(after.variant, VariantTotals()).add(after, +1)
+
+    def count_exposure(self, exposure: Exposure, window_s: int) -> None:
+        """One more exposure in its variant's window; only the newest MAX_WINDOWS are kept
+        (the oldest go first, so what is kept does not depend on arrival order)."""
+        windows = self.variants.setdefault(exposure.variant, VariantTotals()).windows
+        start = int(exposure.timestamp // window_s) * window_s
+        windows[start] = windows.get(start, 0) + 1
+        if len(windows) > MAX_WINDOWS:
+            del windows[min(windows)]

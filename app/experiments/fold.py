@@ -69,10 +69,17 @@ def _key(kind: str, *names: str) -> str:
 class PartitionFold:
     """Attribution state of the partitions this worker owns, folded batch by batch."""
 
-    def __init__(self, store: PartitionState, metrics_of: MetricsOf, window_s: float) -> None:
+    def __init__(
+        self,
+        store: PartitionState,
+        metrics_of: MetricsOf,
+        window_s: float,
+        series_window_s: int = 60,
+    ) -> None:
         self.store = store
         self.metrics_of = metrics_of
-        self.window_s = window_s
+        self.window_s = window_s  # attribution window
+        self.series_window_s = series_window_s  # exposures per window: the time series
 
     def apply(self, partition: int, batch: Iterable[Sourced]) -> None:
         """Fold `batch` (in offset order per source) and write it with its offsets at once."""
@@ -136,6 +143,7 @@ class _Run:
         before = self._subject(env, experiment, subject)
         after = apply_exposure(before, record.exposure)
         self._move(env, experiment, before, after)
+        self._totals(env, experiment).count_exposure(record.exposure, self.fold.series_window_s)
         self.puts[_key("x", env, experiment, subject)] = orjson.dumps(_exposed_json(after))
         if before.first is None:  # a new subject of this experiment: index it
             index_key = _key("i", env, subject)
@@ -156,7 +164,7 @@ class _Run:
     def write(self) -> None:
         for (environment, experiment), totals in self.totals.items():
             key = _key("t", environment, experiment)
-            self.puts[key] = orjson.dumps(_totals_json(totals))
+            self.puts[key] = orjson.dumps(_totals_json(totals), option=orjson.OPT_NON_STR_KEYS)
         self.fold.store.apply(self.partition, self.puts, self.offsets)
 
 
@@ -192,7 +200,7 @@ def _subject_from(exposed: Any, events: Any) -> SubjectState:
 
 def _totals_json(totals: Totals) -> dict[str, Any]:
     return {
-        variant: [t.subjects, t.exposures, t.crossovers, t.sums, t.squares]
+        variant: [t.subjects, t.exposures, t.crossovers, t.sums, t.squares, t.windows]
         for variant, t in totals.variants.items()
     }
 
@@ -200,7 +208,14 @@ def _totals_json(totals: Totals) -> dict[str, Any]:
 def _totals_from(data: dict[str, Any]) -> Totals:
     return Totals(
         {
-            variant: VariantTotals(subjects, exposures, crossovers, dict(sums), dict(squares))
-            for variant, (subjects, exposures, crossovers, sums, squares) in data.items()
+            variant: VariantTotals(
+                subjects,
+                exposures,
+                crossovers,
+                dict(sums),
+                dict(squares),
+                {int(start): count for start, count in windows.items()},
+            )
+            for variant, (subjects, exposures, crossovers, sums, squares, windows) in data.items()
         }
     )

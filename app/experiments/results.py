@@ -51,6 +51,8 @@ class ExperimentResults:
     control: str
     metrics: tuple[MetricResults, ...]
     sample_ratio: SampleRatio | None  # None without the split's weights
+    # (window start, exposures per variant in variant order), oldest first
+    series: tuple[tuple[int, tuple[int, ...]], ...]
 
 
 def merge(partials: Iterable[Totals]) -> Totals:
@@ -66,6 +68,8 @@ def merge(partials: Iterable[Totals]) -> Totals:
                 into.sums[metric] = into.sums.get(metric, 0.0) + value
             for metric, value in part.squares.items():
                 into.squares[metric] = into.squares.get(metric, 0.0) + value
+            for start, count in part.windows.items():
+                into.windows[start] = into.windows.get(start, 0) + count
     return merged
 
 
@@ -96,7 +100,9 @@ def results(
     ratio = None
     if weights is not None:
         ratio = check_sample_ratio([t.subjects for t in per_variant], weights)
-    return ExperimentResults(counts, control, metric_results, ratio)
+    starts = sorted({start for t in per_variant for start in t.windows})
+    series = tuple((start, tuple(t.windows.get(start, 0) for t in per_variant)) for start in starts)
+    return ExperimentResults(counts, control, metric_results, ratio, series)
 
 
 def _metric(

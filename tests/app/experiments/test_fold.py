@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.experiments.attribution import Event, Exposure
+from app.experiments import attribution
+from app.experiments.attribution import Event, Exposure, Totals
 from app.experiments.fold import EventRecord, ExposureRecord, PartitionFold, Sourced
 from tables.partition_state import PartitionState
 from tests.app.experiments.test_attribution import (
@@ -109,3 +111,45 @@ def test_an_event_counts_in_each_experiment_the_subject_saw(store: PartitionStat
     assert (checkout.subjects, checkout.sums["spend"], checkout.squares["spend"]) == (1, 5.5, 30.25)
     assert (search.subjects, search.sums["spend"]) == (1, 1.5)  # the first event came before
     assert fold.totals(2, "dev", "checkout").variants == {}  # another partition
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(streams, st.integers(1, 7))
+def test_exposures_per_window_count_every_exposure_once_where_it_was_served(
+    tmp_path_factory: pytest.TempPathFactory,
+    stream: list[ExposureRecord | EventRecord],
+    batch_size: int,
+) -> None:
+    store = PartitionState(tmp_path_factory.mktemp("series") / "experiments")
+    store.open()
+    fold = PartitionFold(store, lambda env, experiment: METRICS, WINDOW, series_window_s=5)
+    items = sourced(stream)
+    for start in range(0, len(items), batch_size):
+        fold.apply(0, items[start : start + batch_size])
+        fold.apply(0, items[: start + batch_size])  # everything so far, redelivered
+    for experiment in EXPERIMENTS:
+        want: Counter[tuple[str, int]] = Counter(
+            (r.exposure.variant, int(r.exposure.timestamp // 5) * 5)
+            for r in stream
+            if isinstance(r, ExposureRecord) and r.experiment == experiment
+        )
+        totals = fold.totals(0, "dev", experiment)
+        got = Counter(
+            {(v, start): n for v, t in totals.variants.items() for start, n in t.windows.items()}
+        )
+        assert got == want, experiment
+    store.close()
+
+
+def test_only_the_newest_windows_are_kept_whatever_the_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(attribution, "MAX_WINDOWS", 3)
+    late_first = [Exposure(float(t), f"x{t}", "a", 1) for t in (3000, 0, 1, 2)]
+    totals = Totals()
+    for exposure in late_first:
+        totals.count_exposure(exposure, 1)
+    in_order = Totals()
+    for exposure in sorted(late_first):
+        in_order.count_exposure(exposure, 1)
+    assert totals.variants["a"].windows == in_order.variants["a"].windows == {1: 1, 2: 1, 3000: 1}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.experiments.attribution import Contribution, Totals
+from app.experiments.attribution import Contribution, Exposure, Totals
 from app.experiments.results import merge, results
 from app.experiments.stats import (
     ArmStatistics,
@@ -85,3 +85,12 @@ def test_the_control_may_be_any_variant() -> None:
 def test_a_control_that_is_no_variant_is_refused() -> None:
     with pytest.raises(ValueError, match="not a variant"):
         results(Totals(), VARIANTS, "treatment", METRICS)
+
+
+def test_the_series_has_every_window_with_each_variant_in_order() -> None:
+    east, west = Totals(), Totals()  # two partitions
+    east.count_exposure(Exposure(61.0, "x1", "control", 1), 60)
+    east.count_exposure(Exposure(130.0, "x2", "b", 1), 60)
+    west.count_exposure(Exposure(119.0, "x3", "control", 1), 60)
+    got = results(merge([east, west]), VARIANTS, "control", {})
+    assert got.series == ((60, (2, 0, 0)), (120, (0, 0, 1)))
