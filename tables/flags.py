@@ -35,6 +35,7 @@ from pathlib import Path
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from app.infra.records import AppliedChange, dumps, loads
+from tables.rocks import under
 
 __all__ = ["FlagTable", "Listener"]
 
@@ -250,15 +251,8 @@ class FlagTable:
         return self._db
 
     def _scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
-        start = prefix.encode()
-        it = self._open_db().iter()
-        it.seek(start)
-        while it.valid():
-            key: bytes = it.key()
-            if not key.startswith(start):
-                break
-            yield key.decode(), it.value()
-            it.next()
+        for key, value in under(self._open_db(), prefix.encode()):
+            yield key.decode(), value
 
 
 def _load(value: bytes) -> AppliedChange:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from tables.rocks import under
+
 __all__ = ["PartitionState"]
 
 
@@ -53,18 +55,8 @@ class PartitionState:
     def scan(self, partition: int, prefix: str) -> Iterator[tuple[str, bytes]]:
         """(key, value) of the partition's values whose key starts with `prefix`, in key order."""
         skip = len(_value_key(partition, ""))
-        for raw_key, value in self._under(_value_key(partition, prefix)):
+        for raw_key, value in under(self._open_db(), _value_key(partition, prefix)):
             yield raw_key[skip:].decode(), value
-
-    def _under(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self._open_db().iter()
-        it.seek(start)
-        while it.valid():
-            key: bytes = it.key()
-            if not key.startswith(start):
-                break
-            yield key, it.value()
-            it.next()
 
     def offset(self, partition: int, source: str) -> int:
         """The next offset of `source` to fold into this partition's state (0: none yet)."""
@@ -83,6 +75,6 @@ class PartitionState:
     def forget(self, partition: int) -> None:
         """Drop everything of the partition (before it is restored from its changelog)."""
         batch = WriteBatch(raw_mode=True)
-        for raw_key, _ in self._under(f"{partition:06d}/".encode()):
+        for raw_key, _ in under(self._open_db(), f"{partition:06d}/".encode()):
             batch.delete(raw_key)
         self._open_db().write(batch)
