@@ -14,7 +14,7 @@ Keys are JSON arrays (`x["dev","exp","ann"]`): names may hold any character.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -152,14 +152,16 @@ class _Run:
 
     def event(self, record: EventRecord) -> None:
         env, subject = record.environment, record.subject
-        experiments: list[str] = self._get(_key("i", env, subject)) or []
-        befores = {e: self._subject(env, e, subject) for e in experiments}
         events = self._get(_key("e", env, subject)) or {"events": [], "dropped": 0}
-        kept = apply_event(_subject_from(None, events), record.event)
+        had = _subject_from(None, events)
+        kept = apply_event(had, record.event)
+        if kept == had:
+            return  # a resent event: nothing changes
         self.puts[_key("e", env, subject)] = orjson.dumps(_events_json(kept))
-        for experiment, before in befores.items():
-            after = _subject_from(_exposed_json(before), _events_json(kept))
-            self._move(env, experiment, before, after)
+        for experiment in self._get(_key("i", env, subject)) or []:
+            exposed = _subject_from(self._get(_key("x", env, experiment, subject)), events)
+            after = replace(exposed, events=kept.events, dropped=kept.dropped)
+            self._move(env, experiment, exposed, after)
 
     def write(self) -> None:
         for (environment, experiment), totals in self.totals.items():
