@@ -19,6 +19,7 @@ from app.engine.model import (
     Reason,
     Resolution,
 )
+from app.engine.operators import fractional_split
 from app.engine.problems import Problem
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "evaluate",
     "evaluate_typed",
     "flag_not_found",
+    "fractional_split",
 ]

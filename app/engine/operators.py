@@ -17,7 +17,7 @@ from app.engine import bucketing, semver
 from app.engine.model import FractionalVersion
 from app.engine.rules import Rule, constant, get_var, is_constant, plain_var_key
 
-__all__ = ["BUILDERS", "Builder", "Context"]
+__all__ = ["BUILDERS", "Builder", "Context", "Split", "fractional_split"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +175,27 @@ def _parse_split(buckets: list[Any], version: FractionalVersion) -> Split | None
     if total <= 0 or total > bucketing.MAX_TOTAL_WEIGHT:
         return None
     return tuple(variants), tuple(weights)
+
+
+def fractional_split(targeting: Any, version: FractionalVersion) -> Split | None:
+    """The first constant ``fractional`` split in `targeting` (depth first, in rule order),
+    as flagd would parse it: what an experiment's sample-ratio check compares subjects with.
+    None when the targeting has none (or only one whose buckets are computed at run time)."""
+    stack = [targeting]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if len(node) == 1 and isinstance(node.get("fractional"), list):
+                args = node["fractional"]
+                buckets = args if args and isinstance(args[0], list) else args[1:]
+                if all(is_constant(bucket) for bucket in buckets):
+                    split = _parse_split(list(buckets), version)
+                    if split is not None:
+                        return split
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return None
 
 
 def _choose(split: Split, bucket_value: Any, version: FractionalVersion) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from app.engine import CompiledFlag, compile_flag
-from app.experiments.metrics import EXPERIMENT_KEY, EXPERIMENT_NAME_KEY
+from app.experiments.design import experiment_name
 from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
@@ -48,11 +48,7 @@ def build(change: AppliedChange) -> LiveFlag:
         # disagree. Serve PARSE_ERROR (the caller's default) rather than crash or go stale.
         problems = "; ".join(f"{p.path}: {p.message}" for p in compiled)
         return LiveFlag(change.flag, change.version, None, None, problems)
-    experiment = None
-    if compiled.metadata.get(EXPERIMENT_KEY) is True:
-        name = compiled.metadata.get(EXPERIMENT_NAME_KEY)
-        experiment = name if isinstance(name, str) and name else change.flag
-    return LiveFlag(change.flag, change.version, compiled, experiment)
+    return LiveFlag(change.flag, change.version, compiled, experiment_name(compiled))
 
 
 class LiveFlags:

@@ -100,6 +100,39 @@ SETTINGS: tuple[Setting, ...] = (
         "How often buffered exposures and metric events are produced.",
     ),
     Setting(
+        "FLAGSTREAM_EXPERIMENTS",
+        "true",
+        "Fold exposures and metric events into experiment results in this worker (a consumer"
+        " group: every worker takes a share of the partitions).",
+    ),
+    Setting(
+        "FLAGSTREAM_ATTRIBUTION_WINDOW_S",
+        "604800",
+        "A metric event counts for a subject if it comes within this long after the subject's"
+        " first exposure (default 7 days).",
+    ),
+    Setting(
+        "FLAGSTREAM_SERIES_WINDOW_S",
+        "60",
+        "Width of the time windows of the exposures time series of results.",
+    ),
+    Setting(
+        "FLAGSTREAM_STATS_PUBLISH_MS",
+        "1000",
+        "How often a worker publishes changed experiment totals to `experiment-stats`.",
+    ),
+    Setting(
+        "FLAGSTREAM_SEQUENTIAL_TUNING",
+        "5000",
+        "Tuning of the always-valid interval: the total sample size where it is tightest"
+        " (gbstats' sequential_tuning_parameter).",
+    ),
+    Setting(
+        "FLAGSTREAM_GUARDRAILS",
+        "true",
+        "Roll an experiment back when a guardrail metric shows harm (docs/experiments.md).",
+    ),
+    Setting(
         "FLAGSTREAM_PRODUCER_IDEMPOTENCE",
         "true",
         "Idempotent Kafka producers (the embedded broker lacks them: `up` sets false).",
@@ -167,6 +200,10 @@ def _env(name: str) -> str:
     return os.environ.get(name, default)
 
 
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -195,6 +232,12 @@ class Settings:
     exposures_retention_ms: int
     exposure_buffer: int
     exposure_flush_ms: int
+    experiments: bool
+    attribution_window_s: float
+    series_window_s: int
+    stats_publish_ms: int
+    sequential_tuning: float
+    guardrails: bool
     producer_idempotence: bool
     history_depth: int
     stream_depth: int
@@ -239,14 +282,19 @@ class Settings:
             exposures_retention_ms=int(_env("FLAGSTREAM_EXPOSURES_RETENTION_MS")),
             exposure_buffer=int(_env("FLAGSTREAM_EXPOSURE_BUFFER")),
             exposure_flush_ms=int(_env("FLAGSTREAM_EXPOSURE_FLUSH_MS")),
-            producer_idempotence=_env("FLAGSTREAM_PRODUCER_IDEMPOTENCE").lower()
-            in ("1", "true", "yes"),
+            experiments=_flag(_env("FLAGSTREAM_EXPERIMENTS")),
+            attribution_window_s=float(_env("FLAGSTREAM_ATTRIBUTION_WINDOW_S")),
+            series_window_s=int(_env("FLAGSTREAM_SERIES_WINDOW_S")),
+            stats_publish_ms=int(_env("FLAGSTREAM_STATS_PUBLISH_MS")),
+            sequential_tuning=float(_env("FLAGSTREAM_SEQUENTIAL_TUNING")),
+            guardrails=_flag(_env("FLAGSTREAM_GUARDRAILS")),
+            producer_idempotence=_flag(_env("FLAGSTREAM_PRODUCER_IDEMPOTENCE")),
             history_depth=int(_env("FLAGSTREAM_HISTORY_DEPTH")),
             stream_depth=int(_env("FLAGSTREAM_STREAM_DEPTH")),
             max_streams=int(_env("FLAGSTREAM_MAX_STREAMS")),
             max_streams_per_key=int(_env("FLAGSTREAM_MAX_STREAMS_PER_KEY")),
             change_id_depth=int(_env("FLAGSTREAM_CHANGE_ID_DEPTH")),
-            ofrep_fast_path=_env("FLAGSTREAM_OFREP_FAST_PATH").lower() in ("1", "true", "yes"),
+            ofrep_fast_path=_flag(_env("FLAGSTREAM_OFREP_FAST_PATH")),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
             write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),
             shutdown_timeout_s=float(_env("FLAGSTREAM_SHUTDOWN_TIMEOUT_S")),

@@ -19,6 +19,8 @@ __all__ = [
     "DEAD_LETTERS",
     "EVALUATION_REQUESTS",
     "EVALUATION_RESULTS",
+    "EXPERIMENT_STATE",
+    "EXPERIMENT_STATS",
     "EXPOSURES",
     "FLAGS_CHANGELOG",
     "FLAG_CHANGES",
@@ -39,6 +41,8 @@ EVALUATION_REQUESTS = "evaluation-requests"
 EVALUATION_RESULTS = "evaluation-results"
 EXPOSURES = "exposures"
 METRIC_EVENTS = "metric-events"
+EXPERIMENT_STATE = "experiment-state"
+EXPERIMENT_STATS = "experiment-stats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,11 @@ def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
             settings.exposure_partitions,  # co-partitioned with `exposures`: the same setting
             {"retention.ms": str(settings.exposures_retention_ms)},
         ),
+        # The attribution state's changelog: partition p holds the state of source
+        # partition p, newest value per key (compacted), so it can move to another worker.
+        TopicSpec(EXPERIMENT_STATE, settings.exposure_partitions, {"cleanup.policy": "compact"}),
+        # Each source partition's totals per experiment (compacted): what results merge.
+        TopicSpec(EXPERIMENT_STATS, settings.exposure_partitions, {"cleanup.policy": "compact"}),
     )
 
 
