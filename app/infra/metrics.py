@@ -121,3 +121,12 @@ class Metrics:
             "HTTP connections accepted; each starts on the OFREP fast path.",
             registry=registry,
         )
+        self.experiment_stats_records = Counter(
+            "flagstream_experiment_stats_records_total",
+            "Records of `experiment-stats` read by this worker's results feed, by outcome.",
+            # kept (newest of its key) | older (offsets at or below the kept one's) |
+            # rejected (not a Partial or Progress: a dead letter) | dropped (beyond the
+            # feed's bounds on environments and experiments)
+            ["outcome"],
+            registry=registry,
+        )
