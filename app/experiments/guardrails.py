@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from app.engine import CompiledFlag, JsonObject
+from app.experiments.attribution import Totals
 from app.experiments.design import ExperimentDesign
 from app.experiments.metrics import Harm
-from app.experiments.results import ExperimentResults
-from app.experiments.stats import Interval
+from app.experiments.results import ExperimentResults, results
+from app.experiments.stats import DEFAULT_ALPHA, DEFAULT_SEQUENTIAL_TUNING, Interval
 
 __all__ = [
     "ACTOR",
@@ -44,6 +45,7 @@ __all__ = [
     "Breach",
     "actor",
     "breaches",
+    "check",
     "guarded",
     "rollback_change_id",
     "rollback_definition",
@@ -110,6 +112,30 @@ def breaches(design: ExperimentDesign, results: ExperimentResults) -> list[Breac
                 )
             )
     return found
+
+
+def check(
+    design: ExperimentDesign,
+    totals: Totals,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    sequential_tuning: float = DEFAULT_SEQUENTIAL_TUNING,
+) -> list[Breach]:
+    """The breaches in an experiment's merged totals: its guardrail metrics only are compared
+    (the others cannot breach), against the design's control."""
+    harms = guarded(design)
+    if not harms or design.control not in design.variants:
+        return []
+    kinds = {metric: kind for metric, kind in design.kinds.items() if metric in harms}
+    found = results(
+        totals,
+        design.variants,
+        design.control,
+        kinds,
+        alpha=alpha,
+        sequential_tuning=sequential_tuning,
+    )
+    return breaches(design, found)
 
 
 def _harmful(interval: Interval, harm: Harm) -> bool:
