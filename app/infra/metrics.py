@@ -130,3 +130,14 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.guardrail_rollbacks = Counter(
+            "flagstream_guardrail_rollbacks_total",
+            "Experiments rolled back to their control by this worker because a guardrail "
+            "metric showed harm (app/experiments/guardrails.py), by outcome.",
+            # applied (this worker's command made the new version: summed over workers, one
+            # per rollback) | already (the change id was applied before, by any worker) |
+            # refused (a dead letter, e.g. the flag changed meanwhile) | unanswered (no outcome
+            # within the write timeout or the broker unavailable: checked again on a change)
+            ["outcome"],
+            registry=registry,
+        )
