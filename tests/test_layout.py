@@ -23,6 +23,7 @@ BEHAVIOURS = {
     "tests/test_layout.py": "the layout of tests/ itself",
     "tests/test_imports.py": "the imports of every module: layers, no cycle, one entry",
     "tests/faults/": "a worker killed, or joining and leaving, under load: the whole system",
+    "tests/experiments/": "a simulated experiment against its offline truth: fold, pipeline",
     "tests/agents/test_bad_records.py": "bad records on every topic that either agent reads",
     "tests/tables/test_broker_loss.py": "broker gone and back: table, broker watch, writer, web",
     "tests/tables/test_recovery.py": "tables rebuilt from the changelog, with the agent deciding",
