@@ -111,6 +111,7 @@ def report(
             unavailable[metric] = f"the totals cannot be compared: {exc}"
             continue
         metric_results.extend(one.metrics)
+    split = sum(analysis.weights or ())  # > 0 when there are weights (analysis_of)
     harms = {} if design is None else {k: m.guardrail_harmful for k, m in design.metrics.items()}
     return {
         "environment": environment,
@@ -125,7 +126,7 @@ def report(
         "variants": [
             {
                 "variant": v.variant,
-                "weight": None if analysis.weights is None else analysis.weights[i],
+                "weight": None if analysis.weights is None else analysis.weights[i] / split,
                 "subjects": v.subjects,
                 "exposures": v.exposures,
                 "crossovers": v.crossovers,
