@@ -153,3 +153,88 @@ def test_only_the_newest_windows_are_kept_whatever_the_order(
     for exposure in sorted(late_first):
         in_order.count_exposure(exposure, 1)
     assert totals.variants["a"].windows == in_order.variants["a"].windows == {1: 1, 2: 1, 3000: 1}
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(streams, st.integers(1, 7), st.data())
+def test_a_restore_from_any_prefix_of_the_changelog_then_refolding_gives_the_truth(
+    tmp_path_factory: pytest.TempPathFactory,
+    stream: list[ExposureRecord | EventRecord],
+    batch_size: int,
+    data: st.DataObject,
+) -> None:
+    """A worker dies having logged part of a batch (its local state lost, or stale: from an
+    earlier ownership of the partition); the next owner restores what was logged, rebuilds,
+    and folds on from the restored offsets: every total equals the truth."""
+    path = tmp_path_factory.mktemp("owner")
+    first = PartitionState(path / "first")
+    first.open()
+    fold = PartitionFold(first, lambda env, experiment: METRICS, WINDOW)
+    items = sourced(stream)
+    changelog: list[tuple[bytes, bytes]] = []
+    cut = data.draw(st.integers(0, len(items)), label="dies in the batch at")
+    stale_at = data.draw(st.integers(0, len(changelog) + len(items) * 4), label="stale copy")
+    start = 0
+    while start < len(items):
+        folded = fold.fold(0, items[start : start + batch_size])
+        records = folded.changelog()
+        if start <= cut < start + batch_size:  # dies while producing this batch
+            changelog += records[: data.draw(st.integers(0, len(records)), label="logged")]
+            break
+        changelog += records
+        fold.commit(folded)
+        start += batch_size
+    first.close()
+
+    second = PartitionState(path / "second")
+    second.open()
+    restored = PartitionFold(second, lambda env, experiment: METRICS, WINDOW)
+    restored.restore(0, changelog[:stale_at])  # an old local copy ...
+    restored.rebuild(0)
+    restored.restore(0, changelog)  # ... caught up from the changelog
+    restored.rebuild(0)
+    offsets = restored.offsets(0, ("exposures", "metric-events"))
+    rest = [item for item in items if item.offset >= offsets[item.source]]
+    for begin in range(0, len(rest), batch_size):
+        restored.apply(0, rest[begin : begin + batch_size])
+    for experiment in EXPERIMENTS:
+        got = observed_totals(restored.totals(0, "dev", experiment))
+        assert same(got, expected(stream, experiment)), experiment  # type: ignore[arg-type]
+        series = Counter(
+            (variant, start)
+            for r in stream
+            if isinstance(r, ExposureRecord) and r.experiment == experiment
+            for variant, start in [(r.exposure.variant, int(r.exposure.timestamp // 60) * 60)]
+        )
+        windows = restored.totals(0, "dev", experiment).variants
+        assert Counter({(v, s): n for v, t in windows.items() for s, n in t.windows.items()}) == (
+            series
+        )
+    second.close()
+
+
+def test_totals_follow_a_changed_metric_declaration(store: PartitionState) -> None:
+    """A metric declared after subjects were folded counts their kept events too."""
+    declared: dict[str, dict[str, attribution.MetricKind]] = {"now": {}}
+    fold = PartitionFold(store, lambda env, experiment: declared["now"], WINDOW)
+    fold.apply(
+        0,
+        sourced(
+            [
+                ExposureRecord("dev", "checkout", "ann", Exposure(1.0, "x1", "a", 1)),
+                EventRecord("dev", "ann", Event(2.0, "e1", "spend", 4.0)),
+            ]
+        ),
+    )
+    assert fold.totals(0, "dev", "checkout").variants["a"].sums == {}
+    declared["now"] = dict(METRICS)
+    fold.apply(
+        0,
+        [
+            Sourced(
+                "exposures", 1, ExposureRecord("dev", "checkout", "bob", Exposure(3, "x2", "a", 1))
+            )
+        ],
+    )
+    totals = fold.totals(0, "dev", "checkout").variants["a"]
+    assert (totals.subjects, totals.sums["spend"]) == (2, 4.0)
