@@ -215,7 +215,7 @@ class PartitionFold:
         return _NO_EVENTS if raw is None else orjson.loads(raw)
 
 
-_NO_EVENTS: Final = {"events": [], "dropped": 0, "upto": 0}
+_NO_EVENTS: Final[dict[str, Any]] = {"events": [], "dropped": 0, "upto": 0}
 
 
 class _Run:
