@@ -88,15 +88,19 @@ class GuardrailWatch(Service):
         self._changed.add((environment, experiment))
 
     @Service.task
-    async def _check_changed_experiments(self) -> None:
+    async def _check_every_interval(self) -> None:
         while not self.should_stop:
             await self.sleep(CHECK_INTERVAL_S)
-            changed, self._changed = self._changed, set()
-            for environment, experiment in sorted(changed):
-                try:
-                    await self.check(environment, experiment)
-                except Exception:  # a bug must not stop the guardrails of other experiments
-                    log.exception("guardrail check of %s/%s failed", environment, experiment)
+            await self.check_changed()
+
+    async def check_changed(self) -> None:
+        """Check each experiment noted since the last round, once however often it changed."""
+        changed, self._changed = self._changed, set()
+        for environment, experiment in sorted(changed):
+            try:
+                await self.check(environment, experiment)
+            except Exception:  # a bug must not stop the guardrails of other experiments
+                log.exception("guardrail check of %s/%s failed", environment, experiment)
 
     async def check(self, environment: str, experiment: str) -> None:
         """Check every live flag version running the experiment; roll back on a breach."""
