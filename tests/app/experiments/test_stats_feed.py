@@ -168,12 +168,12 @@ def test_a_new_feed_reads_the_topic_from_its_beginning(broker: str) -> None:
         kept = partial(5, blue(7), environment=env, experiment="late")
         await running.send_partial(kept)
         await eventually(lambda: running.feed.partials(env, "late") == [kept])
-        again = Running(broker)
-        await again.feed.start()
+        again = ExperimentStatsFeed(running.settings, Metrics(CollectorRegistry()), _ignore)
+        await again.start()
         try:
-            await eventually(lambda: again.feed.partials(env, "late") == [kept])
+            await eventually(lambda: again.partials(env, "late") == [kept])
         finally:
-            await again.feed.stop()
+            await again.stop()
 
     with_feed(broker, scenario)
 
