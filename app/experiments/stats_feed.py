@@ -63,6 +63,7 @@ class ExperimentStatsFeed(Service):
         self._listeners: list[Listener] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._consumer_ready = asyncio.Event()
+        self._reread = False  # set by `forget`: seek to the beginning before the next fetch
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -86,6 +87,16 @@ class ExperimentStatsFeed(Service):
     def listen(self, callback: Listener) -> None:
         """Call `callback(environment, experiment)` after each change of one of its partials."""
         self._listeners.append(callback)
+
+    def forget(self) -> None:
+        """Drop every partial and progress and read the topic again from its beginning.
+
+        A `FlagReplication.on_rebuild` listener: the broker lost its data, so what is kept came
+        from a log that no longer exists, and the new log's offsets start again below the kept
+        ones (its partials would all look older and be ignored)."""
+        self._partials.clear()
+        self._progress.clear()
+        self._reread = True
 
     # -- the record path -------------------------------------------------------------------
 
@@ -172,6 +183,9 @@ class ExperimentStatsFeed(Service):
             return
         while not self.should_stop:
             try:
+                if self._reread:
+                    self._reread = False
+                    await self._consumer.seek_to_beginning()  # every assigned partition
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=1000)
             except KafkaError as exc:
                 log.warning("experiment-stats cannot be read (%r): retrying", exc)

@@ -178,6 +178,25 @@ def test_a_new_feed_reads_the_topic_from_its_beginning(broker: str) -> None:
     with_feed(broker, scenario)
 
 
+def test_forgetting_drops_everything_and_reads_the_topic_again(broker: str) -> None:
+    """What a worker does when the broker lost its data (`FlagReplication.on_rebuild`)."""
+
+    async def scenario(running: Running) -> None:
+        env = unique()
+        kept = partial(1, blue(3), environment=env)
+        await running.send_partial(kept)
+        await running.send(*encode_progress(Progress(7, {"exposures": 1}, 0, 5.0)))
+        feed = running.feed
+        await eventually(lambda: feed.partials(env, "exp") == [kept] and 7 in feed.progress())
+        feed.forget()
+        assert feed.partials(env, "exp") == [] and feed.progress() == {}
+        assert env not in feed.environments()
+        # Read again from the beginning: without the seek, nothing would come back.
+        await eventually(lambda: feed.partials(env, "exp") == [kept] and 7 in feed.progress())
+
+    with_feed(broker, scenario)
+
+
 def test_a_failing_dead_letter_or_listener_does_not_stop_the_feed() -> None:
     settings = settings_for("127.0.0.1:9")  # never connected: `take` is the record path
 
