@@ -482,3 +482,58 @@ def differences(expected: Figures, found: Figures) -> list[str]:
         for path, value in expected.items()
         if path not in found or not _same(path, value, found[path])
     ]
+
+
+def report_figures(document: dict[str, Any]) -> Figures:
+    """The figures of a results document (app/experiments/report.py, the results view's
+    JSON), by the truth's paths. The document has no variances: compare on its paths."""
+    figures: Figures = {"control": document["control"]}
+    for v in document["variants"]:
+        for name in ("subjects", "exposures", "crossovers"):
+            figures[f"variant/{v['variant']}/{name}"] = v[name]
+    for m in document["metrics"]:
+        figures[f"metric/{m['metric']}/kind"] = m["kind"]
+        for arm in m["variants"]:
+            path = f"metric/{m['metric']}/{arm['variant']}"
+            figures |= {
+                f"{path}/n": arm["n"],
+                f"{path}/total": arm["sum"],
+                f"{path}/total_squares": arm["sum_squares"],
+                f"{path}/mean": arm["mean"],
+            }
+        for c in m["comparisons"]:
+            path = f"metric/{m['metric']}/{c['variant']}"
+            figures[f"{path}/dof"] = c["dof"]
+            for kind in ("absolute", "relative"):
+                lift = c[kind]
+                figures |= {
+                    f"{path}/{kind}/estimate": lift["estimate"],
+                    f"{path}/{kind}/stddev": lift["stddev"],
+                    f"{path}/{kind}/ci_low": lift["ci"]["low"],
+                    f"{path}/{kind}/ci_high": lift["ci"]["high"],
+                    f"{path}/{kind}/p_value": lift["p_value"],
+                    f"{path}/{kind}/sequential_ci_low": lift["sequential_ci"]["low"],
+                    f"{path}/{kind}/sequential_ci_high": lift["sequential_ci"]["high"],
+                    f"{path}/{kind}/sequential_p_value": lift["sequential_p_value"],
+                }
+    figures["srm/p_value"] = document["srm"]["p_value"]
+    figures["srm/mismatch"] = document["srm"]["mismatch"]
+    series = document["exposures_series"]
+    for window in series["windows"]:
+        for variant, count in zip(series["variants"], window["exposures"], strict=True):
+            figures[f"series/{window['start']}/{variant}"] = count
+    return figures
+
+
+def report_differences(found: Truth, document: dict[str, Any]) -> list[str]:
+    """Each figure of a results document that differs from the truth, and each figure of the
+    truth that a results document should show but does not (all but the variances)."""
+    expected = {k: v for k, v in truth_figures(found).items() if not k.endswith("/variance")}
+    expected["subjects"] = sum(v.subjects for v in found.variants)
+    expected["crossovers"] = sum(v.crossovers for v in found.variants)
+    shown = report_figures(document) | {
+        "subjects": document["subjects"],
+        "crossovers": document["crossovers"],
+    }
+    extra = [f"{path}: not a figure of the truth" for path in shown if path not in expected]
+    return differences(expected, shown) + extra

@@ -112,10 +112,14 @@ class Scenario:
 class _Builder:
     """Draws one scenario's records from one seeded generator, in a fixed order of draws."""
 
-    def __init__(self, seed: int, flag: CompiledFlag, version: int) -> None:
+    def __init__(
+        self, seed: int, flag: CompiledFlag, version: int, environment: str, start: float
+    ) -> None:
         self.rng = random.Random(seed)
         self.flag = flag
         self.version = version
+        self.environment = environment
+        self.start = start
         self.exposures: list[Pending] = []
         self.events: list[MetricEvent] = []
         self.noise: Counter[str] = Counter()
@@ -129,17 +133,17 @@ class _Builder:
 
     def expose(self, subject: str, variant: str, at: float) -> None:
         self.exposures.append(
-            (ENVIRONMENT, FLAG, variant, self.version, subject, at, "sdk", self.ident(), FLAG)
+            (self.environment, FLAG, variant, self.version, subject, at, "sdk", self.ident(), FLAG)
         )
 
     def event(self, subject: str, metric: str, value: float, at: float) -> MetricEvent:
-        event = MetricEvent(ENVIRONMENT, subject, metric, value, at, self.ident())
+        event = MetricEvent(self.environment, subject, metric, value, at, self.ident())
         self.events.append(event)
         return event
 
     def assigned(self, subject: str) -> str:
         """The variant flagd's `fractional` gives the subject: the engine's own answer."""
-        resolution = evaluate(self.flag, {"targetingKey": subject}, int(START))
+        resolution = evaluate(self.flag, {"targetingKey": subject}, int(self.start))
         if resolution.variant is None:
             raise AssertionError(f"the experiment flag did not resolve: {resolution}")
         return resolution.variant
@@ -148,7 +152,7 @@ class _Builder:
         rng = self.rng
         subject = f"user-{index:05d}"
         variant = self.assigned(subject)
-        first = self.time(START + rng.uniform(0, EXPOSURE_SPAN_S))
+        first = self.time(self.start + rng.uniform(0, EXPOSURE_SPAN_S))
         self.expose(subject, variant, first)
         if rng.random() < 0.3:  # came back: repeat exposures, never a new subject
             for _ in range(rng.randint(1, 3)):
@@ -190,7 +194,7 @@ class _Builder:
     def strangers(self) -> None:
         """Subjects never exposed: their events count nowhere."""
         for index in range(NEVER_EXPOSED):
-            at = self.time(START + self.rng.uniform(0, EXPOSURE_SPAN_S))
+            at = self.time(self.start + self.rng.uniform(0, EXPOSURE_SPAN_S))
             self.event(f"stranger-{index:03d}", "purchase", 1.0, at)
             self.event(f"stranger-{index:03d}", "revenue", 20.0, at)
             self.noise["events of subjects never exposed"] += 2
@@ -223,12 +227,20 @@ def compiled(definition: Mapping[str, Any]) -> CompiledFlag:
     return flag
 
 
-def scenario(seed: int = DEFAULT_SEED, *, flag_version: int = 1) -> Scenario:
-    """The simulated experiment of `seed`: the same records for the same seed, every run.
+def scenario(
+    seed: int = DEFAULT_SEED,
+    *,
+    environment: str = ENVIRONMENT,
+    flag_version: int = 1,
+    start: float = START,
+) -> Scenario:
+    """The simulated experiment of `seed`: the same records for the same arguments, every run.
 
-    `flag_version` is the version the exposures carry: the one the admin API gives the flag
-    when a Kafka test puts it (1 for a new flag)."""
-    builder = _Builder(seed, compiled(DEFINITION), flag_version)
+    `environment` is the one the records name (a Kafka test passes its own); `flag_version`
+    the version the exposures carry: the one the admin API gives the flag when a Kafka test
+    puts it (1 for a new flag); `start` the unix time of the first possible exposure. None of
+    them changes a statistic, only the names, versions and timestamps in the records."""
+    builder = _Builder(seed, compiled(DEFINITION), flag_version, environment, start)
     for index in range(SUBJECTS):
         builder.subject(index)
     builder.strangers()
@@ -236,7 +248,7 @@ def scenario(seed: int = DEFAULT_SEED, *, flag_version: int = 1) -> Scenario:
     records = builder.records()
     return Scenario(
         seed=seed,
-        environment=ENVIRONMENT,
+        environment=environment,
         flag=FLAG,
         definition=DEFINITION,
         flag_version=flag_version,
