@@ -15,6 +15,7 @@ import faust
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from agents.evaluations import EvaluationRequests
+from agents.experiments import ExperimentAttribution
 from agents.flag_changes import FlagChangeAgent
 from app.control.dead_letters import DeadLetterReader
 from app.control.outcomes import Outcomes
@@ -132,6 +133,8 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         MetricsSite(settings.metrics_host, settings.metrics_port),
     ):
         app.service(service)  # type: ignore[arg-type]  # faust annotates a class only
+    if settings.experiments:
+        app.service(ExperimentAttribution(settings, replication, live_flags, metrics))  # type: ignore[arg-type]
     FlagChangeAgent(app, settings, flags, replication, broker_watch, metrics).attach()
 
     credentials = Credentials(settings)

@@ -56,8 +56,10 @@ __all__ = [
     "Sourced",
 ]
 
-MetricsOf = Callable[[str, str], Mapping[str, MetricKind]]
-"""(environment, experiment) -> the metrics it declares."""
+MetricsOf = Callable[[str, str], Mapping[str, MetricKind] | None]
+"""(environment, experiment) -> the metrics it declares; None when no live flag runs the
+experiment (deleted, or not an experiment any more): its totals keep the declarations they
+were computed with."""
 
 CHANGELOG_OFFSETS_KEY: Final = "o"  # the changelog record of the sources' offsets
 _LOGGED: Final = ("x", "e", "s")  # the kinds of key the changelog carries
@@ -192,21 +194,29 @@ class PartitionFold:
     def rebuild(self, partition: int) -> set[tuple[str, str]]:
         """Rebuild the index and the totals of the partition from its subjects' states; returns
         the experiments."""
+        stored = {
+            tuple(orjson.loads(key[1:])): _kinds(orjson.loads(raw)["metrics"])
+            for key, raw in self.store.scan(partition, "t[")
+        }
+        declared: dict[tuple[str, str], Mapping[str, MetricKind]] = {}
         self.store.delete_prefix(partition, "t[")
         self.store.delete_prefix(partition, "i[")
         index: dict[str, set[str]] = {}
         totals: dict[tuple[str, str], Totals] = {}
         for key, raw in self.store.scan(partition, "x["):
             environment, experiment, subject = orjson.loads(key[1:])
-            metrics = self.metrics_of(environment, experiment)
+            at = (environment, experiment)
+            if at not in declared:
+                current = self.metrics_of(environment, experiment)
+                declared[at] = stored.get(at, {}) if current is None else current
+            metrics = declared[at]
             state = _subject_from(orjson.loads(raw), self._events(partition, environment, subject))
             part = contribution(state, metrics, self.window_s)
             totals.setdefault((environment, experiment), Totals()).move(None, part)
             index.setdefault(_key("i", environment, subject), set()).add(experiment)
         puts = {key: orjson.dumps(sorted(names)) for key, names in index.items()}
-        for (environment, experiment), experiment_totals in totals.items():
-            metrics = self.metrics_of(environment, experiment)
-            puts[_key("t", environment, experiment)] = _totals_json(experiment_totals, metrics)
+        for at, experiment_totals in totals.items():
+            puts[_key("t", *at)] = _totals_json(experiment_totals, declared[at])
         self.store.apply(partition, puts, {})
         return set(totals)
 
@@ -226,6 +236,7 @@ class _Run:
         self.partition = partition
         self.folded = Folded(partition)
         self.totals: dict[tuple[str, str], Totals] = {}
+        self.metrics: dict[tuple[str, str], Mapping[str, MetricKind]] = {}
         self.series: dict[tuple[str, str], Any] = {}
 
     def next_offset(self, source: str) -> int:
@@ -251,8 +262,11 @@ class _Run:
     def _load_totals(self, environment: str, experiment: str) -> Totals:
         """The stored totals, or rebuilt when the experiment's metric declarations changed
         since they were computed (a subject's contribution depends on them)."""
-        metrics = self.fold.metrics_of(environment, experiment)
         raw = self._get(_key("t", environment, experiment))
+        current = self.fold.metrics_of(environment, experiment)
+        if current is None:  # no live flag runs it now: keep the declarations it had
+            current = {} if raw is None else _kinds(raw["metrics"])
+        metrics = self.metrics[(environment, experiment)] = current
         if raw is not None and raw["metrics"] == _declarations(metrics):
             return _totals_from(raw)
         totals = Totals()
@@ -268,11 +282,10 @@ class _Run:
     def _move(
         self, environment: str, experiment: str, before: SubjectState, after: SubjectState
     ) -> None:
-        metrics = self.fold.metrics_of(environment, experiment)
+        totals = self._totals(environment, experiment)
+        metrics = self.metrics[(environment, experiment)]
         window = self.fold.window_s
-        self._totals(environment, experiment).move(
-            contribution(before, metrics, window), contribution(after, metrics, window)
-        )
+        totals.move(contribution(before, metrics, window), contribution(after, metrics, window))
 
     def exposure(self, record: ExposureRecord, offset: int) -> None:
         env, experiment, subject = record.environment, record.experiment, record.subject
@@ -324,16 +337,18 @@ class _Run:
             self._move(env, experiment, exposed, after)
 
     def finish(self) -> Folded:
-        for (environment, experiment), totals in self.totals.items():
-            metrics = self.fold.metrics_of(environment, experiment)
-            key = _key("t", environment, experiment)
-            self.folded.puts[key] = _totals_json(totals, metrics)
+        for at, totals in self.totals.items():
+            self.folded.puts[_key("t", *at)] = _totals_json(totals, self.metrics[at])
         for at, (upto, windows) in self.series.items():
             series = {v: t.windows for v, t in windows.variants.items()}
             self.folded.puts[_key("s", *at)] = orjson.dumps(
                 {"upto": upto, "variants": series}, option=orjson.OPT_NON_STR_KEYS
             )
         return self.folded
+
+
+def _kinds(declarations: Mapping[str, str]) -> dict[str, MetricKind]:
+    return {metric: MetricKind(kind) for metric, kind in declarations.items()}
 
 
 def _declarations(metrics: Mapping[str, MetricKind]) -> dict[str, str]:

@@ -121,6 +121,32 @@ class Metrics:
             "HTTP connections accepted; each starts on the OFREP fast path.",
             registry=registry,
         )
+        self.attribution_records = Counter(
+            "flagstream_attribution_records_total",
+            "Exposures and metric events read by this worker's attribution, by source topic and"
+            " outcome.",
+            # folded | redelivered (at or below the stored offset: skipped) | malformed (a
+            # dead letter)
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.attribution_partitions = Gauge(
+            "flagstream_attribution_partitions",
+            "Source partitions whose attribution this worker owns.",
+            registry=registry,
+        )
+        self.attribution_restores = Counter(
+            "flagstream_attribution_restores_total",
+            "Partitions caught up from `experiment-state` when assigned, by outcome.",
+            ["outcome"],  # current (nothing to apply) | restored (state applied, rebuilt)
+            registry=registry,
+        )
+        self.attribution_batch_seconds = Histogram(
+            "flagstream_attribution_batch_seconds",
+            "Time to fold a batch, log it to `experiment-state` and write it locally.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
         self.experiment_stats_records = Counter(
             "flagstream_experiment_stats_records_total",
             "Records of `experiment-stats` read by this worker's results feed, by outcome.",
