@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import faust
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from agents.dead_letters import DeadLetterSender
 from agents.evaluations import EvaluationRequests
 from agents.experiments import ExperimentAttribution
 from agents.flag_changes import FlagChangeAgent
+from agents.guardrails import GuardrailWatch
 from app.control.dead_letters import DeadLetterReader
 from app.control.outcomes import Outcomes
 from app.control.writer import Writer
@@ -24,15 +26,19 @@ from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.evaluation.stats import EvaluationStats
 from app.experiments.exposures import ExposureSink, exposure_channel
+from app.experiments.health import ExperimentHealth
 from app.experiments.metric_events import metric_event_channel
 from app.experiments.record_sink import RecordSink
+from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.metrics import Metrics
 from app.infra.settings import Settings
+from app.infra.topics import DEAD_LETTERS, EXPERIMENT_STATS
 from app.web.admin import AdminApi
 from app.web.auth import Credentials
 from app.web.change_feed import ChangeFeed
 from app.web.evaluate import EvaluateApi
+from app.web.experiments import ExperimentsApi
 from app.web.exposures import ExposuresApi
 from app.web.fast_path import FastPathWeb
 from app.web.http_metrics import response_counter
@@ -123,12 +129,25 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     registry.register(stats)
     evaluator = Evaluator(live_flags, exposures, stats)
 
+    async def send_dead_letter(letter: bytes) -> None:
+        await app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
+
+    # Every worker tails `experiment-stats` (all partitions): the results views and the
+    # guardrails read the partials merged.
+    stats_dead_letters = DeadLetterSender(EXPERIMENT_STATS, send_dead_letter, metrics)
+    stats_feed = ExperimentStatsFeed(settings, metrics, stats_dead_letters.park)
+    replication.on_rebuild(stats_feed.forget)  # partials of a log the broker lost
+    # Every worker watches every experiment's guardrails; the change id applies a rollback once.
+    guardrails = GuardrailWatch(settings, metrics, live_flags, writer, stats_feed)
+
     # Faust starts extra services with the app and accepts an instance as well as a class.
     for service in (
         replication,
         broker_watch,
         dead_letters,
         record_sink,
+        stats_feed,
+        guardrails,
         EvaluationRequests(settings, flags, replication, evaluator, metrics),
         MetricsSite(settings.metrics_host, settings.metrics_port),
     ):
@@ -138,6 +157,8 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     FlagChangeAgent(app, settings, flags, replication, broker_watch, metrics).attach()
 
     credentials = Credentials(settings)
+    experiments_api = ExperimentsApi(settings, credentials, live_flags, stats_feed)
+    registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     feed = ChangeFeed(metrics)
     flags.listen(feed.publish)
     ofrep = OfrepApi(settings, credentials, flags, live_flags, replication, evaluator, feed)
@@ -154,6 +175,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         HealthApi(flags, replication, broker_watch),
         ofrep,
         OfrepEvents(credentials, flags, feed),
+        experiments_api,
     ):
         web_app.add_routes(api.routes())
     web_app.on_shutdown.append(feed.close_streams)
