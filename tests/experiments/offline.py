@@ -486,7 +486,8 @@ def differences(expected: Figures, found: Figures) -> list[str]:
 
 def report_figures(document: dict[str, Any]) -> Figures:
     """The figures of a results document (app/experiments/report.py, the results view's
-    JSON), by the truth's paths. The document has no variances: compare on its paths."""
+    JSON), by the truth's paths; those it shows as unavailable are left out (so missing when
+    compared). The document has no variances."""
     figures: Figures = {"control": document["control"]}
     for v in document["variants"]:
         for name in ("subjects", "exposures", "crossovers"):
@@ -506,6 +507,8 @@ def report_figures(document: dict[str, Any]) -> Figures:
             figures[f"{path}/dof"] = c["dof"]
             for kind in ("absolute", "relative"):
                 lift = c[kind]
+                if lift is None:  # unavailable (see c["unavailable"]): its figures are missing
+                    continue
                 figures |= {
                     f"{path}/{kind}/estimate": lift["estimate"],
                     f"{path}/{kind}/stddev": lift["stddev"],
