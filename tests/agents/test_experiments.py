@@ -4,7 +4,11 @@ equals the truth computed from the input, after redeliveries, a SIGKILL and a re
 from __future__ import annotations
 
 import random
+import re
+import signal
+import threading
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +121,68 @@ def test_the_published_totals_equal_the_truth(
     send(broker, records)
     pairs = [pair for *_, pair in records]
     wait_until(lambda: equal_to_truth(broker, env, experiment, pairs), timeout_s=60, interval_s=0.5)
+
+
+def folded(worker: Worker) -> float:
+    pattern = r'^flagstream_attribution_records_total\{outcome="folded",source="\S+"\} (\S+)$'
+    return sum(float(m) for m in re.findall(pattern, worker.metrics(), re.MULTILINE))
+
+
+def owned(worker: Worker) -> float:
+    found = re.search(r"^flagstream_attribution_partitions (\S+)$", worker.metrics(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def series(broker: str, env: str, experiment: str) -> Counter[tuple[str, int]]:
+    totals = merged(broker, env, experiment)
+    return Counter(
+        {(v, start): n for v, t in totals.variants.items() for start, n in t.windows.items()}
+    )
+
+
+def test_a_sigkill_mid_stream_and_a_rebalance_onto_a_second_worker_lose_and_double_nothing(
+    broker: str, cluster: list[Worker], tmp_path: Path
+) -> None:
+    """Records flow in while the owner of every partition is killed with SIGKILL, restarted
+    from its RocksDB, and joined by a second worker that takes half the partitions from the
+    changelog: the published totals equal the truth, every figure and every window."""
+    first = Worker(broker, tmp_path / "first", "attribution", **WORKER_ENV).start()
+    cluster.append(first)
+    env, experiment = "sim", "checkout"
+    first.admin().put(env, experiment, experiment_flag())
+    records = scenario(env, experiment, 1500, seed=2)
+    chunks = [records[i : i + 150] for i in range(0, len(records), 150)]
+    sent = threading.Event()
+
+    def produce_all() -> None:
+        for chunk in chunks:
+            send(broker, chunk)
+        sent.set()
+
+    producer = threading.Thread(target=produce_all)
+    producer.start()
+    try:
+        wait_until(lambda: folded(first) >= 300, timeout_s=60)
+        assert not sent.is_set(), "the stream ended before the kill: make it longer"
+        first.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        first.process.wait()  # type: ignore[union-attr]
+        first.start()  # the same RocksDB
+        second = Worker(broker, tmp_path / "second", "attribution", **WORKER_ENV).start()
+        cluster.append(second)
+        wait_until(lambda: owned(second) > 0, timeout_s=60)  # the group rebalanced
+    finally:
+        producer.join()
+    pairs = [pair for *_, pair in records]
+    want = Counter(
+        (exposure.variant, int(exposure.timestamp // 60) * 60)
+        for _, exposure in pairs
+        if isinstance(exposure, Exposure)
+    )
+    wait_until(
+        lambda: (
+            equal_to_truth(broker, env, experiment, pairs)
+            and series(broker, env, experiment) == want
+        ),
+        timeout_s=90,
+        interval_s=0.5,
+    )
