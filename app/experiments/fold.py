@@ -48,6 +48,7 @@ from tables.partition_state import PartitionState
 
 __all__ = [
     "CHANGELOG_OFFSETS_KEY",
+    "RESENT_IDS",
     "EventRecord",
     "ExposureRecord",
     "Folded",
@@ -63,6 +64,13 @@ were computed with."""
 
 CHANGELOG_OFFSETS_KEY: Final = "o"  # the changelog record of the sources' offsets
 _LOGGED: Final = ("x", "e", "s")  # the kinds of key the changelog carries
+# An exposure sent again under its id (a producer retry where the broker has no idempotent
+# producer) counts once: the ids of a subject's newest RESENT_IDS exposures of an experiment
+# are kept (their first RESENT_ID_CHARS hex digits: 64 random bits), with the offset each was
+# counted at. A retry resends a batch within seconds, long before a subject has been exposed
+# that many more times; a copy sent later than that would count again (and say so nowhere).
+RESENT_IDS: Final = 64
+RESENT_ID_CHARS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,15 +299,25 @@ class _Run:
         env, experiment, subject = record.environment, record.experiment, record.subject
         x_key = _key("x", env, experiment, subject)
         exposed = self._get(x_key)
-        if exposed is None or exposed["upto"] <= offset:  # not in x yet (see module doc)
-            events = self._get(_key("e", env, subject)) or _NO_EVENTS
-            before = _subject_from(exposed, events)
-            after = apply_exposure(before, record.exposure)
-            self._move(env, experiment, before, after)
-            self._put(x_key, _exposed_json(after, offset + 1))
-            if exposed is None:  # a new subject of this experiment: index it
-                index_key = _key("i", env, subject)
-                self._put(index_key, sorted({*(self._get(index_key) or []), experiment}))
+        ident = record.exposure.exposure_id[:RESENT_ID_CHARS]
+        recent: list[list[Any]] = [] if exposed is None else exposed["recent"]
+        if exposed is not None and exposed["upto"] > offset:
+            # In x already (see module doc); in s too unless s's part of the batch was lost.
+            if [ident, offset] in recent:  # counted, not dropped as sent again
+                self._count(record, offset)
+            return
+        if any(seen == ident for seen, _ in recent):  # sent again under its id: a retry
+            self._put(x_key, {**exposed, "upto": offset + 1})
+            return
+        events = self._get(_key("e", env, subject)) or _NO_EVENTS
+        before = _subject_from(exposed, events)
+        after = apply_exposure(before, record.exposure)
+        self._move(env, experiment, before, after)
+        recent = [*recent[-(RESENT_IDS - 1) :], [ident, offset]]
+        self._put(x_key, _exposed_json(after, offset + 1, recent))
+        if exposed is None:  # a new subject of this experiment: index it
+            index_key = _key("i", env, subject)
+            self._put(index_key, sorted({*(self._get(index_key) or []), experiment}))
         self._count(record, offset)
 
     def _count(self, record: ExposureRecord, offset: int) -> None:
@@ -355,9 +373,10 @@ def _declarations(metrics: Mapping[str, MetricKind]) -> dict[str, str]:
     return {metric: str(kind) for metric, kind in sorted(metrics.items())}
 
 
-def _exposed_json(state: SubjectState, upto: int) -> dict[str, Any]:
+def _exposed_json(state: SubjectState, upto: int, recent: list[list[Any]]) -> dict[str, Any]:
     first = state.first
     return {
+        "recent": recent,
         "first": None
         if first is None
         else [first.timestamp, first.exposure_id, first.variant, first.version],

@@ -270,12 +270,6 @@ def test_the_environment_version_and_start_change_no_statistic(
     assert sufficient_statistics(moved, truth(moved)) == sufficient_statistics(sim, offline)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fold counts an exposure resent with its exposure_id (a producer retry at a new "
-    "offset) twice in exposures and the time series; app/experiments/exposures.py promises "
-    "the id lets a consumer drop such duplicates (reported to the lead: fold.py is theirs)",
-)
 def test_a_resent_exposure_counts_once(
     sim: Scenario, design: ExperimentDesign, tmp_path: Path
 ) -> None:
