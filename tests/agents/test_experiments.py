@@ -170,6 +170,12 @@ def test_a_sigkill_mid_stream_and_a_rebalance_onto_a_second_worker_lose_and_doub
         second = Worker(broker, tmp_path / "second", "attribution", **WORKER_ENV).start()
         cluster.append(second)
         wait_until(lambda: owned(second) > 0, timeout_s=60)  # the group rebalanced
+        # It took its partitions' state from `experiment-state`, not by folding from 0.
+        assert re.search(
+            r'^flagstream_attribution_restores_total\{outcome="restored"\} [1-9]',
+            second.metrics(),
+            re.MULTILINE,
+        ), second.log_tail()
     finally:
         producer.join()
     pairs = [pair for *_, pair in records]
