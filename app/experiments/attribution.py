@@ -4,7 +4,7 @@ A subject's state is folded from its exposures and metric events, and the experi
 statistics (`Totals`) change by the difference between the subject's contribution before and
 after each record. The fold is pure and does not depend on the order the records come in: the
 two topics they come from interleave differently after a crash or a rebalance, and the results
-must be the same whatever the interleaving (docs/design/experiment-pipeline.md).
+must be the same whatever the interleaving (docs/experiments.md, "Exactly once").
 
 The rules, each chosen so that order cannot matter:
 - The subject's variant is the one of its *first* exposure: the smallest (timestamp, exposure
