@@ -291,6 +291,15 @@ class ExperimentAttribution(Service):
             self.published_at = now
             await self.publish()
 
+    @Service.timer(PROGRESS_EVERY_S)
+    async def _follow_declarations(self) -> None:
+        """Totals of experiments whose metric declarations changed are rebuilt without
+        waiting for their partition's next record."""
+        async with self.lock:
+            for partition in sorted(self.owned):
+                rebuilt = self.fold.refresh(partition)
+                self.changed.setdefault(partition, set()).update(rebuilt)
+
     async def publish(self) -> None:
         """Each changed experiment's totals of each owned partition, and each one's progress."""
         producer, consumer = self.producer, self.consumer

@@ -228,6 +228,19 @@ class PartitionFold:
         self.store.apply(partition, puts, {})
         return set(totals)
 
+    def refresh(self, partition: int) -> set[tuple[str, str]]:
+        """Rebuild the totals of the partition's experiments whose metric declarations changed
+        (a partition with no new records would keep the old ones); returns those experiments."""
+        run = _Run(self, partition)
+        for key, raw in self.store.scan(partition, "t["):
+            environment, experiment = orjson.loads(key[1:])
+            current = self.metrics_of(environment, experiment)
+            if current is not None and orjson.loads(raw)["metrics"] != _declarations(current):
+                run.load(environment, experiment)
+        folded = run.finish()
+        self.store.apply(partition, folded.puts, {})
+        return folded.experiments
+
     def _events(self, partition: int, environment: str, subject: str) -> Any:
         raw = self.store.get(partition, _key("e", environment, subject))
         return _NO_EVENTS if raw is None else orjson.loads(raw)
@@ -259,6 +272,10 @@ class _Run:
 
     def _put(self, key: str, value: Any) -> None:
         self.folded.puts[key] = orjson.dumps(value)
+
+    def load(self, environment: str, experiment: str) -> Totals:
+        """The experiment's totals in this batch (loaded, or rebuilt if declarations changed)."""
+        return self._totals(environment, experiment)
 
     def _totals(self, environment: str, experiment: str) -> Totals:
         at = (environment, experiment)

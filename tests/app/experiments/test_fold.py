@@ -256,6 +256,10 @@ def test_totals_follow_a_changed_metric_declaration(store: PartitionState) -> No
     )
     assert fold.totals(0, "dev", "checkout").variants["a"].sums == {}
     declared["now"] = dict(METRICS)
+    assert fold.refresh(0) == {("dev", "checkout")}  # no new record needed
+    assert fold.totals(0, "dev", "checkout").variants["a"].sums["spend"] == 4.0
+    assert fold.declared(0, "dev", "checkout") == {"buy": "conversion", "spend": "mean"}
+    assert fold.refresh(0) == set()  # current now
     fold.apply(
         0,
         [
