@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import math
 import os
 import platform
 import random
@@ -72,6 +73,9 @@ VARIANTS = ("a", "b", "c")
 FETCH_MAX_WAIT_MS = 10  # the Worker fixture's (the embedded broker never answers early)
 MAX_POLL_RECORDS = 2000  # agents/experiments.py's
 FOLDED = re.compile(r'^flagstream_attribution_records_total\{[^}]*outcome="folded"[^}]*\} (\S+)$')
+# The results endpoint is polled this often for a probe: each answer computes the statistics
+# on the worker's loop, so polling much faster slows the fold it measures.
+POLL_S = 0.05
 Record = tuple[bytes, bytes]  # key, value
 Timeline = list[tuple[float, int]]  # (unix time, records done)
 
@@ -361,7 +365,7 @@ def worker_rate(workers: list[Worker], total: int, timeout_s: float = 900) -> Ra
         if now >= next_load:
             loads.append(load(now))
             next_load = now + 15
-        time.sleep(0.1)
+        time.sleep(0.25)
     rate = Rate(f"flagstream attribution, {len(workers)} worker(s)", total, timeline, loads)
     loads.append(load(time.time()))
     return rate
@@ -422,7 +426,7 @@ async def _delays(brokers: str, worker: Worker, probes: int, warm: int) -> list[
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"probe {k} not visible after 60 s: {answer['lag']}")
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(POLL_S)
             if k > warm:
                 samples.append(time.monotonic() - acked)
             # Pacing, not synchronisation: probes fall anywhere in a publish cycle.
@@ -507,9 +511,15 @@ def scenario(
         seconds = sum(
             produce(brokers, t, r) for t, r in zip((EXPOSURES, METRIC_EVENTS), records, strict=True)
         )
-        print(f"[{processes}] produced {total} records in {seconds:.1f} s; {load(time.time())}")
+        print(
+            f"[{processes}] produced {total} records in {seconds:.1f} s; {load(time.time())}",
+            flush=True,
+        )
         out["raw"] = raw_rate(brokers, processes, total, workdir)
-        print(f"[{processes}] raw: {out['raw'].sustained():,.0f}/s; {out['raw'].loads[-1]}")
+        print(
+            f"[{processes}] raw: {out['raw'].sustained():,.0f}/s; {out['raw'].loads[-1]}",
+            flush=True,
+        )
         workers = start_workers(brokers, workdir, f"bench-p{processes}", processes)
         try:
             pid = workers[0].process.pid if workers[0].process else 0
@@ -518,7 +528,10 @@ def scenario(
             )
             out["ours"] = worker_rate(workers, total)
             finish()
-            print(f"[{processes}] ours: {out['ours'].sustained():,.0f}/s; {out['ours'].loads[-1]}")
+            print(
+                f"[{processes}] ours: {out['ours'].sustained():,.0f}/s; {out['ours'].loads[-1]}",
+                flush=True,
+            )
             subjects = Results(workers[0], EXPERIMENT)
             deadline = time.monotonic() + 60
             while subjects.get()["subjects"] < args.subjects and time.monotonic() < deadline:
@@ -526,9 +539,11 @@ def scenario(
             out["subjects_reported"] = subjects.get()["subjects"]
             if processes == 1:
                 out["memory"] = memory(workers[0], idle_rss, args.subjects)
+                print_memory(out["memory"], args.subjects)
                 out["delay"] = delay_phase(
                     args, brokers, workers[0], workdir, out["ours"].sustained()
                 )
+                print_delay(out["delay"])
         finally:
             for worker in workers:
                 worker.stop()
@@ -558,23 +573,39 @@ def delay_phase(
     rate = args.rate or int(min(7000, sustained / 2 / 2))
     out = workdir / "paced.json"
     pacer = spawn(["pace", brokers, str(rate), str(args.subjects), str(out)], workdir / "pace.log")
+    error = None
+    samples: list[float] = []
+    caught_up = folded_per_s = math.nan
     try:
         caught_up = wait_caught_up(worker, rate)
         before, started = folded(worker), time.monotonic()
         samples = delays(brokers, worker, args.probes, warm=3)
         folded_per_s = (folded(worker) - before) / (time.monotonic() - started)
+    except RuntimeError as exc:  # not caught up, or a probe never showed: say so, go on
+        error = str(exc)[:400]
     finally:
         pacer.send_signal(signal.SIGTERM)
         pacer.wait(60)
     paced = json.loads(out.read_text())
     return {
         "samples": samples,
+        "error": error,
+        "get_ms": get_ms(worker),
         "rate": rate,
         "caught_up_s": caught_up,
         "paced_per_topic_per_s": paced["per_topic_per_s"],
         "folded_per_s": folded_per_s,
         "load": load(time.time()),
     }
+
+
+def get_ms(worker: Worker, count: int = 20) -> float:
+    """Mean milliseconds of a results request for the probe experiment (client side)."""
+    results = Results(worker, PROBE)
+    started = time.perf_counter()
+    for _ in range(count):
+        results.get()
+    return (time.perf_counter() - started) / count * 1000
 
 
 def wait_caught_up(worker: Worker, rate: int, timeout_s: float = 120) -> float:
@@ -615,26 +646,38 @@ def report(args: argparse.Namespace, runs: dict[int, dict[str, Any]], workdir: P
         )
     one = runs.get(1, {})
     if "delay" in one:
-        delay = one["delay"]
-        samples = delay["samples"]
-        print(
-            f"\nresult delay, {len(samples)} probes at {delay['paced_per_topic_per_s']:,.0f} "
-            f"(asked {delay['rate']:,}, caught up after {delay['caught_up_s']:.1f} s) "
-            f"exposures/s + as many events/s (worker folded {delay['folded_per_s']:,.0f}/s): "
-            f"p50 {percentile(samples, 0.5):.2f} s, p99 {percentile(samples, 0.99):.2f} s, "
-            f"max {max(samples):.2f} s, mean {statistics.mean(samples):.2f} s (goal ≤ 5 s); "
-            f"{delay['load']}"
-        )
+        print_delay(one["delay"])
     if "memory" in one:
-        memory_ = one["memory"]
-        disk = memory_["rocksdb_mb"]
-        print(
-            f"\nmemory after {args.subjects:,} subjects: RSS {memory_['rss_mb']:.0f} MB (idle "
-            f"worker {memory_['idle_rss_mb']:.0f} MB) -> {memory_['rss_per_million_mb']:,.0f} MB "
-            f"per million subjects; RocksDB {sum(disk.values()):.1f} MB (sst {disk['sst']:.1f}, "
-            f"wal {disk['wal']:.1f}, other {disk['other']:.1f}) -> "
-            f"{memory_['rocksdb_per_million_mb']:,.0f} MB per million; {memory_['load']}"
-        )
+        print_memory(one["memory"], args.subjects)
+
+
+def print_delay(delay: dict[str, Any]) -> None:
+    if delay["error"]:
+        print(f"\nresult delay: failed at {delay['rate']:,}/s: {delay['error']}", flush=True)
+        return
+    samples = delay["samples"]
+    print(
+        f"\nresult delay, {len(samples)} probes at {delay['paced_per_topic_per_s']:,.0f} "
+        f"(asked {delay['rate']:,}, caught up after {delay['caught_up_s']:.1f} s) "
+        f"exposures/s + as many events/s (worker folded {delay['folded_per_s']:,.0f}/s): "
+        f"p50 {percentile(samples, 0.5):.2f} s, p99 {percentile(samples, 0.99):.2f} s, "
+        f"max {max(samples):.2f} s, mean {statistics.mean(samples):.2f} s (goal ≤ 5 s); "
+        f"a results request {delay['get_ms']:.1f} ms, polled every {POLL_S * 1000:.0f} ms; "
+        f"{delay['load']}",
+        flush=True,
+    )
+
+
+def print_memory(memory_: dict[str, Any], subjects: int) -> None:
+    disk = memory_["rocksdb_mb"]
+    print(
+        f"\nmemory after {subjects:,} subjects: RSS {memory_['rss_mb']:.0f} MB (idle "
+        f"worker {memory_['idle_rss_mb']:.0f} MB) -> {memory_['rss_per_million_mb']:,.0f} MB "
+        f"per million subjects; RocksDB {sum(disk.values()):.1f} MB (sst {disk['sst']:.1f}, "
+        f"wal {disk['wal']:.1f}, other {disk['other']:.1f}) -> "
+        f"{memory_['rocksdb_per_million_mb']:,.0f} MB per million; {memory_['load']}",
+        flush=True,
+    )
 
 
 def main() -> None:
