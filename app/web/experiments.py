@@ -3,7 +3,9 @@
 Read on any worker: the design (variants, control, split, metrics) comes from this worker's
 live flags, the figures from the stats feed's newest partials of every source partition
 (app/experiments/stats_feed.py), merged when read (app/experiments/report.py). Read tokens and
-the admin token may read them, as the admin API's GETs.
+the admin token may read them, as the admin API's GETs; an SDK key may not (401). Until this
+worker's flag table has caught up both answer 503 `NOT_READY`, as the evaluation views do: the
+design comes from the flags, and a partial table would call running experiments stopped.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from app.experiments.design import ExperimentDesign, design_of
 from app.experiments.report import report, summary
 from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.settings import Settings
-from app.web.admin_answers import API, check_keys
+from app.web.admin_answers import API, check_keys, not_ready
 from app.web.auth import Access, Credentials
 from app.web.responses import error, ok
+from tables.replication import FlagReplication
 
 __all__ = ["ExperimentsApi"]
 
@@ -39,11 +42,14 @@ class ExperimentsApi:
         credentials: Credentials,
         live_flags: LiveFlags,
         feed: ExperimentStatsFeed,
+        replication: FlagReplication | None = None,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
         self.live_flags = live_flags
         self.feed = feed
+        # None only until app/main.py passes the worker's replication (H11): then no 503.
+        self.replication = replication
 
     def routes(self) -> list[web.RouteDef]:
         experiments = API + "/{env}/experiments"
@@ -62,7 +68,7 @@ class ExperimentsApi:
 
     async def list_experiments(self, request: web.Request) -> web.Response:
         env = request.match_info["env"]
-        denied = self.credentials.refuse(request, Access.READ) or check_keys(env)
+        denied = await self._refused(request, env)
         if denied:
             return denied
         running = self._experiment_flags(env)
@@ -72,7 +78,7 @@ class ExperimentsApi:
 
     async def results(self, request: web.Request) -> web.Response:
         env, key = request.match_info["env"], request.match_info["key"]
-        denied = self.credentials.refuse(request, Access.READ) or check_keys(env)
+        denied = await self._refused(request, env)
         if denied:
             return denied
         partials = self.feed.partials(env, key) if len(key) <= MAX_EXPERIMENT_KEY else []
@@ -91,6 +97,14 @@ class ExperimentsApi:
             sequential_tuning=self.settings.sequential_tuning,
         )
         return ok({**body, "status": self._status(flag, bool(partials))})
+
+    async def _refused(self, request: web.Request, environment: str) -> web.Response | None:
+        """401 without a read token, 400 for an invalid environment key, 503 while the flag
+        table recovers; credentials first, so a caller without them learns nothing."""
+        denied = self.credentials.refuse(request, Access.READ) or check_keys(environment)
+        if denied or self.replication is None:
+            return denied
+        return await not_ready(self.replication)
 
     def _entry(self, environment: str, experiment: str, flags: list[LiveFlag]) -> dict[str, Any]:
         flag = _running(flags)
