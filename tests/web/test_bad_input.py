@@ -22,11 +22,15 @@ from typing import Any
 
 import pytest
 
+from app.web.http_metrics import ROUTE_NAMES
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, SDK_KEY, Worker, flag
 from tests.costly_flags import COSTLY, DOUBLING
 
 ENV = "development"  # what SDK_KEY selects
 API = "/api/v1/environments"
+RESULTS = API + "/{env}/experiments/{key}/results"
+EXPERIMENTS = ROUTE_NAMES.get(API + "/{env}/experiments", API + "/{env}/experiments")
+RESULTS_LABEL = ROUTE_NAMES.get(RESULTS, RESULTS)
 MAX_BODY = 262_144  # the default FLAGSTREAM_MAX_BODY_BYTES the worker runs with
 
 
@@ -295,6 +299,15 @@ PATH_ROUTES = {
     "flags": ("GET", API + "/{env}/flags", READ_TOKEN, "flags"),
     "stream": ("GET", API + "/{env}/stream", READ_TOKEN, "stream"),
     "evaluate": ("POST", API + "/{env}/evaluate", READ_TOKEN, "evaluate"),
+    # An experiment's name is any string its flag's metadata gives (`experimentKey`): never
+    # a 400 for its characters (test_an_experiment_key_with_path_characters_is_404).
+    "experiments": ("GET", API + "/{env}/experiments", READ_TOKEN, EXPERIMENTS),
+    "experiment-results": (
+        "GET",
+        RESULTS.replace("{key}", "{experiment}"),
+        READ_TOKEN,
+        RESULTS_LABEL,
+    ),
 }
 PATH_MATRIX = [
     (route, where, segment)
@@ -315,7 +328,7 @@ def test_path_characters_in_keys_and_environments_are_400(
     worker: Worker, route: str, where: str, segment: str
 ) -> None:
     method, template, token, label = PATH_ROUTES[route]
-    fields = {"env": ENV, "key": "plain", where: SEGMENTS[segment]}
+    fields = {"env": ENV, "key": "plain", "experiment": "plain", where: SEGMENTS[segment]}
     path = template.format(**fields)
     flags_before = table(worker)
     counted_before = answered(worker, label, 400)
@@ -326,6 +339,33 @@ def test_path_characters_in_keys_and_environments_are_400(
     assert re.search(f"invalid {name} key", json.dumps(answer)), answer
     assert answered(worker, label, 400) > counted_before
     assert table(worker) == flags_before
+
+
+@pytest.mark.parametrize("segment", sorted(SEGMENTS))
+def test_an_experiment_key_with_path_characters_is_404(worker: Worker, segment: str) -> None:
+    before = answered(worker, RESULTS_LABEL, 404)
+    path = RESULTS.format(env=ENV, key=SEGMENTS[segment])
+    status, answer = exchange(worker, "GET", path, READ_TOKEN)
+    assert (status, answer["error"]["code"]) == (404, "EXPERIMENT_NOT_FOUND"), answer
+    assert answered(worker, RESULTS_LABEL, 404) > before
+
+
+@pytest.mark.parametrize(
+    ("credential", "status"),
+    [(ADMIN_TOKEN, 200), (READ_TOKEN, 200), (SDK_KEY, 401), ("wrong", 401), (None, 401)],
+    ids=["admin", "read", "sdk-key", "wrong", "none"],
+)
+@pytest.mark.parametrize("path", [API + "/{env}/experiments", RESULTS])
+def test_the_experiment_views_need_a_read_token(
+    worker: Worker, path: str, credential: str | None, status: int
+) -> None:
+    """As the admin API's GETs: an SDK key (here the key of this very environment) reads
+    flags to evaluate them, not the results of experiments."""
+    got, answer = exchange(worker, "GET", path.format(env=ENV, key="measured"), credential)
+    assert got == status, answer
+    if status == 401:
+        assert answer["error"]["code"] == "UNAUTHORIZED"
+        assert SDK_KEY not in json.dumps(answer)
 
 
 @pytest.mark.parametrize("segment", sorted(SEGMENTS))
