@@ -157,7 +157,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     FlagChangeAgent(app, settings, flags, replication, broker_watch, metrics).attach()
 
     credentials = Credentials(settings)
-    experiments_api = ExperimentsApi(settings, credentials, live_flags, stats_feed)
+    experiments_api = ExperimentsApi(settings, credentials, live_flags, stats_feed, replication)
     registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     feed = ChangeFeed(metrics)
     flags.listen(feed.publish)
