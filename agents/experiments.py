@@ -116,6 +116,7 @@ class ExperimentAttribution(Service):
             ExperimentMetrics(live_flags),
             settings.attribution_window_s,
             settings.series_window_s,
+            max(1, settings.series_retention_s // settings.series_window_s),
         )
         self.dead_letters = {
             source: DeadLetterSender(source, self._send_dead_letter, metrics) for source in SOURCES

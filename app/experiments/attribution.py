@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 MAX_EVENTS: Final = 1000
-# Time windows of exposure counts kept per variant, the newest (a day of minute windows).
+# Time windows of exposure counts kept per variant, the newest (a day of minute windows), by
+# default; the worker keeps FLAGSTREAM_SERIES_RETENTION_S / FLAGSTREAM_SERIES_WINDOW_S.
 MAX_WINDOWS: Final = 1440
 
 
@@ -174,11 +175,13 @@ class Totals:
         if after is not None:
             self.variants.setdefault(after.variant, VariantTotals()).add(after, +1)
 
-    def count_exposure(self, exposure: Exposure, window_s: int) -> None:
-        """One more exposure in its variant's window; only the newest MAX_WINDOWS are kept
+    def count_exposure(
+        self, exposure: Exposure, window_s: int, max_windows: int | None = None
+    ) -> None:
+        """One more exposure in its variant's window; only the newest `max_windows` are kept
         (the oldest go first, so what is kept does not depend on arrival order)."""
         windows = self.variants.setdefault(exposure.variant, VariantTotals()).windows
         start = int(exposure.timestamp // window_s) * window_s
         windows[start] = windows.get(start, 0) + 1
-        if len(windows) > MAX_WINDOWS:
+        if len(windows) > (MAX_WINDOWS if max_windows is None else max_windows):
             del windows[min(windows)]

@@ -132,11 +132,13 @@ class PartitionFold:
         metrics_of: MetricsOf,
         window_s: float,
         series_window_s: int = 60,
+        series_windows: int | None = None,
     ) -> None:
         self.store = store
         self.metrics_of = metrics_of
         self.window_s = window_s  # attribution window
         self.series_window_s = series_window_s  # exposures per window: the time series
+        self.series_windows = series_windows  # the newest kept (None: MAX_WINDOWS)
 
     def fold(self, partition: int, batch: Iterable[Sourced]) -> Folded:
         """Fold `batch` (in offset order per source) over the partition's state; write nothing."""
@@ -351,7 +353,9 @@ class _Run:
             self.series[at] = [stored["upto"], windows]
         upto, windows = self.series[at]
         if offset >= upto:
-            windows.count_exposure(record.exposure, self.fold.series_window_s)
+            windows.count_exposure(
+                record.exposure, self.fold.series_window_s, self.fold.series_windows
+            )
             self.series[at][0] = offset + 1
             self.folded.experiments.add(at)
 

@@ -117,6 +117,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Width of the time windows of the exposures time series of results.",
     ),
     Setting(
+        "FLAGSTREAM_SERIES_RETENTION_S",
+        "86400",
+        "How far back the exposures time series of results goes (default a day).",
+    ),
+    Setting(
         "FLAGSTREAM_STATS_PUBLISH_MS",
         "1000",
         "How often a worker publishes changed experiment totals to `experiment-stats`.",
@@ -235,6 +240,7 @@ class Settings:
     experiments: bool
     attribution_window_s: float
     series_window_s: int
+    series_retention_s: int
     stats_publish_ms: int
     sequential_tuning: float
     guardrails: bool
@@ -285,6 +291,7 @@ class Settings:
             experiments=_flag(_env("FLAGSTREAM_EXPERIMENTS")),
             attribution_window_s=float(_env("FLAGSTREAM_ATTRIBUTION_WINDOW_S")),
             series_window_s=int(_env("FLAGSTREAM_SERIES_WINDOW_S")),
+            series_retention_s=int(_env("FLAGSTREAM_SERIES_RETENTION_S")),
             stats_publish_ms=int(_env("FLAGSTREAM_STATS_PUBLISH_MS")),
             sequential_tuning=float(_env("FLAGSTREAM_SEQUENTIAL_TUNING")),
             guardrails=_flag(_env("FLAGSTREAM_GUARDRAILS")),

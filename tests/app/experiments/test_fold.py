@@ -270,3 +270,17 @@ def test_totals_follow_a_changed_metric_declaration(store: PartitionState) -> No
     )
     totals = fold.totals(0, "dev", "checkout").variants["a"]
     assert (totals.subjects, totals.sums["spend"]) == (2, 4.0)
+
+
+def test_the_series_keeps_the_windows_its_retention_allows(store: PartitionState) -> None:
+    fold = PartitionFold(store, lambda env, experiment: METRICS, WINDOW, 60, series_windows=2)
+    fold.apply(
+        0,
+        sourced(
+            [
+                ExposureRecord("dev", "checkout", s, Exposure(t, f"x{t}", "a", 1))
+                for s, t in (("ann", 0.0), ("bob", 70.0), ("cy", 130.0))
+            ]
+        ),
+    )
+    assert fold.totals(0, "dev", "checkout").variants["a"].windows == {60: 1, 120: 1}
