@@ -7,12 +7,13 @@ One worker, one batch of hostile records per source, all produced to one partiti
 key that is not their targeting key, then good records: their results must equal the truth
 computed from the valid records (tests/app/experiments/test_attribution.py's rules).
 
-A record is folded in the partition it arrived in, whatever its key: a valid record keyed by
-something else than its targeting key counts here (`odd-*` subjects). That matters: a
-subject's exposures and events only meet when both are keyed by its targeting key with
-Kafka's partitioner, so such a producer loses attributions and may count one subject in two
-partitions. The consumer cannot tell a wrong key from a right one without checking the
-partitioner (see the report of H11).
+A record is folded in the partition it arrived in, whatever its Kafka key: the `odd-*`
+subjects are on their targeting key's partition under another key, and count; `MISPLACED` is
+on another partition than its targeting key's, and counts there too. That matters: a
+subject's exposures and events meet only when both are on its targeting key's partition
+(murmur2, Kafka's default partitioner), so a producer with another key or partitioner (e.g.
+librdkafka's default, CRC32) silently loses attributions and may count one subject in two
+partitions.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from app.experiments.exposures import to_json as exposure_json
 from app.experiments.metric_events import MetricEvent
 from app.experiments.metric_events import to_json as event_json
 from app.experiments.sources import MAX_TEXT, MAX_TIMESTAMP, MAX_VALUE
-from app.infra.topics import DEAD_LETTERS, EXPOSURES, METRIC_EVENTS
+from app.infra.topics import DEAD_LETTERS, EXPOSURES, METRIC_EVENTS, partition_of
 from app.web.metric_events import MAX_ABS_VALUE
 from app.web.sdk_batches import MAX_TEXT as SDK_MAX_TEXT
 from tests.agents.test_experiments import WORKER_ENV, experiment_flag, merged
@@ -44,8 +45,26 @@ from tests.conftest import READ_TOKEN, Worker, read_topic, wait_until
 ENV, EXPERIMENT = "hostile", "checkout"
 HOSTILE_PARTITION = 3  # every hostile record goes here, keyed HOSTILE_KEY
 HOSTILE_KEY = b"not-the-targeting-key"
+PARTITIONS = 8  # FLAGSTREAM_EXPOSURE_PARTITIONS of the worker
 MB = 1_000_000
 Pair = tuple[str, Exposure | Event]
+
+
+def placed(prefix: str, length: int = 0, partition: int = HOSTILE_PARTITION) -> str:
+    """A subject named `prefix`… (padded to `length` characters) that Kafka's partitioner
+    puts on `partition` (or, given -1, on any other)."""
+    for n in range(10_000):
+        name = f"{prefix}-{n}".ljust(length, "x")
+        at = partition_of(name.encode(), PARTITIONS)
+        if at == partition or (partition == -1 and at != HOSTILE_PARTITION):
+            return name
+    raise AssertionError("no such name")
+
+
+ODD_A, ODD_B = placed("odd-a"), placed("odd-b")
+ODD_C = placed("odd-c", length=MAX_TEXT)
+# Valid, but on another partition than its targeting key's: folded where it arrived.
+MISPLACED = placed("misplaced", partition=-1)
 
 
 def nested(depth: int) -> bytes:
@@ -111,34 +130,40 @@ BAD_EVENTS: dict[str, tuple[bytes | None, str]] = {
     "wrong-types": (event("t", value="9", metric=3, timestamp=None), r"\$\.metric.*\$\.timestamp"),
     "wrong-schema": (event("s", schema="1"), r"\$\.schema"),
     "missing-fields": (event("m", event_id=None), r"\$\.event_id"),
-    "nan-value": (with_raw(event("odd-a"), "value", b"NaN"), "not JSON"),
-    "infinite-value": (with_raw(event("odd-a"), "value", b"-Infinity"), "not JSON"),
+    "nan-value": (with_raw(event(ODD_A), "value", b"NaN"), "not JSON"),
+    "infinite-value": (with_raw(event(ODD_A), "value", b"-Infinity"), "not JSON"),
     "deep-nesting": (
         event("d").replace(b'"schema"', b'"deep": ' + nested(100) + b', "schema"'),
         "nested deeper than 64",
     ),
-    "huge-metric": (event("odd-a", metric="m" * MB), r"\$\.metric"),
-    "long-event-id": (event("odd-a", event_id="e" * 100_000), r"\$\.event_id"),
+    "huge-metric": (event(ODD_A, metric="m" * MB), r"\$\.metric"),
+    # A subject's events are one value, logged whole: with eleven 100 KB ids it is a
+    # changelog record past a Kafka broker's default 1 MB limit (the embedded one takes it).
+    **{
+        f"long-event-id-{n}": (event(ODD_A, event_id=f"{n}" + "e" * 100_000), r"\$\.event_id")
+        for n in range(11)
+    },
     # Σx² of 1e308 is inf: was folded, the totals then held a null (orjson writes inf so) and
     # the next record of the experiment crashed the fold with a TypeError.
-    "value-1e308": (event("odd-a", value=1e308), r"\$\.value"),
-    "value-over-the-bound": (event("odd-a", value=-(MAX_VALUE * 2)), r"\$\.value"),
-    "far-future": (event("odd-a", timestamp=1e308), r"\$\.timestamp"),
+    "value-1e308": (event(ODD_A, value=1e308), r"\$\.value"),
+    "value-over-the-bound": (event(ODD_A, value=-(MAX_VALUE * 2)), r"\$\.value"),
+    "far-future": (event(ODD_A, timestamp=1e308), r"\$\.timestamp"),
 }
 
 # Valid however odd: folded, in HOSTILE_PARTITION (not their targeting key's), exactly.
 ODD_EXPOSURES: list[Pair] = [
-    ("odd-a", Exposure(100.0, "odd-a-1", "a", 1)),
-    ("odd-b", Exposure(1.0, "odd-b-1", "b", 1)),  # 1970: far past, still a time
-    ("odd-b", Exposure(MAX_TIMESTAMP, "odd-b-2", "a", 1)),  # 9999: a crossover, not first
-    ("odd-" + "c" * (MAX_TEXT - 4), Exposure(100.0, "i" * MAX_TEXT, "a", 1)),
+    (ODD_A, Exposure(100.0, "odd-a-1", "a", 1)),
+    (ODD_B, Exposure(1.0, "odd-b-1", "b", 1)),  # 1970: far past, still a time
+    (ODD_B, Exposure(MAX_TIMESTAMP, "odd-b-2", "a", 1)),  # 9999: a crossover, not first
+    (ODD_C, Exposure(100.0, "i" * MAX_TEXT, "a", 1)),  # the longest texts
+    (MISPLACED, Exposure(100.0, "misplaced-1", "b", 1)),
 ]
 ODD_EVENTS: list[Pair] = [
-    ("odd-a", Event(102.0, "odd-a-neg", "spend", -3.5)),
-    ("odd-a", Event(102.0, "odd-a-big", "spend", MAX_VALUE)),
-    ("odd-a", Event(102.0, "odd-a-neg", "spend", -3.5)),  # the same id again: a duplicate
-    ("odd-b", Event(5.0, "odd-b-buy", "buy", 1.0)),
-    ("odd-b", Event(5.0, "odd-b-undeclared", "nothing", 7.0)),  # not declared: ignored
+    (ODD_A, Event(102.0, "odd-a-neg", "spend", -3.5)),
+    (ODD_A, Event(102.0, "odd-a-big", "spend", MAX_VALUE)),
+    (ODD_A, Event(102.0, "odd-a-neg", "spend", -3.5)),  # the same id again: a duplicate
+    (ODD_B, Event(5.0, "odd-b-buy", "buy", 1.0)),
+    (ODD_B, Event(5.0, "odd-b-undeclared", "nothing", 7.0)),  # not declared: ignored
 ]
 
 
@@ -211,13 +236,13 @@ def hostile(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
             (EXPOSURES, BAD_EXPOSURES, ODD_EXPOSURES),
             (METRIC_EVENTS, BAD_EVENTS, ODD_EVENTS),
         ):
-            values = [odd_record(pair) for pair in odd if pair[0] == "odd-a"]
+            values = [odd_record(pair) for pair in odd if pair[0] == ODD_A]
             values += [value for value, _ in bad.values()]  # the bad between the odd ones
-            values += [odd_record(pair) for pair in odd if pair[0] != "odd-a"]
+            values += [odd_record(pair) for pair in odd if pair[0] != ODD_A]
             offsets = produce(
                 broker, topic, [(HOSTILE_KEY, value, HOSTILE_PARTITION) for value in values]
             )
-            start = sum(1 for pair in odd if pair[0] == "odd-a")
+            start = sum(1 for pair in odd if pair[0] == ODD_A)
             sent[topic] = dict(zip(bad, offsets[start : start + len(bad)], strict=True))
         good = good_pairs()
         for topic, kind in ((EXPOSURES, Exposure), (METRIC_EVENTS, Event)):
