@@ -42,13 +42,12 @@ class ExperimentsApi:
         credentials: Credentials,
         live_flags: LiveFlags,
         feed: ExperimentStatsFeed,
-        replication: FlagReplication | None = None,
+        replication: FlagReplication,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
         self.live_flags = live_flags
         self.feed = feed
-        # None only until app/main.py passes the worker's replication (H11): then no 503.
         self.replication = replication
 
     def routes(self) -> list[web.RouteDef]:
@@ -102,9 +101,7 @@ class ExperimentsApi:
         """401 without a read token, 400 for an invalid environment key, 503 while the flag
         table recovers; credentials first, so a caller without them learns nothing."""
         denied = self.credentials.refuse(request, Access.READ) or check_keys(environment)
-        if denied or self.replication is None:
-            return denied
-        return await not_ready(self.replication)
+        return denied or await not_ready(self.replication)
 
     def _entry(self, environment: str, experiment: str, flags: list[LiveFlag]) -> dict[str, Any]:
         flag = _running(flags)
