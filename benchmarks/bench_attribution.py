@@ -410,12 +410,13 @@ async def _probe_ack(producer: AIOKafkaProducer, subject: str) -> float:
     return time.monotonic()
 
 
-async def _delays(brokers: str, worker: Worker, probes: int, warm: int) -> list[float]:
+async def _delays(
+    brokers: str, worker: Worker, probes: int, warm: int, samples: list[float]
+) -> None:
     results = Results(worker, PROBE)
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=0)
     await producer.start()
     rng = random.Random(3)
-    samples = []
     try:
         for k in range(1, probes + warm + 1):
             acked = await _probe_ack(producer, f"probe-{k}")
@@ -433,12 +434,12 @@ async def _delays(brokers: str, worker: Worker, probes: int, warm: int) -> list[
             await asyncio.sleep(rng.uniform(0, 1.0))
     finally:
         await producer.stop()
-    return samples
 
 
-def delays(brokers: str, worker: Worker, probes: int, warm: int) -> list[float]:
-    """Seconds from each probe's produce acks to the results answer that shows it."""
-    return asyncio.run(_delays(brokers, worker, probes, warm))
+def delays(brokers: str, worker: Worker, probes: int, warm: int, samples: list[float]) -> None:
+    """Seconds from each probe's produce acks to the results answer that shows it, appended
+    to `samples` (kept when a later probe fails)."""
+    asyncio.run(_delays(brokers, worker, probes, warm, samples))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -579,8 +580,10 @@ def delay_phase(
     try:
         caught_up = wait_caught_up(worker, rate)
         before, started = folded(worker), time.monotonic()
-        samples = delays(brokers, worker, args.probes, warm=3)
-        folded_per_s = (folded(worker) - before) / (time.monotonic() - started)
+        try:
+            delays(brokers, worker, args.probes, 3, samples)
+        finally:
+            folded_per_s = (folded(worker) - before) / (time.monotonic() - started)
     except RuntimeError as exc:  # not caught up, or a probe never showed: say so, go on
         error = str(exc)[:400]
     finally:
@@ -654,8 +657,9 @@ def report(args: argparse.Namespace, runs: dict[int, dict[str, Any]], workdir: P
 def print_delay(delay: dict[str, Any]) -> None:
     if delay["error"]:
         print(f"\nresult delay: failed at {delay['rate']:,}/s: {delay['error']}", flush=True)
-        return
     samples = delay["samples"]
+    if not samples:
+        return
     print(
         f"\nresult delay, {len(samples)} probes at {delay['paced_per_topic_per_s']:,.0f} "
         f"(asked {delay['rate']:,}, caught up after {delay['caught_up_s']:.1f} s) "
