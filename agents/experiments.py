@@ -41,7 +41,7 @@ from mode import Service
 from agents.dead_letters import DeadLetterSender
 from app.evaluation.live_flags import LiveFlags
 from app.experiments.design import design_of
-from app.experiments.fold import Folded, PartitionFold, Sourced
+from app.experiments.fold import EventRecord, ExposureRecord, Folded, PartitionFold, Sourced
 from app.experiments.partials import Partial, Progress, encode_partial, encode_progress
 from app.experiments.sources import decode_exposure, decode_metric_event
 from app.experiments.stats import MetricKind
@@ -54,6 +54,7 @@ from app.infra.topics import (
     EXPERIMENT_STATS,
     EXPOSURES,
     METRIC_EVENTS,
+    partition_of,
 )
 from tables.partition_state import PartitionState
 from tables.replication import FlagReplication
@@ -125,6 +126,7 @@ class ExperimentAttribution(Service):
         self.reader: AIOKafkaConsumer | None = None  # reads `experiment-state` to catch up
         self.producer: AIOKafkaProducer | None = None
         self.owned: set[int] = set()
+        self.partitions: dict[str, int] = {}  # partition count per source topic
         self.changed: dict[int, set[tuple[str, str]]] = {}  # experiments to publish per p
         self.lock = asyncio.Lock()  # a batch and a rebalance never interleave
         self.published_at = 0.0  # monotonic
@@ -186,7 +188,7 @@ class ExperimentAttribution(Service):
             for tp, records in batches.items():
                 by_partition.setdefault(tp.partition, [])
                 for record in records:
-                    decoded = DECODERS[tp.topic](record.value)
+                    decoded = self._placed(DECODERS[tp.topic](record.value), tp)
                     if isinstance(decoded, Rejection):
                         await self.dead_letters[tp.topic].park(
                             decoded, record.value, tp.partition, record.offset
@@ -198,6 +200,27 @@ class ExperimentAttribution(Service):
                 for partition, items in by_partition.items():
                     if partition in self.owned:  # not revoked while the fetch was decoded
                         await self.fold_partition(partition, items)
+
+    def _placed(
+        self, decoded: ExposureRecord | EventRecord | Rejection, tp: TopicPartition
+    ) -> ExposureRecord | EventRecord | Rejection:
+        """The record, or a rejection when it is not on its targeting key's partition: its
+        subject's exposures and events would not meet (a producer that keys records by
+        something else, or partitions them other than murmur2, as librdkafka's default)."""
+        if isinstance(decoded, Rejection):
+            return decoded
+        partitions = self.partitions.get(tp.topic)
+        if partitions is None:
+            found = _started(self.consumer).partitions_for_topic(tp.topic)
+            partitions = self.partitions[tp.topic] = len(found or ()) or tp.partition + 1
+        owner = partition_of(decoded.subject.encode(), partitions)
+        if owner == tp.partition:
+            return decoded
+        return Rejection.malformed(
+            f"on partition {tp.partition}, not {owner}: a record is keyed by its targeting key"
+            " (murmur2, Kafka's default partitioner)",
+            ("$.targeting_key", f"belongs on partition {owner}"),
+        )
 
     async def fold_partition(self, partition: int, items: list[Sourced]) -> None:
         """Fold, log, then write a partition's records, a chunk at a time."""

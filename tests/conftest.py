@@ -100,6 +100,15 @@ class Worker:
             wait_ready(self.url, self.process, timeout_s)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{self.log_tail()}") from None
+        # /metrics is its own service on its own port: it may start after /readyz answers.
+        wait_until(self._metrics_answer, timeout_s)
+
+    def _metrics_answer(self) -> bool:
+        try:
+            self.metrics()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None:

@@ -7,13 +7,12 @@ One worker, one batch of hostile records per source, all produced to one partiti
 key that is not their targeting key, then good records: their results must equal the truth
 computed from the valid records (tests/app/experiments/test_attribution.py's rules).
 
-A record is folded in the partition it arrived in, whatever its Kafka key: the `odd-*`
-subjects are on their targeting key's partition under another key, and count; `MISPLACED` is
-on another partition than its targeting key's, and counts there too. That matters: a
-subject's exposures and events meet only when both are on its targeting key's partition
-(murmur2, Kafka's default partitioner), so a producer with another key or partitioner (e.g.
-librdkafka's default, CRC32) silently loses attributions and may count one subject in two
-partitions.
+A record is folded whatever its Kafka key when it is on its targeting key's partition: the
+`odd-*` subjects are there under another key, and count. `MISPLACED` is on another partition
+than its targeting key's (murmur2, Kafka's default partitioner) and is a dead letter: there
+its subject's exposures and events would not meet (a producer with another partitioner, e.g.
+librdkafka's default CRC32, would silently lose attributions and could count one subject in
+two partitions).
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def placed(prefix: str, length: int = 0, partition: int = HOSTILE_PARTITION) -> 
 
 ODD_A, ODD_B = placed("odd-a"), placed("odd-b")
 ODD_C = placed("odd-c", length=MAX_TEXT)
-# Valid, but on another partition than its targeting key's: folded where it arrived.
+# Valid, but on another partition than its targeting key's: a dead letter.
 MISPLACED = placed("misplaced", partition=-1)
 
 
@@ -121,6 +120,7 @@ BAD_EXPOSURES: dict[str, tuple[bytes | None, str]] = {
     "far-future": (exposure("f", timestamp=1e308), r"\$\.timestamp"),
     "far-past": (exposure("p", timestamp=-1e308), r"\$\.timestamp"),
     "zero-version": (exposure("z", flag_version=0), r"\$\.flag_version"),
+    "misplaced": (exposure(MISPLACED), r"keyed by its targeting key"),
 }
 BAD_EVENTS: dict[str, tuple[bytes | None, str]] = {
     "not-json": (b'{"schema": 1, "event_id": ', "not JSON"),
@@ -156,7 +156,6 @@ ODD_EXPOSURES: list[Pair] = [
     (ODD_B, Exposure(1.0, "odd-b-1", "b", 1)),  # 1970: far past, still a time
     (ODD_B, Exposure(MAX_TIMESTAMP, "odd-b-2", "a", 1)),  # 9999: a crossover, not first
     (ODD_C, Exposure(100.0, "i" * MAX_TEXT, "a", 1)),  # the longest texts
-    (MISPLACED, Exposure(100.0, "misplaced-1", "b", 1)),
 ]
 ODD_EVENTS: list[Pair] = [
     (ODD_A, Event(102.0, "odd-a-neg", "spend", -3.5)),
