@@ -193,13 +193,21 @@ def test_the_worker_recovers_alone_when_the_broker_comes_back_empty(outage: Outa
 
     change = wait_until(written, timeout_s=RECOVERY_S, interval_s=0.5)
     print(f"recovered and wrote {time.monotonic() - came_back:.1f}s after the broker came back")
-    assert change["seq"] == 1, "numbered in the new log, not after the lost one"
-    assert set(admin(outage.worker).flags(ENV)) == {"new"}
+    # A write answered 503 while the broker was down "may still be applied" (the body says
+    # so): the producer still held it and, on a loaded machine, delivers it to the new log.
+    late = late_writes(outage.worker)
+    assert change["seq"] <= 1 + len(late), "numbered in the new log, not after the lost one"
+    assert set(admin(outage.worker).flags(ENV)) == {"new", *late}
     assert evaluate(outage.worker, "old")[0] == 404
     status, ready = get_json(outage.worker.url + "/readyz")
     assert (status, ready["broker"], ready["writable"]) == (200, "reachable", True)
     assert broker_reachable(outage.worker) == 1
     assert list(outage.tmp.joinpath("one").glob("flags.lost-*")), "the old table is kept"
+
+
+def late_writes(worker: Worker) -> set[str]:
+    """The writes answered 503 during the outage that reached the new log all the same."""
+    return set(admin(worker).flags(ENV)) & {"during-1", "during-2"}
 
 
 def test_a_refused_write_is_answered_after_the_broker_came_back_empty(outage: Outage) -> None:
@@ -215,9 +223,10 @@ def test_a_fresh_worker_starts_on_the_broker_that_came_back(outage: Outage) -> N
     fresh = Worker(outage.brokers, outage.tmp / "fresh", APP_ID)
     outage.extra.append(fresh)
     fresh.start()
-    assert set(admin(fresh).flags(ENV)) == {"new"}
-    assert admin(fresh).put(ENV, "newer", flag())["seq"] == 2
-    wait_until(lambda: set(admin(outage.worker).flags(ENV)) == {"new", "newer"})
+    late = late_writes(fresh)
+    assert set(admin(fresh).flags(ENV)) == {"new", *late}
+    assert admin(fresh).put(ENV, "newer", flag())["seq"] == 2 + len(late)  # after all of them
+    wait_until(lambda: set(admin(outage.worker).flags(ENV)) == {"new", "newer", *late})
 
 
 def test_sigterm_during_a_broker_outage_stops_the_worker_in_bounded_time(
