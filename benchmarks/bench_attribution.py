@@ -70,7 +70,10 @@ ENVIRONMENT = "bench"
 EXPERIMENT = "checkout"  # the bulk load's experiment flag
 PROBE = "probe"  # the delay probes' experiment flag
 VARIANTS = ("a", "b", "c")
-FETCH_MAX_WAIT_MS = 10  # the Worker fixture's (the embedded broker never answers early)
+# The Worker fixture's (the embedded broker never answers early). Under a steady trickle it
+# makes every fetch small, so the fold pays its per-batch costs (a changelog ack per
+# partition) for a few records: `--fetch-wait-ms 200` measures a batching worker.
+FETCH_MAX_WAIT_MS = 10
 MAX_POLL_RECORDS = 2000  # agents/experiments.py's
 FOLDED = re.compile(r'^flagstream_attribution_records_total\{[^}]*outcome="folded"[^}]*\} (\S+)$')
 # The results endpoint is polled this often for a probe: each answer computes the statistics
@@ -163,7 +166,7 @@ def produce(brokers: str, topic: str, records: list[Record]) -> float:
 # -- the raw reference: a consumer group that reads and decodes -------------------------------
 
 
-def raw_consumer(brokers: str, group: str, out: Path) -> None:
+def raw_consumer(brokers: str, group: str, out: Path, fetch_wait_ms: int) -> None:
     """Read both topics in group `group` with the worker's fetch settings, `orjson.loads`
     every value; write (time, records read) every 0.1 s to `out`, until idle for 5 s.
 
@@ -178,7 +181,7 @@ def raw_consumer(brokers: str, group: str, out: Path) -> None:
             enable_auto_commit=True,
             auto_commit_interval_ms=500,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            fetch_max_wait_ms=fetch_wait_ms,
             max_poll_records=MAX_POLL_RECORDS,
             rebalance_timeout_ms=3000,
             session_timeout_ms=6000,
@@ -327,11 +330,11 @@ class Rate:
         return self.total / (self.at(1.0) - first)
 
 
-def raw_rate(brokers: str, processes: int, total: int, workdir: Path) -> Rate:
+def raw_rate(brokers: str, processes: int, total: int, workdir: Path, wait_ms: int) -> Rate:
     group = f"bench-raw-{processes}"
     outs = [workdir / f"{group}-{i}.json" for i in range(processes)]
     children = [
-        spawn(["raw", brokers, group, str(out)], workdir / f"{group}-{i}.log")
+        spawn(["raw", brokers, group, str(out), str(wait_ms)], workdir / f"{group}-{i}.log")
         for i, out in enumerate(outs)
     ]
     for child in children:
@@ -472,8 +475,11 @@ def fresh_broker(workdir: Path, name: str) -> Iterator[str]:
         stop(broker)
 
 
-def start_workers(brokers: str, workdir: Path, app_id: str, count: int) -> list[Worker]:
-    workers = [Worker(brokers, workdir / f"{app_id}-{i}", app_id) for i in range(count)]
+def start_workers(
+    brokers: str, workdir: Path, app_id: str, count: int, fetch_wait_ms: int
+) -> list[Worker]:
+    wait = {"FLAGSTREAM_FETCH_MAX_WAIT_MS": str(fetch_wait_ms)}
+    workers = [Worker(brokers, workdir / f"{app_id}-{i}", app_id, **wait) for i in range(count)]
     for worker in workers:
         worker.launch()
     for worker in workers:
@@ -516,12 +522,14 @@ def scenario(
             f"[{processes}] produced {total} records in {seconds:.1f} s; {load(time.time())}",
             flush=True,
         )
-        out["raw"] = raw_rate(brokers, processes, total, workdir)
+        out["raw"] = raw_rate(brokers, processes, total, workdir, args.fetch_wait_ms)
         print(
             f"[{processes}] raw: {out['raw'].sustained():,.0f}/s; {out['raw'].loads[-1]}",
             flush=True,
         )
-        workers = start_workers(brokers, workdir, f"bench-p{processes}", processes)
+        workers = start_workers(
+            brokers, workdir, f"bench-p{processes}", processes, args.fetch_wait_ms
+        )
         try:
             pid = workers[0].process.pid if workers[0].process else 0
             finish = profiled(
@@ -693,6 +701,12 @@ def main() -> None:
         "--rate", type=int, default=0, help="background exposures/s (default: see delay_phase)"
     )
     parser.add_argument("--processes", default="1,2", help="worker counts to run")
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=FETCH_MAX_WAIT_MS,
+        help="FLAGSTREAM_FETCH_MAX_WAIT_MS of the workers and the raw group's fetch wait",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the (first) worker into this dir")
     args = parser.parse_args()
     args.subjects = args.subjects or args.events // 3
@@ -708,7 +722,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "raw":
-        raw_consumer(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        raw_consumer(sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "pace":
         paced_load(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
     else:
