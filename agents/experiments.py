@@ -149,7 +149,7 @@ class ExperimentAttribution(Service):
             partition_assignment_strategy=(RangePartitionAssignor,),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.settings.attribution_fetch_wait_ms,
             max_poll_records=MAX_POLL_RECORDS,
             rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
             session_timeout_ms=int(self.settings.session_timeout_s * 1000),
@@ -197,9 +197,15 @@ class ExperimentAttribution(Service):
                         continue
                     by_partition[tp.partition].append(Sourced(tp.topic, record.offset, decoded))
             async with self.lock:
-                for partition, items in by_partition.items():
-                    if partition in self.owned:  # not revoked while the fetch was decoded
-                        await self.fold_partition(partition, items)
+                # Partitions fold side by side: one's changelog ack is awaited while the next
+                # folds, and the producer sends their batches in one request.
+                await asyncio.gather(
+                    *(
+                        self.fold_partition(partition, items)
+                        for partition, items in by_partition.items()
+                        if partition in self.owned  # not revoked while the fetch was decoded
+                    )
+                )
 
     def _placed(
         self, decoded: ExposureRecord | EventRecord | Rejection, tp: TopicPartition
@@ -232,9 +238,12 @@ class ExperimentAttribution(Service):
             changelog_next = await self._log(partition, folded)
             self.fold.commit(folded, {EXPERIMENT_STATE: changelog_next})
             self.changed.setdefault(partition, set()).update(folded.experiments)
+            counts: dict[tuple[str, str], int] = {}
             for item in chunk:
                 outcome = "folded" if item.offset >= offsets[item.source] else "redelivered"
-                self.metrics.attribution_records.labels(item.source, outcome).inc()
+                counts[(item.source, outcome)] = counts.get((item.source, outcome), 0) + 1
+            for labels, count in counts.items():
+                self.metrics.attribution_records.labels(*labels).inc(count)
             self.metrics.attribution_batch_seconds.observe(time.perf_counter() - started)
 
     async def _log(self, partition: int, folded: Folded) -> int:

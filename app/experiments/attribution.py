@@ -24,7 +24,7 @@ redelivered records are skipped before they get here (by their source offset).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Final
 
 from app.experiments.stats import MetricKind
@@ -94,11 +94,8 @@ class Contribution:
 
 def apply_exposure(state: SubjectState, exposure: Exposure) -> SubjectState:
     first = exposure if state.first is None or exposure < state.first else state.first
-    return replace(
-        state,
-        first=first,
-        variants=state.variants | {exposure.variant},
-        exposures=state.exposures + 1,
+    return SubjectState(
+        first, state.variants | {exposure.variant}, state.exposures + 1, state.events, state.dropped
     )
 
 
@@ -111,10 +108,19 @@ def apply_event(state: SubjectState, event: Event) -> SubjectState:
         if event >= same:
             return state
         others = (kept for kept in state.events if kept is not same)
-        return replace(state, events=tuple(sorted((*others, event))))
+        return SubjectState(
+            state.first,
+            state.variants,
+            state.exposures,
+            tuple(sorted((*others, event))),
+            state.dropped,
+        )
     if len(state.events) >= MAX_EVENTS:
-        return replace(state, dropped=state.dropped + 1)
-    return replace(state, events=tuple(sorted((*state.events, event))))
+        return SubjectState(
+            state.first, state.variants, state.exposures, state.events, state.dropped + 1
+        )
+    events = tuple(sorted((*state.events, event)))
+    return SubjectState(state.first, state.variants, state.exposures, events, state.dropped)
 
 
 def contribution(

@@ -28,7 +28,7 @@ restore (`rebuild`), so they agree with them whatever part of a batch was logged
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -372,7 +372,9 @@ class _Run:
             return  # a resent event: nothing else changes
         for experiment in self._get(_key("i", env, subject)) or []:
             exposed = _subject_from(self._get(_key("x", env, experiment, subject)), events)
-            after = replace(exposed, events=kept.events, dropped=kept.dropped)
+            after = SubjectState(
+                exposed.first, exposed.variants, exposed.exposures, kept.events, kept.dropped
+            )
             self._move(env, experiment, exposed, after)
 
     def finish(self) -> Folded:

@@ -122,6 +122,12 @@ SETTINGS: tuple[Setting, ...] = (
         "How far back the exposures time series of results goes (default a day).",
     ),
     Setting(
+        "FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS",
+        "200",
+        "Longest wait of the attribution's Kafka fetches: longer gives it bigger batches (on the"
+        " embedded broker, which never answers early, every fetch waits this long).",
+    ),
+    Setting(
         "FLAGSTREAM_STATS_PUBLISH_MS",
         "1000",
         "How often a worker publishes changed experiment totals to `experiment-stats`.",
@@ -241,6 +247,7 @@ class Settings:
     attribution_window_s: float
     series_window_s: int
     series_retention_s: int
+    attribution_fetch_wait_ms: int
     stats_publish_ms: int
     sequential_tuning: float
     guardrails: bool
@@ -292,6 +299,7 @@ class Settings:
             attribution_window_s=float(_env("FLAGSTREAM_ATTRIBUTION_WINDOW_S")),
             series_window_s=int(_env("FLAGSTREAM_SERIES_WINDOW_S")),
             series_retention_s=int(_env("FLAGSTREAM_SERIES_RETENTION_S")),
+            attribution_fetch_wait_ms=int(_env("FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS")),
             stats_publish_ms=int(_env("FLAGSTREAM_STATS_PUBLISH_MS")),
             sequential_tuning=float(_env("FLAGSTREAM_SEQUENTIAL_TUNING")),
             guardrails=_flag(_env("FLAGSTREAM_GUARDRAILS")),
