@@ -73,7 +73,7 @@ VARIANTS = ("a", "b", "c")
 # The Worker fixture's (the embedded broker never answers early). Under a steady trickle it
 # makes every fetch small, so the fold pays its per-batch costs (a changelog ack per
 # partition) for a few records: `--fetch-wait-ms 200` measures a batching worker.
-FETCH_MAX_WAIT_MS = 10
+FETCH_MAX_WAIT_MS = 200  # the attribution's default (FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS)
 MAX_POLL_RECORDS = 2000  # agents/experiments.py's
 FOLDED = re.compile(r'^flagstream_attribution_records_total\{[^}]*outcome="folded"[^}]*\} (\S+)$')
 # The results endpoint is polled this often for a probe: each answer computes the statistics
@@ -478,7 +478,7 @@ def fresh_broker(workdir: Path, name: str) -> Iterator[str]:
 def start_workers(
     brokers: str, workdir: Path, app_id: str, count: int, fetch_wait_ms: int
 ) -> list[Worker]:
-    wait = {"FLAGSTREAM_FETCH_MAX_WAIT_MS": str(fetch_wait_ms)}
+    wait = {"FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS": str(fetch_wait_ms)}
     workers = [Worker(brokers, workdir / f"{app_id}-{i}", app_id, **wait) for i in range(count)]
     for worker in workers:
         worker.launch()
@@ -705,7 +705,7 @@ def main() -> None:
         "--fetch-wait-ms",
         type=int,
         default=FETCH_MAX_WAIT_MS,
-        help="FLAGSTREAM_FETCH_MAX_WAIT_MS of the workers and the raw group's fetch wait",
+        help="FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS of the workers and the raw group's fetch wait",
     )
     parser.add_argument("--profile", type=Path, help="py-spy the (first) worker into this dir")
     args = parser.parse_args()
