@@ -174,6 +174,14 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
     ]
     assert set(acked_exposures) <= set(posted)
     assert len(posted) == len(set(posted)), "an exposure was produced twice"
-    # Kafka evaluation requests: at least once, whoever was alive.
-    answered = {r.get("request_id") for r in read_topic(broker, EVALUATION_RESULTS, 8, 2.0)}
-    assert set(sent_requests) <= answered, set(sent_requests) - answered
+
+    # Kafka evaluation requests: at least once, whoever was alive; the last ones sent may be
+    # answered after the load stopped (the group may still be settling the restarted worker).
+    def unanswered() -> set[str]:
+        answered = {r.get("request_id") for r in read_topic(broker, EVALUATION_RESULTS, 8, 1.0)}
+        return set(sent_requests) - answered
+
+    try:
+        wait_until(lambda: not unanswered(), timeout_s=60, interval_s=1.0)
+    except AssertionError:
+        raise AssertionError(f"never answered: {sorted(unanswered())}") from None
