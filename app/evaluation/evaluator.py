@@ -14,6 +14,7 @@ from app.engine import ErrorCode, Reason, Resolution, evaluate, flag_not_found
 from app.evaluation.live_flags import LiveFlag, LiveFlags
 from app.evaluation.stats import NOT_FOUND, EvaluationStats
 from app.experiments.exposures import ExposureSink, exposure_id
+from app.experiments.sources import MAX_TEXT
 
 __all__ = ["Evaluated", "Evaluator", "resolve"]
 
@@ -36,6 +37,9 @@ class Evaluator:
         self.flags = flags
         self.exposures = exposures
         self.stats = stats
+        # An exposure the attribution would refuse (a targeting key over MAX_TEXT characters)
+        # is not produced: counted here, not a dead letter per evaluation there.
+        self.unattributable = exposures.outcomes.labels("unattributable")
 
     def one(
         self, environment: str, key: str, context: Mapping[str, Any], now: float, source: str
@@ -83,7 +87,11 @@ class Evaluator:
         self.stats.count(source, environment, key, variant or "", resolution.reason)
         if live.experiment is not None and variant is not None:
             targeting_key = context.get("targetingKey")
-            if isinstance(targeting_key, str) and targeting_key:
+            if not isinstance(targeting_key, str) or not targeting_key:
+                return
+            if len(targeting_key) > MAX_TEXT:
+                self.unattributable.inc()
+            else:
                 self.exposures.emit(
                     (
                         environment,

@@ -59,6 +59,7 @@ class Channel(Generic[R]):
     def __init__(self, kind: RecordKind[R], bound: int, outcomes: Counter) -> None:
         self.kind = kind
         self.bound = bound
+        self.outcomes = outcomes  # for outcomes of the records' sources (e.g. "unattributable")
         self.produced = outcomes.labels("produced")
         self.dropped = outcomes.labels("dropped")
         self.buffer: list[R] = []

@@ -90,7 +90,9 @@ class Metrics:
         self.exposures = Counter(
             "flagstream_exposures_total",
             "Experiment exposures, by outcome.",
-            ["outcome"],  # produced | dropped | rejected (bad items posted to /api/v1/exposures)
+            # produced | dropped | rejected (bad items posted to /api/v1/exposures) |
+            # unattributable (an evaluation whose targeting key is over 256 characters)
+            ["outcome"],
             registry=registry,
         )
         self.metric_events = Counter(
