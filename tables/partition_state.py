@@ -72,16 +72,9 @@ class PartitionState:
             batch.put(_offset_key(partition, source), str(offset).encode())
         self._open_db().write(batch)
 
-    def forget(self, partition: int) -> None:
-        """Drop everything of the partition (before it is restored from its changelog)."""
-        self._delete_under(f"{partition:06d}/".encode())
-
     def delete_prefix(self, partition: int, prefix: str) -> None:
         """Drop the partition's values whose key starts with `prefix` (state to be rebuilt)."""
-        self._delete_under(_value_key(partition, prefix))
-
-    def _delete_under(self, prefix: bytes) -> None:
         batch = WriteBatch(raw_mode=True)
-        for raw_key, _ in under(self._open_db(), prefix):
+        for raw_key, _ in under(self._open_db(), _value_key(partition, prefix)):
             batch.delete(raw_key)
         self._open_db().write(batch)

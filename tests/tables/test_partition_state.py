@@ -47,11 +47,15 @@ def test_scan_reads_one_prefix_of_one_partition_in_key_order(state: PartitionSta
     assert list(state.scan(2, "nothing/")) == []
 
 
-def test_forget_drops_one_partition_only(state: PartitionState) -> None:
-    state.apply(4, {"s/a": b"4"}, {"exposures": 9})
+def test_delete_prefix_drops_those_values_of_one_partition_only(state: PartitionState) -> None:
+    state.apply(4, {"s/a": b"4", "t/a": b"t"}, {"exposures": 9})
     state.apply(5, {"s/a": b"5"}, {"exposures": 8})
-    state.forget(4)
-    assert (state.get(4, "s/a"), state.offset(4, "exposures")) == (None, 0)
+    state.delete_prefix(4, "s/")
+    assert (state.get(4, "s/a"), state.get(4, "t/a"), state.offset(4, "exposures")) == (
+        None,
+        b"t",
+        9,
+    )
     assert (state.get(5, "s/a"), state.offset(5, "exposures")) == (b"5", 8)
 
 
