@@ -11,12 +11,15 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.cli.flags import RESTORE_JOBS, run_flags, run_restore
 from app.cli.supervisor import run_up
 from app.control.client import AdminError
 from app.control.flagfile import FlagFileError
+
+if TYPE_CHECKING:
+    from app.infra.settings import Settings
 
 __all__ = ["main"]
 
@@ -33,17 +36,34 @@ def default_url() -> str:
 # -- running the service -------------------------------------------------------------------
 
 
-def run_worker(_: argparse.Namespace) -> int:
-    """Create the topics, then run the Faust worker in this process until it is stopped."""
-    from app.infra.log_limit import RepeatLimiter
+def run_worker(args: argparse.Namespace) -> int:
+    """Create the topics, then run the worker until it is stopped: in this process, or as
+    `--processes` children sharing the HTTP port (`app.cli.processes`)."""
+    from app.cli.processes import process_count, run_processes
     from app.infra.settings import Settings
-    from app.infra.shutdown import ShutdownWatchdog
     from app.infra.topics import ensure_topics
-    from app.main import build
 
     settings = Settings.from_env()
+    count = process_count(settings.processes if args.processes is None else args.processes)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Once here rather than in each child: N children creating the same topics would race.
     asyncio.run(ensure_topics(settings))
+    if count > 1:
+        print(
+            f"flagstream: {count} worker processes on {settings.web_host}:{settings.web_port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return run_processes(settings, count)
+    return run_in_process(settings)
+
+
+def run_in_process(settings: Settings) -> int:
+    """The Faust worker in this process, until it is stopped."""
+    from app.infra.log_limit import RepeatLimiter
+    from app.infra.shutdown import ShutdownWatchdog
+    from app.main import build
+
     worker = build(settings)
     # A broker outage must neither flood the log nor keep a stopping worker alive.
     # faust annotates `service` for a class only; it starts an instance just as well.
@@ -111,9 +131,15 @@ def parser() -> argparse.ArgumentParser:
     restore_.add_argument("--token", default=None, help="admin token (FLAGSTREAM_ADMIN_TOKEN)")
     restore_.set_defaults(run=run_restore)
 
-    commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS").set_defaults(
-        run=run_worker
+    worker = commands.add_parser("worker", help="a worker against FLAGSTREAM_BROKERS")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes sharing the HTTP port, each a full replica; 0: one per core"
+        " (default: FLAGSTREAM_PROCESSES, 1)",
     )
+    worker.set_defaults(run=run_worker)
 
     broker = commands.add_parser("broker", help="the embedded broker alone")
     broker.add_argument("--host", default="127.0.0.1")

@@ -32,6 +32,12 @@ SETTINGS: tuple[Setting, ...] = (
         "FLAGSTREAM_WORKER_ID", "", "Name of this worker in logs and metrics (default: host:port)."
     ),
     Setting("FLAGSTREAM_DATA_DIR", "./data", "Where this worker keeps its RocksDB tables."),
+    Setting(
+        "FLAGSTREAM_PROCESSES",
+        "1",
+        "Worker processes of `flagstream worker` sharing the HTTP port, each a full replica"
+        " (0: one per core); `--processes` overrides it (app/cli/processes.py).",
+    ),
     Setting("FLAGSTREAM_WEB_HOST", "127.0.0.1", "Address the HTTP API listens on."),
     Setting("FLAGSTREAM_WEB_PORT", "6066", "Port the HTTP API listens on."),
     Setting(
@@ -227,6 +233,7 @@ class Settings:
     app_id: str
     worker_id: str
     data_dir: Path
+    processes: int
     web_host: str
     web_port: int
     metrics_host: str
@@ -279,6 +286,7 @@ class Settings:
             app_id=_env("FLAGSTREAM_APP_ID"),
             worker_id=_env("FLAGSTREAM_WORKER_ID") or f"{web_host}:{web_port}",
             data_dir=Path(_env("FLAGSTREAM_DATA_DIR")),
+            processes=int(_env("FLAGSTREAM_PROCESSES")),
             web_host=web_host,
             web_port=web_port,
             metrics_host=_env("FLAGSTREAM_METRICS_HOST"),

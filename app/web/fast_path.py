@@ -623,8 +623,15 @@ class QuietSite(TCPSite):
 
     async def _listen(self, protocol: Callable[[], asyncio.Protocol]) -> None:
         loop = asyncio.get_running_loop()
+        # reuse_port: `flagstream worker --processes N` runs N workers on this one port, and
+        # the kernel spreads connections between them (app/cli/processes.py).
         self._server = await loop.create_server(
-            protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog
+            protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_port=True,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
