@@ -1,13 +1,24 @@
 """The compiled flags a worker evaluates: one `CompiledFlag` per flag version, built once.
 
-Derived from the flag table: an environment is compiled on its first evaluation, then kept
-current by the table's change listener, so an evaluation is two dict lookups and a call.
-Past versions (for time-travel evaluation) are compiled on demand and kept in a small LRU.
+Derived from the flag table, and compiled off the request path: every change the table
+applies is queued, and a background task compiles the queue a slice of `SLICE_S` at a time,
+yielding to the event loop between slices, so thousands of flags (a worker's start, a bulk
+import) never hold the loop for more than a slice and one flag. `compile_all` compiles
+everything the table holds the same way; the replication awaits it before it says it is
+ready (`FlagReplication.before_ready`), so a ready worker answers from compiled flags.
+
+A request for a flag still queued compiles that one flag (never its environment), so no
+answer is ever older than the table. Past versions (time-travel evaluation) are compiled on
+demand, one per request, and kept in a bounded LRU.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -16,9 +27,14 @@ from app.experiments.design import experiment_name
 from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
-__all__ = ["BEYOND_HISTORY", "BeyondHistory", "LiveFlag", "LiveFlags"]
+__all__ = ["BEYOND_HISTORY", "SLICE_S", "BeyondHistory", "LiveFlag", "LiveFlags"]
+
+log = logging.getLogger(__name__)
 
 PAST_VERSIONS_CACHED = 1024
+# Compiling time per turn of the event loop: the most a queued compile adds to an answer
+# waiting behind it (plus the one flag in hand when the slice ends).
+SLICE_S = 0.002
 
 
 class BeyondHistory(Enum):
@@ -51,28 +67,64 @@ def build(change: AppliedChange) -> LiveFlag:
     return LiveFlag(change.flag, change.version, compiled, experiment_name(compiled))
 
 
+def build_or_degrade(change: AppliedChange) -> LiveFlag:
+    """`build`, with an engine bug degraded to PARSE_ERROR for this flag alone: a compile
+    that raises must neither stop the compiler nor lose the flag (it is off the queue)."""
+    try:
+        return build(change)
+    except Exception as exc:
+        log.exception("compiling %s/%s v%d failed", change.environment, change.flag, change.version)
+        return LiveFlag(change.flag, change.version, None, None, f"compile failed: {exc!r}")
+
+
 class LiveFlags:
-    """Compiled flags by environment and key, current with the table."""
+    """Compiled flags by environment and key, current with the table.
+
+    Each live flag of an environment LiveFlags has taken in is in exactly one of two places:
+    compiled (its current version) or queued (the change to compile). An environment is
+    taken in whole, uncompiled, when first met (a change, a request, `compile_all`).
+    """
 
     def __init__(self, table: FlagTable) -> None:
         self.table = table
-        self._environments: dict[str, dict[str, LiveFlag]] = {}
+        self._compiled: dict[str, dict[str, LiveFlag]] = {}
+        self._queued: dict[str, dict[str, AppliedChange]] = {}
         self._past: OrderedDict[tuple[str, str, int], LiveFlag] = OrderedDict()
+        self._compiler: asyncio.Task[None] | None = None
         table.listen(self._on_change)
 
-    def environment(self, environment: str) -> dict[str, LiveFlag]:
-        """Every live flag of an environment, by key (do not mutate)."""
-        flags = self._environments.get(environment)
-        if flags is None:
-            if not self.table.has_environment(environment):
-                return {}  # not cached: a made-up name must not cost memory per request
-
-            flags = {key: build(c) for key, c in self.table.live_flags(environment).items()}
-            self._environments[environment] = flags
-        return flags
+    # -- reads ------------------------------------------------------------------------------
 
     def get(self, environment: str, key: str) -> LiveFlag | None:
-        return self.environment(environment).get(key)
+        """The flag's current version, compiled; None when the environment has no such flag."""
+        flags = self._compiled.get(environment)
+        if flags is None:
+            flags = self._take_in(environment)
+            if flags is None:
+                return None
+        live = flags.get(key)
+        if live is None:
+            return self._compile_queued(environment, key)
+        return live
+
+    def environment(self, environment: str) -> Mapping[str, LiveFlag]:
+        """Every live flag of an environment, by key (do not mutate).
+
+        While some are still queued, a view that compiles each queued flag when it is read:
+        a caller reading a few flags compiles those, not the environment.
+        """
+        flags = self._compiled.get(environment)
+        if flags is None:
+            flags = self._take_in(environment)
+            if flags is None:
+                return {}  # not kept: a made-up name must not cost memory per request
+        if environment in self._queued:
+            return _Compiling(self, environment)
+        return flags
+
+    def queued(self) -> int:
+        """How many flag versions are waiting to be compiled."""
+        return sum(len(changes) for changes in self._queued.values())
 
     def etag(self, environment: str) -> str:
         """Changes whenever any flag of the environment changes."""
@@ -83,34 +135,164 @@ class LiveFlags:
 
         BEYOND_HISTORY when the table no longer keeps the version that was live then (it
         keeps `FLAGSTREAM_HISTORY_DEPTH` versions; the full history is on `flag-changes`).
+        One version is compiled per call at most (the current one is never compiled again).
         """
         history = self.table.history(environment, key)
         if history and history[-1].updated_at > when and history[-1].version > 1:
             return BEYOND_HISTORY
         for change in history:
             if change.updated_at <= when:
-                if change.deleted:
-                    return None
-                cache_key = (environment, key, change.version)
-                past = self._past.get(cache_key)
-                if past is None:
-                    past = self._past[cache_key] = build(change)
-                    if len(self._past) > PAST_VERSIONS_CACHED:
-                        self._past.popitem(last=False)
-                return past
+                return None if change.deleted else self._past_version(change)
         return None
+
+    # -- compiling --------------------------------------------------------------------------
+
+    async def compile_all(self) -> None:
+        """Compile every flag the table holds, a slice per loop turn, and return when none is
+        left: a `FlagReplication.before_ready` step, so ready means compiled."""
+        started = time.monotonic()
+        self._take_in_all()
+        waiting = self.queued()
+        while self._queued:
+            compiler = self._start_compiler()
+            if compiler is not None:
+                await asyncio.shield(compiler)
+        log.info(
+            "compiled the flags of %d environments in %.2fs (%d were queued)",
+            len(self._compiled),
+            time.monotonic() - started,
+            waiting,
+        )
+
+    def compile_slice(self, budget_s: float = SLICE_S) -> int:
+        """Compile queued flags until `budget_s` has passed (one at least); how many."""
+        deadline = time.perf_counter() + budget_s
+        done = 0
+        while self._queued:
+            environment, changes = next(iter(self._queued.items()))
+            key, change = changes.popitem()  # newest first: O(1), unlike popping the oldest
+            if not changes:
+                del self._queued[environment]
+            self._compiled[environment][key] = build_or_degrade(change)
+            done += 1
+            if time.perf_counter() >= deadline:
+                break
+        return done
 
     def forget(self) -> None:
         """Drop every compiled flag: the table was rebuilt from another log (a broker that lost
         its data, `tables.replication`), and flags it no longer has must not be served."""
-        self._environments.clear()
+        self._compiled.clear()
+        self._queued.clear()
         self._past.clear()
 
-    def _on_change(self, change: AppliedChange) -> None:
-        flags = self._environments.get(change.environment)
-        if flags is None:
-            return  # compiled on first use
-        if change.deleted:
-            flags.pop(change.flag, None)
+    async def _compile_queue(self) -> None:
+        """The background compiler: a slice, then a turn of the loop, until the queue is empty."""
+        try:
+            while self._queued:
+                self.compile_slice()
+                await asyncio.sleep(0)
+        finally:
+            self._compiler = None
+
+    def _start_compiler(self) -> asyncio.Task[None] | None:
+        """The background compiler, started if it is not running; None outside an event loop
+        (a script or a test applying changes: queued flags are then compiled when read)."""
+        if self._compiler is None and self._queued:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return None
+            self._compiler = loop.create_task(self._compile_queue(), name="compile flags")
+            self._compiler.add_done_callback(_log_crash)
+        return self._compiler
+
+    def _compile_queued(self, environment: str, key: str) -> LiveFlag | None:
+        """The one queued flag a request asks for, compiled now; None when none is queued."""
+        changes = self._queued.get(environment)
+        change = None if changes is None else changes.pop(key, None)
+        if changes is None or change is None:
+            return None
+        if not changes:
+            del self._queued[environment]
+        live = self._compiled[environment][key] = build_or_degrade(change)
+        return live
+
+    def _past_version(self, change: AppliedChange) -> LiveFlag:
+        current = self._compiled.get(change.environment, {}).get(change.flag)
+        if current is not None and current.version == change.version:
+            return current
+        cache_key = (change.environment, change.flag, change.version)
+        past = self._past.get(cache_key)
+        if past is None:
+            past = self._past[cache_key] = build_or_degrade(change)
+            if len(self._past) > PAST_VERSIONS_CACHED:
+                self._past.popitem(last=False)
         else:
-            flags[change.flag] = build(change)
+            self._past.move_to_end(cache_key)
+        return past
+
+    # -- following the table ----------------------------------------------------------------
+
+    def _take_in(self, environment: str) -> dict[str, LiveFlag] | None:
+        """Queue every live flag of an environment the table has; None when it has none."""
+        if not self.table.has_environment(environment):
+            return None
+        self._queued[environment] = self.table.live_flags(environment)
+        if not self._queued[environment]:
+            del self._queued[environment]
+        flags = self._compiled[environment] = {}
+        self._start_compiler()
+        return flags
+
+    def _take_in_all(self) -> None:
+        for environment in self.table.environments():
+            if environment not in self._compiled:
+                self._take_in(environment)
+
+    def _on_change(self, change: AppliedChange) -> None:
+        if change.environment not in self._compiled:
+            # The table applies a change before it tells us: taken in with the rest (and
+            # every environment the table loaded from disk with it, to compile them early).
+            self._take_in_all()
+            return
+        self._compiled[change.environment].pop(change.flag, None)
+        if change.deleted:
+            changes = self._queued.get(change.environment)
+            if changes is not None:
+                changes.pop(change.flag, None)
+                if not changes:
+                    del self._queued[change.environment]
+            return
+        self._queued.setdefault(change.environment, {})[change.flag] = change
+        self._start_compiler()
+
+
+class _Compiling(Mapping[str, LiveFlag]):
+    """An environment some of whose flags are still queued: each compiled when read."""
+
+    def __init__(self, live: LiveFlags, environment: str) -> None:
+        self._live = live
+        self._environment = environment
+
+    def __getitem__(self, key: str) -> LiveFlag:
+        found = self._live.get(self._environment, key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        # A copy of the keys: reading a queued flag moves it between the two dicts.
+        compiled = self._live._compiled.get(self._environment, {})
+        queued = self._live._queued.get(self._environment, {})
+        return iter([*compiled, *queued])
+
+    def __len__(self) -> int:
+        compiled = self._live._compiled.get(self._environment, {})
+        return len(compiled) + len(self._live._queued.get(self._environment, {}))
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A compile that raises is a bug: say so (the flags stay queued, compiled when read)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the background flag compiler failed", exc_info=exc)
