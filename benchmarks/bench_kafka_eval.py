@@ -7,17 +7,22 @@ One run, one embedded broker, one set of pre-produced request records per scenar
 * batched: `--batch` requests per record.
 
 Both beside a raw aiokafka consume-evaluate-produce pipe (no Faust, the same decoding,
-engine and encoding), and every request asks for the same three flags (`ASKED`).
+engine and encoding, and the worker's own client settings: a producer with `acks=all`,
+`linger_ms=2`, 256 KiB batches, no idempotence as the bench's worker; a consumer handed at
+most 2,000 records per fetch, 10 ms fetch wait), the headline reference of both scenarios;
+every request asks for the same three flags (`ASKED`).
 
 Every pipeline runs alone in its own process, from the same start offsets (a consumer group
 whose offsets we commit before it starts, or an explicit seek), and the clock runs from the
 first output record's creation (the producer's timestamp: when the pipeline handled its
 first record) until this process has read the last output: rate = outputs after the first /
 that time. Process start and the group rebalance are outside the clock; the bench consumer
-that reads the outputs is inside it.
+that reads the outputs is inside it. Every pipeline runs `--rounds` (3) times on the same
+records, the rounds interleaved (each round runs every pipeline once, starting one further
+along), and each figure is the median of its rounds.
 
     .venv/bin/python benchmarks/bench_kafka_eval.py [--requests 60000] [--batched-requests 300000]
-        [--batch 100] [--profile DIR]
+        [--batch 100] [--rounds 3] [--quick] [--profile DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +48,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agents.evaluations import MAX_POLL_RECORDS  # noqa: E402
 from app.engine import compile_flag, evaluate  # noqa: E402
 from app.engine.model import CompiledFlag  # noqa: E402
 from app.evaluation.records import (  # noqa: E402
@@ -70,6 +77,12 @@ FLAGS: dict[str, dict[str, Any]] = {
     ),
 }
 ASKED = list(FLAGS)  # every request asks for these three flags by key
+# The worker's producer for results (agents/evaluations.py, `EvaluationRequests.on_start`),
+# with idempotence off as tests.conftest.Worker starts it: the raw pipe produces alike.
+WORKER_PRODUCER = {"acks": "all", "linger_ms": 2, "max_batch_size": 256 * 1024}
+WORKER = "flagstream worker (agents/evaluations.py)"
+RAW = "raw aiokafka consume-evaluate-produce (reference)"
+FAUST = "Faust agent, consume only (reference)"
 
 
 def context(i: int) -> dict[str, Any]:
@@ -140,7 +153,8 @@ def engine_answers(compiled: dict[str, CompiledFlag], raw: bytes | None) -> list
 
 
 def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
-    """Consume, evaluate with the engine, produce: no Faust, the same records in and out."""
+    """Consume, evaluate with the engine, produce: no Faust, the same records in and out, and
+    the worker's producer and fetch settings, so the difference is the worker's own work."""
     compiled: dict[str, CompiledFlag] = {}
     for key, definition in FLAGS.items():
         result = compile_flag(key, definition)
@@ -151,7 +165,9 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10
         )
-        producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=brokers, enable_idempotence=False, **WORKER_PRODUCER
+        )
         await consumer.start()
         await producer.start()
         tps = {p: TopicPartition(EVALUATION_REQUESTS, p) for p in starts}
@@ -160,7 +176,8 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
             consumer.seek(tps[p], offset)
         done = 0
         while done < count:
-            for records in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
+            fetched = await consumer.getmany(timeout_ms=100, max_records=MAX_POLL_RECORDS)
+            for records in fetched.values():
                 for record in records:
                     for value in engine_answers(compiled, record.value):
                         await producer.send(EVALUATION_RESULTS, value, key=record.key)
@@ -300,34 +317,45 @@ def run_scenario(
     workdir: Path,
     name: str,
     records: list[tuple[bytes, bytes]],
-    profile: Path | None,
+    options: argparse.Namespace,
     faust_reference: bool,
-) -> dict[str, tuple[float, int]]:
-    """Pre-produce `records`, then time every pipeline on them: {pipeline: (seconds, outputs)}."""
+) -> dict[str, list[float]]:
+    """Pre-produce `records`, then time every pipeline on them in interleaved rounds:
+    {pipeline: [seconds of each round]}."""
     starts = asyncio.run(_produce(brokers, records))
     assert len(starts) == PARTITIONS, "every partition needs requests: more records"
     count = len(records)
     marker = f'"request_id":"{name[0]}'.encode()  # s… for single, b… for batched requests
-    timings: dict[str, tuple[float, int]] = {}
 
-    if faust_reference:
-        group = f"bench-faust-consume-{name}"
+    def faust(round_: int) -> float:
+        group = f"bench-faust-consume-{name}-{round_}"
         asyncio.run(_commit_group(brokers, group, starts))
-        seconds, _ = timed(
-            brokers,
-            2,
-            b"mark",
-            lambda: spawn(["faust-consume", brokers, group, str(count)], workdir / f"{group}.log"),
+        args = ["faust-consume", brokers, group, str(count)]
+        seconds, _ = timed(brokers, 2, b"mark", lambda: spawn(args, workdir / f"{group}.log"))
+        return seconds
+
+    def worker(round_: int) -> float:
+        app_id = f"bench-flagstream-{name}-{round_}"
+        asyncio.run(_commit_group(brokers, f"{app_id}-evaluations", starts))  # the worker's group
+        profile = (
+            options.profile / f"worker-{name}.json" if options.profile and not round_ else None
         )
-        timings["Faust agent, consume only (reference)"] = (seconds, count)
+        seconds, outputs = timed(brokers, count, marker, lambda: start_worker(app_id, profile))
+        sample = json.loads(outputs.sample)
+        entries = sample.get("results", [sample])
+        assert all(e["error"] is None and len(e["flags"]) == len(ASKED) for e in entries), sample
+        return seconds
 
-    app_id = f"bench-flagstream-{name}"
-    asyncio.run(_commit_group(brokers, f"{app_id}-evaluations", starts))  # the worker's group
+    def raw(round_: int) -> float:
+        args = ["raw-pipe", brokers, json.dumps(starts), str(count)]
+        log = workdir / f"raw-{name}-{round_}.log"
+        seconds, _ = timed(brokers, count, marker, lambda: spawn(args, log))
+        return seconds
 
-    def start_worker() -> Callable[[], None]:
+    def start_worker(app_id: str, profile: Path | None) -> Callable[[], None]:
         worker = Worker(brokers, workdir / app_id, app_id).start()
         assert worker.process is not None
-        spy = profiled(worker.process.pid, profile / f"worker-{name}.json" if profile else None)
+        spy = profiled(worker.process.pid, profile)
 
         def stopper() -> None:
             if spy is not None:
@@ -337,22 +365,46 @@ def run_scenario(
 
         return stopper
 
-    seconds, outputs = timed(brokers, count, marker, start_worker)
-    sample = json.loads(outputs.sample)
-    entries = sample.get("results", [sample])
-    assert all(e["error"] is None and len(e["flags"]) == len(ASKED) for e in entries), sample
-    timings["flagstream worker (agents/evaluations.py)"] = (seconds, count)
-
-    seconds, _ = timed(
-        brokers,
-        count,
-        marker,
-        lambda: spawn(
-            ["raw-pipe", brokers, json.dumps(starts), str(count)], workdir / f"raw-{name}.log"
-        ),
-    )
-    timings["raw aiokafka consume-evaluate-produce (reference)"] = (seconds, count)
+    pipelines: list[tuple[str, Callable[[int], float]]] = [(WORKER, worker), (RAW, raw)]
+    if faust_reference:
+        pipelines.insert(0, (FAUST, faust))
+    timings: dict[str, list[float]] = {label: [] for label, _ in pipelines}
+    for round_ in range(options.rounds):
+        shift = round_ % len(pipelines)  # who goes first moves on each round
+        for label, run in pipelines[shift:] + pipelines[:shift]:
+            timings[label].append(run(round_))
+            print(f"{name} round {round_ + 1}: {label}: {timings[label][-1]:.2f} s", flush=True)
     return timings
+
+
+def report(
+    title: str, timings: dict[str, list[float]], records: int, per_record: int, unit: str
+) -> dict[str, Any]:
+    """Print one scenario's table and ratios (markdown); return them for the JSON summary."""
+    # Rate over the outputs after the first (the clock starts at the first output).
+    rates = {
+        label: [(records - 1) * per_record / seconds for seconds in runs]
+        for label, runs in timings.items()
+    }
+    medians = {label: statistics.median(runs) for label, runs in rates.items()}
+    print(f"\n{title} ({len(ASKED)} flags per request), median of {len(rates[WORKER])} rounds\n")
+    print(f"| pipeline | records | median s | {unit} (median) | each round |")
+    print("|---|---:|---:|---:|---|")
+    for label, runs in rates.items():
+        seconds = statistics.median(timings[label])
+        each = " / ".join(f"{rate:,.0f}" for rate in runs)
+        print(f"| {label} | {records:,} | {seconds:.2f} | {medians[label]:,.0f} | {each} |")
+    ratios = {
+        f"flagstream / {label}": medians[WORKER] / medians[label]
+        for label in rates
+        if label != WORKER
+    }
+    per_round = [ours / raw for ours, raw in zip(rates[WORKER], rates[RAW], strict=True)]
+    print()
+    for label, ratio in ratios.items():
+        print(f"{label}: {ratio:.2f}")
+    print(f"flagstream / raw pipe, each round: {' / '.join(f'{r:.2f}' for r in per_round)}")
+    return {"records": records, "rates": rates, "medians": medians, "ratios": ratios}
 
 
 def main() -> None:
@@ -360,8 +412,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60_000, help="single-request records")
     parser.add_argument("--batched-requests", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=100, help="requests per batched record")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per pipeline")
+    parser.add_argument(
+        "--quick", action="store_true", help="10,000 single and 50,000 batched requests"
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the worker into this directory")
+    parser.add_argument("--json", type=Path, help="also write the figures and ratios here")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.batched_requests = 10_000, 50_000
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -385,7 +444,7 @@ def main() -> None:
             )
             for i in range(args.requests)
         ]
-        single = run_scenario(brokers, workdir, "single", singles, args.profile, True)
+        single = run_scenario(brokers, workdir, "single", singles, args, True)
         batches = [
             (
                 f"user-{i}".encode(),
@@ -398,29 +457,23 @@ def main() -> None:
             )
             for i in range(args.batched_requests // args.batch)
         ]
-        batched = run_scenario(brokers, workdir, "batched", batches, args.profile, False)
+        batched = run_scenario(brokers, workdir, "batched", batches, args, False)
     finally:
         stop(broker)
 
     print(
-        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}; logs in {workdir}"
+        f"\nmachine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}; "
+        f"logs in {workdir}"
     )
-    for title, timings, per_record, unit in (
-        ("one request per record", single, 1, "records/s"),
-        (f"{args.batch} requests per record", batched, args.batch, "requests/s"),
-    ):
-        print(f"\n{title} ({len(ASKED)} flags per request)\n")
-        print(f"| pipeline | records | seconds | {unit} |")
-        print("|---|---|---|---|")
-        rates = {}
-        for name, (seconds, count) in timings.items():
-            rates[name] = (count - 1) * per_record / seconds
-            print(f"| {name} | {count} | {seconds:.2f} | {rates[name]:,.0f} |")
-        ours = rates["flagstream worker (agents/evaluations.py)"]
-        for name, rate in rates.items():
-            if "reference" in name:
-                print(f"\nflagstream / {name}: {ours / rate:.2f}")
+    summary = {
+        "single": report("one request per record", single, len(singles), 1, "records/s"),
+        "batched": report(
+            f"{args.batch} requests per record", batched, len(batches), args.batch, "requests/s"
+        ),
+    }
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
