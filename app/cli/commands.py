@@ -60,10 +60,12 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_in_process(settings: Settings) -> int:
     """The Faust worker in this process, until it is stopped."""
+    from app.infra.event_loop import use_event_loop
     from app.infra.log_limit import RepeatLimiter
     from app.infra.shutdown import ShutdownWatchdog
     from app.main import build
 
+    use_event_loop(settings.event_loop)  # before build: Faust makes its loops from the policy
     worker = build(settings)
     # A broker outage must neither flood the log nor keep a stopping worker alive.
     # faust annotates `service` for a class only; it starts an instance just as well.
@@ -97,6 +99,13 @@ def parser() -> argparse.ArgumentParser:
         "-f", "--file", default=str(EXAMPLES), help="flagd file loaded into `development`"
     )
     up.add_argument("--log", default="flagstream-up.log", help="where the worker logs")
+    up.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("FLAGSTREAM_PROCESSES", "0")),
+        help="worker processes sharing the HTTP port (default: FLAGSTREAM_PROCESSES, else one"
+        " per core)",
+    )
     up.add_argument(
         "--data-dir",
         default=os.path.join("data", "up"),

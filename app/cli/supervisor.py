@@ -1,6 +1,7 @@
-"""`flagstream up`: the embedded broker and one worker as child processes, for a newcomer.
+"""`flagstream up`: the embedded broker and a worker as child processes, for a newcomer.
 
-The one command to try flagstream: the broker, a worker, the example flags (or the flags of the
+The one command to try flagstream: the broker, a worker (one process per core, sharing the
+HTTP port: `app.cli.processes`), the example flags (or the flags of the
 last run, restored into the fresh broker), and the URLs and keys to use them, stopped cleanly by
 Ctrl-C. The data dir keeps the flags and the keys, so the next `up` starts where this one
 stopped (`app.cli.up_state`).
@@ -41,22 +42,58 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> 
     raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
 
 
+def consecutive_free_ports(host: str, first: int, count: int) -> int:
+    """`first` if it and the `count - 1` ports after it are free, else another such port
+    (a worker's processes serve metrics on consecutive ports)."""
+    from app.infra.broker import free_port, port_open
+
+    base = first
+    while base + count > 65536 or any(port_open(host, base + i) for i in range(count)):
+        base = free_port(host)
+    return base
+
+
+def wait_processes_ready(
+    host: str, metrics_port: int, count: int, process: subprocess.Popen[bytes], timeout_s: float
+) -> None:
+    """Wait until every worker process reports ready on its own metrics port: /readyz on the
+    shared HTTP port answers from whichever process the connection landed on."""
+    deadline = time.monotonic() + timeout_s
+    for index in range(count):
+        url = f"http://{host}:{metrics_port + index}/metrics"
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {process.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if b"\nflagstream_ready 1.0" in response.read():
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker process p{index} was not ready within {timeout_s:.0f}s")
+            time.sleep(0.25)
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
 def run_up(args: argparse.Namespace) -> int:
-    """Broker + one worker + the flags of the last run (else the examples); Ctrl-C stops both.
+    """Broker + a worker (`--processes`, one per core by default) + the flags of the last run
+    (else the examples); Ctrl-C stops both.
 
     The data dir keeps the admin token, the SDK key and the worker's table across runs; the
     table of the last run is restored into the fresh (empty) broker before anything else.
     """
+    from app.cli.processes import process_count
     from app.infra.broker import free_port, port_open, start_broker, stop
 
     host = "127.0.0.1"
+    processes = process_count(args.processes)
     kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
     web_port = args.port if not port_open(host, args.port) else free_port()
-    metrics_port = args.metrics_port if not port_open(host, args.metrics_port) else free_port()
+    metrics_port = consecutive_free_ports(host, args.metrics_port, processes)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     keys = up_state.load_keys(data_dir)
@@ -72,6 +109,7 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_METRICS_HOST": host,
         "FLAGSTREAM_METRICS_PORT": str(metrics_port),
         "FLAGSTREAM_DATA_DIR": str(up_state.worker_dir(data_dir)),
+        "FLAGSTREAM_PROCESSES": str(processes),
         "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
         # Tansu holds a group's first join for its timeouts (about half the session timeout
@@ -92,7 +130,11 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         log_path = Path(args.log).resolve()
-        print(f"starting a worker (data: {data_dir}, log: {log_path}) ...", flush=True)
+        print(
+            f"starting a worker of {processes} process{'es' if processes > 1 else ''}"
+            f" (data: {data_dir}, log: {log_path}) ...",
+            flush=True,
+        )
         with log_path.open("ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker"],
@@ -101,6 +143,7 @@ def run_up(args: argparse.Namespace) -> int:
                 stderr=subprocess.STDOUT,
             )
         wait_ready(url, worker, timeout_s=120)
+        wait_processes_ready(host, metrics_port, processes, worker, timeout_s=120)
         client = AdminClient(url, admin_token, actor="flagstream-up")
         if previous is not None:
             restore_last_run(client, previous)
@@ -110,7 +153,8 @@ def run_up(args: argparse.Namespace) -> int:
             f"\nflagstream is up.\n"
             f"  flags:       {url}/api/v1/environments/development/flags\n"
             f"  changes:     {url}/api/v1/environments/development/stream (server-sent events)\n"
-            f"  metrics:     http://{host}:{metrics_port}/metrics (Prometheus, loopback only)\n"
+            f"  metrics:     {metrics_urls(host, metrics_port, processes)}"
+            " (Prometheus, loopback only)\n"
             f"  admin token: {admin_token}\n"
             f"  SDK key:     {sdk_key}  (environment development)\n"
             f"  try:         curl -H 'Authorization: Bearer {admin_token}' \\\n"
@@ -133,10 +177,15 @@ def run_up(args: argparse.Namespace) -> int:
         stop(broker)
 
 
+def metrics_urls(host: str, first_port: int, processes: int) -> str:
+    """The metrics URL of each worker process (process i on the first port + i)."""
+    return " ".join(f"http://{host}:{first_port + i}/metrics" for i in range(processes))
+
+
 def restore_last_run(client: AdminClient, previous: Path) -> None:
     """Write the last run's flags and history into this run's empty broker."""
     print(f"restoring the flags of the last run from {previous} ...", flush=True)
-    with read_table(previous) as table:
+    with read_table(up_state.table_dir(previous) or previous) as table:
         steps = plan(table)
     outcomes = restore(
         client, steps, jobs=RESTORE_JOBS, say=lambda line: print("  " + line, flush=True)

@@ -6,7 +6,8 @@ into the fresh broker (`app.control.restore`), and reuses the admin token and SD
 first time, so scripts and SDKs configured against it keep working.
 
     <data dir>/keys.json     the admin token and the SDK key (mode 0600, made by the first `up`)
-    <data dir>/worker/       FLAGSTREAM_DATA_DIR of this run's worker
+    <data dir>/worker/       FLAGSTREAM_DATA_DIR of this run's worker (its tables in p<i>/ when
+                             it runs several processes: each holds every flag, p0 is restored)
     <data dir>/previous/     the last run's worker dir, until its table is restored
     <data dir>/broker.log    the embedded broker's log
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["Keys", "drop_previous", "hand_over", "load_keys", "worker_dir"]
+__all__ = ["Keys", "drop_previous", "hand_over", "load_keys", "table_dir", "worker_dir"]
 
 KEYS_FILE = "keys.json"
 
@@ -72,6 +73,15 @@ def worker_dir(data_dir: Path) -> Path:
     return data_dir / "worker"
 
 
+def table_dir(worker: Path) -> Path | None:
+    """Where the flag table of a worker dir is: the dir itself, or its first process's
+    (`flagstream worker --processes N`, app/cli/processes.py); None if it holds no table."""
+    for candidate in (worker, worker / "p0"):
+        if (candidate / "flags" / "CURRENT").is_file():
+            return candidate
+    return None
+
+
 def hand_over(data_dir: Path) -> Path | None:
     """Move the last run's worker dir aside for restore; the dir to restore from, if any."""
     previous = data_dir / "previous"
@@ -80,7 +90,7 @@ def hand_over(data_dir: Path) -> Path | None:
         # A restore from it did not finish: its table is still the truth, this one is partial.
         shutil.rmtree(worker_dir(data_dir), ignore_errors=True)
         return previous
-    if (worker_dir(data_dir) / "flags" / "CURRENT").is_file():
+    if table_dir(worker_dir(data_dir)) is not None:
         worker_dir(data_dir).rename(previous)
         return previous
     shutil.rmtree(worker_dir(data_dir), ignore_errors=True)
