@@ -115,7 +115,10 @@ class AppliedChange:
         return self.request in ("", change.request_digest())
 
     def to_json(self) -> JSON:
-        return {"schema": SCHEMA_VERSION, **asdict(self), "op": self.op.value}
+        # Not `asdict`: it deep-copies the definition, ~70% of a replica's apply (which
+        # encodes each change twice) for a dict only ever encoded. Same keys, same order.
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {"schema": SCHEMA_VERSION, **fields, "op": self.op.value}
 
     @classmethod
     def from_json(cls, data: JSON) -> AppliedChange:
