@@ -39,6 +39,7 @@ from app.evaluation.records import (
     result_json,
 )
 from app.evaluation.stats import NOT_FOUND
+from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import JSON, DeadLetterCode, Rejection
 from app.infra.settings import Settings
@@ -108,6 +109,9 @@ class EvaluationRequests(Service):
         )
         await self.producer.start()
         await self.consumer.start()
+        pace_when_idle(
+            self.consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
+        )
 
     async def on_stop(self) -> None:
         if self.consumer is not None:

@@ -45,6 +45,7 @@ from app.experiments.fold import EventRecord, ExposureRecord, Folded, PartitionF
 from app.experiments.partials import Partial, Progress, encode_partial, encode_progress
 from app.experiments.sources import decode_exposure, decode_metric_event
 from app.experiments.stats import MetricKind
+from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
@@ -164,6 +165,9 @@ class ExperimentAttribution(Service):
         await self.producer.start()
         await self.consumer.start()
         await self.reader.start()
+        pace_when_idle(
+            self.reader, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
+        )
 
     async def on_stop(self) -> None:
         if self.consumer is not None:

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, loads
 from app.infra.settings import Settings
@@ -120,6 +121,7 @@ class FlagReplication(Service):
         )
         await self._producer.start()
         await self._consumer.start()
+        pace_when_idle(self._consumer, self.settings.fetch_max_wait_ms, self.settings.idle_poll_ms)
         if not await same_log(self.settings, self.table, self.partitions):
             self._move_table_aside()
         self._consumer.assign(self.partitions)

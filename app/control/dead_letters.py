@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from app.control.outcomes import Outcomes
+from app.infra.fetch_wait import pace_when_idle
 from app.infra.records import DeadLetter, loads
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
@@ -50,6 +51,7 @@ class DeadLetterReader(Service):
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await self._consumer.start()
+        pace_when_idle(self._consumer, self.settings.fetch_max_wait_ms, self.settings.idle_poll_ms)
         self._consumer.assign([DEAD_LETTERS_PARTITION])
         await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
         self._consumer_ready.set()

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from app.experiments.partials import Partial, Progress, decode_stats_record
+from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
@@ -164,6 +165,9 @@ class ExperimentStatsFeed(Service):
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await self._consumer.start()
+        pace_when_idle(
+            self._consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
+        )
         # The topic's partition count is the sources' (app.infra.topics.topic_specs).
         partitions = [
             TopicPartition(EXPERIMENT_STATS, p) for p in range(self.settings.exposure_partitions)

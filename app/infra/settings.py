@@ -217,6 +217,25 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest wait of a Kafka fetch; the embedded broker needs ~10 (it never answers early).",
     ),
     Setting(
+        "FLAGSTREAM_IDLE_POLL_MS",
+        "40",
+        "While they find nothing, the consumers on the write path (flag changes, changelog, dead"
+        " letters) fetch at most once per this long (a pause after the broker's wait, none when"
+        " the wait is as long; app/infra/fetch_wait.py): an idle change waits up to this at"
+        " each of its two hops.",
+    ),
+    Setting(
+        "FLAGSTREAM_BACKGROUND_POLL_MS",
+        "250",
+        "The same for the other consumers (Kafka evaluation requests, experiment totals and"
+        " state): the first evaluation request after an idle spell waits up to this long.",
+    ),
+    Setting(
+        "FLAGSTREAM_EVENT_LOOP",
+        "asyncio",
+        "Event loop of a worker: `uvloop` or `asyncio` (app/infra/event_loop.py).",
+    ),
+    Setting(
         "FLAGSTREAM_LOG_LEVEL",
         "info",
         "Worker log level (info: Faust's default `warn` costs ~12% throughput).",
@@ -286,6 +305,9 @@ class Settings:
     session_timeout_s: float
     heartbeat_s: float
     fetch_max_wait_ms: int
+    idle_poll_ms: int
+    background_poll_ms: int
+    event_loop: str
     log_level: str
 
     @classmethod
@@ -341,6 +363,9 @@ class Settings:
             session_timeout_s=float(_env("FLAGSTREAM_SESSION_TIMEOUT_S")),
             heartbeat_s=float(_env("FLAGSTREAM_HEARTBEAT_S")),
             fetch_max_wait_ms=int(_env("FLAGSTREAM_FETCH_MAX_WAIT_MS")),
+            idle_poll_ms=int(_env("FLAGSTREAM_IDLE_POLL_MS")),
+            background_poll_ms=int(_env("FLAGSTREAM_BACKGROUND_POLL_MS")),
+            event_loop=_env("FLAGSTREAM_EVENT_LOOP"),
             log_level=_env("FLAGSTREAM_LOG_LEVEL"),
         )
 

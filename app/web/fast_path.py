@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httptools
 from aiohttp import web
@@ -249,9 +249,9 @@ class FastPath(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):  # a TCP server's transports are
-            raise TypeError(f"the fast path reads a stream transport, not {type(transport)}")
-        self._transport = transport
+        # A TCP server's transport reads and writes; uvloop's has asyncio.Transport's methods
+        # without the base class, so an isinstance check would refuse it.
+        self._transport = cast(asyncio.Transport, transport)
         self._shared.open.add(self)
         self._shared.accepted.inc()
 

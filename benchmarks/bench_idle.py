@@ -1,0 +1,279 @@
+"""What an idle worker costs, beside its references, and how fast an isolated change spreads.
+
+One run, one embedded broker behind a request-counting proxy (tests/kafka_counter.py), CPU
+time read from /proc/<pid>/stat (user + system of the process and all its threads: robust to
+what else the machine runs, unlike wall-clock rates):
+
+1. reference: the broker alone, no client connected;
+2. reference: one raw aiokafka consumer (its own process) tailing a 4-partition topic with the
+   same fetch wait as the workers, and the broker beside it;
+3. one worker, ready and idle: its CPU, the broker's, and the fetches per second of each of
+   its consumers (told apart by the topics they fetch);
+4. a second worker joins; `--changes` changes, each after `--gap-s` of silence (every consumer
+   idle), written through worker A: PUT → 200 on A, and PUT → the event on B's change stream.
+   `benchmarks/bench_propagation.py` times changes back to back instead.
+
+Pass worker settings to compare, e.g. today's behaviour before the idle pacing:
+`--env FLAGSTREAM_IDLE_POLL_MS=10 --env FLAGSTREAM_BACKGROUND_POLL_MS=10`.
+
+    .venv/bin/python benchmarks/bench_idle.py [--seconds 30] [--changes 40] [--quick]
+        [--fetch-wait-ms 10] [--env NAME=VALUE ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.infra.broker import stop  # noqa: E402
+from tests.conftest import EventStream, Worker, flag, wait_until  # noqa: E402
+from tests.kafka_counter import CountedBroker, FetchKind  # noqa: E402
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+RAW_TOPIC = "bench-idle"
+RAW_PARTITIONS = 4  # as many as the flag changelog's default
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def cpu_percent(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each process's CPU over the next `seconds`, in % of one core."""
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {name: 100 * (cpu_s(pid) - before[name]) / elapsed for name, pid in pids.items()}
+
+
+# -- the raw consumer reference, in its own process --------------------------------------------
+
+
+def raw_consumer(brokers: str, wait_ms: int) -> None:
+    """Tail RAW_TOPIC with a plain aiokafka consumer until killed."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=wait_ms
+        )
+        await consumer.start()
+        consumer.assign([TopicPartition(RAW_TOPIC, p) for p in range(RAW_PARTITIONS)])
+        print("ready", flush=True)
+        while True:
+            await consumer.getmany(timeout_ms=1000)
+
+    asyncio.run(run())
+
+
+def create_raw_topic(brokers: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(RAW_TOPIC, RAW_PARTITIONS, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def measure_raw_consumer(
+    broker: CountedBroker, wait_ms: int, seconds: float
+) -> tuple[dict[str, float], float]:
+    create_raw_topic(broker.brokers)
+    command = [sys.executable, __file__, "--raw-consumer", broker.brokers, str(wait_ms)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)  # this very file
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        time.sleep(2)  # its first fetches and metadata are start-up, not idle
+        assert broker.process is not None
+        fetches = Rates(broker)
+        cpu = cpu_percent({"consumer": process.pid, "broker": broker.process.pid}, seconds)
+        return cpu, sum(fetches.done().values())
+    finally:
+        stop(process)
+
+
+class Rates:
+    """Fetches per second by kind from now until `done()`."""
+
+    def __init__(self, broker: CountedBroker) -> None:
+        self.broker = broker
+        self.before, _ = broker.snapshot()
+        self.started = time.monotonic()
+
+    def done(self) -> dict[FetchKind, float]:
+        after, _ = self.broker.snapshot()
+        elapsed = time.monotonic() - self.started
+        return {
+            k: (after[k] - self.before[k]) / elapsed for k in after if after[k] > self.before[k]
+        }
+
+
+# -- isolated changes ------------------------------------------------------------------------
+
+
+def isolated_changes(a: Worker, b: Worker, changes: int, gap_s: float) -> dict[str, list[float]]:
+    """PUT → 200 on A and PUT → SSE event on B, each change after `gap_s` of silence."""
+    admin = a.admin()
+    warm_seq = admin.put("idle", "warmup", flag())["seq"]
+    events = EventStream(f"{b.url}/api/v1/environments/idle/stream")
+    while events.next()[0] < warm_seq:
+        pass
+    arrivals: dict[int, float] = {}
+
+    def read() -> None:
+        for _ in range(changes):
+            seq, _, _ = events.next()
+            arrivals[seq] = time.perf_counter()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    acked_ms, sent = [], {}
+    for i in range(changes):
+        time.sleep(gap_s)  # the silence is what is measured: every consumer goes idle
+        started = time.perf_counter()
+        seq = admin.put("idle", f"f{i % 5}", flag(default="on" if i % 2 else "off"))["seq"]
+        acked_ms.append((time.perf_counter() - started) * 1000)
+        sent[seq] = started
+        wait_until(lambda seq=seq: seq in arrivals, 10)
+    events.close()
+    to_b_ms = [(arrivals[seq] - sent[seq]) * 1000 for seq in sent]
+    return {"acked_ms": acked_ms, "to_b_ms": to_b_ms}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    env = {"FLAGSTREAM_FETCH_MAX_WAIT_MS": str(args.fetch_wait_ms), **dict(args.env)}
+    broker = CountedBroker().start()
+    assert broker.process is not None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    result: dict[str, Any] = {"settings": env, "seconds": args.seconds}
+    workers: list[Worker] = []
+    try:
+        time.sleep(1)
+        result["broker_alone"] = cpu_percent({"broker": broker.process.pid}, args.seconds)
+        step("broker alone", result["broker_alone"])
+        raw_cpu, raw_fetches = measure_raw_consumer(broker, args.fetch_wait_ms, args.seconds)
+        result["raw_consumer"] = {**raw_cpu, "fetches_per_s": raw_fetches}
+        step("raw aiokafka consumer", result["raw_consumer"])
+
+        a = Worker(broker.brokers, workdir / "a", "bench-idle", **env)
+        workers.append(a)
+        a.start()
+        assert a.process is not None
+        time.sleep(args.settle_s)  # start-up work (first commits, metadata) is not idleness
+        fetches = Rates(broker)
+        worker_cpu = cpu_percent(
+            {"worker": a.process.pid, "broker": broker.process.pid}, args.seconds
+        )
+        by_kind = fetches.done()
+        result["worker"] = {**worker_cpu, "fetches_per_s": sum(by_kind.values())}
+        result["fetches_by_consumer"] = {
+            f"{'+'.join(k.topics)} (wait {k.max_wait_ms} ms)": round(rate, 1)
+            for k, rate in sorted(by_kind.items(), key=lambda item: -item[1])
+        }
+        step("idle worker", result["worker"])
+
+        b = Worker(broker.brokers, workdir / "b", "bench-idle", **env)
+        workers.append(b)
+        b.start()
+        result["isolated"] = isolated_changes(a, b, args.changes, args.gap_s)
+    finally:
+        for worker in workers:
+            worker.stop()
+        broker.stop()
+    return result
+
+
+def step(name: str, figures: dict[str, float]) -> None:
+    print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
+
+
+def report(result: dict[str, Any]) -> None:
+    alone, raw, worker = result["broker_alone"], result["raw_consumer"], result["worker"]
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}; settings: {result['settings']}")
+    seconds = result["seconds"]
+    print(f"\n| idle, over {seconds:.0f} s | process CPU % of a core | broker CPU % | fetches/s |")
+    print("|---|---:|---:|---:|")
+    print(f"| reference: broker alone, no client | - | {alone['broker']:.1f} | 0 |")
+    print(
+        f"| reference: one raw aiokafka consumer | {raw['consumer']:.1f} | {raw['broker']:.1f} "
+        f"| {raw['fetches_per_s']:.1f} |"
+    )
+    print(
+        f"| **flagstream worker** | **{worker['worker']:.1f}** | **{worker['broker']:.1f}** "
+        f"| {worker['fetches_per_s']:.1f} |"
+    )
+    if raw["consumer"] > 0:
+        print(f"\nidle worker / one raw consumer (CPU): {worker['worker'] / raw['consumer']:.1f}x")
+    print("\nfetches/s per consumer of the idle worker:")
+    for name, rate in result["fetches_by_consumer"].items():
+        print(f"  {rate:6.1f}  {name}")
+    isolated = result["isolated"]
+    print(f"\nisolated changes ({len(isolated['to_b_ms'])}, each after silence):")
+    print("| path | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|")
+    for name, key in (("PUT → 200 on A", "acked_ms"), ("PUT → event on B's stream", "to_b_ms")):
+        values: list[float] = isolated[key]
+        print(
+            f"| {name} | {statistics.median(values):.1f} | {percentile(values, 0.99):.1f} "
+            f"| {max(values):.1f} |"
+        )
+
+
+def key_value(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    return name, value
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--raw-consumer":
+        raw_consumer(sys.argv[2], int(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=30.0, help="each CPU measurement")
+    parser.add_argument("--settle-s", type=float, default=5.0, help="after ready, unmeasured")
+    parser.add_argument("--changes", type=int, default=40, help="isolated changes")
+    parser.add_argument("--gap-s", type=float, default=2.0, help="silence before each change")
+    parser.add_argument("--fetch-wait-ms", type=int, default=10, help="as `up` and the tests")
+    parser.add_argument("--env", type=key_value, action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="10 s measurements, 10 changes")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.changes, args.settle_s = 10.0, 10, 3.0
+    result = run(args)
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
