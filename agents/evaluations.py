@@ -12,6 +12,15 @@ then a queue hop), which capped an agent doing this work at ~35% of a consume-on
 rate; this loop takes the fetched batch as it comes (benchmarks/RESULTS.md, issue 4).
 Delivery is at least once: the offsets of a partition are committed only after the producer
 has flushed every result of the records before them, and on revocation before a rebalance.
+
+Bounded, so a burst is consumed slower rather than buffered: a fetch hands the loop at most
+MAX_POLL_RECORDS records (aiokafka prefetches at most one fetch per partition behind them), the
+loop answers them one by one, and at most FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT results are
+produced but not yet acknowledged: at the bound the loop waits for acks before it produces
+(and so before it reads) more. aiokafka's own buffer bounds bytes per partition, not records,
+so a burst of small results could otherwise sit in it by the hundred thousand. The requests a
+worker cannot take yet wait in the topic, where they cost nothing and any worker may take them.
+The wait is `flagstream_evaluation_backpressure_seconds_total`.
 """
 
 from __future__ import annotations
@@ -87,6 +96,15 @@ class EvaluationRequests(Service):
         self.producer: AIOKafkaProducer | None = None
         # Next offset to commit per partition: one past the last record answered.
         self._done: dict[TopicPartition, int] = {}
+        # Results (and dead letters) produced and not yet acknowledged, at most max_in_flight.
+        self.max_in_flight = max(1, settings.evaluation_max_in_flight)
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._room = asyncio.Event()  # set while in_flight < max_in_flight
+        self._room.set()
+        self.backpressure = metrics.evaluation_backpressure_seconds
+        metrics.evaluation_results_in_flight.set_function(lambda: self.in_flight)
+        metrics.evaluation_results_in_flight_peak.set_function(lambda: self.peak_in_flight)
 
     async def on_start(self) -> None:
         self.producer = AIOKafkaProducer(
@@ -253,17 +271,35 @@ class EvaluationRequests(Service):
         producer = self.producer
         if producer is None:
             raise RuntimeError("records are sent only once started")
+        if self.in_flight >= self.max_in_flight:
+            await self._wait_for_room()
         try:
             delivery = await producer.send(topic, value, key=key)
         except Exception as exc:
             self._failed(exc)
             return
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        if self.in_flight >= self.max_in_flight:
+            self._room.clear()
         delivery.add_done_callback(self._check_delivered)
+
+    async def _wait_for_room(self) -> None:
+        """Wait until an ack brings the results in flight below the bound (counted)."""
+        started = time.perf_counter()
+        while self.in_flight >= self.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+        self.backpressure.inc(time.perf_counter() - started)
 
     async def _send_dead_letter(self, letter: bytes) -> None:
         await self.send(DEAD_LETTERS, None, letter)
 
     def _check_delivered(self, delivery: asyncio.Future[Any]) -> None:
+        self.in_flight -= 1
+        if self.in_flight < self.max_in_flight:
+            self._room.set()
         exc = None if delivery.cancelled() else delivery.exception()
         if exc is not None:
             self._failed(exc)

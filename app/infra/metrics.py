@@ -123,6 +123,36 @@ class Metrics:
             "HTTP connections accepted; each starts on the OFREP fast path.",
             registry=registry,
         )
+        self.shed_requests = Counter(
+            "flagstream_shed_requests_total",
+            "OFREP requests answered 429 with Retry-After because the event loop lagged past "
+            "FLAGSTREAM_SHED_LOOP_LAG_MS (app/web/overload.py), by route template.",
+            ["path"],  # /ofrep/v1/evaluate/flags/{key} | /ofrep/v1/evaluate/flags
+            registry=registry,
+        )
+        self.loop_lag_seconds = Gauge(
+            "flagstream_event_loop_lag_seconds",
+            "How late the event loop ran its lag timer at the last sample while OFREP requests "
+            "came (0 when idle): the wait a request sees before it is read.",
+            registry=registry,
+        )
+        self.evaluation_results_in_flight = Gauge(
+            "flagstream_evaluation_results_in_flight",
+            "Kafka evaluation results and dead letters produced but not yet acknowledged.",
+            registry=registry,
+        )
+        self.evaluation_results_in_flight_peak = Gauge(
+            "flagstream_evaluation_results_in_flight_peak",
+            "The most Kafka evaluation results in flight at once since start; never above "
+            "FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT.",
+            registry=registry,
+        )
+        self.evaluation_backpressure_seconds = Counter(
+            "flagstream_evaluation_backpressure_seconds_total",
+            "Time the Kafka evaluation loop stopped consuming because "
+            "FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT results awaited their acknowledgement.",
+            registry=registry,
+        )
         self.attribution_records = Counter(
             "flagstream_attribution_records_total",
             "Exposures and metric events read by this worker's attribution, by source topic and"

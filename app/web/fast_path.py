@@ -24,6 +24,10 @@ to finish a request (`REQUEST_SWEEPS`, then 408). A client that does not read it
 not read, nor answered, until it catches up (`pause_writing`), and that pause is carried to
 aiohttp at a hand-off.
 
+Past that, what a worker holds is time: the `Answer` sheds a share of the requests with a 429
+and `Retry-After` when the event loop lags (`app.web.overload`), so under a spike the wait of
+the answered ones stays bounded instead of growing with the kernel's queues.
+
 Connections aiohttp serves (handed off, or all of them without the fast path) are
 `QuietRequestHandler`s: a request aiohttp cannot parse is answered with a fixed 400 and logged
 without its bytes, which may hold a token or an SDK key.
@@ -60,6 +64,7 @@ from app.infra.keys import KEY_PATTERN
 from app.infra.metrics import Metrics
 from app.infra.records import dumps
 from app.web.auth import token_of
+from app.web.overload import RETRY_AFTER_S
 
 __all__ = [
     "IDLE_SWEEPS",
@@ -76,7 +81,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Answer = Callable[[str | None, str, bytes], tuple[int, bytes] | None]
-"""(SDK key or None, flag key, body) -> (status, JSON body); None lets aiohttp answer."""
+"""(SDK key or None, flag key, body) -> (status, JSON body); None lets aiohttp answer. A 429
+(a shed request, `app.web.overload`) is sent with `Retry-After`."""
 Admits = Callable[[str | None], bool]
 """Whether a credential (SDK key or None) may evaluate at all; False lets aiohttp answer
 (401/403) as soon as the head has arrived, so a refused request's body is never buffered."""
@@ -152,6 +158,11 @@ def http_date() -> bytes:
 # An answer: status line, headers and JSON body; the last one on its connection says so.
 ANSWER: Final = b"%sContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n\r\n%s"
 LAST_ANSWER: Final = ANSWER.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+# A shed request's answer (429) tells the client when to come back; the connection is kept.
+RETRY_AFTER: Final = b"\r\nRetry-After: %d\r\n\r\n" % RETRY_AFTER_S
+SHED_ANSWER: Final = ANSWER.replace(b"\r\n\r\n", RETRY_AFTER)
+SHED_LAST_ANSWER: Final = LAST_ANSWER.replace(b"\r\n\r\n", RETRY_AFTER)
+SHED: Final = 429
 
 
 def header_text(value: bytes | None) -> str | None:
@@ -162,7 +173,7 @@ def header_text(value: bytes | None) -> str | None:
 class Connections:
     """What the fast connections of one site share: who they are and what they hold."""
 
-    __slots__ = ("accepted", "buffered", "handoffs", "max_buffered", "open", "requests")
+    __slots__ = ("accepted", "buffered", "handoffs", "max_buffered", "open", "requests", "shed")
 
     def __init__(self, metrics: Metrics, max_buffered: int = MAX_BUFFERED_BYTES) -> None:
         self.open: set[FastPath] = set()
@@ -171,6 +182,7 @@ class Connections:
         self.accepted = metrics.fast_path_connections
         self.handoffs = metrics.fast_path_handoffs
         self.requests = metrics.http_requests
+        self.shed = metrics.http_requests.labels("ofrep", str(SHED))  # pre-bound: spikes
 
 
 class FastPath(asyncio.Protocol):
@@ -413,6 +425,15 @@ class FastPath(asyncio.Protocol):
         if answered is None:
             return False
         status, payload = answered
+        if status == SHED:
+            self._shared.shed.inc()
+            if self._keep_alive:
+                self._transport.write(
+                    SHED_ANSWER % (_status_lines[SHED], len(payload), http_date(), payload)
+                )
+            else:
+                self._write_and_close(status, payload, SHED_LAST_ANSWER)
+            return True
         if not self._keep_alive:
             self._write_and_close(status, payload)
             return True
@@ -420,9 +441,9 @@ class FastPath(asyncio.Protocol):
         transport.write(ANSWER % (_status_lines[status], len(payload), http_date(), payload))
         return True
 
-    def _write_and_close(self, status: int, payload: bytes) -> None:
+    def _write_and_close(self, status: int, payload: bytes, template: bytes = LAST_ANSWER) -> None:
         transport = self._transport
-        transport.write(LAST_ANSWER % (_status_lines[status], len(payload), http_date(), payload))
+        transport.write(template % (_status_lines[status], len(payload), http_date(), payload))
         if self._writing_paused:
             transport.abort()  # the client does not read: nothing would flush
         else:

@@ -17,6 +17,11 @@ every request it cannot answer at once to `evaluate_flag`. Both make no promethe
 and encode each pre-built outcome once (`encoded`). The handlers are plain aiohttp routes (a
 Faust View's dispatch and sensors cost ~10% of their throughput). See
 benchmarks/bench_ofrep.py and docs/ofrep.md.
+
+Both routes, and the fast path through `evaluate_at_once`, shed first: when the event loop
+lags past FLAGSTREAM_SHED_LOOP_LAG_MS a share of the requests is answered 429 with
+`Retry-After` before its body is read or decoded (`app.web.overload`, which says why the loop's
+lag is the queue a request waits in).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from aiohttp import web
 from app.engine import ErrorCode
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
+from app.infra.metrics import Metrics
 from app.infra.records import dumps_sorted
 from app.infra.settings import Settings
 from app.web import inputs
@@ -47,10 +53,15 @@ from app.web.ofrep_wire import (
     resolution_body,
     respond,
 )
+from app.web.overload import RETRY_AFTER_S, LoopLag, shed_body
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
 __all__ = ["OfrepApi"]
+
+ONE_FLAG: Final = PREFIX + "/evaluate/flags/{key}"
+EVERY_FLAG: Final = PREFIX + "/evaluate/flags"
+SHED_HEADERS: Final = {"Retry-After": str(RETRY_AFTER_S)}
 
 # How long a re-fetch that names a newer `flagConfigEtag` waits for this worker to apply it.
 CATCH_UP_WAIT_S: Final = 2.0
@@ -72,7 +83,9 @@ class OfrepApi:
         replication: FlagReplication,
         evaluator: Evaluator,
         feed: ChangeFeed,
+        metrics: Metrics | None = None,
     ) -> None:
+        """`metrics`: where sheds are counted (None: the replication's, the worker's one)."""
         self.max_body = settings.max_body_bytes
         self.credentials = credentials
         self.flags = flags
@@ -82,17 +95,26 @@ class OfrepApi:
         self.stats = evaluator.stats
         self.feed = feed
         self.encoded = EncodedBodies()
+        counted = replication.metrics if metrics is None else metrics
+        self.overload = LoopLag(settings.shed_loop_lag_ms / 1000, counted.shed_requests)
+        counted.loop_lag_seconds.set_function(lambda: self.overload.sampled_s)
 
     def routes(self) -> list[web.RouteDef]:
         """Plain aiohttp routes (see the module docstring for why not Faust Views)."""
         return [
-            web.post(PREFIX + "/evaluate/flags/{key}", self.evaluate_flag),
-            web.post(PREFIX + "/evaluate/flags", self.evaluate_flags),
+            web.post(ONE_FLAG, self.evaluate_flag),
+            web.post(EVERY_FLAG, self.evaluate_flags),
         ]
 
     def admits(self, token: str | None) -> bool:
         """Whether a credential may evaluate at all: the fast path's check at the head."""
         return self.credentials.sdk_key_environment(token) is not None
+
+    def shed(self, key: str | None) -> web.Response:
+        """The 429 of a shed request: `Retry-After` and the OFREP error body, nothing read."""
+        return web.Response(
+            body=shed_body(key), status=429, content_type="application/json", headers=SHED_HEADERS
+        )
 
     async def not_ready(self, key: str | None) -> web.Response | None:
         """A 500 while the flag table is still recovering (after a bounded wait), else None.
@@ -122,6 +144,8 @@ class OfrepApi:
         """`POST /ofrep/v1/evaluate/flags/{key}`: one flag for the body's context."""
         started = _perf_counter()
         key = request.match_info["key"]
+        if self.overload.sheds(ONE_FLAG):
+            return self.shed(key)
         environment = self.credentials.sdk_environment(request)
         if environment is None:
             return refused(self.credentials, request, key)
@@ -141,8 +165,11 @@ class OfrepApi:
         The fast path's `Answer` (`app.web.fast_path`). None, before any side effect, leaves
         the request to `evaluate_flag`: a missing or wrong key, a body that is not a context,
         or a worker still recovering, so each of those answers is written in one place.
+        A shed request is answered 429 first, before the body is decoded.
         """
         started = _perf_counter()
+        if self.overload.sheds(ONE_FLAG):
+            return 429, shed_body(key)  # the fast path adds `Retry-After` to every 429
         environment = self.credentials.sdk_key_environment(token)
         if environment is None or not self.replication.ready.is_set():
             return None
@@ -191,6 +218,8 @@ class OfrepApi:
         Per-flag errors are items of the 200 body; the ETag covers flags and context.
         """
         started = _perf_counter()
+        if self.overload.sheds(EVERY_FLAG):
+            return self.shed(None)
         environment = self.credentials.sdk_environment(request)
         if environment is None:
             return refused(self.credentials, request, None)

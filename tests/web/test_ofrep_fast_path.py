@@ -122,6 +122,17 @@ GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
+def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The conftest's worker, never shedding: these tests pipeline thousands of requests on
+    one connection on purpose and check every answer, which a loaded machine's lag would
+    turn into some 429s (shedding is tests/web/test_overload.py's)."""
+    data = tmp_path_factory.mktemp("worker") / "data"
+    started = Worker(broker, data, "flagstream-test", FLAGSTREAM_SHED_LOOP_LAG_MS="0").start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
 def flags(worker: Worker) -> Worker:
     admin = worker.admin()
     admin.put(ENV, "fp-targeted", TARGETED)

@@ -1,0 +1,129 @@
+"""Overload: when a worker's OFREP answers would wait too long, shed some with a cheap 429.
+
+What "the queue" is here. The fast path answers a request synchronously in the callback that
+reads it, so no queue of requests exists in the worker: a request waits in the kernel (the
+accept queue, its socket's receive buffer) until the event loop gets round to its socket, and
+the loop gets round to it once it has run every callback that was ready before. So the wait a
+request sees is how late the loop runs what became ready: the event loop's lag. `LoopLag`
+measures it with a timer that asks to run every `SAMPLE_S` and notes how late it ran (as
+Node's toobusy does). Two readings make `lag`:
+
+* how overdue the armed timer is now: the least every request read in this turn of the loop
+  has waited (the kernel held it while the loop ran what was ready before). It is what stops
+  a burst within its first turn: once the turn has run past the threshold, the requests still
+  to be read in it are shed, not evaluated;
+* the smaller of the last two samples: lag that lasts. One long callback (a compile, a GC
+  pause) makes one sample late and leaves nothing behind it, so requests sent one by one
+  after it are answered; under a spike every sample is late, so every turn sheds from its
+  start instead of only once it has run long.
+
+What is shed. Past the threshold (FLAGSTREAM_SHED_LOOP_LAG_MS) a share of the requests grows
+with the lag: (lag - threshold) / threshold, so all of them at twice the threshold. A 429 costs
+a few µs (no body decoded, nothing evaluated), so shedding a share frees the loop for the
+others, and the lag of a loop under a 10x spike settles between one and two thresholds instead
+of growing with the spike: answered requests keep a bounded wait, the rest are told to come
+back after `RETRY_AFTER_S` (OFREP's `Retry-After`, which the official providers honour).
+Shedding all at once above the threshold would swing the lag between empty and full.
+
+Only OFREP evaluations are shed (the fast path and `app.web.ofrep`'s routes): health, readiness,
+metrics and the admin API answer whatever the load, so an overloaded worker is still seen and
+still written to.
+
+The timer runs only while requests come: with none in a sample it is not armed again, so an
+idle worker pays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Final
+
+from prometheus_client import Counter
+
+from app.infra.records import dumps
+
+__all__ = ["RETRY_AFTER_S", "SAMPLE_S", "LoopLag", "shed_body"]
+
+# Seconds between two looks at the loop's lag while requests come in.
+SAMPLE_S: Final = 0.025
+# Seconds a shed client is asked to wait (`Retry-After`): long enough for a spike's excess to
+# go elsewhere, short enough that the SDK's next evaluation after it comes back here.
+RETRY_AFTER_S: Final = 1
+SHED_DETAILS: Final = f"the worker is overloaded: retry after {RETRY_AFTER_S} s"
+
+
+def shed_body(key: str | None) -> bytes:
+    """The OFREP error body of a shed request: `evaluationFailure` (one flag, with its key)
+    or `bulkEvaluationFailure` (every flag)."""
+    body = {"errorCode": "GENERAL", "errorDetails": SHED_DETAILS}
+    return dumps(body if key is None else {"key": key, **body})
+
+
+class LoopLag:
+    """The event loop's lag, sampled while requests come, and whether to shed a request."""
+
+    __slots__ = (
+        "_due",
+        "_loop",
+        "_previous",
+        "_random",
+        "_sampled",
+        "_shed",
+        "_threshold",
+        "_used",
+    )
+
+    def __init__(self, threshold_s: float, shed: Counter) -> None:
+        self._threshold = threshold_s  # 0 or less: never shed
+        self._shed = shed  # flagstream_shed_requests_total, by path
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while the timer is armed
+        self._due = 0.0  # loop time the armed timer asked to run at
+        self._sampled = 0.0  # how late (s) the timer ran last time
+        self._previous = 0.0  # and the time before
+        self._used = False  # a request asked since the timer last ran
+        self._random = random.random
+
+    @property
+    def sampled_s(self) -> float:
+        """How late the timer ran at its last sample, in seconds (0 while idle)."""
+        return self._sampled
+
+    def lag(self) -> float:
+        """Seconds a request read now has waited, or the loop has lagged lately, whichever is
+        more (see the module docstring)."""
+        loop = self._loop
+        if loop is None:
+            return 0.0
+        return max(min(self._previous, self._sampled), loop.time() - self._due)
+
+    def sheds(self, path: str) -> bool:
+        """Whether to answer this request 429 (counted under `path`, a route template)."""
+        threshold = self._threshold
+        if threshold <= 0:
+            return False
+        self._used = True
+        if self._loop is None:
+            self._arm(asyncio.get_running_loop())
+            return False
+        over = (self.lag() - threshold) / threshold
+        if over <= 0 or (over < 1 and self._random() >= over):
+            return False
+        self._shed.labels(path).inc()
+        return True
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due = loop.time() + SAMPLE_S
+        loop.call_at(self._due, self._sample)
+
+    def _sample(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        self._previous, self._sampled = self._sampled, max(0.0, loop.time() - self._due)
+        if self._used:
+            self._used = False
+            self._arm(loop)
+        else:  # no request for a whole sample: idle, nothing to measure for
+            self._loop, self._sampled, self._previous = None, 0.0, 0.0

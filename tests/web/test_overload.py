@@ -1,0 +1,243 @@
+"""Overload against a real worker over real sockets: shed with 429, never drown.
+
+The worker sheds past 20 ms of event-loop lag; the load is many connections, each sending its
+requests pipelined a hundred at a time, so every turn of the worker's loop has thousands of
+requests to answer. While it lasts, single-flag (fast path) and bulk (aiohttp) evaluations are
+answered 429 with `Retry-After` and the OFREP error body, each counted; health, readiness and
+the admin API answer 200 throughout; once it stops, evaluations answer 200 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
+
+from app.web.overload import SAMPLE_S, LoopLag
+from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, wait_until
+
+ENV = "development"  # the environment the worker's SDK_KEY selects
+SHED_MS = 20
+CONNECTIONS = 48
+PIPELINED = 100  # requests a connection sends in one write
+LOAD_S = 30.0  # longest the load runs before the test gives up on seeing what it waits for
+BODY = json.dumps({"context": {"targetingKey": "load"}}).encode()
+ONE_FLAG = b"/ofrep/v1/evaluate/flags/plain"
+EVERY_FLAG = b"/ofrep/v1/evaluate/flags"
+
+
+def post(path: bytes) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (path, SDK_KEY.encode(), len(BODY), BODY)
+    )
+
+
+def get(path: str, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n".encode()
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+async def read_reply(reader: asyncio.StreamReader) -> Reply:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in head[1:] if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(head[0].split()[1]), headers, body
+
+
+async def exchange(port: int, request: bytes) -> Reply:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await read_reply(reader)
+    finally:
+        writer.close()
+
+
+class Load:
+    """Connections sending pipelined evaluations until told to stop; what came back."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stopping = False
+        self.statuses: dict[bytes, Counter[int]] = {ONE_FLAG: Counter(), EVERY_FLAG: Counter()}
+        self.shed: dict[bytes, Reply] = {}  # one 429 of each path, as sent
+
+    async def connection(self, path: bytes) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        burst = post(path) * PIPELINED
+        try:
+            while not self.stopping:
+                writer.write(burst)
+                for _ in range(PIPELINED):
+                    reply = await read_reply(reader)
+                    self.statuses[path][reply[0]] += 1
+                    if reply[0] == 429:
+                        self.shed.setdefault(path, reply)
+        finally:
+            writer.close()
+
+    def shedding_both(self) -> bool:
+        return all(self.statuses[path][429] > 0 for path in self.statuses)
+
+
+async def under_load(worker: Worker) -> tuple[Load, list[tuple[str, int]]]:
+    """Load the worker; meanwhile probe the routes that must never shed, while it sheds."""
+    load = Load(worker.port)
+    paths = [EVERY_FLAG if i % 8 == 0 else ONE_FLAG for i in range(CONNECTIONS)]
+    tasks = [asyncio.create_task(load.connection(path)) for path in paths]
+    probes: list[tuple[str, int]] = []
+    deadline = time.monotonic() + LOAD_S
+    try:
+        while time.monotonic() < deadline and not (load.shedding_both() and len(probes) >= 9):
+            await asyncio.sleep(0.2)
+            if not load.shedding_both():
+                continue
+            for path, token in (
+                ("/healthz", None),
+                ("/readyz", None),
+                (f"/api/v1/environments/{ENV}/flags/plain", ADMIN_TOKEN),
+            ):
+                status, _, _ = await exchange(worker.port, get(path, token))
+                probes.append((path, status))
+    finally:
+        load.stopping = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return load, probes
+
+
+def shed_counts(worker: Worker) -> dict[str, float]:
+    pattern = r'^flagstream_shed_requests_total\{path="([^"]+)"\} (\S+)$'
+    return {path: float(n) for path, n in re.findall(pattern, worker.metrics(), re.M)}
+
+
+def answered_at_once(worker: Worker, times: int = 10) -> bool:
+    """`times` evaluations in a row on one connection, all answered 200."""
+
+    async def run() -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+        statuses = []
+        try:
+            for _ in range(times):
+                writer.write(post(ONE_FLAG))
+                statuses.append((await read_reply(reader))[0])
+        finally:
+            writer.close()
+        return statuses
+
+    return asyncio.run(run()) == [200] * times
+
+
+@pytest.fixture
+def shedding_worker(broker: str, cluster: list[Worker], tmp_path: Path) -> Worker:
+    worker = Worker(
+        broker, tmp_path / "data", "flagstream-overload", FLAGSTREAM_SHED_LOOP_LAG_MS=str(SHED_MS)
+    )
+    cluster.append(worker)
+    worker.start()
+    worker.admin().put(ENV, "plain", flag("on"))
+    return worker
+
+
+def test_overload_sheds_with_429_keeps_operations_answering_and_recovers(
+    shedding_worker: Worker,
+) -> None:
+    worker = shedding_worker
+    load, probes = asyncio.run(under_load(worker))
+    assert load.shedding_both(), f"no 429 on both routes within {LOAD_S} s: {load.statuses}"
+
+    for path, key in ((ONE_FLAG, "plain"), (EVERY_FLAG, None)):
+        _, headers, body = load.shed[path]
+        assert headers["retry-after"] == "1"
+        assert headers["content-type"].startswith("application/json")
+        details: dict[str, Any] = json.loads(body)
+        assert details.pop("errorCode") == "GENERAL"
+        assert "overloaded" in details.pop("errorDetails")
+        assert details == ({} if key is None else {"key": key})
+    assert load.statuses[ONE_FLAG][200] > 0, "shedding all of them is drowning too"
+    assert set(load.statuses[ONE_FLAG]) | set(load.statuses[EVERY_FLAG]) <= {200, 429}
+
+    assert len(probes) >= 9 and all(status == 200 for _, status in probes), probes
+
+    counted = shed_counts(worker)
+    assert counted.get("/ofrep/v1/evaluate/flags/{key}") == load.statuses[ONE_FLAG][429]
+    assert counted.get("/ofrep/v1/evaluate/flags") == load.statuses[EVERY_FLAG][429]
+
+    wait_until(lambda: answered_at_once(worker), timeout_s=20, interval_s=0.2)
+
+
+# `LoopLag` in process, on a real event loop that the test keeps busy itself.
+
+
+def hold_loop(seconds: float) -> None:
+    """Work on the loop's thread for `seconds`, as a long callback does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def lag_watch(threshold_s: float) -> tuple[LoopLag, PromCounter]:
+    shed = PromCounter("shed", "", ["path"], registry=CollectorRegistry())
+    return LoopLag(threshold_s, shed), shed
+
+
+def test_one_long_callback_sheds_nothing_after_it() -> None:
+    """A one-off pause (a compile, a GC) leaves no queue behind it: the requests read after it
+    are answered, however late that one timer ran."""
+
+    async def scenario() -> list[bool]:
+        lag, _ = lag_watch(0.1)  # above what a loaded machine's scheduler delays a process
+        lag.sheds("p")  # the first request arms the timer
+        await asyncio.sleep(SAMPLE_S * 2)  # a quiet sample or two
+        lag.sheds("p")
+        hold_loop(1.0)  # one callback holds the loop for 1 s
+        decisions = []
+        for _ in range(10):  # then requests one by one, each after a turn of the loop
+            await asyncio.sleep(0.005)
+            decisions.append(lag.sheds("p"))
+        return decisions
+
+    assert asyncio.run(scenario()) == [False] * 10
+
+
+def test_lasting_lag_sheds_every_request_past_twice_the_threshold() -> None:
+    async def scenario() -> tuple[list[bool], float]:
+        lag, shed = lag_watch(0.005)
+        lag.sheds("p")
+        decisions = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # every turn of the loop takes 30 ms
+            hold_loop(0.03)
+            await asyncio.sleep(0)
+            decisions.append(lag.sheds("p"))
+        return decisions, shed.labels("p")._value.get()
+
+    decisions, counted = asyncio.run(scenario())
+    assert all(decisions[len(decisions) // 2 :]), decisions
+    assert counted == sum(decisions)
+
+
+def test_an_idle_worker_runs_no_timer() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        lag, _ = lag_watch(0.01)
+        lag.sheds("p")
+        armed = lag.lag() >= 0 and lag._loop is not None
+        await asyncio.sleep(SAMPLE_S * 4)  # no request for two samples
+        return armed, lag._loop is None
+
+    assert asyncio.run(scenario()) == (True, True)
