@@ -189,18 +189,6 @@ SETTINGS: tuple[Setting, ...] = (
         " worker stops consuming `evaluation-requests` until acks arrive.",
     ),
     Setting(
-        "FLAGSTREAM_SHED_LOOP_LAG_MS",
-        "50",
-        "Event-loop lag past which OFREP requests are shed with 429 and Retry-After, a share"
-        " growing to all at twice it (0: never shed; app/web/overload.py).",
-    ),
-    Setting(
-        "FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT",
-        "5000",
-        "Kafka evaluation results produced but not yet acknowledged, at most: at the bound the"
-        " worker stops consuming `evaluation-requests` until acks arrive.",
-    ),
-    Setting(
         "FLAGSTREAM_CHANGE_ID_DEPTH",
         "100000",
         "Change ids (`Idempotency-Key`s) remembered per environment: a retry within the last "
@@ -311,8 +299,6 @@ class Settings:
     max_body_bytes: int
     shed_loop_lag_ms: int
     evaluation_max_in_flight: int
-    shed_loop_lag_ms: int
-    evaluation_max_in_flight: int
     write_timeout_s: float
     shutdown_timeout_s: float
     rebalance_timeout_s: float
@@ -369,8 +355,6 @@ class Settings:
             change_id_depth=int(_env("FLAGSTREAM_CHANGE_ID_DEPTH")),
             ofrep_fast_path=_flag(_env("FLAGSTREAM_OFREP_FAST_PATH")),
             max_body_bytes=int(_env("FLAGSTREAM_MAX_BODY_BYTES")),
-            shed_loop_lag_ms=int(_env("FLAGSTREAM_SHED_LOOP_LAG_MS")),
-            evaluation_max_in_flight=int(_env("FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT")),
             shed_loop_lag_ms=int(_env("FLAGSTREAM_SHED_LOOP_LAG_MS")),
             evaluation_max_in_flight=int(_env("FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT")),
             write_timeout_s=float(_env("FLAGSTREAM_WRITE_TIMEOUT_S")),
