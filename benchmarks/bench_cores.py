@@ -41,7 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.infra.broker import free_port, port_open, start_broker, stop
+from app.cli.processes import consecutive_free_ports
+from app.infra.broker import free_port, start_broker, stop
 from benchmarks.bench_ofrep import (
     CONTEXT,
     FLAG,
@@ -71,13 +72,6 @@ class Figures:
         return dict(vars(self))
 
 
-def consecutive_free_ports(count: int) -> int:
-    while True:
-        base = free_port()
-        if base + count < 65536 and not any(port_open("127.0.0.1", base + i) for i in range(count)):
-            return base
-
-
 def start_worker(brokers: str, workdir: Path, processes: int) -> Worker:
     """A worker of `processes` processes, each ready (each on its own metrics port)."""
     worker = Worker(
@@ -87,7 +81,7 @@ def start_worker(brokers: str, workdir: Path, processes: int) -> Worker:
         **WORKER_ENV,
         FLAGSTREAM_PROCESSES=str(processes),
     )
-    worker.metrics_port = consecutive_free_ports(processes)
+    worker.metrics_port = consecutive_free_ports("127.0.0.1", processes)
     worker.metrics_url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
     worker.extra_env["FLAGSTREAM_METRICS_PORT"] = str(worker.metrics_port)
     worker.start(timeout_s=180)

@@ -29,6 +29,7 @@ import ctypes
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -36,7 +37,14 @@ from types import FrameType
 
 from app.infra.settings import Settings
 
-__all__ = ["child_environment", "cores", "die_with_parent", "process_count", "run_processes"]
+__all__ = [
+    "child_environment",
+    "consecutive_free_ports",
+    "cores",
+    "die_with_parent",
+    "process_count",
+    "run_processes",
+]
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Seconds the parent waits, beyond a child's own shutdown timeout, before it kills a child
@@ -58,6 +66,34 @@ def process_count(requested: int) -> int:
     if requested < 0:
         raise ValueError(f"--processes must be 0 (one per core) or more, not {requested}")
     return requested or cores()
+
+
+def consecutive_free_ports(host: str, count: int, first: int | None = None) -> int:
+    """`first` if it and the `count - 1` ports after it can be bound now, else the first of
+    another such run (the processes of a worker serve metrics on consecutive ports).
+
+    Bound to test, not connected to: a port an outgoing connection holds answers no connect
+    but cannot be bound either.
+    """
+    base = first
+    while (
+        base is None
+        or base + count > 65536
+        or not all(_bindable(host, port) for port in range(base, base + count))
+    ):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            base = int(sock.getsockname()[1])
+    return base
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def child_environment(base: Mapping[str, str], settings: Settings, index: int) -> dict[str, str]:

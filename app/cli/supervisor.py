@@ -42,17 +42,6 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> 
     raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
 
 
-def consecutive_free_ports(host: str, first: int, count: int) -> int:
-    """`first` if it and the `count - 1` ports after it are free, else another such port
-    (a worker's processes serve metrics on consecutive ports)."""
-    from app.infra.broker import free_port, port_open
-
-    base = first
-    while base + count > 65536 or any(port_open(host, base + i) for i in range(count)):
-        base = free_port(host)
-    return base
-
-
 def wait_processes_ready(
     host: str, metrics_port: int, count: int, process: subprocess.Popen[bytes], timeout_s: float
 ) -> None:
@@ -86,14 +75,14 @@ def run_up(args: argparse.Namespace) -> int:
     The data dir keeps the admin token, the SDK key and the worker's table across runs; the
     table of the last run is restored into the fresh (empty) broker before anything else.
     """
-    from app.cli.processes import process_count
+    from app.cli.processes import consecutive_free_ports, process_count
     from app.infra.broker import free_port, port_open, start_broker, stop
 
     host = "127.0.0.1"
     processes = process_count(args.processes)
     kafka_port = args.kafka_port if not port_open(host, args.kafka_port) else free_port()
     web_port = args.port if not port_open(host, args.port) else free_port()
-    metrics_port = consecutive_free_ports(host, args.metrics_port, processes)
+    metrics_port = consecutive_free_ports(host, processes, args.metrics_port)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     keys = up_state.load_keys(data_dir)

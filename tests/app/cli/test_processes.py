@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from app.infra.broker import free_port, port_open, stop
+from app.cli.processes import consecutive_free_ports
+from app.infra.broker import free_port, stop
 from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
 from tests.conftest import (
     ADMIN_TOKEN,
@@ -39,14 +40,6 @@ EVALUATION_PARTITIONS = 8  # the default FLAGSTREAM_EVALUATION_PARTITIONS
 START_S = 120  # two workers starting side by side on a loaded 2-core machine
 
 
-def free_ports(count: int) -> int:
-    """A port p such that p .. p + count - 1 are all free (the children's metrics ports)."""
-    while True:
-        base = free_port()
-        if base + count < 65536 and not any(port_open("127.0.0.1", base + i) for i in range(count)):
-            return base
-
-
 class Parent:
     """`flagstream worker --processes 2` against the test broker, and its children's ports."""
 
@@ -54,7 +47,7 @@ class Parent:
         self.broker = broker
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.metrics_port = free_ports(CHILDREN)
+        self.metrics_port = consecutive_free_ports("127.0.0.1", CHILDREN)
         self.data_dir = data_dir
         self.log_path = data_dir.with_suffix(".log")
         env = {
