@@ -196,7 +196,11 @@ def test_compile_all_returns_once_every_flag_the_table_holds_is_compiled(
     live = LiveFlags(table)
     compiles = CompileCount(monkeypatch)
     assert live.queued() == 0, "nothing taken in before it is asked for"
-    asyncio.run(live.compile_all())
+    try:
+        asyncio.run(live.compile_all())
+        assert gc.get_freeze_count() > 0, "the compiled flags are kept out of full collections"
+    finally:
+        gc.unfreeze()  # this test process's objects go back to the collector
     assert compiles.calls == 600
     assert live.queued() == 0
     for environment in ("a", "b", "c"):
