@@ -29,6 +29,11 @@ Only OFREP evaluations are shed (the fast path and `app.web.ofrep`'s routes): he
 metrics and the admin API answer whatever the load, so an overloaded worker is still seen and
 still written to.
 
+The lag includes the time the OS does not run the worker: on a host with more runnable
+processes than cores (or a container throttled at its CPU quota) requests wait that long too,
+and are shed alike. So the threshold must sit above the host's scheduling noise: 50 ms by
+default; on a 2-core machine at a load average of 12 the noise alone passes it.
+
 The timer runs only while requests come: with none in a sample it is not armed again, so an
 idle worker pays nothing.
 """
