@@ -64,7 +64,6 @@ def evaluate_typed(
     context: Mapping[str, JsonValue],
     now: int,
     expected: type,
-    *,
     flag_key: str = "",
     default: JsonValue = None,
 ) -> Resolution:
@@ -73,8 +72,25 @@ def evaluate_typed(
     A resolved variant of another type gives TYPE_MISMATCH (as flagd's typed resolvers);
     integers widen to float. Where the caller's default applies, ``default`` is filled
     in as the value so the result can be returned as is.
+
+    This is the call an SDK makes per flag check, so the common case (a variant of exactly
+    the expected class) returns after one class comparison, and ``flag_key`` and ``default``
+    are not keyword-only: CPython 3.11 specialises only calls to functions without
+    keyword-only parameters (the keyword-only version cost 4-6x ``evaluate`` on a static
+    flag, benchmarks/RESULTS.md, issue 11).
     """
-    resolution = evaluate(flag, context, now, flag_key=flag_key)
+    if flag is None:
+        return _typed(flag_not_found(flag_key), expected, default)
+    resolution = flag.static
+    if resolution is None:
+        resolution = flag.resolve(context, now)
+    if resolution.value.__class__ is expected and resolution.variant is not None:
+        return resolution
+    return _typed(resolution, expected, default)
+
+
+def _typed(resolution: Resolution, expected: type, default: JsonValue) -> Resolution:
+    """The rest of ``evaluate_typed``: the caller's default, widening, type mismatches."""
     if resolution.variant is None:
         if default is None or resolution.value is not None:
             return resolution
