@@ -83,6 +83,8 @@ class Worker:
             "FLAGSTREAM_HEARTBEAT_S": "1",
             "FLAGSTREAM_FETCH_MAX_WAIT_MS": "10",
             "FLAGSTREAM_PRODUCER_IDEMPOTENCE": "false",
+            # One process: the tests kill and inspect the worker process itself.
+            "FLAGSTREAM_PROCESSES": "1",
             **self.extra_env,
         }
         with self.log_path.open("ab") as log:

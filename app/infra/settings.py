@@ -34,7 +34,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLAGSTREAM_DATA_DIR", "./data", "Where this worker keeps its RocksDB tables."),
     Setting(
         "FLAGSTREAM_PROCESSES",
-        "1",
+        "0",
         "Worker processes of `flagstream worker` sharing the HTTP port, each a full replica"
         " (0: one per core); `--processes` overrides it (app/cli/processes.py).",
     ),
