@@ -172,7 +172,8 @@ def test_overload_sheds_with_429_keeps_operations_answering_and_recovers(
     assert load.statuses[ONE_FLAG][200] > 0, "shedding all of them is drowning too"
     assert set(load.statuses[ONE_FLAG]) | set(load.statuses[EVERY_FLAG]) <= {200, 429}
 
-    assert len(probes) >= 9 and all(status == 200 for _, status in probes), probes
+    assert len(probes) >= 3, f"no round of probes while both routes shed: {load.statuses}"
+    assert all(status == 200 for _, status in probes), probes
 
     counted = shed_counts(worker)
     assert counted.get("/ofrep/v1/evaluate/flags/{key}") == load.statuses[ONE_FLAG][429]
