@@ -51,7 +51,10 @@ class DeadLetterReader(Service):
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await self._consumer.start()
-        pace_when_idle(self._consumer, self.settings.fetch_max_wait_ms, self.settings.idle_poll_ms)
+        # Only a rejected write waits for its dead letter: the background pace is enough.
+        pace_when_idle(
+            self._consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
+        )
         self._consumer.assign([DEAD_LETTERS_PARTITION])
         await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
         self._consumer_ready.set()

@@ -219,16 +219,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "FLAGSTREAM_IDLE_POLL_MS",
         "40",
-        "While they find nothing, the consumers on the write path (flag changes, changelog, dead"
-        " letters) fetch at most once per this long (a pause after the broker's wait, none when"
-        " the wait is as long; app/infra/fetch_wait.py): an idle change waits up to this at"
+        "While they find nothing, the consumers a flag change crosses (flag changes, changelog)"
+        " fetch at most once per this long (a pause after the broker's wait, none when the wait"
+        " is as long; app/infra/fetch_wait.py): a change after silence waits up to this at"
         " each of its two hops.",
     ),
     Setting(
         "FLAGSTREAM_BACKGROUND_POLL_MS",
         "250",
-        "The same for the other consumers (Kafka evaluation requests, experiment totals and"
-        " state): the first evaluation request after an idle spell waits up to this long.",
+        "The same for the other consumers (Kafka evaluation requests, dead letters, experiment"
+        " totals and state): the first evaluation request or rejected write after silence"
+        " waits up to this long.",
     ),
     Setting(
         "FLAGSTREAM_EVENT_LOOP",
