@@ -161,7 +161,9 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     feed = ChangeFeed(metrics)
     flags.listen(feed.publish)
-    ofrep = OfrepApi(settings, credentials, flags, live_flags, replication, evaluator, feed)
+    ofrep = OfrepApi(
+        settings, credentials, flags, live_flags, replication, evaluator, feed, metrics
+    )
     web = app.web
     if not isinstance(web, FastPathWeb):
         raise TypeError(f'web="flagstream://" must pick FastPathWeb, not {type(web)}')

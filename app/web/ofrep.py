@@ -83,9 +83,8 @@ class OfrepApi:
         replication: FlagReplication,
         evaluator: Evaluator,
         feed: ChangeFeed,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
-        """`metrics`: where sheds are counted (None: the replication's, the worker's one)."""
         self.max_body = settings.max_body_bytes
         self.credentials = credentials
         self.flags = flags
@@ -95,9 +94,8 @@ class OfrepApi:
         self.stats = evaluator.stats
         self.feed = feed
         self.encoded = EncodedBodies()
-        counted = replication.metrics if metrics is None else metrics
-        self.overload = LoopLag(settings.shed_loop_lag_ms / 1000, counted.shed_requests)
-        counted.loop_lag_seconds.set_function(lambda: self.overload.sampled_s)
+        self.overload = LoopLag(settings.shed_loop_lag_ms / 1000, metrics.shed_requests)
+        metrics.loop_lag_seconds.set_function(lambda: self.overload.sampled_s)
 
     def routes(self) -> list[web.RouteDef]:
         """Plain aiohttp routes (see the module docstring for why not Faust Views)."""
