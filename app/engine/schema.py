@@ -13,41 +13,63 @@ once, and calls do no I/O.
 
 from __future__ import annotations
 
+import functools
 import reprlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
 
+import jsonschema_rs
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from app.engine.jsonlogic import targeting_problems
 from app.engine.problems import Problem, json_path
 
 __all__ = ["MAX_DEPTH", "flag_problems", "flag_set_problems"]
 
-#: Deepest nesting (objects/arrays) we validate. jsonschema recurses in Python,
-#: about 17 frames per level for nested rules like {"!": {"!": ...}}, so 32
-#: levels stay well inside the default recursion limit of 1000 even when called
-#: from deep stacks; anything deeper is reported as a Problem. Real flag
-#: definitions stay far below this.
+#: Deepest nesting (objects/arrays) we validate. The compiled validator and the
+#: engine's own walks stay far from any recursion limit at this depth; anything
+#: deeper is reported as a Problem. Real flag definitions stay far below this.
 MAX_DEPTH: Final = 32
 
 _SCHEMA: Final[dict[str, Any]] = orjson.loads(
     resources.files("app.engine").joinpath("schemas/flag.json").read_bytes()
 )
 _SCHEMA_ID: Final[str] = _SCHEMA["$id"]
-_REGISTRY: Final = Registry().with_resource(
-    _SCHEMA_ID, Resource.from_contents(_SCHEMA, default_specification=DRAFT202012)
-)
-Draft202012Validator.check_schema(_SCHEMA)
 
 
-def _validator_for(definition: str) -> Draft202012Validator:
-    return Draft202012Validator({"$ref": f"{_SCHEMA_ID}#/$defs/{definition}"}, registry=_REGISTRY)
+def _with_python_ends(schema: Any) -> Any:
+    """The schema with each pattern's final ``$`` meaning what it means in Python's ``re``.
+
+    The patterns are flagd's, which upstream evaluates with Python ``re``: there ``$`` also
+    matches before a final newline (a variant named ``"on\\n"`` is accepted). In the Rust
+    regex engine of jsonschema-rs ``$`` is the end of the text only, so it becomes ``\\n?\\z``.
+    """
+    if isinstance(schema, dict):
+        return {
+            key: _python_end(value) if key == "pattern" else _with_python_ends(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_with_python_ends(item) for item in schema]
+    return schema
+
+
+def _python_end(pattern: Any) -> Any:
+    if isinstance(pattern, str) and pattern.endswith("$") and not pattern.endswith("\\$"):
+        return pattern[:-1] + "\\n?\\z"
+    return pattern
+
+
+jsonschema_rs.meta.validate(_SCHEMA)
+_REGISTRY: Final = jsonschema_rs.Registry([(_SCHEMA_ID, _with_python_ends(_SCHEMA))])
+
+
+def _validator_for(definition: str) -> jsonschema_rs.Draft202012Validator:
+    """A compiled (Rust) validator for one entry point of the schema: ~20 µs per flag."""
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": f"{_SCHEMA_ID}#/$defs/{definition}"}, registry=_REGISTRY
+    )
 
 
 _FLAG_VALIDATOR: Final = _validator_for("flag")
@@ -73,28 +95,54 @@ def flag_set_problems(document: object) -> list[Problem]:
 
 def _problems(
     instance: object,
-    validator: Draft202012Validator,
+    validator: jsonschema_rs.Draft202012Validator,
     semantics: Callable[[object, _Path], Iterator[Problem]],
     costs: Callable[[object, _Path], Iterator[Problem]],
 ) -> list[Problem]:
+    """The bounds first, then one compiled ``is_valid``; the error listing only when invalid."""
     too_deep = _too_deep(instance)
     if too_deep is not None:
         return [Problem(too_deep, f"nested deeper than {MAX_DEPTH} levels")]
-    # Targeting too costly to run is refused before JSON Schema, which spends ~1 ms per
-    # targeting node (its targeting schema is a deep anyOf): seconds for a rule at the bounds.
+    # Targeting too costly to run is refused before the schema, with only the bounds broken:
+    # the schema's errors for a rule at the bounds would run to thousands of lines.
     costly = sorted(set(costs(instance, ())), key=lambda p: (p.path, p.message))
     if costly:
         return costly
     try:
-        found = {_to_problem(error) for error in validator.iter_errors(instance)}
-        found.update(semantics(instance, ()))
-    except RecursionError:  # last resort; the depth guard should prevent this
-        return [Problem("$", "document is too deeply nested to validate")]
+        valid = validator.is_valid(instance)
+        found = (
+            set() if valid else {_to_problem(e, instance) for e in validator.iter_errors(instance)}
+        )
+    except (ValueError, TypeError, OverflowError):  # Python values JSON cannot hold
+        found = set(_not_json(instance)) or {Problem("$", "not a JSON document")}
+        return sorted(found, key=lambda p: (p.path, p.message))
+    found.update(semantics(instance, ()))
     return sorted(found, key=lambda p: (p.path, p.message))
 
 
 def _too_deep(instance: object) -> str | None:
-    """Path of the first container nested deeper than MAX_DEPTH, if any (iterative)."""
+    """Path of the first container nested deeper than MAX_DEPTH, if any (iterative).
+
+    Depths only on the way (no path tuples: this runs on every definition); the path is
+    looked for only once the document is known to be too deep.
+    """
+    stack: list[tuple[object, int]] = [(instance, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[object] = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            return _too_deep_path(instance)
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _too_deep_path(instance: object) -> str:
+    """Path of the first container nested deeper than MAX_DEPTH (the slow walk, with paths)."""
     stack: list[tuple[object, _Path]] = [(instance, ())]
     while stack:
         value, path = stack.pop()
@@ -107,7 +155,7 @@ def _too_deep(instance: object) -> str | None:
         if len(path) >= MAX_DEPTH:
             return json_path(path)
         stack.extend((child, (*path, key)) for key, child in children)
-    return None
+    return "$"
 
 
 def _flag_semantics(flag: object, path: _Path) -> Iterator[Problem]:
@@ -152,49 +200,155 @@ def _flags_of(document: object) -> Iterator[tuple[str, object, Mapping[str, Any]
             yield key, flag, evaluators if isinstance(evaluators, Mapping) else None
 
 
-def _to_problem(error: ValidationError) -> Problem:
-    path, message = _explain(error)
-    return Problem(json_path(path), message)
+def _to_problem(error: jsonschema_rs.ValidationError, instance: object) -> Problem:
+    culprit, message = _explain(error)
+    return Problem(json_path(_located(instance, culprit)), message)
 
 
-def _explain(error: ValidationError) -> tuple[_Path, str]:
-    """Short (path, message) for an error, diving into anyOf/oneOf branches.
+def _explain(error: jsonschema_rs.ValidationError) -> tuple[jsonschema_rs.ValidationError, str]:
+    """The error that explains ``error`` best, and its short message.
 
-    A composite error is explained by the branch that got furthest into the
-    instance (e.g. the ``sem_ver`` rule whose operator is wrong), because that
-    is almost always what the author meant. If no branch got deeper, the
-    schema's ``x-fallback`` text says what was expected instead. Schemas with
-    ``x-message`` are reported as they are, without diving in.
+    A composite error (anyOf/oneOf) is explained by the branch error that got furthest into
+    the instance (e.g. the ``sem_ver`` rule whose operator is wrong), because that is
+    almost always what the author meant; of equally deep ones, the first in the document.
+    If no branch got deeper, the schema's ``x-fallback`` text says what was expected
+    instead. Schemas with ``x-message`` are reported as they are, without diving in.
     """
-    path = tuple(error.absolute_path)
-    schema = error.schema if isinstance(error.schema, Mapping) else {}
-    if not error.context or "x-message" in schema:
-        return path, _message(error)
-    deepest = max((_explain(child) for child in error.context), key=lambda pm: len(pm[0]))
-    if len(deepest[0]) > len(path):
-        return deepest
+    schema = _schema_at(tuple(error.schema_path[:-1]))
+    kind = error.kind
+    if not isinstance(kind, _COMPOSITE) or "x-message" in schema:
+        return error, _message(error, schema)
+    explained = [_explain(child) for branch in kind.context for child in branch]
+    if explained:
+        deepest = min(explained, key=lambda em: _deepest_first(em[0].instance_path))
+        if len(deepest[0].instance_path) > len(error.instance_path):
+            return deepest
     fallback = schema.get("x-fallback")
-    return path, fallback if isinstance(fallback, str) else _message(error)
+    return error, fallback if isinstance(fallback, str) else _message(error, schema)
 
 
-def _message(error: ValidationError) -> str:
+#: The errors whose branches say more than they do (a oneOf that more than one branch
+#: matches is not one: its message says so).
+_COMPOSITE: Final = (
+    jsonschema_rs.ValidationErrorKind.AnyOf,
+    jsonschema_rs.ValidationErrorKind.OneOfNotValid,
+)
+
+
+def _deepest_first(path: Sequence[str | int]) -> tuple[int, tuple[tuple[int, str | int], ...]]:
+    """Sort key: deeper paths first, then document order (indexes as numbers)."""
+    return -len(path), tuple((0, part) if isinstance(part, int) else (1, part) for part in path)
+
+
+@functools.cache
+def _schema_at(pointer: tuple[str | int, ...]) -> Mapping[str, Any]:
+    """The schema object at a path of ``schemas/flag.json`` (the one holding a failed keyword)."""
+    node: Any = _SCHEMA
+    for part in pointer:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return {}
+    return node if isinstance(node, Mapping) else {}
+
+
+def _located(instance: object, error: jsonschema_rs.ValidationError) -> _Path:
+    """The exact path of an error in ``instance``, from the validator's lossy one.
+
+    jsonschema-rs (0.60) reports a key that looks like a number ("0") as an int and drops
+    an empty key ("") from the path, so the path is walked through the instance itself:
+    at an object a part names a key (its text, or "" first if it does not), at an array an
+    index; at the end, an empty key holding the failing value is the culprit. A part that
+    cannot be followed ends the path at the last value found.
+    """
+    path, found = error.instance_path, []
+    node: Any = instance
+    at = 0
+    while at < len(path) or _empty_key_holds(node, error.instance):
+        key: str | int | None = None
+        part = path[at] if at < len(path) else ""
+        if isinstance(node, Mapping):
+            key = _key_named(node, part)
+            if key is not None and at < len(path):
+                at += 1
+            elif "" in node:  # a dropped empty key: descend, the part is still to come
+                key = ""
+        elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
+            key, at = part, at + 1
+        if key is None:
+            break
+        found.append(key)
+        node = node[key]
+    return tuple(found)
+
+
+def _empty_key_holds(node: object, culprit: object) -> bool:
+    """Whether the failing value is under the empty key of ``node`` rather than ``node``."""
+    return isinstance(node, Mapping) and "" in node and node != culprit and node[""] == culprit
+
+
+def _key_named(mapping: Mapping[Any, Any], part: str | int) -> str | None:
+    """The key of ``mapping`` that a path part stands for ("0" or "00" for the int 0)."""
+    if isinstance(part, str):
+        return part if part in mapping else None
+    if str(part) in mapping:
+        return str(part)
+    numeric = (k for k in mapping if isinstance(k, str) and k.isascii() and k.isdigit())
+    return next((k for k in numeric if int(k) == part), None)
+
+
+def _message(error: jsonschema_rs.ValidationError, schema: Mapping[str, Any]) -> str:
     """The schema's ``x-message`` if it has one, else a short text for the failed keyword."""
-    schema = error.schema if isinstance(error.schema, Mapping) else {}
     custom = schema.get("x-message")
     if isinstance(custom, str):
         return custom
-    keyword, expected, got = error.validator, error.validator_value, error.instance
-    if keyword == "required":
-        return str(error.message)
+    keyword = str(error.schema_path[-1]) if error.schema_path else ""
+    expected, got, kind = schema.get(keyword), error.instance, error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+        return f"{kind.property!r} is a required property"
     if keyword == "enum" and isinstance(expected, list):
         allowed = ", ".join(orjson.dumps(v).decode() for v in expected)
         return f"must be one of {allowed}; got {_REPR.repr(got)}"
-    if keyword == "oneOf" and not error.context:
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.OneOfMultipleValid):
         if got == {}:
             return "an empty object is not allowed here"
         return "matches more than one allowed form"
-    explain = _KEYWORD_MESSAGES.get(str(keyword))
+    explain = _KEYWORD_MESSAGES.get(keyword)
     return explain(expected, got) if explain is not None else f"failed {keyword} check"
+
+
+def _not_json(instance: object) -> Iterator[Problem]:
+    """Where a Python value holds what JSON cannot: other keys than text, other types.
+
+    Only reached when the validator refuses to read the value (from Python callers, never
+    from parsed JSON), so it may be slow; it says where, as every problem does.
+    """
+    stack: list[tuple[object, _Path]] = [(instance, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Mapping):
+            for key, child in value.items():
+                if not isinstance(key, str):
+                    yield Problem(json_path(path), f"key {_REPR.repr(key)} is not a string")
+                elif not _encodable(key):
+                    yield Problem(json_path(path), "a key is not valid Unicode text")
+                else:
+                    stack.append((child, (*path, key)))
+        elif isinstance(value, list | tuple):
+            stack.extend((child, (*path, index)) for index, child in enumerate(value))
+        elif isinstance(value, str):
+            if not _encodable(value):
+                yield Problem(json_path(path), "text is not valid Unicode")
+        elif value is not None and not isinstance(value, bool | int | float):
+            yield Problem(json_path(path), f"not a JSON value: {type(value).__name__}")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 #: Messages for the other keywords, from (the keyword's value, the failing instance).
