@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import reprlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, Final
 
@@ -110,9 +110,8 @@ def _problems(
         return costly
     try:
         valid = validator.is_valid(instance)
-        found = (
-            set() if valid else {_to_problem(e, instance) for e in validator.iter_errors(instance)}
-        )
+        errors = () if valid else validator.iter_errors(instance)
+        found = {problem for error in errors for problem in _to_problems(error, instance)}
     except (ValueError, TypeError, OverflowError):  # Python values JSON cannot hold
         found = set(_not_json(instance)) or {Problem("$", "not a JSON document")}
         return sorted(found, key=lambda p: (p.path, p.message))
@@ -200,31 +199,43 @@ def _flags_of(document: object) -> Iterator[tuple[str, object, Mapping[str, Any]
             yield key, flag, evaluators if isinstance(evaluators, Mapping) else None
 
 
-def _to_problem(error: jsonschema_rs.ValidationError, instance: object) -> Problem:
-    culprit, message = _explain(error)
-    return Problem(json_path(_located(instance, culprit)), message)
+def _to_problems(error: jsonschema_rs.ValidationError, instance: object) -> Iterator[Problem]:
+    for culprit, message in _explain(error):
+        yield Problem(json_path(_located(instance, culprit)), message)
 
 
-def _explain(error: jsonschema_rs.ValidationError) -> tuple[jsonschema_rs.ValidationError, str]:
-    """The error that explains ``error`` best, and its short message.
+_Explained = list[tuple[jsonschema_rs.ValidationError, str]]
 
-    A composite error (anyOf/oneOf) is explained by the branch error that got furthest into
-    the instance (e.g. the ``sem_ver`` rule whose operator is wrong), because that is
-    almost always what the author meant; of equally deep ones, the first in the document.
-    If no branch got deeper, the schema's ``x-fallback`` text says what was expected
-    instead. Schemas with ``x-message`` are reported as they are, without diving in.
+
+def _explain(error: jsonschema_rs.ValidationError) -> _Explained:
+    """The errors that explain ``error`` best, each with its short message.
+
+    A composite error (anyOf/oneOf) is explained by the branch that got furthest into the
+    instance (e.g. the ``sem_ver`` rule whose operator is wrong), because that is almost
+    always what the author meant: each of its errors below the composite's own value is
+    reported (an ``if`` with two bad arguments has two problems). Of equally deep
+    branches, the first. If no branch got deeper, the schema's ``x-fallback`` text says
+    what was expected instead. Schemas with ``x-message`` are reported as they are.
     """
     schema = _schema_at(tuple(error.schema_path[:-1]))
     kind = error.kind
     if not isinstance(kind, _COMPOSITE) or "x-message" in schema:
-        return error, _message(error, schema)
-    explained = [_explain(child) for branch in kind.context for child in branch]
-    if explained:
-        deepest = min(explained, key=lambda em: _deepest_first(em[0].instance_path))
-        if len(deepest[0].instance_path) > len(error.instance_path):
-            return deepest
+        return [(error, _message(error, schema))]
+    depth = len(error.instance_path)
+    best: _Explained = []
+    for branch in kind.context:
+        explained = [found for child in branch for found in _explain(child)]
+        deeper = [(e, m) for e, m in explained if len(e.instance_path) > depth]
+        if _deepest(deeper) > _deepest(best):
+            best = deeper
+    if best:
+        return best
     fallback = schema.get("x-fallback")
-    return error, fallback if isinstance(fallback, str) else _message(error, schema)
+    return [(error, fallback if isinstance(fallback, str) else _message(error, schema))]
+
+
+def _deepest(explained: _Explained) -> int:
+    return max((len(error.instance_path) for error, _ in explained), default=-1)
 
 
 #: The errors whose branches say more than they do (a oneOf that more than one branch
@@ -233,11 +244,6 @@ _COMPOSITE: Final = (
     jsonschema_rs.ValidationErrorKind.AnyOf,
     jsonschema_rs.ValidationErrorKind.OneOfNotValid,
 )
-
-
-def _deepest_first(path: Sequence[str | int]) -> tuple[int, tuple[tuple[int, str | int], ...]]:
-    """Sort key: deeper paths first, then document order (indexes as numbers)."""
-    return -len(path), tuple((0, part) if isinstance(part, int) else (1, part) for part in path)
 
 
 @functools.cache

@@ -7,18 +7,21 @@ The upstream flagd schemas and their example files live outside the repo, in
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT7
+from referencing.jsonschema import DRAFT7, DRAFT202012
 
+from app.engine import schema as schema_module
 from app.engine.problems import Problem
 from app.engine.schema import MAX_DEPTH, flag_problems, flag_set_problems
+from tests.engine import generate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = REPO_ROOT / ".." / "shared" / "conformance" / "flagd-schemas" / "json"
@@ -479,3 +482,126 @@ def test_targeting_problems_point_at_the_culprit(targeting: Any, path: str, frag
     problems = flag_problems(_flag_with(targeting))
     assert [p.path for p in problems] == [path]
     assert fragment in problems[0].message
+
+
+# --- the compiled validator (jsonschema-rs) ---------------------------------------------
+
+
+def test_many_problems_are_all_listed_with_paths() -> None:
+    """Every independent problem of one definition, each at its own path, odd keys included.
+
+    jsonschema-rs reports the key "0" as the index 0 and drops an empty key from its paths;
+    the paths here are the instance's own.
+    """
+    flag = {
+        "state": "ON",
+        "variants": {"on": True, "off": "no"},
+        "defaultVariant": 3,
+        "metadata": {"owner": ["a"], "0": {}, "": None, "ok": "yes"},
+        "targeting": {
+            "if": [
+                {"sem_ver": [{"var": "v"}, "*", "1.0.0"]},
+                "on",
+                {"fractional": [["on", -1], ["off", 50]]},
+            ]
+        },
+    }
+    weight = "fractional weight must be an integer >= 0 or a rule"
+    metadata = "metadata values must be strings, numbers or booleans"
+    assert [(p.path, p.message) for p in flag_problems(flag)] == [
+        ("$.defaultVariant", "must be of type ['string', 'null']; got number"),
+        ("$.metadata.0", metadata),
+        ("$.metadata.owner", metadata),
+        ('$.metadata[""]', metadata),
+        ("$.state", 'must be one of "ENABLED", "DISABLED"; got \'ON\''),
+        (
+            "$.targeting.if[0].sem_ver[1]",
+            'must be one of "=", "!=", ">", "<", ">=", "<=", "~", "^"; got \'*\'',
+        ),
+        ("$.targeting.if[2].fractional[0][1]", weight),
+        (
+            "$.variants",
+            "variant values must be all booleans, all strings, all numbers or all objects",
+        ),
+    ]
+
+
+def test_paths_through_empty_and_numeric_keys_of_a_flag_set() -> None:
+    flags = {"": {"state": "X", "variants": {"a": 1}}, "00": {"state": "Y", "variants": {"a": 1}}}
+    assert [p.path for p in flag_set_problems({"flags": flags})] == [
+        "$.flags",  # the empty flag key itself
+        "$.flags.00.state",
+        '$.flags[""].state',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("on", True), ("on\n", True), ("on\n\n", False), ("\n", False), ("o\nn", False)],
+)
+def test_names_end_as_in_python_re(name: str, valid: bool) -> None:
+    """flagd's patterns are Python ``re`` ones: ``$`` matches before a final newline too."""
+    problems = flag_problems({"state": "ENABLED", "variants": {name: True}})
+    assert (problems == []) is valid, problems
+
+
+def test_non_json_python_values_are_problems_at_their_paths() -> None:
+    flag = {
+        "state": "ENABLED",
+        "variants": {"on": b"x", "off": "\udc80"},
+        "metadata": {None: 1, "\udc80": 2},
+    }
+    assert [(p.path, p.message) for p in flag_problems(flag)] == [
+        ("$.metadata", "a key is not valid Unicode text"),
+        ("$.metadata", "key None is not a string"),
+        ("$.variants.off", "text is not valid Unicode"),
+        ("$.variants.on", "not a JSON value: bytes"),
+    ]
+
+
+# The oracle: the validator the schema was written and checked against (Python jsonschema).
+_ORACLE = Draft202012Validator(
+    {"$ref": f"{schema_module._SCHEMA_ID}#/$defs/flag"},
+    registry=Registry().with_resource(
+        schema_module._SCHEMA_ID,
+        Resource.from_contents(schema_module._SCHEMA, default_specification=DRAFT202012),
+    ),
+)
+
+
+def _mutated(rng: random.Random, value: Any) -> Any:
+    """``value`` with one random node replaced, dropped, or given an odd key or text."""
+    if isinstance(value, dict) and value and rng.random() < 0.7:
+        key = rng.choice(sorted(value))
+        roll = rng.random()
+        if roll < 0.15:
+            return {k: v for k, v in value.items() if k != key}
+        if roll < 0.25:
+            return {**value, rng.choice(["", "\n", "x\n", "0", "$ref", "if"]): value[key]}
+        return {**value, key: _mutated(rng, value[key])}
+    if isinstance(value, list) and value and rng.random() < 0.7:
+        index = rng.randrange(len(value))
+        if rng.random() < 0.15:
+            return value[:index] + value[index + 1 :]
+        return [*value[:index], _mutated(rng, value[index]), *value[index + 1 :]]
+    if isinstance(value, str) and rng.random() < 0.3:
+        return value + rng.choice(["\n", "\n\n", ".1", "-"])
+    return rng.choice(
+        [None, True, 0, -1, 2.5, "", "x", "1.0.0", "1.0.0\n", [], {}, {"var": "$flagd.x"}, ["a"]]
+    )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), mutations=st.integers(0, 3))
+def test_compiled_validator_agrees_with_jsonschema(seed: int, mutations: int) -> None:
+    """Valid and mutated-invalid generated flags: the same verdict as Python jsonschema."""
+    rng = random.Random(seed)
+    flag = generate.flag(rng)
+    for _ in range(mutations):
+        flag = _mutated(rng, flag)
+    expected = _ORACLE.is_valid(flag)
+    assert schema_module._FLAG_VALIDATOR.is_valid(flag) is expected, flag
+    schema_problems = [p for p in flag_problems(flag) if "not a key of variants" not in p.message]
+    costly = [p for p in schema_problems if "targeting" in p.message and "large" in p.message]
+    assume(not costly)
+    assert (schema_problems == []) is expected, (flag, schema_problems)
