@@ -7,9 +7,10 @@ the short wait that fixes it (~10 ms) makes every idle consumer send ~65 fetches
 six of them cost an idle worker ~30% of a core and the broker ~40%. Faust offers no setting
 for its wait; `bound_fetch_wait` wraps the one method that builds its consumer.
 
-`pace_when_idle` keeps the short wait while data flows and, after fetches that found nothing,
-pauses before the next one, doubling the pause up to a ceiling: a busy consumer fetches as
-before, an idle one a few times a second at most. The pause is on the client, after the
+`pace_when_idle` keeps the short wait while data flows and for a second after (a burst of
+changes keeps today's latency), then pauses before each fetch that follows an empty one,
+doubling the pause up to a ceiling: a busy consumer fetches as before, an idle one a few
+times a second at most. The pause is on the client, after the
 broker's answer, so on Kafka (whose waits end early) a wait as long as the ceiling already
 does this and no pause is added.
 """
@@ -17,6 +18,7 @@ does this and no pause is added.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -25,10 +27,12 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 __all__ = ["DEFAULT_IDLE_POLL_MS", "FetchPacer", "bound_fetch_wait", "pace_when_idle"]
 
 DEFAULT_IDLE_POLL_MS = 40  # FLAGSTREAM_IDLE_POLL_MS' default
+HOT_S = 1.0  # after records, fetch without pause this long: a burst keeps today's latency
 
 
 class FetchPacer:
-    """Paces one aiokafka fetcher: no pause after data, then pauses doubling to a ceiling.
+    """Paces one aiokafka fetcher: no pause within HOT_S of records, then pauses doubling
+    to a ceiling.
 
     The fetcher sends a node its next fetch only once the previous one's task has ended, so
     sleeping at the end of that task delays the next fetch without touching anything else
@@ -40,6 +44,7 @@ class FetchPacer:
         # The longest pause: one fetch (its wait included) per `idle_poll_ms` when idle.
         self.ceiling_s = max(0.0, (idle_poll_ms - wait_ms) / 1000)
         self.pause_s = 0.0
+        self.records_at = time.monotonic()
         self.fetch = fetcher._proc_fetch_request
         fetcher._proc_fetch_request = self.fetch_then_pause
 
@@ -47,7 +52,10 @@ class FetchPacer:
         got_records: bool = await self.fetch(assignment, node_id, request)
         if got_records:
             self.pause_s = 0.0
+            self.records_at = time.monotonic()
             return True
+        if time.monotonic() - self.records_at < HOT_S:
+            return False
         pause = self.pause_s
         self.pause_s = min(self.ceiling_s, max(self.wait_s, 2 * pause))
         if pause > 0:

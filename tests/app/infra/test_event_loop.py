@@ -34,8 +34,8 @@ def test_a_worker_runs_and_answers_on_the_loop_it_is_told(
     broker: str, tmp_path: Path, loop: str
 ) -> None:
     worker = Worker(broker, tmp_path / "data", f"loop-{loop}", FLAGSTREAM_EVENT_LOOP=loop)
-    worker.start()
     try:
+        worker.start()
         assert worker.process is not None
         worker.admin().put("development", f"on-{loop}", flag("on"))
         # The fast path (an asyncio.Protocol) answers single-flag evaluations.

@@ -77,8 +77,9 @@ def idle_window(broker: CountedBroker) -> dict[FetchKind, float]:
 def test_an_idle_worker_fetches_at_most_once_per_idle_poll_per_consumer(
     counted: CountedBroker, tmp_path: Path
 ) -> None:
-    worker = Worker(counted.brokers, tmp_path / "data", "idle-test").start()
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test")
     try:
+        worker.start()
         worker.admin().put("idle", "banner", flag())  # the write path saw data once
         idle_window(counted)
     finally:
@@ -90,8 +91,9 @@ def test_writes_after_an_idle_spell_are_decided_and_answered(
 ) -> None:
     """The pause ends with data: after silence a write is applied (flag changes, changelog)
     and a conflicting one is answered 409 (its dead letter read back)."""
-    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-2").start()
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-2")
     try:
+        worker.start()
         admin = worker.admin()
         first = admin.put("idle2", "banner", flag())
         idle_window(counted)  # every consumer at its longest pause
