@@ -233,7 +233,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "FLAGSTREAM_EVENT_LOOP",
-        "asyncio",
+        "uvloop",
         "Event loop of a worker: `uvloop` or `asyncio` (app/infra/event_loop.py).",
     ),
     Setting(
