@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.engine import (
     FRACTIONAL_VERSION_KEY,
@@ -17,6 +20,7 @@ from app.engine import (
     compile_flag_set,
     evaluate,
 )
+from tests.engine import generate
 
 CARDS = {"clubs": "clubs", "diamonds": "diamonds", "hearts": "hearts", "spades": "spades"}
 #: flagd-testbed's fractional-flag; the expected variants per generation are its vectors.
@@ -171,3 +175,57 @@ def test_an_unhashable_sem_ver_operator_compiles_to_no_match() -> None:
     flag = compile_flag("f", definition)
     assert isinstance(flag, CompiledFlag)
     assert evaluate(flag, {}, 0, "f").variant == "off"
+
+
+# --- hostile definitions: what a replica may read from flags-changelog -------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "state",
+                    "variants",
+                    "defaultVariant",
+                    "targeting",
+                    "metadata",
+                    "if",
+                    "var",
+                    "fractional",
+                    "",
+                    "0",
+                    "x\n",
+                ]
+            )
+            | st.text(max_size=4),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(definition=_json, seed=st.integers(0, 2**32))
+def test_compile_of_hostile_definitions_never_raises(definition: Any, seed: int) -> None:
+    """A record written straight to flags-changelog can hold anything: the replica's
+    compile returns a flag or problems with paths (PARSE_ERROR in the replica), never raises."""
+    rng = random.Random(seed)
+    for candidate in (definition, {**generate.flag(rng), "targeting": definition}):
+        result = compile_flag("hostile", candidate)
+        if isinstance(result, list):
+            assert result and all(p.path.startswith("$") for p in result)
+        else:
+            evaluate(result, {"targetingKey": "k", "email": "a@b.c"}, 0)
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [{"state": "ENABLED", "variants": {"on": b"x"}}, {"state": "ENABLED", "variants": {None: 1}}],
+)
+def test_compile_of_non_json_values_gives_problems(definition: Any) -> None:
+    result = compile_flag("odd", definition)
+    assert isinstance(result, list) and result[0].path.startswith("$.variants")
