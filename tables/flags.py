@@ -37,7 +37,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch
 from app.infra.records import AppliedChange, dumps, loads
 from tables.rocks import under
 
-__all__ = ["FlagTable", "Listener"]
+__all__ = ["ChangelogBatch", "FlagTable", "Listener"]
 
 Listener = Callable[[AppliedChange], None]
 
@@ -189,55 +189,14 @@ class FlagTable:
         environment's), which happens only when a changelog is rewritten by a retrying
         producer; the offset still moves so the record is not read again.
         """
-        db = self._open_db()
-        batch = WriteBatch(raw_mode=True)
-        batch.put(f"o/{partition:06d}".encode(), f"{offset + 1}:{fingerprint}".encode())
-        fresh = change is not None and change.seq > self.environment_seq(change.environment)
-        if change is not None and fresh:
-            self._stage(batch, change)
-        # A stale record still decided its command: its writer heard so, and a redelivery of
-        # that command must not be decided again.
-        decided = change is not None and change.source_offset > self.decided(
-            change.source_partition
-        )
-        if change is not None and decided:
-            key = f"d/{change.source_partition:06d}".encode()
-            batch.put(key, str(change.source_offset).encode())
-        db.write(batch)
-        self._positions[partition] = offset + 1
-        self._fingerprints[partition] = fingerprint
-        if change is not None and decided:
-            self._decided[change.source_partition] = change.source_offset
-        if change is not None and fresh:
-            self._latest.setdefault(change.environment, {})[change.flag] = change
-            self._remember(change)
-            for listener in self._listeners:
-                listener(change)
+        batch = self.batch(partition)
+        fresh = batch.add(offset, change)
+        batch.commit(fingerprint)
         return fresh
 
-    def _stage(self, batch: WriteBatch, change: AppliedChange) -> None:
-        env, flag = change.environment, change.flag
-        value = dumps(change.to_json())
-        batch.put(f"f/{env}/{flag}".encode(), value)
-        batch.put(f"h/{env}/{flag}/{change.version:012d}".encode(), value)
-        batch.put(f"s/{env}/{change.seq:012d}".encode(), value)
-        if change.version > self.history_depth:
-            batch.delete(f"h/{env}/{flag}/{change.version - self.history_depth:012d}".encode())
-        if change.seq > self.stream_depth:
-            batch.delete(f"s/{env}/{change.seq - self.stream_depth:012d}".encode())
-        batch.put(f"c/{env}/{change.change_id}".encode(), dumps(_without_definition(change)))
-        batch.put(f"n/{env}/{change.seq:012d}".encode(), change.change_id.encode())
-        if change.seq > self.change_id_depth:
-            db = self._open_db()
-            old = f"n/{env}/{change.seq - self.change_id_depth:012d}".encode()
-            old_id = db.get(old)
-            if old_id is not None:
-                batch.delete(old)
-                entry = f"c/{env}/{old_id.decode()}".encode()
-                kept = db.get(entry)
-                # Only a foreign writer reuses a change id; the newer use keeps its entry.
-                if kept is not None and _load(kept).seq == change.seq - self.change_id_depth:
-                    batch.delete(entry)
+    def batch(self, partition: int) -> ChangelogBatch:
+        """Records of `partition` to apply together: one RocksDB write for all of them."""
+        return ChangelogBatch(self, partition)
 
     def _remember(self, change: AppliedChange) -> None:
         log = self._log.setdefault(change.environment, deque())
@@ -255,10 +214,127 @@ class FlagTable:
             yield key.decode(), value
 
 
+class ChangelogBatch:
+    """Consecutive changelog records of one partition, applied in one RocksDB write batch.
+
+    A catch-up reads thousands of records: a write (and a fingerprint, and the offset key)
+    per record cost more than reading them. `add` stages each record into the write batch
+    and decides it against the table as it will be once the records before it are in:
+    environment seqs, decided offsets and the change-id index entries this batch wrote are
+    read from the batch itself. `commit` writes once (state and the partition's next offset
+    together, as a single `apply` does), then updates the mirror and tells the listeners of
+    each fresh change in changelog order. Nothing of the table changes before `commit`.
+    """
+
+    def __init__(self, table: FlagTable, partition: int) -> None:
+        self._table = table
+        self._partition = partition
+        self._write = WriteBatch(raw_mode=True)
+        self._next_offset: int | None = None
+        self._seqs: dict[str, int] = {}
+        self._decided: dict[int, int] = {}
+        self._fresh: list[AppliedChange] = []
+        # Change-id index keys written by this batch (None: deleted): the trim reads them.
+        self._index: dict[bytes, bytes | None] = {}
+
+    def add(self, offset: int, change: AppliedChange | None, raw: bytes | None = None) -> bool:
+        """Stage the record at `offset` (None: it only moves the offset); whether it is fresh.
+
+        `raw` is the record's value as read, `change` decoded from it: stored as it is
+        rather than encoded again (decoding it gives `change` back).
+        """
+        self._next_offset = offset + 1
+        if change is None:
+            return False
+        table = self._table
+        environment = change.environment
+        seq = self._seqs.get(environment)
+        if seq is None:
+            seq = table.environment_seq(environment)
+        fresh = change.seq > seq
+        if fresh:
+            self._seqs[environment] = change.seq
+            self._stage(change, raw if raw is not None else dumps(change.to_json()))
+            self._fresh.append(change)
+        # A stale record still decided its command: its writer heard so, and a redelivery of
+        # that command must not be decided again.
+        source = change.source_partition
+        decided = self._decided.get(source)
+        if decided is None:
+            decided = table.decided(source)
+        if change.source_offset > decided:
+            self._decided[source] = change.source_offset
+        return fresh
+
+    def commit(self, fingerprint: str = "") -> list[AppliedChange]:
+        """Write what was staged, then update the mirror and tell the listeners; the fresh
+        changes, in changelog order. `fingerprint`: of the last record added."""
+        if self._next_offset is None:
+            return []
+        table, partition, write = self._table, self._partition, self._write
+        write.put(f"o/{partition:06d}".encode(), f"{self._next_offset}:{fingerprint}".encode())
+        for source, offset in self._decided.items():
+            write.put(f"d/{source:06d}".encode(), str(offset).encode())
+        table._open_db().write(write)
+        table._positions[partition] = self._next_offset
+        table._fingerprints[partition] = fingerprint
+        table._decided.update(self._decided)
+        for change in self._fresh:
+            table._latest.setdefault(change.environment, {})[change.flag] = change
+            table._remember(change)
+        for change in self._fresh:
+            for listener in table._listeners:
+                listener(change)
+        self._next_offset = None
+        return self._fresh
+
+    def _stage(self, change: AppliedChange, value: bytes) -> None:
+        table, write = self._table, self._write
+        env, flag = change.environment, change.flag
+        write.put(f"f/{env}/{flag}".encode(), value)
+        write.put(f"h/{env}/{flag}/{change.version:012d}".encode(), value)
+        write.put(f"s/{env}/{change.seq:012d}".encode(), value)
+        if change.version > table.history_depth:
+            old = change.version - table.history_depth
+            write.delete(f"h/{env}/{flag}/{old:012d}".encode())
+        if change.seq > table.stream_depth:
+            write.delete(f"s/{env}/{change.seq - table.stream_depth:012d}".encode())
+        self._index_put(f"c/{env}/{change.change_id}".encode(), _change_id_entry(change))
+        self._index_put(f"n/{env}/{change.seq:012d}".encode(), change.change_id.encode())
+        if change.seq > table.change_id_depth:
+            self._forget_change_id(env, change.seq - table.change_id_depth)
+
+    def _forget_change_id(self, env: str, seq: int) -> None:
+        """Drop the change-id entry of `seq`, `change_id_depth` changes back."""
+        old = f"n/{env}/{seq:012d}".encode()
+        old_id = self._index_get(old)
+        if old_id is None:
+            return
+        self._index_put(old, None)
+        entry = f"c/{env}/{old_id.decode()}".encode()
+        kept = self._index_get(entry)
+        # Only a foreign writer reuses a change id; the newer use keeps its entry.
+        if kept is not None and int(loads(kept)["seq"]) == seq:
+            self._index_put(entry, None)
+
+    def _index_get(self, key: bytes) -> bytes | None:
+        if key in self._index:
+            return self._index[key]
+        found: bytes | None = self._table._open_db().get(key)
+        return found
+
+    def _index_put(self, key: bytes, value: bytes | None) -> None:
+        self._index[key] = value
+        if value is None:
+            self._write.delete(key)
+        else:
+            self._write.put(key, value)
+
+
 def _load(value: bytes) -> AppliedChange:
     return AppliedChange.from_json(loads(value))
 
 
-def _without_definition(change: AppliedChange) -> dict[str, object]:
-    """A change id's entry: the definition is in the history, and may be large."""
-    return {**change.to_json(), "definition": None}
+def _change_id_entry(change: AppliedChange) -> bytes:
+    """A change id's entry: the change without its definition (in the history; may be large)."""
+    return dumps({**change.to_json(), "definition": None})

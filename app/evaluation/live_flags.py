@@ -3,13 +3,16 @@
 Derived from the flag table, and compiled off the request path: every change the table
 applies is queued, and a background task compiles the queue a slice of `SLICE_S` at a time,
 yielding to the event loop between slices, so thousands of flags (a worker's start, a bulk
-import) never hold the loop for more than a slice and one flag. `compile_all` compiles
-everything the table holds the same way; the replication awaits it before it says it is
-ready (`FlagReplication.before_ready`), so a ready worker answers from compiled flags.
+import) never hold the loop for more than a slice and one flag.
 
-A request for a flag still queued compiles that one flag (never its environment), so no
-answer is ever older than the table. Past versions (time-travel evaluation) are compiled on
-demand, one per request, and kept in a bounded LRU.
+Ready does not wait for compiling: a worker is ready once its table has caught up with the
+changelog (`tables.replication`), which takes about as long as reading it, while compiling
+30,000 flags takes several times that. Given `compile_after` (the replication's `ready`),
+the background compiler waits for it, so a catch-up does not share its CPU with compiles it
+would only delay; it then keeps going after ready. A request for a flag still queued
+compiles that one flag (never its environment), so no answer is ever older than the table
+and none waits for more than one compile. Past versions (time-travel evaluation) are
+compiled on demand, one per request, and kept in a bounded LRU.
 """
 
 from __future__ import annotations
@@ -86,12 +89,14 @@ class LiveFlags:
     taken in whole, uncompiled, when first met (a change, a request, `compile_all`).
     """
 
-    def __init__(self, table: FlagTable) -> None:
+    def __init__(self, table: FlagTable, *, compile_after: asyncio.Event | None = None) -> None:
         self.table = table
         self._compiled: dict[str, dict[str, LiveFlag]] = {}
         self._queued: dict[str, dict[str, AppliedChange]] = {}
         self._past: OrderedDict[tuple[str, str, int], LiveFlag] = OrderedDict()
         self._compiler: asyncio.Task[None] | None = None
+        self._compile_after = compile_after
+        self._frozen = False  # the compiled flags are out of the collector's full walks
         table.listen(self._on_change)
 
     # -- reads ------------------------------------------------------------------------------
@@ -150,37 +155,42 @@ class LiveFlags:
 
     async def compile_all(self) -> None:
         """Compile every flag the table holds, a slice per loop turn, and return when none is
-        left: a `FlagReplication.before_ready` step, so ready means compiled."""
-        started = time.monotonic()
+        left (for a caller that must not go on before: a script, a test). The worker does
+        not await it: its compiler starts after ready and runs to the same end."""
         self._take_in_all()
-        waiting = self.queued()
         while self._queued:
             compiler = self._start_compiler()
             if compiler is not None:
                 await asyncio.shield(compiler)
-        # The compiled flags live as long as the worker, and a full collection walks every
-        # object the collector tracks: with 4,000 flags one took 0.3-0.4 s, a pause in the
-        # middle of some answer. Frozen, the collector leaves them (and all else built at
-        # start) alone. What a later change replaces is freed by reference counting; what
-        # it cannot free (cycles) stays until `forget`: at most one version per flag.
-        gc.freeze()
-        log.info(
-            "compiled the flags of %d environments in %.2fs (%d were queued)",
-            len(self._compiled),
-            time.monotonic() - started,
-            waiting,
-        )
+        self._freeze_once()
 
-    def compile_slice(self, budget_s: float = SLICE_S) -> int:
-        """Compile queued flags until `budget_s` has passed (one at least); how many."""
+    async def compiled(self, environment: str) -> Mapping[str, LiveFlag]:
+        """`environment()` with none of its flags queued, compiled a slice per loop turn:
+        for a caller reading every flag of it (a bulk evaluation) that would otherwise
+        compile each queued flag as it reads it, in one turn of the loop."""
+        flags = self.environment(environment)
+        while environment in self._queued:
+            self.compile_slice(environment=environment)
+            await asyncio.sleep(0)
+            flags = self.environment(environment)
+        return flags
+
+    def compile_slice(self, budget_s: float = SLICE_S, environment: str | None = None) -> int:
+        """Compile queued flags (of `environment` only, when given) until `budget_s` has
+        passed (one at least); how many."""
         deadline = time.perf_counter() + budget_s
         done = 0
         while self._queued:
-            environment, changes = next(iter(self._queued.items()))
+            if environment is None:
+                environment_now, changes = next(iter(self._queued.items()))
+            elif environment in self._queued:
+                environment_now, changes = environment, self._queued[environment]
+            else:
+                break
             key, change = changes.popitem()  # newest first: O(1), unlike popping the oldest
             if not changes:
-                del self._queued[environment]
-            self._compiled[environment][key] = build_or_degrade(change)
+                del self._queued[environment_now]
+            self._compiled[environment_now][key] = build_or_degrade(change)
             done += 1
             if time.perf_counter() >= deadline:
                 break
@@ -192,16 +202,49 @@ class LiveFlags:
         self._compiled.clear()
         self._queued.clear()
         self._past.clear()
-        gc.unfreeze()  # what `compile_all` froze may be garbage now
+        gc.unfreeze()  # what was frozen may be garbage now
+        self._frozen = False  # the rebuilt table's flags are frozen when they are compiled
 
     async def _compile_queue(self) -> None:
-        """The background compiler: a slice, then a turn of the loop, until the queue is empty."""
+        """The background compiler: a slice, then a turn of the loop, until the queue is
+        empty; it waits for `compile_after` (the table caught up) first."""
+        started = time.monotonic()
+        done = 0
         try:
             while self._queued:
-                self.compile_slice()
+                gate = self._compile_after
+                if gate is not None and not gate.is_set():
+                    await gate.wait()
+                    started = time.monotonic()
+                    continue
+                done += self.compile_slice()
                 await asyncio.sleep(0)
+            if not self._frozen:
+                log.info(
+                    "compiled %d flags of %d environments in %.2fs in the background",
+                    done,
+                    len(self._compiled),
+                    time.monotonic() - started,
+                )
+            self._freeze_once()
         finally:
             self._compiler = None
+
+    def _freeze_once(self) -> None:
+        """Keep the compiled flags out of the collector's full collections, the first time
+        the queue drains (after a start or a rebuild).
+
+        They live as long as the worker, and a full collection walks every object the
+        collector tracks: with 4,000 flags one took 0.3-0.4 s, a pause in the middle of some
+        answer. Frozen (O(1)), the collector leaves them alone. Only once: a compiled flag
+        holds reference cycles, and a frozen one that a later change replaces is never
+        collected, so freezing on every drain would keep every replaced version; once, it
+        keeps at most one version per flag of the start (until `forget`). Flags compiled
+        later stay with the collector, which frees what changes replace.
+        """
+        if not self._frozen:
+            gc.freeze()
+            self._frozen = True
 
     def _start_compiler(self) -> asyncio.Task[None] | None:
         """The background compiler, started if it is not running; None outside an event loop
