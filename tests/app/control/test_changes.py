@@ -178,6 +178,19 @@ def test_an_invalid_definition_lists_every_problem() -> None:
     assert {"$.state", "$.defaultVariant"} <= {path for path, _ in verdict.problems}
 
 
+def test_an_invalid_rule_lists_each_bad_argument_at_its_path() -> None:
+    """The decide path runs the compiled validator once; every bad argument of one rule is
+    a problem of its own (the old validator reported only the deepest one)."""
+    rule = {"if": [{"sem_ver": [{"var": "v"}, "*", "1.0.0"]}, "a", {"fractional": [["a", -1]]}]}
+    bad = {"state": "ENABLED", "variants": {"a": 1}, "targeting": rule}
+    verdict = decide(change(definition=bad), None, 0, 0.0)
+    assert isinstance(verdict, Rejection) and verdict.code is DeadLetterCode.INVALID_DEFINITION
+    assert [path for path, _ in verdict.problems] == [
+        "$.targeting.if[0].sem_ver[1]",
+        "$.targeting.if[2].fractional[0][1]",
+    ]
+
+
 def test_applied_changes_round_trip_through_json() -> None:
     original = applied(3, seq=9)
     assert AppliedChange.from_json(loads(dumps(original.to_json()))) == original
