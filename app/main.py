@@ -103,7 +103,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     """Every part of one worker, wired; nothing runs until the app is started."""
     metrics = Metrics(registry)
     metrics.worker.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
-    bound_fetch_wait(settings.fetch_max_wait_ms)
+    bound_fetch_wait(settings.fetch_max_wait_ms, settings.idle_poll_ms)
     app = faust_app_for(settings)
 
     flags = FlagTable(
