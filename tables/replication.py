@@ -54,7 +54,7 @@ FENCE_KEY = b"__fence__"
 READY_WAIT_S = 5.0  # how long a request to a worker still recovering waits for it
 FENCE_ATTEMPTS = 5  # sends of one fence: a re-created topic may fail its first produce
 UNREADABLE_PAUSE_S = 1.0  # pause between reads while the log cannot be read (awaiting recover)
-FETCH_MAX_RECORDS = 2000  # records per fetch
+FETCH_MAX_RECORDS = 500  # records per fetch: aiokafka parses them in one turn of the loop
 # Applying time per turn of the event loop (a catch-up reads thousands of records): the most
 # an answer waits behind it, plus one record and the slice's single RocksDB write.
 APPLY_SLICE_S = 0.005
@@ -294,7 +294,7 @@ class FlagReplication(Service):
         while start < len(records):
             if start:
                 await self._tell_progress()  # waiters for what is in already need not wait
-                await asyncio.sleep(0)  # a turn of the loop: answers, fetches, compiles
+            await asyncio.sleep(0)  # a turn of the loop (the fetch's parsing took one)
             start = self.apply_slice(partition, records, start)
             if not self.ready.is_set():
                 # What a catch-up loads (the table's mirror: every flag's definition) lives
