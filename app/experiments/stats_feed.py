@@ -165,8 +165,13 @@ class ExperimentStatsFeed(Service):
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await self._consumer.start()
+        # Partials and progress come now and then, a few records at a time: no fast second
+        # after each (progress alone, every 10 s, kept it fetching ~3 times a second).
         pace_when_idle(
-            self._consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
+            self._consumer,
+            self.settings.fetch_max_wait_ms,
+            self.settings.background_poll_ms,
+            hot_s=0.0,
         )
         # The topic's partition count is the sources' (app.infra.topics.topic_specs).
         partitions = [

@@ -39,8 +39,11 @@ class FetchPacer:
     (heartbeats, commits and offset resets have their own requests).
     """
 
-    def __init__(self, fetcher: Any, wait_ms: int, idle_poll_ms: int) -> None:
+    def __init__(
+        self, fetcher: Any, wait_ms: int, idle_poll_ms: int, hot_s: float = HOT_S
+    ) -> None:
         self.wait_s = wait_ms / 1000
+        self.hot_s = hot_s
         # The longest pause: one fetch (its wait included) per `idle_poll_ms` when idle.
         self.ceiling_s = max(0.0, (idle_poll_ms - wait_ms) / 1000)
         self.pause_s = 0.0
@@ -54,7 +57,7 @@ class FetchPacer:
             self.pause_s = 0.0
             self.records_at = time.monotonic()
             return True
-        if time.monotonic() - self.records_at < HOT_S:
+        if time.monotonic() - self.records_at < self.hot_s:
             return False
         pause = self.pause_s
         self.pause_s = min(self.ceiling_s, max(self.wait_s, 2 * pause))
@@ -66,17 +69,22 @@ class FetchPacer:
         return False
 
 
-def pace_when_idle(consumer: AIOKafkaConsumer, wait_ms: int, idle_poll_ms: int) -> None:
+def pace_when_idle(
+    consumer: AIOKafkaConsumer, wait_ms: int, idle_poll_ms: int, hot_s: float = HOT_S
+) -> None:
     """Let a started consumer fetch at most once per `idle_poll_ms` while it finds nothing.
 
-    Nothing changes when the broker's own wait (`wait_ms`) is already that long.
+    Nothing changes when the broker's own wait (`wait_ms`) is already that long. `hot_s`:
+    how long after records it fetches without pause; 0 for a consumer whose records come
+    one at a time now and then (e.g. a progress record every few seconds), for which a
+    second of fast fetches after each would cost more than the records themselves.
     """
     if idle_poll_ms <= wait_ms:
         return
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None:
         raise RuntimeError("pace_when_idle needs a started consumer (its fetcher)")
-    FetchPacer(fetcher, wait_ms, idle_poll_ms)
+    FetchPacer(fetcher, wait_ms, idle_poll_ms, hot_s)
 
 
 def bound_fetch_wait(max_wait_ms: int, idle_poll_ms: int = DEFAULT_IDLE_POLL_MS) -> None:

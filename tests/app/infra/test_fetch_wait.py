@@ -8,13 +8,17 @@ idle poll while it finds nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from app.experiments.partials import Progress, encode_progress
 from app.infra.fetch_wait import DEFAULT_IDLE_POLL_MS
+from app.infra.topics import EXPERIMENT_STATS
 from tests.conftest import Worker, flag
 from tests.kafka_counter import CountedBroker, FetchKind
 
@@ -102,5 +106,44 @@ def test_writes_after_an_idle_spell_are_decided_and_answered(
         path = "/api/v1/environments/idle2/flags/banner"
         conflict = admin.request("PUT", path, flag(), {"If-Match": '"99"'})
         assert conflict.status == 409, conflict.body
+    finally:
+        worker.stop()
+
+
+async def produce_progress_now_and_then(brokers: str, records: int, every_s: float) -> float:
+    """A progress record to `experiment-stats` every `every_s`, as an attribution owner says
+    its progress; returns the seconds it took."""
+    producer = AIOKafkaProducer(bootstrap_servers=brokers)
+    await producer.start()
+    started = time.monotonic()
+    try:
+        for i in range(records):
+            key, value = encode_progress(Progress(0, {"exposures": i}, 0, time.time()))
+            await producer.send_and_wait(EXPERIMENT_STATS, value, key=key, partition=0)
+            await asyncio.sleep(every_s)  # the stimulus' own pace, not a synchronisation
+    finally:
+        await producer.stop()
+    return time.monotonic() - started
+
+
+def test_records_now_and_then_keep_the_stats_feed_at_its_background_pace(
+    counted: CountedBroker, tmp_path: Path
+) -> None:
+    """Each record once made a consumer fetch without pause for a second (HOT_S): the
+    attribution's progress every 10 s kept every worker's stats feed fetching ~3 times a
+    second more when idle. The feed now pauses after the first empty fetch: a few fetches
+    per record (the pause doubling from 10 ms), not ~60 (seen ~60/s with the old pacing)."""
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-3")
+    try:
+        worker.start()
+        idle_window(counted)
+        stats = FetchKind(("experiment-stats",), 10)
+        before, _ = counted.snapshot()
+        took = asyncio.run(produce_progress_now_and_then(counted.brokers, 5, 1.0))
+        after, _ = counted.snapshot()
+        rate = (after[stats] - before[stats]) / took
+        # Per record: the fetch that brings it, then pauses of 0, 10, 20, ... 240 ms: ~8
+        # fetches in its first second, against ~60 without pause on the embedded broker.
+        assert rate < 20, f"{rate:.1f} experiment-stats fetches/s with a record a second"
     finally:
         worker.stop()
