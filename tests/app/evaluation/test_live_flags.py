@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,13 @@ from app.infra.records import AppliedChange, ChangeOp
 from tables.flags import FlagTable
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+
+
+@pytest.fixture(autouse=True)
+def collected_again() -> Iterator[None]:
+    """The background compiler freezes what it compiles (and all else): thaw it after."""
+    yield
+    gc.unfreeze()
 
 
 def put(
