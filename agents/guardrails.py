@@ -13,6 +13,7 @@ that all see the breach send one request and the change-id index applies it once
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -80,22 +81,28 @@ class GuardrailWatch(Service):
         self.rollbacks = metrics.guardrail_rollbacks
         # (environment, experiment) whose partials changed since the last check.
         self._changed: set[tuple[str, str]] = set()
+        # Set while `_changed` is not empty: an idle watch sleeps instead of waking each second.
+        self._pending = asyncio.Event()
         if settings.guardrails:  # FLAGSTREAM_GUARDRAILS=false: nothing is ever checked
             feed.listen(self.changed)
 
     def changed(self, environment: str, experiment: str) -> None:
         """The feed's listener: note the experiment for the next check (no work here)."""
         self._changed.add((environment, experiment))
+        self._pending.set()
 
     @Service.task
     async def _check_every_interval(self) -> None:
+        """Once something changed, wait an interval (partials coalesce), then check."""
         while not self.should_stop:
+            await self._pending.wait()
             await self.sleep(CHECK_INTERVAL_S)
             await self.check_changed()
 
     async def check_changed(self) -> None:
         """Check each experiment noted since the last round, once however often it changed."""
         changed, self._changed = self._changed, set()
+        self._pending.clear()
         for environment, experiment in sorted(changed):
             try:
                 await self.check(environment, experiment)
@@ -159,7 +166,7 @@ class GuardrailWatch(Service):
         outcome = self._outcome(change, await self.writer.submit(change))
         self.rollbacks.labels(outcome).inc()
         if outcome == "unanswered":  # check again next time, whether partials change or not
-            self._changed.add((environment, design.experiment))
+            self.changed(environment, design.experiment)
 
     def _outcome(self, change: FlagChange, outcome: Outcome | None) -> str:
         """The label of `flagstream_guardrail_rollbacks_total` for what the writer heard.

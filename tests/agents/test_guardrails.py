@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from agents.guardrails import GuardrailWatch
+from agents.guardrails import CHECK_INTERVAL_S, GuardrailWatch
 from app.control.changes import decide
 from app.control.outcomes import Outcome
 from app.evaluation.live_flags import LiveFlags
@@ -312,5 +312,37 @@ def test_guardrails_off_checks_nothing(tmp_path: Path) -> None:
         await watched.watch.check_changed()
         assert watched.writer.sent == []
         assert watched.versions() == [1]
+
+    asyncio.run(run())
+
+
+def test_an_idle_watch_sleeps_and_checks_a_change_within_an_interval(tmp_path: Path) -> None:
+    """No partial, no check: the watch used to wake and check each second for nothing (seen
+    2 checks in this idle spell). Harm is still checked after one interval."""
+
+    async def run() -> None:
+        watched = Watched(tmp_path / "flags")
+        watch = watched.watch
+        checks: list[float] = []
+        check_changed = watch.check_changed
+
+        async def counted() -> None:
+            checks.append(time.monotonic())
+            await check_changed()
+
+        watch.check_changed = counted  # type: ignore[method-assign]
+        await watch.start()
+        try:
+            await asyncio.sleep(2.5 * CHECK_INTERVAL_S)  # the idle spell is what is measured
+            assert checks == []
+            harmed_at = time.monotonic()
+            await watched.harm(300)
+            deadline = harmed_at + 10
+            while not watched.writer.sent:
+                assert time.monotonic() < deadline, "no rollback"
+                await asyncio.sleep(0.01)
+            assert len(checks) == 1 and checks[0] - harmed_at >= CHECK_INTERVAL_S * 0.99
+        finally:
+            await watch.stop()
 
     asyncio.run(run())
