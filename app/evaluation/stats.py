@@ -53,10 +53,15 @@ class EvaluationStats(Collector):
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def observe(self, path: str, seconds: float) -> None:
+        self.histogram(path).observe(seconds)
+
+    def histogram(self, path: str) -> LocalHistogram:
+        """The latency histogram of `path`, made on first use: a hot path binds its own
+        once and observes into it directly (a dict lookup and a call fewer per request)."""
         histogram = self.latency.get(path)
         if histogram is None:
             histogram = self.latency[path] = LocalHistogram()
-        histogram.observe(seconds)
+        return histogram
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         evaluations = CounterMetricFamily(

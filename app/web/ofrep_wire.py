@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
 from aiohttp import web
 
 from app.engine import ErrorCode, JsonObject, Resolution
-from app.infra.records import dumps
+from app.infra.json_input import MAX_DEPTH
+from app.infra.records import dumps, loads
 from app.web import inputs
 from app.web.auth import Access, Credentials, bearer
 
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 PREFIX: Final = "/ofrep/v1"
+# Bodies this long or shorter nest at most MAX_DEPTH deep (each level costs two bytes, "[]").
+SHALLOW_BYTES: Final = 2 * MAX_DEPTH
+_loads = loads  # bound once: the hot path's one parse
 # Encoded single-flag bodies kept (see `EncodedBodies`): a few per flag version.
 BODY_CACHE_SIZE: Final = 8192
 
@@ -127,7 +132,7 @@ def parse_context(raw: bytes) -> JsonObject | ContextRefusal:
     """
     if not raw:
         return {}
-    body = inputs.decode_body(raw)
+    body = _decoded(raw)
     if isinstance(body, inputs.Refused):
         code = ErrorCode.INVALID_CONTEXT if body.too_deep else ErrorCode.PARSE_ERROR
         return 400, code, body.message
@@ -142,6 +147,18 @@ def parse_context(raw: bytes) -> JsonObject | ContextRefusal:
     if targeting_key is not None and not isinstance(targeting_key, str):
         return 400, ErrorCode.INVALID_CONTEXT, "targetingKey must be a string"
     return context
+
+
+def _decoded(raw: bytes) -> Any:
+    """`inputs.decode_body(raw)`, in one call for the usual body of an evaluation: a short
+    one parsed at once (it cannot nest too deep: `app.infra.json_input.parse_json` checks
+    the depth of longer ones only), anything else, and every refusal, through `decode_body`."""
+    if len(raw) <= SHALLOW_BYTES:
+        try:
+            return _loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # decode_body says why
+    return inputs.decode_body(raw)
 
 
 def refused(credentials: Credentials, request: web.Request, key: str | None) -> web.Response:

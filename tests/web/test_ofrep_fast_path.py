@@ -446,3 +446,20 @@ def test_fast_path_evaluations_and_hand_offs_are_counted(flags: Worker) -> None:
     ]
     assert re.search(r'flagstream_ofrep_fast_path_handoffs_total\{reason="other"\} [1-9]', text)
     assert re.search(r"flagstream_ofrep_fast_path_connections_total [1-9]", text)
+
+
+def test_a_connection_whose_credential_changes_is_checked_again(connection: Connection) -> None:
+    """The fast path remembers the credential headers it admitted on a connection (the key is
+    not looked up again while they stay the same): a request carrying anything else is
+    checked anew, so an unknown key after a known one is refused, never answered with the
+    environment the known key selected; the same key by another header stays fast."""
+    x_api_key = {"Authorization": None, "X-API-Key": SDK_KEY}
+    connection.send(evaluation("fp-bool"))
+    connection.send(evaluation("fp-bool", headers=x_api_key))
+    connection.send(evaluation("fp-bool", headers={"Authorization": f"Bearer {SDK_KEY}x"}))
+    replies = [connection.reply() for _ in range(3)]
+    assert [(reply.status, reply.fast) for reply in replies] == [
+        (200, True),
+        (200, True),
+        (401, False),
+    ]
