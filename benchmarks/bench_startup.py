@@ -6,6 +6,8 @@ generated flags each (`benchmarks/flag_corpus.py`: realistic rules) are written 
 
 * reference: a raw aiokafka consumer (no group, the worker's fetch wait and records per
   fetch) reading the whole changelog from the beginning, in this process;
+* a `FlagReplication` in this process on an empty table: started to ready (its start fences
+  read), the table's catch-up without the rest of a worker beside it;
 * a fresh worker (empty data dir) started as `flagstream worker`: (a) the time from launch
   to `/readyz` 200, and the worker's own log of it: the table's catch-up (consume and apply,
   up to reading its start fences). Ready does not wait for compiling: the flags compile in
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import http.client
 import json
 import os
@@ -47,15 +50,19 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.infra.broker import free_port, start_broker, stop
+from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, ChangeOp, dumps
 from app.infra.settings import Settings
 from app.infra.topics import FLAGS_CHANGELOG, ensure_topics, partition_for
 from benchmarks.flag_corpus import generated_flags
+from tables.flags import FlagTable
 from tables.replication import FETCH_MAX_RECORDS as MAX_RECORDS  # per fetch, as the worker
+from tables.replication import FlagReplication
 from tests.conftest import Worker
 
 FETCH_WAIT_MS = 10  # the tests' and benchmarks' worker (tests/conftest.py Worker)
@@ -119,6 +126,34 @@ def write_changelog(settings: Settings, names: list[str], flags: int, seed: int)
             await producer.stop()
 
     return asyncio.run(run())
+
+
+def replica_catch_up_s(settings: Settings, data_dir: Path) -> float:
+    """Seconds for a `FlagReplication` in this process, on an empty table, from started to
+    ready: the table's catch-up alone (no compiler, web server or agents beside it)."""
+
+    async def run() -> float:
+        table = FlagTable(
+            data_dir,
+            history_depth=settings.history_depth,
+            stream_depth=settings.stream_depth,
+            change_id_depth=settings.change_id_depth,
+        )
+        as_the_worker = dataclasses.replace(settings, fetch_max_wait_ms=FETCH_WAIT_MS)
+        replication = FlagReplication(as_the_worker, table, Metrics(CollectorRegistry()))
+        await replication.start()
+        started = time.perf_counter()
+        try:
+            await replication.ready.wait()
+            return time.perf_counter() - started
+        finally:
+            await replication.stop()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        gc.unfreeze()  # the catch-up froze what it loaded; this process carries on
+        gc.collect()
 
 
 def raw_consume_s(settings: Settings) -> tuple[float, int]:
@@ -284,6 +319,8 @@ def one_round(
 ) -> dict[str, Any]:
     consume_s, records = raw_consume_s(settings)
     print(f"round {n}: raw consume of {records} records {consume_s:.2f}s", flush=True)
+    replica_s = replica_catch_up_s(settings, workdir / f"replica-{n}")
+    print(f"round {n}: a replica in this process caught up in {replica_s:.2f}s", flush=True)
     worker, ready_s = start_worker(brokers, workdir / f"round-{n}", names)
     try:
         rss_ready = rss_mb(worker)
@@ -297,6 +334,7 @@ def one_round(
     figures = {
         "raw_consume_s": consume_s,
         "records": records,
+        "replica_catch_up_s": replica_s,
         "ready_from_launch_s": ready_s,
         **log,
         "first_p50_ms": statistics.median(first),
@@ -354,6 +392,7 @@ def main() -> None:
     consume = medians["raw_consume_s"] or float("nan")
     catch_up = medians["catch_up_s"]
     compile_s = medians["background_compile_s"]
+    replica = medians["replica_catch_up_s"]
     summary = {
         "flags": args.flags,
         "environments": args.environments,
@@ -363,6 +402,7 @@ def main() -> None:
         "empty_worker": {"ready_from_launch_s": boot_s, "rss_mb": boot_rss},
         "ratios": {
             "catch_up / raw consume": None if catch_up is None else catch_up / consume,
+            "replica in process / raw consume": None if replica is None else replica / consume,
             "(ready from launch - empty boot) / raw consume": (
                 (medians["ready_from_launch_s"] or 0) - boot_s
             )
@@ -377,7 +417,8 @@ def main() -> None:
     print("| measure | value |\n|---|---|")
     rows = [
         ("raw aiokafka consume of the changelog (reference)", f"{consume:.2f} s"),
-        ("worker catch-up = ready, its log (consume + apply)", _s(catch_up)),
+        ("replica in process, started to ready (fences, consume + apply)", _s(replica)),
+        ("worker catch-up = ready, its log (fences, consume + apply)", _s(catch_up)),
         ("background compile after ready, until its queue drained", _s(compile_s)),
         ("ready from launch", _s(medians["ready_from_launch_s"])),
         ("empty worker ready from launch (boot)", f"{boot_s:.2f} s"),

@@ -256,3 +256,34 @@ def test_time_travel_to_the_live_version_reuses_it_and_the_cache_keeps_the_recen
     assert isinstance(live.at("dev", "g", 45.0), LiveFlag)  # evicts the least recent (two)
     assert live.at("dev", "f", 15.0) is one
     assert live.at("dev", "f", 25.0) is not two
+
+
+def test_a_bulk_read_mid_compile_compiles_its_environment_in_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compiled(environment)`: every flag of it, compiled a slice per turn of the loop (the
+    background compiler held back, as before ready), and the other environments left."""
+    table = table_of(tmp_path)
+    live = LiveFlags(table, compile_after=asyncio.Event())  # never set
+    put_many(table, MANY, "bulk")
+    put_many(table, 10, "other", first_seq=MANY + 1)
+    compiles = CompileCount(monkeypatch)
+
+    async def run() -> tuple[Any, int]:
+        turns = 0
+
+        async def tick() -> None:
+            nonlocal turns
+            while compiles.calls < MANY:
+                await asyncio.sleep(0)
+                turns += 1
+
+        ticker = asyncio.ensure_future(tick())
+        flags = await live.compiled("bulk")
+        await ticker
+        return flags, turns
+
+    flags, turns = asyncio.run(run())
+    assert isinstance(flags, dict) and len(flags) == MANY
+    assert compiles.calls == MANY and turns > 10, f"{turns} turns of the loop"
+    assert live.queued() == 10, "the other environment is the background compiler's"
