@@ -170,7 +170,7 @@ class OfrepApi:
         started = _perf_counter()
         if self.overload.sheds(ONE_FLAG):
             return 429, shed_body(key)  # the fast path adds `Retry-After` to every 429
-        environment = self.credentials.sdk_key_environment(token)
+        environment = self.credentials.admitted_environment(token)  # one object per connection
         if environment is None or not self.ready.is_set():
             return None
         context = parse_context(raw)

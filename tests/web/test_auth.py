@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from app.infra.settings import Settings
-from app.web.auth import Credentials
+from app.web.auth import ADMITTED_OBJECTS, Credentials
 
 KEYS = {"key-dev-0123456789": "development", "kéy-prod-é": "production"}
 
@@ -44,3 +44,17 @@ def test_anything_but_an_exact_key_selects_nothing(
     credentials: Credentials, token: str | None
 ) -> None:
     assert credentials.sdk_key_environment(token) is None
+
+
+def test_an_admitted_key_object_is_remembered_by_identity_and_the_memory_is_bounded() -> None:
+    credentials = Credentials(dataclasses.replace(Settings.from_env(), sdk_keys=dict(KEYS)))
+    tokens = ["".join(list(key)) for key in KEYS for _ in range(3)]  # equal texts, new objects
+    assert [credentials.admitted_environment(token) for token in tokens * 2] == [
+        environment for environment in KEYS.values() for _ in range(3)
+    ] * 2
+    assert credentials.admitted_environment("not-a-key") is None
+    assert credentials.admitted_environment(None) is None
+    assert len(credentials._admitted) == len(tokens)  # neither a wrong key nor None is kept
+    many = ["".join(list("key-dev-0123456789")) for _ in range(ADMITTED_OBJECTS + 10)]
+    assert {credentials.admitted_environment(token) for token in many} == {"development"}
+    assert len(credentials._admitted) <= ADMITTED_OBJECTS
