@@ -309,6 +309,9 @@ class ExperimentAttribution(Service):
             )
             if met is not None:
                 break
+        # Read only while catching up: left assigned, the reader fetched a few times a second
+        # for as long as the worker ran.
+        reader.unsubscribe()
         if applied:
             self.note_changed(partition, self.fold.rebuild(partition))
         self.store.apply(partition, {}, {EXPERIMENT_STATE: met.offset + 1})

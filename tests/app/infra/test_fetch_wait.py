@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from app.experiments.partials import Progress, encode_progress
 from app.infra.fetch_wait import DEFAULT_IDLE_POLL_MS
 from app.infra.topics import EXPERIMENT_STATS
-from tests.conftest import Worker, flag
+from tests.conftest import Worker, flag, wait_until
 from tests.kafka_counter import CountedBroker, FetchKind
 
 BACKGROUND_POLL_MS = 250  # FLAGSTREAM_BACKGROUND_POLL_MS' default
@@ -31,8 +31,9 @@ EVERY_CONSUMER = WRITE_PATH | {
     ("dead-letters",),
     ("evaluation-requests",),
     ("experiment-stats",),
-    ("experiment-state",),
 }
+# The attribution's `experiment-state` reader fetches only while it catches a partition up.
+CATCH_UP_ONLY = ("experiment-state",)
 WINDOW_S = 3.0
 
 
@@ -86,6 +87,30 @@ def test_an_idle_worker_fetches_at_most_once_per_idle_poll_per_consumer(
         worker.start()
         worker.admin().put("idle", "banner", flag())  # the write path saw data once
         idle_window(counted)
+    finally:
+        worker.stop()
+
+
+def owned_partitions(worker: Worker) -> float:
+    """The attribution partitions the worker owns (each one caught up first)."""
+    for line in worker.metrics().splitlines():
+        if line.startswith("flagstream_attribution_partitions "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_an_idle_worker_reads_experiment_state_only_while_catching_up(
+    counted: CountedBroker, tmp_path: Path
+) -> None:
+    """Left assigned after its catch-up, the reader fetched ~4 times a second for as long as
+    the worker ran (seen 4.0/s in the idle window with the old code)."""
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-4")
+    try:
+        worker.start()
+        wait_until(lambda: owned_partitions(worker) > 0, 30)  # caught up: reader done
+        rates = idle_window(counted)
+        state = {kind: rate for kind, rate in rates.items() if kind.topics == CATCH_UP_ONLY}
+        assert not any(state.values()), f"experiment-state fetches/s while idle: {state}"
     finally:
         worker.stop()
 
