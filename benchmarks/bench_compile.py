@@ -66,6 +66,10 @@ def cells(old: Draft202012Validator) -> dict[str, Callable[[Flags], None]]:
         for _, definition in flags:
             flag_problems(definition)
 
+    def validate_replica(flags: Flags) -> None:
+        for _, definition in flags:
+            flag_problems(definition, compiled_next=True)
+
     def validate_old(flags: Flags) -> None:
         for _, definition in flags:
             list(old.iter_errors(definition))
@@ -73,7 +77,7 @@ def cells(old: Draft202012Validator) -> dict[str, Callable[[Flags], None]]:
     def compile_only(flags: Flags) -> None:
         # compile_flag with validation stubbed out: what the rest of compile costs.
         real = compile_module.flag_problems
-        compile_module.flag_problems = lambda definition: []  # type: ignore[assignment]
+        compile_module.flag_problems = lambda definition, **_: []  # type: ignore[assignment]
         try:
             for key, definition in flags:
                 compile_flag(key, definition)
@@ -86,6 +90,7 @@ def cells(old: Draft202012Validator) -> dict[str, Callable[[Flags], None]]:
 
     return {
         "validation (jsonschema-rs)": validate,
+        "validation before a compile (compiled_next)": validate_replica,
         "validation (old: jsonschema)": validate_old,
         "compile without validation": compile_only,
         "compile_flag total": total,

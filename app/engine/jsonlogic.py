@@ -44,6 +44,7 @@ __all__ = [
     "RuleTooLargeError",
     "Scope",
     "compile_rule",
+    "reduction_problems",
     "targeting_problems",
 ]
 
@@ -141,6 +142,34 @@ def targeting_problems(
     except InvalidRuleError:
         pass
     return _growing_reductions(targeting, scope.evaluators, "$.targeting", 0)
+
+
+def reduction_problems(
+    targeting: Any, evaluators: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """``targeting_problems`` for a caller that compiles the rule itself right after.
+
+    ``compile_rule`` raises ``RuleTooLargeError`` for the size bounds, so such a caller
+    (``compile_flag``) needs only the reductions checked here, and compiles the rule once.
+    """
+    if not isinstance(targeting, Mapping) or not targeting or not _has_reduce(targeting):
+        return []
+    return _growing_reductions(targeting, evaluators or {}, "$.targeting", 0)
+
+
+def _has_reduce(targeting: Mapping[str, Any]) -> bool:
+    """Whether any operation of a rule is ``reduce`` (or a ``$ref``, which may hide one):
+    a walk without paths, so the usual rule costs a few µs, not a path string per node."""
+    pending: list[Any] = [targeting]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if "reduce" in node or "$ref" in node:
+                return True
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
 
 
 def _growing_reductions(

@@ -22,7 +22,7 @@ from typing import Any, Final
 import jsonschema_rs
 import orjson
 
-from app.engine.jsonlogic import targeting_problems
+from app.engine.jsonlogic import reduction_problems, targeting_problems
 from app.engine.problems import Problem, json_path
 
 __all__ = ["MAX_DEPTH", "flag_problems", "flag_set_problems"]
@@ -83,9 +83,38 @@ _REPR.maxother = 40
 _REPR.maxlevel = 2
 
 
-def flag_problems(definition: object) -> list[Problem]:
-    """Every problem with one flag definition (paths like ``$.variants.on``)."""
+def flag_problems(definition: object, *, compiled_next: bool = False) -> list[Problem]:
+    """Every problem with one flag definition (paths like ``$.variants.on``).
+
+    ``compiled_next``: the caller has checked the definition's depth and compiles the
+    targeting right after (``compile_flag``), and that compile refuses a rule beyond the
+    size bounds with the same problem, so a definition the schema accepts is neither walked
+    nor compiled a second time here (that was half of a replica's compile). Anything the
+    schema refuses is checked in full.
+    """
+    if compiled_next:
+        valid = _valid_flag(definition)
+        if valid is not None:
+            return valid
     return _problems(definition, _FLAG_VALIDATOR, _flag_semantics, _flag_costs)
+
+
+def _valid_flag(definition: object) -> list[Problem] | None:
+    """The problems of a definition the schema accepts, without compiling its targeting;
+    None when the schema does not accept it. Its depth is checked by the caller."""
+    if not isinstance(definition, Mapping):
+        return None
+    try:
+        if not _FLAG_VALIDATOR.is_valid(definition):
+            return None
+    except (ValueError, TypeError, OverflowError):
+        return None
+    costly = {
+        Problem("$" + at[1:], message)
+        for at, message in reduction_problems(definition.get("targeting"))
+    }
+    found = costly or set(_flag_semantics(definition, ()))  # as `_problems`: costs alone
+    return sorted(found, key=lambda p: (p.path, p.message))
 
 
 def flag_set_problems(document: object) -> list[Problem]:
