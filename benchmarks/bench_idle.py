@@ -13,11 +13,16 @@ what else the machine runs, unlike wall-clock rates):
    idle), written through worker A: PUT → 200 on A, and PUT → the event on B's change stream.
    `benchmarks/bench_propagation.py` times changes back to back instead.
 
+Steps 3 and 4 run once per `--idle-polls` value (FLAGSTREAM_IDLE_POLL_MS), fresh workers each
+time, and end in a table of pairs: idle CPU against the p99 of an isolated change, the two
+sides of that setting. The idle worker's CPU is also split by thread (the event loop's, Faust's
+consumer thread) and its requests counted by Kafka API (what wakes it besides fetches).
+
 Pass worker settings to compare, e.g. today's behaviour before the idle pacing:
 `--env FLAGSTREAM_IDLE_POLL_MS=10 --env FLAGSTREAM_BACKGROUND_POLL_MS=10`.
 
     .venv/bin/python benchmarks/bench_idle.py [--seconds 30] [--changes 40] [--quick]
-        [--fetch-wait-ms 10] [--env NAME=VALUE ...] [--json out.json]
+        [--idle-polls 20,40] [--fetch-wait-ms 10] [--env NAME=VALUE ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,8 +54,26 @@ RAW_PARTITIONS = 4  # as many as the flag changelog's default
 
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
+    return cpu_s_of(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process, by name (`MainThread` for the main
+    one: the worker's event loop; Faust's consumer thread is the busiest other one)."""
+    seconds: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            tid = int(task.name)
+            name = "MainThread" if tid == pid else (task / "comm").read_text().strip()
+            key = name if tid == pid else f"{name} ({tid})"
+            seconds[key] = cpu_s_of(task / "stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+    return seconds
+
+
+def cpu_s_of(stat_path: Path) -> float:
+    fields = stat_path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
@@ -114,17 +137,27 @@ def measure_raw_consumer(
         stop(process)
 
 
+API_NAMES = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "OffsetCommit"}
+API_NAMES |= {9: "OffsetFetch", 10: "FindCoordinator", 12: "Heartbeat", 18: "ApiVersions"}
+
+
 class Rates:
-    """Fetches per second by kind from now until `done()`."""
+    """Fetches per second by kind, and requests per second by API, from now until `done()`."""
 
     def __init__(self, broker: CountedBroker) -> None:
         self.broker = broker
-        self.before, _ = broker.snapshot()
+        self.before, self.requests_before = broker.snapshot()
         self.started = time.monotonic()
+        self.requests: dict[str, float] = {}
 
     def done(self) -> dict[FetchKind, float]:
-        after, _ = self.broker.snapshot()
+        after, requests = self.broker.snapshot()
         elapsed = time.monotonic() - self.started
+        self.requests = {
+            API_NAMES.get(api, f"api {api}"): (count - self.requests_before[api]) / elapsed
+            for api, count in sorted(requests.items())
+            if count > self.requests_before[api]
+        }
         return {
             k: (after[k] - self.before[k]) / elapsed for k in after if after[k] > self.before[k]
         }
@@ -185,27 +218,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["raw_consumer"] = {**raw_cpu, "fetches_per_s": raw_fetches}
         step("raw aiokafka consumer", result["raw_consumer"])
 
-        a = Worker(broker.brokers, workdir / "a", "bench-idle", **env)
-        workers.append(a)
-        a.start()
-        assert a.process is not None
-        time.sleep(args.settle_s)  # start-up work (first commits, metadata) is not idleness
-        fetches = Rates(broker)
-        worker_cpu = cpu_percent(
-            {"worker": a.process.pid, "broker": broker.process.pid}, args.seconds
-        )
-        by_kind = fetches.done()
-        result["worker"] = {**worker_cpu, "fetches_per_s": sum(by_kind.values())}
-        result["fetches_by_consumer"] = {
-            f"{'+'.join(k.topics)} (wait {k.max_wait_ms} ms)": round(rate, 1)
-            for k, rate in sorted(by_kind.items(), key=lambda item: -item[1])
-        }
-        step("idle worker", result["worker"])
-
-        b = Worker(broker.brokers, workdir / "b", "bench-idle", **env)
-        workers.append(b)
-        b.start()
-        result["isolated"] = isolated_changes(a, b, args.changes, args.gap_s)
+        polls = args.idle_polls or [None]
+        result["runs"] = []
+        for i, poll in enumerate(polls):
+            run_env = env if poll is None else {**env, "FLAGSTREAM_IDLE_POLL_MS": str(poll)}
+            a = Worker(broker.brokers, workdir / f"a{i}", f"bench-idle-{i}", **run_env)
+            b = Worker(broker.brokers, workdir / f"b{i}", f"bench-idle-{i}", **run_env)
+            workers = [a, b]
+            a.start()
+            measured = measure_idle_worker(broker, a, args)
+            measured["idle_poll_ms"] = poll
+            step(f"idle worker (idle poll {poll or 'as set'})", measured["worker"])
+            b.start()
+            measured["isolated"] = isolated_changes(a, b, args.changes, args.gap_s)
+            result["runs"].append(measured)
+            for worker in workers:
+                worker.stop()
+            workers = []
     finally:
         for worker in workers:
             worker.stop()
@@ -213,14 +242,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def measure_idle_worker(
+    broker: CountedBroker, a: Worker, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A ready worker's CPU (and by thread), the broker's, and its requests, while idle."""
+    assert a.process is not None and broker.process is not None
+    time.sleep(args.settle_s)  # start-up work (first commits, metadata) is not idleness
+    fetches = Rates(broker)
+    threads_before = thread_cpu_s(a.process.pid)
+    started = time.monotonic()
+    worker_cpu = cpu_percent({"worker": a.process.pid, "broker": broker.process.pid}, args.seconds)
+    elapsed = time.monotonic() - started
+    threads_after = thread_cpu_s(a.process.pid)
+    by_kind = fetches.done()
+    threads = {
+        name: 100 * (seconds - threads_before.get(name, 0.0)) / elapsed
+        for name, seconds in threads_after.items()
+    }
+    return {
+        "worker": {**worker_cpu, "fetches_per_s": sum(by_kind.values())},
+        "threads": {k: round(v, 2) for k, v in sorted(threads.items(), key=lambda t: -t[1]) if v},
+        "requests_per_s": {k: round(v, 2) for k, v in fetches.requests.items()},
+        "fetches_by_consumer": {
+            f"{'+'.join(k.topics)} (wait {k.max_wait_ms} ms)": round(rate, 1)
+            for k, rate in sorted(by_kind.items(), key=lambda item: -item[1])
+        },
+    }
+
+
 def step(name: str, figures: dict[str, float]) -> None:
     print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
 
 
 def report(result: dict[str, Any]) -> None:
-    alone, raw, worker = result["broker_alone"], result["raw_consumer"], result["worker"]
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}; settings: {result['settings']}")
+    for run in result["runs"]:
+        report_run(result, run)
+    if len(result["runs"]) > 1:
+        print("\npairs: the idle worker's cost against an isolated change's latency")
+        print("| FLAGSTREAM_IDLE_POLL_MS | worker CPU % | broker CPU % | fetches/s |", end="")
+        print(" event on B p50 ms | p99 ms | max ms |\n|---:|---:|---:|---:|---:|---:|---:|")
+        for run in result["runs"]:
+            worker, to_b = run["worker"], run["isolated"]["to_b_ms"]
+            print(
+                f"| {run['idle_poll_ms']} | {worker['worker']:.1f} | {worker['broker']:.1f} "
+                f"| {worker['fetches_per_s']:.1f} | {statistics.median(to_b):.1f} "
+                f"| {percentile(to_b, 0.99):.1f} | {max(to_b):.1f} |"
+            )
+
+
+def report_run(result: dict[str, Any], run: dict[str, Any]) -> None:
+    alone, raw, worker = result["broker_alone"], result["raw_consumer"], run["worker"]
     seconds = result["seconds"]
+    if run["idle_poll_ms"] is not None:
+        print(f"\n## FLAGSTREAM_IDLE_POLL_MS={run['idle_poll_ms']}")
     print(f"\n| idle, over {seconds:.0f} s | process CPU % of a core | broker CPU % | fetches/s |")
     print("|---|---:|---:|---:|")
     print(f"| reference: broker alone, no client | - | {alone['broker']:.1f} | 0 |")
@@ -235,9 +310,13 @@ def report(result: dict[str, Any]) -> None:
     if raw["consumer"] > 0:
         print(f"\nidle worker / one raw consumer (CPU): {worker['worker'] / raw['consumer']:.1f}x")
     print("\nfetches/s per consumer of the idle worker:")
-    for name, rate in result["fetches_by_consumer"].items():
+    for name, rate in run["fetches_by_consumer"].items():
         print(f"  {rate:6.1f}  {name}")
-    isolated = result["isolated"]
+    print("requests/s by Kafka API (all clients of the broker: the worker only, here):")
+    print("  " + ", ".join(f"{api} {rate:.1f}" for api, rate in run["requests_per_s"].items()))
+    print("CPU % of a core by thread of the idle worker:")
+    print("  " + ", ".join(f"{name} {share:.1f}" for name, share in run["threads"].items()))
+    isolated = run["isolated"]
     print(f"\nisolated changes ({len(isolated['to_b_ms'])}, each after silence):")
     print("| path | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|")
     for name, key in (("PUT → 200 on A", "acked_ms"), ("PUT → event on B's stream", "to_b_ms")):
@@ -264,6 +343,11 @@ def main() -> None:
     parser.add_argument("--gap-s", type=float, default=2.0, help="silence before each change")
     parser.add_argument("--fetch-wait-ms", type=int, default=10, help="as `up` and the tests")
     parser.add_argument("--env", type=key_value, action="append", default=[])
+    parser.add_argument(
+        "--idle-polls",
+        type=lambda text: [int(v) for v in text.split(",")],
+        help="FLAGSTREAM_IDLE_POLL_MS values to pair (e.g. 20,40): fresh workers for each",
+    )
     parser.add_argument("--quick", action="store_true", help="10 s measurements, 10 changes")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
