@@ -39,9 +39,7 @@ class FetchPacer:
     (heartbeats, commits and offset resets have their own requests).
     """
 
-    def __init__(
-        self, fetcher: Any, wait_ms: int, idle_poll_ms: int, hot_s: float = HOT_S
-    ) -> None:
+    def __init__(self, fetcher: Any, wait_ms: int, idle_poll_ms: int, hot_s: float = HOT_S) -> None:
         self.wait_s = wait_ms / 1000
         self.hot_s = hot_s
         # The longest pause: one fetch (its wait included) per `idle_poll_ms` when idle.
