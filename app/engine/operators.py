@@ -351,8 +351,14 @@ def _shorthand(args: list[Any], compiled: list[Rule], context: Context) -> Rule:
             return constant(None)
 
         def static_v3(data: Any) -> Any:
-            """The common case, hashed without building the pair: [flag key, targeting key]."""
-            key = data.get("targetingKey") if isinstance(data, Mapping) else None
+            """The common case, hashed without building the pair: [flag key, targeting key].
+
+            A dict (every context of ours) is taken before the ABC check, which costs
+            ~0.4 µs per evaluation."""
+            if data.__class__ is dict or isinstance(data, Mapping):
+                key = data.get("targetingKey")
+            else:
+                key = None
             if not isinstance(key, str) or not key:
                 return None
             hashed = bucketing.hash_after(prefix, key)
