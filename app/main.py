@@ -119,7 +119,8 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     dead_letters = DeadLetterReader(settings, outcomes)
     broker_watch.before_writes(dead_letters.move_to_end)
     writer = Writer(app, outcomes, broker_watch.writable, settings)
-    live_flags = LiveFlags(flags)
+    # Compiled in the background once the table caught up: ready never waits for compiling.
+    live_flags = LiveFlags(flags, compile_after=replication.ready)
     replication.on_rebuild(live_flags.forget)
     # One batching producer for exposures and metric events, each with its own buffer.
     exposures = exposure_channel(settings, metrics)

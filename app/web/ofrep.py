@@ -235,6 +235,7 @@ class OfrepApi:
         etag = self.bulk_etag(environment, context)
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag})
+        await self.live_flags.compiled(environment)  # mid-compile: a slice per loop turn
         evaluated = self.evaluator.many(environment, None, context, _time(), "ofrep")
         flags = [resolution_body(key, resolution)[1] for key, _, resolution in evaluated]
         body = {

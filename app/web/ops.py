@@ -57,9 +57,9 @@ class HealthApi:
         return ok({"status": "ok", **self.broker()})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """Ready once the flag table has read its start fences and its flags are compiled
-        (`FlagReplication.before_ready` steps, `LiveFlags.compile_all` among them): it then
-        serves no stale flag, and no answer waits for a compile.
+        """Ready once the flag table has read its start fences: it then serves no stale flag.
+        Flags compile in the background after that (`LiveFlags`, 1 ms per loop turn); a
+        request for a flag not compiled yet compiles only that flag.
 
         A broker lost later does not make the worker unready: its flags are the last the log
         held, and evaluations keep their answers; the body says the broker is unreachable.
