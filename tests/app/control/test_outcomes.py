@@ -48,10 +48,10 @@ def test_writers_learn_applied_repeated_and_lost_changes(tmp_path: Path) -> None
         outcomes = Outcomes(table)
         replication.on_applied(outcomes.heard_applied)
         waiting = {cid: outcomes.expect(cid) for cid in ("first", "again", "lost")}
-        replication._apply(0, [record(0, change("first", 1, 1))])
+        await replication._apply(0, [record(0, change("first", 1, 1))])
         first = await waiting.pop("first")
         waiting["again"] = outcomes.expect("first")
-        replication._apply(
+        await replication._apply(
             0,
             [
                 Record(FENCE_KEY, b"", 1),
