@@ -193,8 +193,9 @@ def test_a_changed_flag_is_compiled_at_apply_not_by_the_next_request(
 def test_compile_all_returns_once_every_flag_the_table_holds_is_compiled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The replication's `before_ready` step: a table loaded from disk (no change heard) and
-    three environments; afterwards no request compiles."""
+    """A table loaded from disk (no change heard), three environments: once `compile_all`
+    returns no request compiles (the worker does not await it since ready stopped waiting for
+    compiling; its background compiler takes the table in the same way)."""
     table = table_of(tmp_path)
     for n, environment in enumerate(("a", "b", "c")):
         put_many(table, 200, environment, first_seq=1 + n * 200)
