@@ -48,6 +48,7 @@ from app.web.ofrep import OfrepApi
 from app.web.ofrep_events import OfrepEvents
 from app.web.ops import HealthApi
 from app.web.stream import ChangeStreamApi
+from app.web.ui import DashboardUi
 from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -179,6 +180,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         ofrep,
         OfrepEvents(credentials, flags, feed),
         experiments_api,
+        DashboardUi(),
     ):
         web_app.add_routes(api.routes())
     web_app.on_shutdown.append(feed.close_streams)

@@ -1,0 +1,50 @@
+// The worker's HTTP API as the dashboard calls it: the token from sessionStorage as a Bearer
+// header on every call, answers as {status, body, headers}. Nothing here writes the token
+// anywhere but sessionStorage and the Authorization header.
+
+const TOKEN = "flagstream.token";
+export const API = "/api/v1/environments";
+
+export const token = () => sessionStorage.getItem(TOKEN);
+export const signOut = () => sessionStorage.removeItem(TOKEN);
+export const remember = (value) => sessionStorage.setItem(TOKEN, value);
+
+/** One call; `body` is sent as JSON. Never throws on an HTTP status, only on a lost network. */
+export async function call(method, path, { body, headers = {}, auth = token() } = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers } };
+  if (auth) init.headers.Authorization = `Bearer ${auth}`;
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    parsed = { error: { code: "NOT_JSON", message: text.slice(0, 200), problems: [] } };
+  }
+  return { status: response.status, body: parsed, headers: response.headers };
+}
+
+/** "admin", "read" or null: what `auth` may do.
+ *
+ * There is no "who am I" route, so this asks for a write the API refuses before it looks at
+ * anything: a kill switch on the invalid flag key "_". The admin token is past the credential
+ * check and gets 400 (invalid key), a read token 403, anything else 401. Nothing is written.
+ */
+export async function accessOf(auth) {
+  const listed = await call("GET", API, { auth });
+  if (listed.status !== 200) return null;
+  const probe = await call("POST", `${API}/_/flags/_/state`, { auth, body: {} });
+  return probe.status === 403 ? "read" : "admin";
+}
+
+export const enc = encodeURIComponent;
+
+/** The error of an answer in one sentence (the API's `message`, else its status). */
+export function messageOf(answer) {
+  const error = answer.body && answer.body.error;
+  return error ? `${error.message} (${error.code}, HTTP ${answer.status})` : `HTTP ${answer.status}`;
+}
