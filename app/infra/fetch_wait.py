@@ -1,23 +1,26 @@
 """How long Kafka fetches wait, and how often an idle consumer fetches again.
 
 Kafka answers a waiting fetch as soon as data arrives, so a long `fetch_max_wait_ms` costs
-nothing there. The embedded broker (Tansu) does not: it holds every fetch for the full wait,
-so Faust's hard-coded 1500 ms becomes ~0.7 s of latency at every hop of the write path, and
+nothing there. The embedded broker (Tansu) does not: it looks for data only at half the wait,
+then three quarters and so on, so Faust's hard-coded 1500 ms becomes ~0.7 s of latency at
+every hop of the write path, and
 the short wait that fixes it (~10 ms) makes every idle consumer send ~65 fetches a second:
 six of them cost an idle worker ~30% of a core and the broker ~40%. Faust offers no setting
 for its wait; `bound_fetch_wait` wraps the one method that builds its consumer.
 
 `pace_when_idle` keeps the short wait while data flows and for a second after (a burst of
-changes keeps today's latency), then pauses before each fetch that follows an empty one,
-doubling the pause up to a ceiling: a busy consumer fetches as before, an idle one a few
-times a second at most. The pause is on the client, after the
-broker's answer, so on Kafka (whose waits end early) a wait as long as the ceiling already
-does this and no pause is added.
+changes keeps today's latency), then lengthens the wait of each fetch that follows an empty
+one, doubling it up to a ceiling (the idle poll): a busy consumer fetches as before, an idle
+one once per idle poll at most. A long wait, not a pause on the client: measured with
+benchmarks/bench_fetch_cost.py, Tansu answers a waiting fetch at the first of its checks
+(half the wait, then three quarters, ...) that finds data, so a record reaches an idle
+consumer within half its idle poll, where a pause before a short fetch made it wait the whole
+poll; Kafka answers at once. Either way one fetch per idle poll, and an empty fetch costs about
+the same whatever its wait (~1-2 ms of CPU on each side, requests not partitions).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -27,53 +30,51 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 __all__ = ["DEFAULT_IDLE_POLL_MS", "FetchPacer", "bound_fetch_wait", "pace_when_idle"]
 
 DEFAULT_IDLE_POLL_MS = 40  # FLAGSTREAM_IDLE_POLL_MS' default
-HOT_S = 1.0  # after records, fetch without pause this long: a burst keeps today's latency
+HOT_S = 1.0  # after records, keep the short wait this long: a burst keeps today's latency
 
 
 class FetchPacer:
-    """Paces one aiokafka fetcher: no pause within HOT_S of records, then pauses doubling
-    to a ceiling.
+    """Paces one aiokafka fetcher: its short wait within HOT_S of records, then a wait
+    doubling to a ceiling after each empty fetch.
 
-    The fetcher sends a node its next fetch only once the previous one's task has ended, so
-    sleeping at the end of that task delays the next fetch without touching anything else
-    (heartbeats, commits and offset resets have their own requests).
+    The fetcher builds each fetch request from `_fetch_max_wait_ms` once the previous fetch's
+    task has ended, so setting it at the end of that task sets the next fetch's wait without
+    touching anything else (heartbeats, commits and offset resets have their own requests).
     """
 
     def __init__(self, fetcher: Any, wait_ms: int, idle_poll_ms: int, hot_s: float = HOT_S) -> None:
-        self.wait_s = wait_ms / 1000
+        self.fetcher = fetcher
+        self.wait_ms = wait_ms
         self.hot_s = hot_s
-        # The longest pause: one fetch (its wait included) per `idle_poll_ms` when idle.
-        self.ceiling_s = max(0.0, (idle_poll_ms - wait_ms) / 1000)
-        self.pause_s = 0.0
+        # The longest wait: one fetch per `idle_poll_ms` when idle.
+        self.ceiling_ms = max(wait_ms, idle_poll_ms)
         self.records_at = time.monotonic()
         self.fetch = fetcher._proc_fetch_request
-        fetcher._proc_fetch_request = self.fetch_then_pause
+        fetcher._proc_fetch_request = self.fetch_then_pace
 
-    async def fetch_then_pause(self, assignment: Any, node_id: int, request: Any) -> bool:
+    @property
+    def next_wait_ms(self) -> int:
+        """The wait the fetcher's next request asks the broker for."""
+        return int(self.fetcher._fetch_max_wait_ms)
+
+    async def fetch_then_pace(self, assignment: Any, node_id: int, request: Any) -> bool:
         got_records: bool = await self.fetch(assignment, node_id, request)
         if got_records:
-            self.pause_s = 0.0
             self.records_at = time.monotonic()
-            return True
-        if time.monotonic() - self.records_at < self.hot_s:
-            return False
-        pause = self.pause_s
-        self.pause_s = min(self.ceiling_s, max(self.wait_s, 2 * pause))
-        if pause > 0:
-            try:
-                await asyncio.sleep(pause)
-            except asyncio.CancelledError:
-                return False  # closed or unassigned: what the fetch itself answers then
-        return False
+            self.fetcher._fetch_max_wait_ms = self.wait_ms
+        elif time.monotonic() - self.records_at >= self.hot_s:
+            self.fetcher._fetch_max_wait_ms = min(self.ceiling_ms, 2 * self.next_wait_ms)
+        return got_records
 
 
 def pace_when_idle(
     consumer: AIOKafkaConsumer, wait_ms: int, idle_poll_ms: int, hot_s: float = HOT_S
 ) -> None:
-    """Let a started consumer fetch at most once per `idle_poll_ms` while it finds nothing.
+    """Let a started consumer fetch at most once per `idle_poll_ms` while it finds nothing:
+    its fetches wait that long at the broker.
 
     Nothing changes when the broker's own wait (`wait_ms`) is already that long. `hot_s`:
-    how long after records it fetches without pause; 0 for a consumer whose records come
+    how long after records it keeps the short wait; 0 for a consumer whose records come
     one at a time now and then (e.g. a progress record every few seconds), for which a
     second of fast fetches after each would cost more than the records themselves.
     """
