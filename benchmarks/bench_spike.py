@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,12 +56,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.infra.broker import free_port, start_broker, stop
-from tests.conftest import REPO, SDK_KEY, Worker
+from tests.conftest import SDK_KEY, Worker
 
 ENV = "bench"
 CONTEXT = {"context": {"targetingKey": "user-1234", "email": "ann@example.com", "plan": "pro"}}
 REF, OURS = "(a) never sheds", "(b) flagstream (sheds)"
-TICK_S = 0.01  # the generator's pacing step
 
 
 def targeted_flag(i: int) -> dict[str, Any]:
@@ -81,131 +81,129 @@ def targeted_flag(i: int) -> dict[str, Any]:
     }
 
 
-# The load generator, run as `python -c GENERATOR CONFIG_JSON`; prints one JSON document: per
-# second of due time, [due, 200s, 429s, other statuses, timeouts, latencies of the 200s in ms].
-GENERATOR = r"""
-import asyncio, collections, json, sys, time
+# The load generator: wrk with one connection per thread, each sending the slots of a shared
+# open-loop schedule (slot n of the run goes to connection n mod N at its due time). A slot
+# due while its connection still waits for an answer is sent late, its latency counting from
+# when it was due (no coordinated omission); one that could not be sent within the timeout,
+# or whose answer came later than it, is a timeout (a client would have given up). Per second
+# of due time: counts by outcome and a histogram of the 200s' latency (0.1 ms buckets).
+PACED_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } spike_timespec;
+int clock_gettime(int clock, spike_timespec *tp);
+]]
+local ts = ffi.new("spike_timespec")
+local function now()
+  ffi.C.clock_gettime(0, ts)  -- CLOCK_REALTIME: the same start in every thread
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
 
-config = json.loads(sys.argv[1])
-HOST, PORT, TIMEOUT = "127.0.0.1", config["port"], config["timeout_s"]
-TICK = config["tick_s"]
-REQUEST = bytes.fromhex(config["request_hex"])
-seconds = sum(s for _, s in config["phases"])
-stats = [[0, 0, 0, 0, 0, []] for _ in range(seconds + int(TIMEOUT) + 2)]
-queue = collections.deque()  # due times of requests not sent yet
-idle, busy = [], set()
-opening = [0]
-loop = None
-start = 0.0
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
 
+local OK, SHED, OTHER, TIMEOUT, SENT = 1, 2, 3, 4, 5
+local start, timeout, connections, phases
+local n, due, inflight, sent
+local req
 
-def bucket(due):
-    return stats[min(len(stats) - 1, int(due - start))]
+function init(args)
+  start, timeout, connections = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  phases = {}
+  local at, first = start, 0
+  for rate, seconds in string.gmatch(args[4], "([%d.]+):([%d.]+)") do
+    rate, seconds = tonumber(rate), tonumber(seconds)
+    table.insert(phases, {at = at, first = first, rate = rate, count = math.floor(rate * seconds)})
+    at, first = at + seconds, first + math.floor(rate * seconds)
+  end
+  n = id
+  counts, hist, served = {}, {}, {}
+  req = wrk.format()
+end
 
+local function due_of(slot)
+  for _, p in ipairs(phases) do
+    if slot < p.first + p.count then return p.at + (slot - p.first) / p.rate end
+  end
+  return nil
+end
 
-class Connection(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.buffer, self.due = transport, bytearray(), None
-        opening[0] -= 1
-        idle.append(self)
-        dispatch()
+local function count(at, kind)
+  local key = math.floor(at - start) * 10 + kind
+  counts[key] = (counts[key] or 0) + 1
+end
 
-    def connection_lost(self, exc):
-        if self in idle:
-            idle.remove(self)
-        if self.due is not None:
-            busy.discard(self)
-            bucket(self.due)[3] += 1
-            self.due = None
-        dispatch()
+function delay()
+  local t = now()
+  while true do
+    local slot = due_of(n)
+    if slot == nil then return 3600000 end  -- the schedule is over: idle until wrk stops
+    n = n + connections
+    if t - slot <= timeout then
+      due = slot
+      local ms = (slot - t) * 1000
+      if ms < 0 then return 0 end
+      return math.floor(ms)
+    end
+    count(slot, TIMEOUT)  -- its connection was busy for longer than a client waits
+  end
+end
 
-    def send(self, due):
-        self.due = due
-        busy.add(self)
-        self.transport.write(REQUEST)
+function request()
+  if due == nil then  -- wrk sends a connection's first request at once: a warm-up, not counted
+    inflight = false
+    return req
+  end
+  inflight, sent = due, now()
+  count(due, SENT)
+  return req
+end
 
-    def data_received(self, data):
-        buffer = self.buffer
-        buffer += data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0 or self.due is None:
-            return
-        head = bytes(buffer[:end]).lower()
-        at = head.find(b"content-length:")
-        length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
-        if len(buffer) < end + 4 + length:
-            return
-        del buffer[: end + 4 + length]
-        status = int(head[9:12])
-        row = bucket(self.due)
-        if status == 200:
-            row[0] += 1
-            row[5].append((loop.time() - self.due) * 1000)
-        elif status == 429:
-            row[1] += 1
-        else:
-            row[2] += 1
-        self.due = None
-        busy.discard(self)
-        idle.append(self)
-        dispatch()
+function response(status, headers, body)
+  if inflight == false then
+    inflight = nil
+    return
+  end
+  local t = now()
+  local latency = math.max(0, t - inflight)  -- a timer may fire a little early
+  local key = math.floor(inflight - start) * 100000 + math.floor((t - sent) * 10000)
+  served[key] = (served[key] or 0) + 1  -- the server's part: from the send, any status
+  if latency > timeout then
+    count(inflight, TIMEOUT)
+  elseif status == 200 then
+    count(inflight, OK)
+    local key = math.floor(inflight - start) * 100000 + math.floor(latency * 10000)
+    hist[key] = (hist[key] or 0) + 1
+  elseif status == 429 then
+    count(inflight, SHED)
+  else
+    count(inflight, OTHER)
+  end
+  inflight = nil
+end
 
-
-def dispatch():
-    while queue and idle:
-        idle.pop().send(queue.popleft())
-    want = min(len(queue), config["connections"] - len(idle) - len(busy) - opening[0])
-    for _ in range(max(0, want)):
-        opening[0] += 1
-        task = loop.create_task(loop.create_connection(Connection, HOST, PORT))
-        task.add_done_callback(opened)
-
-
-def opened(task):
-    if task.cancelled() or task.exception() is not None:
-        opening[0] -= 1
-
-
-def expire(now):
-    while queue and now - queue[0] > TIMEOUT:
-        bucket(queue.popleft())[4] += 1
-    for connection in [c for c in busy if now - c.due > TIMEOUT]:
-        bucket(connection.due)[4] += 1
-        connection.due = None
-        busy.discard(connection)
-        connection.transport.abort()
-
-
-async def main():
-    global loop, start
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.1
-    due, carry = start, 0.0
-    for rate, phase_s in config["phases"]:
-        for _ in range(int(phase_s / TICK)):
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            carry += rate * TICK
-            count, carry = int(carry), carry - int(carry)
-            queue.extend([due] * count)
-            expire(loop.time())
-            dispatch()
-            due += TICK
-    while (queue or busy) and loop.time() < due + TIMEOUT + 1:
-        await asyncio.sleep(0.05)
-        expire(loop.time())
-    print(json.dumps({"start_wall": time.time() - (loop.time() - start), "stats": stats}))
-
-
-asyncio.run(main())
+function done(summary, latency, requests)
+  local c, h, s = {}, {}, {}
+  for _, thread in ipairs(threads) do
+    for k, v in pairs(thread:get("counts")) do c[k] = (c[k] or 0) + v end
+    for k, v in pairs(thread:get("hist")) do h[k] = (h[k] or 0) + v end
+    for k, v in pairs(thread:get("served")) do s[k] = (s[k] or 0) + v end
+    local left = thread:get("inflight")  -- never answered before wrk stopped
+    if left then
+      local key = math.floor(left - start) * 10 + TIMEOUT
+      c[key] = (c[key] or 0) + 1
+    end
+  end
+  for k, v in pairs(c) do io.write("C ", k, " ", v, "\n") end
+  for k, v in pairs(h) do io.write("H ", k, " ", v, "\n") end
+  for k, v in pairs(s) do io.write("S ", k, " ", v, "\n") end
+  io.write("E ", summary.errors.connect, " ", summary.errors.read, " ", summary.errors.write,
+           " ", summary.errors.timeout, "\n")
+end
 """
-
-
-def request_bytes(path: str) -> bytes:
-    body = json.dumps(CONTEXT).encode()
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {SDK_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 def rss_mb(pid: int) -> float:
@@ -246,58 +244,130 @@ def drain(pid: int, limit_s: float = 180.0) -> float:
     return float("inf")
 
 
-def capacity(url: str, path: str, workdir: Path, seconds: int) -> float:
-    """Requests/s the worker answers to wrk with 64 connections (closed loop)."""
-    script = workdir / "post.lua"
-    script.write_text(
+def post_lua() -> str:
+    """wrk's request: the bulk (or single-flag) evaluation with the bench's SDK key."""
+    return (
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(json.dumps(CONTEXT))}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {SDK_KEY}"\n'
     )
-    command = ["wrk", "-t1", "-c64", f"-d{seconds}s", "-s", str(script), url + path]
+
+
+def capacity(url: str, workdir: Path, seconds: int) -> float:
+    """Requests/s the worker answers to wrk with 64 connections (closed loop)."""
+    script = workdir / "post.lua"
+    script.write_text(post_lua())
+    command = ["wrk", "-t1", "-c64", f"-d{seconds}s", "-s", str(script), url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
 
 
-def percentile(values: list[float], share: float) -> float:
-    if not values:
+def paced_script(workdir: Path) -> Path:
+    """The wrk script: the request (as the capacity probe sends it) and the paced schedule."""
+    script = workdir / "paced.lua"
+    script.write_text(post_lua() + PACED_LUA)
+    return script
+
+
+def run_paced(url: str, script: Path, phases: list[tuple[str, float, int]], args: Any) -> Any:
+    """Run wrk on the schedule; (per-second rows, start wall time, wrk's CPU seconds, errors).
+
+    A row is [200s, 429s, other statuses, sent, timeouts, {latency of the 200s from when due,
+    in 0.1 ms: count}, {time from the send to the answer, any status: count}].
+    """
+    lead_s = 1.0 + args.connections / 500  # wrk's threads start and connect before slot 0
+    start = time.time() + lead_s
+    seconds = sum(s for _, _, s in phases)
+    schedule = ",".join(f"{rate}:{s}" for _, rate, s in phases)
+    duration = int(lead_s + seconds + args.timeout + 2)
+    command = [
+        "wrk",
+        f"-t{args.connections}",
+        f"-c{args.connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "60s",  # wrk's own count; the script decides what a timeout is
+        "-s",
+        str(script),
+        url,
+        "--",
+        f"{start:.6f}",
+        str(args.timeout),
+        str(args.connections),
+        schedule,
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"wrk failed ({done.returncode}): {done.stderr.strip()} {done.stdout[-2000:]}")
+    output = done.stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    rows: list[list[Any]] = [
+        [0, 0, 0, 0, 0, {}, {}] for _ in range(seconds + int(args.timeout) + 2)
+    ]
+    errors = ""
+    for line in output.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "C":
+            key, value = map(int, rest.split())
+            second, outcome = divmod(key, 10)
+            if 0 <= second < len(rows):
+                rows[second][(0, 1, 2, 4, 3)[outcome - 1]] += value
+        elif kind in ("H", "S"):
+            key, value = map(int, rest.split())
+            second, tenths = divmod(key, 100000)
+            if 0 <= second < len(rows):
+                histogram = rows[second][5 if kind == "H" else 6]
+                histogram[tenths] = histogram.get(tenths, 0) + value
+        elif kind == "E":
+            errors = rest
+    return rows, start, cpu, errors
+
+
+def percentile(histogram: dict[int, int], share: float) -> float:
+    """The `share` percentile of a histogram of latencies in 0.1 ms buckets, in ms."""
+    total = sum(histogram.values())
+    if not total:
         return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+    rank, seen = share * total, 0
+    for tenths in sorted(histogram):
+        seen += histogram[tenths]
+        if seen > rank:
+            return tenths / 10
+    return max(histogram) / 10
 
 
-def drive(worker: Worker, path: str, phases: list[tuple[str, float, int]], args: Any) -> Any:
+def merged(histograms: list[dict[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for histogram in histograms:
+        for tenths, n in histogram.items():
+            out[tenths] = out.get(tenths, 0) + n
+    return out
+
+
+def drive(worker: Worker, script: Path, phases: list[tuple[str, float, int]], args: Any) -> Any:
     """Run the paced load against `worker`; per phase figures and the recovery time."""
     assert worker.process is not None
-    sampler = RssSampler(worker.process.pid)
+    pid = worker.process.pid
+    sampler = RssSampler(pid)
     sampler.start()
-    config = {
-        "port": worker.port,
-        "timeout_s": args.timeout,
-        "tick_s": TICK_S,
-        "connections": args.connections,
-        "request_hex": request_bytes(path).hex(),
-        "phases": [(rate, seconds) for _, rate, seconds in phases],
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", GENERATOR, json.dumps(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-    )
-    drained = drain(worker.process.pid)
+    worker_cpu = cpu_seconds(pid)
+    started = time.monotonic()
+    stats, start_wall, wrk_cpu, errors = run_paced(worker.url + args.url_path, script, phases, args)
+    wall = time.monotonic() - started
+    worker_cpu = cpu_seconds(pid) - worker_cpu
+    drained = drain(pid)
     sampler.stopping.set()
     sampler.join()
-    result = json.loads(done.stdout)
-    stats, start_wall = result["stats"], result["start_wall"]
     figures: dict[str, dict[str, float]] = {}
     first = 0
     per_second_p99 = [percentile(row[5], 0.99) for row in stats]
     for name, rate, seconds in phases:
         rows = stats[first : first + seconds]
-        ok = [latency for row in rows for latency in row[5]]
+        ok = merged([row[5] for row in rows])
+        served = merged([row[6] for row in rows])
         answered = sum(row[0] for row in rows)
         shed = sum(row[1] for row in rows)
         other = sum(row[2] for row in rows)
@@ -307,9 +377,12 @@ def drive(worker: Worker, path: str, phases: list[tuple[str, float, int]], args:
         rss = [mb for at, mb in sampler.samples if window[0] <= at < window[1]]
         figures[name] = {
             "offered_per_s": rate,
-            "sent_per_s": total / seconds,
+            "sent_per_s": sum(row[3] for row in rows) / seconds,
+            "answered_per_s": answered / seconds,
             "p50_ms": percentile(ok, 0.5),
             "p99_ms": percentile(ok, 0.99),
+            "served_p50_ms": percentile(served, 0.5),
+            "served_p99_ms": percentile(served, 0.99),
             "shed_share": shed / total if total else 0.0,
             "timeouts": timeouts,
             "other": other,
@@ -320,13 +393,17 @@ def drive(worker: Worker, path: str, phases: list[tuple[str, float, int]], args:
     target = 1.25 * figures["before"]["p99_ms"]
     recovery = float("nan")
     for second in range(before_s + spike_s, before_s + spike_s + phases[2][2]):
-        if per_second_p99[second] <= target and stats[second][1] == 0:
+        row = stats[second]
+        if per_second_p99[second] <= target and row[1] == 0 and row[4] == 0:
             recovery = float(second - before_s - spike_s)
             break
     return {
         "phases": figures,
         "recovery_s": recovery,
         "drain_s": drained,
+        "wrk_core_share": wrk_cpu / wall,
+        "worker_core_share": worker_cpu / wall,
+        "wrk_errors": errors,
         "per_second_p99_ms": per_second_p99,
     }
 
@@ -343,7 +420,9 @@ def main() -> None:
     parser.add_argument("--utilisation", type=float, default=0.3, help="normal / capacity")
     parser.add_argument("--shed-ms", type=int, default=50, help="FLAGSTREAM_SHED_LOOP_LAG_MS")
     parser.add_argument("--timeout", type=float, default=2.0, help="client timeout, seconds")
-    parser.add_argument("--connections", type=int, default=256, help="most the clients open")
+    parser.add_argument(
+        "--connections", type=int, default=256, help="wrk connections (one thread each)"
+    )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     if args.quick:
@@ -351,6 +430,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: `apt-get install -y wrk` (the capacity probe uses it)")
     path = "/ofrep/v1/evaluate/flags" + ("/flag-0" if args.path == "single" else "")
+    args.url_path = path
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-spike-"))
     kafka_port = free_port()
@@ -386,14 +466,15 @@ def main() -> None:
                 time.sleep(0.1)
         rate = args.rate
         if not rate:
-            measured = capacity(workers[REF].url, path, workdir, 3)
+            measured = capacity(workers[REF].url + path, workdir, 3)
             rate = round(measured * args.utilisation)
             print(f"capacity (wrk -c64, 3 s, never-shedding worker): {measured:,.0f} req/s")
         phases = [("before", rate, args.before), ("spike", 10 * rate, args.spike)]
         phases.append(("after", rate, args.after))
         print(f"normal rate {rate:,.0f}/s, spike {10 * rate:,.0f}/s on {path}", flush=True)
+        script = paced_script(workdir)
         for name, worker in workers.items():
-            results[name] = drive(worker, path, phases, args)
+            results[name] = drive(worker, script, phases, args)
             report_worker(name, results[name])
     finally:
         for worker in workers.values():
@@ -418,13 +499,16 @@ def report_worker(name: str, result: Any) -> None:
         print(
             f"{name:24} {phase:6} sent {figures['sent_per_s']:8,.0f}/s  p50 "
             f"{figures['p50_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  shed "
-            f"{figures['shed_share']:6.1%}  timeouts {figures['timeouts']:6,.0f}  RSS "
+            f"{figures['shed_share']:6.1%}  server p50/p99 {figures['served_p50_ms']:.1f}/"
+            f"{figures['served_p99_ms']:.1f} ms  timeouts {figures['timeouts']:6,.0f}  RSS "
             f"{figures['rss_max_mb']:6.0f} MB",
             flush=True,
         )
     print(
         f"{name:24} recovery {result['recovery_s']} s; busy {result['drain_s']:.0f} s after"
-        " the load stopped",
+        f" the load stopped; wrk {result['wrk_core_share']:.2f} of a core, worker "
+        f"{result['worker_core_share']:.2f}; wrk errors (connect read write timeout) "
+        f"{result['wrk_errors']}",
         flush=True,
     )
 
@@ -440,12 +524,16 @@ def summary(args: Any, path: str, rate: float, results: dict[str, Any]) -> None:
         f" --spike {args.spike} --after {args.after} --shed-ms {args.shed_ms}; normal "
         f"{rate:,.0f}/s, spike {10 * rate:,.0f}/s, client timeout {args.timeout} s"
     )
-    print("| worker | phase | sent/s | p50 ms | p99 ms (200s) | shed | timeouts | RSS max MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| worker | phase | offered/s | sent/s | answered 200/s | p50 ms | p99 ms (200s) | shed"
+        " | timeouts | RSS max MB |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, result in results.items():
         for phase, f in result["phases"].items():
             print(
-                f"| {name} | {phase} | {f['sent_per_s']:,.0f} | {f['p50_ms']:.1f} | "
+                f"| {name} | {phase} | {f['offered_per_s']:,.0f} | {f['sent_per_s']:,.0f} | "
+                f"{f['answered_per_s']:,.0f} | {f['p50_ms']:.1f} | "
                 f"{f['p99_ms']:.1f} | {f['shed_share']:.1%} | {f['timeouts']:,.0f} | "
                 f"{f['rss_max_mb']:.0f} |"
             )
@@ -456,7 +544,8 @@ def summary(args: Any, path: str, rate: float, results: dict[str, Any]) -> None:
         f"{ours['phases']['spike']['timeouts']:,.0f} vs (a) "
         f"{ref['phases']['spike']['timeouts']:,.0f}; recovery (b) {ours['recovery_s']} s, "
         f"(a) {ref['recovery_s']} s; busy after the load (b) {ours['drain_s']:.0f} s, (a) "
-        f"{ref['drain_s']:.0f} s (goal: bounded p99, 429s not timeouts, full recovery)"
+        f"{ref['drain_s']:.0f} s (goal: bounded p99, 429s not timeouts, full recovery); "
+        f"wrk's own share of a core {ours['wrk_core_share']:.2f} / {ref['wrk_core_share']:.2f}"
     )
     if args.json is not None:
         summary_json = {
