@@ -24,7 +24,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import ADMIN_TOKEN, READ_TOKEN, Worker, flag
+from app.control.client import AdminClient
+from tests.app.experiments.test_report import experiment_flag, two_partitions
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, Worker, flag, wait_until
+from tests.web.test_experiments_api import moved, publish, subjects_are
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -169,7 +172,7 @@ def test_find_a_flag_then_edit_it_through_a_problem_and_a_conflict(
     text_of(tab, "#edit-result", "Version 2 was saved by pytest while you edit")
     set_editor(tab, flag(default="off", targeting={"if": [True, "on", "off"]}))
     tab.find_element(By.ID, "save").click()
-    conflict = text_of(tab, "#edit-result", "conflict")
+    conflict = text_of(tab, "#edit-result", "Not saved: conflict")
     assert "You edited version 1, but version 2 is current" in conflict, conflict
     assert admin.flag(env, "checkout-new").body["defaultVariant"] == "on", "nothing written"
 
@@ -257,3 +260,36 @@ def test_a_list_of_a_thousand_flags_renders_fast(
     )
     print(f"1,000 flags: page ready {ready_ms:.0f} ms after navigation start")
     assert ready_ms < 2000
+
+
+@needs_chromium
+def test_an_experiment_is_listed_and_read_as_a_forest_plot(
+    tab: webdriver.Chrome, worker: Worker, broker: str, env: str
+) -> None:
+    key = "checkout-button"
+    worker.admin().put(env, key, experiment_flag())
+    rollback = AdminClient(worker.url, ADMIN_TOKEN, actor="guardrail: spend decrease in blue")
+    rollback.put(env, key, experiment_flag(note="rolled back"))
+    partials = moved(two_partitions(), env, key)
+    publish(broker, *partials)
+    subjects = sum(v.subjects for p in partials for v in p.totals.variants.values())
+    results = wait_until(lambda: subjects_are(worker, env, key, subjects), timeout_s=30)
+
+    sign_in(tab, worker, f"/e/{env}/x", READ_TOKEN)
+    row = text_of(tab, f'tr[data-experiment="{key}"]', "running")
+    assert str(subjects) in row
+    tab.find_element(By.LINK_TEXT, key).click()
+    srm = text_of(tab, "#srm", "p =")
+    assert ("mismatch" in srm) == results["srm"]["mismatch"], srm
+    for metric in results["metrics"]:
+        plot = shown(tab, f'section[data-metric="{metric["metric"]}"] svg.forest')
+        variants = {c["variant"] for c in metric["comparisons"] if c["relative"]}
+        drawn = plot.find_elements(By.CSS_SELECTOR, "g.row")
+        assert {g.get_attribute("data-variant") for g in drawn} == variants
+        for group in drawn:  # an estimate, its fixed-horizon and its always-valid interval
+            assert len(group.find_elements(By.CSS_SELECTOR, "circle.estimate")) == 1
+            assert len(group.find_elements(By.CSS_SELECTOR, "line.fixed")) == 1
+            assert len(group.find_elements(By.CSS_SELECTOR, "line.always-valid")) == 1
+    text_of(tab, "#crossovers", "")
+    text_of(tab, "#rollbacks", "guardrail: spend decrease in blue")
+    assert tab.find_elements(By.CSS_SELECTOR, "svg.series polyline")

@@ -3,11 +3,19 @@
 // anywhere but sessionStorage and the Authorization header.
 
 const TOKEN = "flagstream.token";
+const ACCESS = "flagstream.access"; // what the token may do, so a reload asks no second time
 export const API = "/api/v1/environments";
 
 export const token = () => sessionStorage.getItem(TOKEN);
-export const signOut = () => sessionStorage.removeItem(TOKEN);
-export const remember = (value) => sessionStorage.setItem(TOKEN, value);
+export const knownAccess = () => sessionStorage.getItem(ACCESS);
+export function signOut() {
+  sessionStorage.removeItem(TOKEN);
+  sessionStorage.removeItem(ACCESS);
+}
+export function remember(value, access) {
+  sessionStorage.setItem(TOKEN, value);
+  sessionStorage.setItem(ACCESS, access);
+}
 
 /** One call; `body` is sent as JSON. Never throws on an HTTP status, only on a lost network. */
 export async function call(method, path, { body, headers = {}, auth = token() } = {}) {
@@ -18,6 +26,10 @@ export async function call(method, path, { body, headers = {}, auth = token() } 
     init.body = typeof body === "string" ? body : JSON.stringify(body);
   }
   const response = await fetch(path, init);
+  if (response.status === 401 && auth && auth === token()) {
+    signOut(); // the token was revoked: back to the sign-in form
+    window.dispatchEvent(new HashChangeEvent("hashchange"));
+  }
   const text = await response.text();
   let parsed = null;
   try {

@@ -1,8 +1,9 @@
 // The dashboard's shell: sign in, the routes (#/, #/e/{env}, #/e/{env}/f/{flag}), the
 // breadcrumb, and the banner that says when this worker serves stale flags.
 
-import { API, accessOf, call, messageOf, remember, signOut, token } from "./api.js";
+import { API, accessOf, call, knownAccess, messageOf, remember, signOut, token } from "./api.js";
 import { fill, h } from "./dom.js";
+import { experimentList, experimentPage } from "./experiments.js";
 import { flagList, flagPage } from "./flags.js";
 
 const HEALTH_EVERY_MS = 2000;
@@ -19,7 +20,7 @@ async function signIn(event) {
     $("token").focus();
     return;
   }
-  remember(given);
+  remember(given, access);
   $("token").value = "";
   session.access = access;
   await route();
@@ -35,9 +36,10 @@ function showSignIn() {
   $("token").focus();
 }
 
-function crumbs(env, key) {
+function crumbs(env, key, experiments) {
   const items = [h("li", {}, h("a", { href: "#/" }, "Environments"))];
   if (env) items.push(h("li", {}, h("a", { href: `#/e/${encodeURIComponent(env)}` }, env)));
+  if (experiments) items.push(h("li", {}, h("a", { href: `#/e/${encodeURIComponent(env)}/x` }, "experiments")));
   if (key) items.push(h("li", { "aria-current": "page" }, key));
   fill($("crumbs"), h("ol", {}, items));
 }
@@ -58,7 +60,7 @@ async function route() {
   if (session.leave) session.leave();
   session.leave = null;
   if (!token()) return showSignIn();
-  if (!session.access) session.access = await accessOf(token());
+  if (!session.access) session.access = knownAccess() || (await accessOf(token()));
   if (!session.access) {
     signOut();
     return showSignIn();
@@ -70,7 +72,13 @@ async function route() {
   page.hidden = false;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const context = { access: session.access, live: liveState };
-  if (parts[0] === "e" && parts[1] && parts[2] === "f" && parts[3]) {
+  if (parts[0] === "e" && parts[1] && parts[2] === "x" && parts[3]) {
+    crumbs(parts[1], parts[3], true);
+    session.leave = await experimentPage(page, parts[1], parts[3]);
+  } else if (parts[0] === "e" && parts[1] && parts[2] === "x") {
+    crumbs(parts[1], null, true);
+    session.leave = await experimentList(page, parts[1]);
+  } else if (parts[0] === "e" && parts[1] && parts[2] === "f" && parts[3]) {
     crumbs(parts[1], parts[3]);
     session.leave = await flagPage(page, parts[1], parts[3], context);
   } else if (parts[0] === "e" && parts[1]) {

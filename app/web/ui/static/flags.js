@@ -9,7 +9,10 @@ import { follow } from "./sse.js";
 
 const stream = (env) => `${API}/${enc(env)}/stream`;
 const flagPath = (env, key) => `${API}/${enc(env)}/flags/${enc(key)}`;
-const isExperiment = (definition) => Boolean(definition && definition.metadata && definition.metadata.experiment);
+const isExperiment = (definition) => Boolean(definition && definition.metadata && definition.metadata.experiment === true);
+// The experiment a flag runs: metadata "experimentKey", else the flag key (app/experiments/design.py).
+const experimentKey = (key, definition) =>
+  (typeof definition.metadata.experimentKey === "string" && definition.metadata.experimentKey) || key;
 
 // -- the list ------------------------------------------------------------------------------
 
@@ -22,7 +25,9 @@ function listRow(env, flag) {
     h("td", { class: "variants" }, variants.join(", ")),
     h("td", { class: "num" }, flag.version),
     h("td", {}, when(flag.updated_at), flag.actor ? h("span", { class: "muted" }, ` by ${flag.actor}`) : null),
-    h("td", {}, isExperiment(definition) ? h("span", { class: "badge exp" }, "experiment") : null));
+    h("td", {}, isExperiment(definition)
+      ? h("a", { class: "badge exp", href: `#/e/${enc(env)}/x/${enc(experimentKey(flag.flag, definition))}` }, "experiment")
+      : null));
 }
 
 function stateBadge(state) {
@@ -71,6 +76,7 @@ export async function flagList(page, env, context) {
   }
   search.addEventListener("input", applySearch);
   fill(page, h("h1", {}, `Flags of ${env}`),
+    h("p", {}, h("a", { href: `#/e/${enc(env)}/x`, id: "experiments-link" }, `Experiments of ${env}`)),
     h("div", { class: "toolbar" }, h("label", { for: "search" }, "Search by key"), search), count,
     h("div", { class: "scroll" }, table));
   renderAll();
@@ -277,7 +283,9 @@ export async function flagPage(page, env, key, context) {
     }
     const on = flag.definition.state === "ENABLED";
     fill(meta, `Version ${flag.version} · `, stateBadge(flag.definition.state),
-      isExperiment(flag.definition) ? h("span", { class: "badge exp" }, "experiment") : null);
+      isExperiment(flag.definition)
+        ? h("a", { class: "badge exp", href: `#/e/${enc(env)}/x/${enc(experimentKey(key, flag.definition))}` }, "experiment results")
+        : null);
     kill.textContent = on ? "Kill switch: turn off" : "Turn back on";
     kill.setAttribute("aria-pressed", String(!on));
     kill.dataset.state = flag.definition.state;
