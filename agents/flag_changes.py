@@ -25,6 +25,7 @@ from app.infra.records import (
     DeadLetterCode,
     FlagChange,
     Rejection,
+    changelog_headers,
     dumps,
 )
 from app.infra.settings import Settings
@@ -115,7 +116,9 @@ class FlagChangeAgent:
         if isinstance(verdict, Rejection):
             await self.send_dead_letter(verdict, raw, partition, offset, change)
             return
-        await self.append_to_changelog(verdict.environment, record, partition)
+        await self.append_to_changelog(
+            verdict.environment, record, partition, changelog_headers(verdict)
+        )
         self.decided.labels("applied").inc()
 
     async def _decode_and_decide(
@@ -141,14 +144,21 @@ class FlagChangeAgent:
     async def _send_dead_letter(self, letter: bytes) -> None:
         await self.app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
 
-    async def append_to_changelog(self, environment: str, record: bytes, partition: int) -> None:
+    async def append_to_changelog(
+        self,
+        environment: str,
+        record: bytes,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Append a decided change; `headers` its meta (replicas apply it without parsing)."""
         metadata = await self.app.producer.send_and_wait(
             FLAGS_CHANGELOG,
             environment.encode(),
             record,
             partition,
             None,
-            None,
+            headers,
         )
         await self.replication.wait_applied(partition, metadata.offset)
 

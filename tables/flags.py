@@ -7,17 +7,32 @@ state ends: no record is applied twice or skipped, whatever the broker says its 
 are. Reads come from an in-memory mirror of the current versions (a few KB per flag), so
 serving a flag never touches the disk.
 
-RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"):
+RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"), store
+format 2 (`v/format`): each change's value is stored once, as read from the changelog:
+    v/format                          the store format (2); a table of another format (or none:
+                                      format 1 stored three decoded copies of each change) is
+                                      rebuilt from the changelog when opened for writing
     o/{partition:06d}                 next changelog offset to apply, ":", fingerprint of the
                                       record before it (to recognise the log after a restart)
-    f/{env}/{flag}                    latest AppliedChange (deleted flags included)
-    h/{env}/{flag}/{version:012d}     the last `history_depth` versions of a flag
-    s/{env}/{seq:012d}                the last `stream_depth` changes of an environment
+    h/{env}/{flag}/{version:012d}     the last `history_depth` versions of a flag: the change's
+                                      meta (`app.infra.records.change_meta`), a NUL byte, then
+                                      the changelog record's value as read
+    f/{env}/{flag}                    the flag's latest version (a deleted flag's too), as ASCII:
+                                      its change is the history entry of that version; written
+                                      once per flag per write batch (latest wins)
+    s/{env}/{seq:012d}                "{flag}/{version}" of each of the last `stream_depth`
+                                      changes of an environment (the change: its history entry)
     d/{partition:06d}                 highest `flag-changes` offset decided from that partition
-    c/{env}/{change_id}               the change a change id produced (its definition left out),
-                                      for the last `change_id_depth` changes of an environment
+    c/{env}/{change_id}               the meta of the change a change id produced (no
+                                      definition), for the last `change_id_depth` changes
     n/{env}/{seq:012d}                the change id of that seq, to forget it `change_id_depth`
                                       changes later
+
+A change of the stream whose version the history no longer keeps (a flag changed more than
+`history_depth` times within the last `stream_depth` changes of its environment) is still in
+memory while the worker runs; after a reopen the change log starts after it (older seqs get a
+snapshot, as beyond `stream_depth`). The mirror holds each change with its definition still
+unparsed (`app.infra.records.routed_change`): parsed when first read (compiling, after ready).
 
 Two guards keep a command from being applied twice, each written in the batch of the change
 it guards. `d/` is exact and forever: commands of a partition are decided in offset order, so
@@ -28,18 +43,31 @@ sent again as a new record (a writer's retry with its `Idempotency-Key`), within
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
-from app.infra.records import AppliedChange, dumps, loads
+from app.infra.records import (
+    AppliedChange,
+    change_from_meta,
+    change_meta,
+    dumps,
+    loads,
+    routed_change,
+)
 from tables.rocks import under
 
-__all__ = ["ChangelogBatch", "FlagTable", "Listener"]
+__all__ = ["STORE_FORMAT", "ChangelogBatch", "FlagTable", "Listener"]
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[[AppliedChange], None]
+
+FORMAT_KEY = b"v/format"
+STORE_FORMAT = b"2"
 
 
 class FlagTable:
@@ -74,17 +102,67 @@ class FlagTable:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._db = Rdict(str(self.path), Options(raw_mode=True))
+            self._db = self._in_store_format(self._db)
         for key, value in self._scan("o/"):
             offset, _, fingerprint = value.decode().partition(":")
             self._positions[int(key[2:])] = int(offset)
             self._fingerprints[int(key[2:])] = fingerprint
         for key, value in self._scan("d/"):
             self._decided[int(key[2:])] = int(value)
-        for _, value in self._scan("f/"):
-            change = _load(value)
-            self._latest.setdefault(change.environment, {})[change.flag] = change
-        for _, value in self._scan("s/"):
+        for key, value in self._scan("f/"):
+            environment, _, flag = key[2:].partition("/")
+            change = self._current(environment, flag, value)
+            if change is not None:
+                self._latest.setdefault(change.environment, {})[change.flag] = change
+        for key, value in self._scan("s/"):
+            environment, _, seq = key[2:].partition("/")
+            self._load_stream_entry(environment, int(seq), value)
+
+    def _in_store_format(self, db: Rdict) -> Rdict:
+        """`db`, emptied first when it holds a table of another store format: the changelog
+        (the source of truth) then fills it again from its start, in this format."""
+        if db.get(FORMAT_KEY) == STORE_FORMAT:
+            return db
+        if next(iter(under(db, b"")), None) is not None:
+            log.warning(
+                "the flag table in %s has an older store format: rebuilding it from the changelog",
+                self.path,
+            )
+            db.close()
+            Rdict.destroy(str(self.path))
+            db = Rdict(str(self.path), Options(raw_mode=True))
+        db[FORMAT_KEY] = STORE_FORMAT
+        return db
+
+    def _current(self, environment: str, flag: str, value: bytes) -> AppliedChange | None:
+        """The change an `f/` entry names (format 1: the change itself)."""
+        if value[:1] == b"{":
+            return _load(value)
+        return self._version(environment, flag, int(value))
+
+    def _version(self, environment: str, flag: str, version: int) -> AppliedChange | None:
+        """A version of a flag from its history; None when no longer kept."""
+        kept = self._open_db().get(f"h/{environment}/{flag}/{version:012d}".encode())
+        return None if kept is None else _stored(kept)
+
+    def _load_stream_entry(self, environment: str, seq: int, value: bytes) -> None:
+        """Append the change an `s/` entry names to the in-memory log (in seq order); one the
+        history no longer keeps (or holds with another seq: a foreign writer reused the
+        version) cuts the log there (older seqs get a snapshot)."""
+        if value[:1] == b"{":
             self._remember(_load(value))
+            return
+        flag, _, version_text = value.decode().rpartition("/")
+        version = int(version_text)
+        current = self._latest.get(environment, {}).get(flag)
+        if current is not None and current.version == version:
+            change: AppliedChange | None = current  # the same object, not a second copy
+        else:
+            change = self._version(environment, flag, version)
+        if change is None or change.seq != seq:
+            self._log.pop(environment, None)
+            return
+        self._remember(change)
 
     def close(self) -> None:
         if self._db is not None:
@@ -141,9 +219,9 @@ class FlagTable:
         raw = self._open_db().get(f"c/{environment}/{change_id}".encode())
         if raw is None:
             return None
-        change = _load(raw)
-        kept = self._open_db().get(f"h/{environment}/{change.flag}/{change.version:012d}".encode())
-        return _load(kept) if kept is not None else change
+        change = _entry(raw)
+        kept = self._version(environment, change.flag, change.version)
+        return kept if kept is not None else change
 
     def decided(self, partition: int) -> int:
         """The highest `flag-changes` offset of `partition` decided so far (-1: none)."""
@@ -167,7 +245,7 @@ class FlagTable:
 
     def history(self, environment: str, flag: str) -> list[AppliedChange]:
         """The last `history_depth` versions of a flag, newest first."""
-        versions = [_load(v) for _, v in self._scan(f"h/{environment}/{flag}/")]
+        versions = [_stored(v) for _, v in self._scan(f"h/{environment}/{flag}/")]
         return versions[::-1]
 
     def position(self, partition: int) -> int:
@@ -236,12 +314,20 @@ class ChangelogBatch:
         self._fresh: list[AppliedChange] = []
         # Change-id index keys written by this batch (None: deleted): the trim reads them.
         self._index: dict[bytes, bytes | None] = {}
+        # The latest version of each flag this batch changed: its `f/` entry, written once.
+        self._versions: dict[tuple[str, str], int] = {}
 
-    def add(self, offset: int, change: AppliedChange | None, raw: bytes | None = None) -> bool:
+    def add(
+        self,
+        offset: int,
+        change: AppliedChange | None,
+        raw: bytes | None = None,
+        meta: bytes | None = None,
+    ) -> bool:
         """Stage the record at `offset` (None: it only moves the offset); whether it is fresh.
 
-        `raw` is the record's value as read, `change` decoded from it: stored as it is
-        rather than encoded again (decoding it gives `change` back).
+        `raw` is the record's value as read, `change` read from it (or from `meta`, its meta
+        header): stored as they are rather than encoded again.
         """
         self._next_offset = offset + 1
         if change is None:
@@ -254,7 +340,9 @@ class ChangelogBatch:
         fresh = change.seq > seq
         if fresh:
             self._seqs[environment] = change.seq
-            self._stage(change, raw if raw is not None else dumps(change.to_json()))
+            if raw is None:
+                raw = dumps(change.to_json())
+            self._stage(change, raw, change_meta(change) if meta is None else meta)
             self._fresh.append(change)
         # A stale record still decided its command: its writer heard so, and a redelivery of
         # that command must not be decided again.
@@ -273,6 +361,8 @@ class ChangelogBatch:
             return []
         table, partition, write = self._table, self._partition, self._write
         write.put(f"o/{partition:06d}".encode(), f"{self._next_offset}:{fingerprint}".encode())
+        for (env, flag), version in self._versions.items():
+            write.put(f"f/{env}/{flag}".encode(), b"%d" % version)
         for source, offset in self._decided.items():
             write.put(f"d/{source:06d}".encode(), str(offset).encode())
         table._open_db().write(write)
@@ -288,21 +378,22 @@ class ChangelogBatch:
         self._next_offset = None
         return self._fresh
 
-    def _stage(self, change: AppliedChange, value: bytes) -> None:
+    def _stage(self, change: AppliedChange, value: bytes, meta: bytes) -> None:
+        """Stage a fresh change: its value once (the history entry), pointers to it, the
+        change-id entries, and the trims of what fell out of each window."""
         table, write = self._table, self._write
-        env, flag = change.environment, change.flag
-        write.put(f"f/{env}/{flag}".encode(), value)
-        write.put(f"h/{env}/{flag}/{change.version:012d}".encode(), value)
-        write.put(f"s/{env}/{change.seq:012d}".encode(), value)
-        if change.version > table.history_depth:
-            old = change.version - table.history_depth
-            write.delete(f"h/{env}/{flag}/{old:012d}".encode())
-        if change.seq > table.stream_depth:
-            write.delete(f"s/{env}/{change.seq - table.stream_depth:012d}".encode())
-        self._index_put(f"c/{env}/{change.change_id}".encode(), _change_id_entry(change))
-        self._index_put(f"n/{env}/{change.seq:012d}".encode(), change.change_id.encode())
-        if change.seq > table.change_id_depth:
-            self._forget_change_id(env, change.seq - table.change_id_depth)
+        env, flag, version, seq = change.environment, change.flag, change.version, change.seq
+        write.put(f"h/{env}/{flag}/{version:012d}".encode(), meta + b"\0" + value)
+        write.put(f"s/{env}/{seq:012d}".encode(), f"{flag}/{version}".encode())
+        self._versions[env, flag] = version
+        if version > table.history_depth:
+            write.delete(f"h/{env}/{flag}/{version - table.history_depth:012d}".encode())
+        if seq > table.stream_depth:
+            write.delete(f"s/{env}/{seq - table.stream_depth:012d}".encode())
+        self._index_put(f"c/{env}/{change.change_id}".encode(), meta)
+        self._index_put(f"n/{env}/{seq:012d}".encode(), change.change_id.encode())
+        if seq > table.change_id_depth:
+            self._forget_change_id(env, seq - table.change_id_depth)
 
     def _forget_change_id(self, env: str, seq: int) -> None:
         """Drop the change-id entry of `seq`, `change_id_depth` changes back."""
@@ -314,7 +405,7 @@ class ChangelogBatch:
         entry = f"c/{env}/{old_id.decode()}".encode()
         kept = self._index_get(entry)
         # Only a foreign writer reuses a change id; the newer use keeps its entry.
-        if kept is not None and int(loads(kept)["seq"]) == seq:
+        if kept is not None and _entry(kept).seq == seq:
             self._index_put(entry, None)
 
     def _index_get(self, key: bytes) -> bytes | None:
@@ -335,6 +426,17 @@ def _load(value: bytes) -> AppliedChange:
     return AppliedChange.from_json(loads(value))
 
 
-def _change_id_entry(change: AppliedChange) -> bytes:
-    """A change id's entry: the change without its definition (in the history; may be large)."""
-    return dumps({**change.to_json(), "definition": None})
+def _stored(value: bytes) -> AppliedChange:
+    """The change a history entry holds: its meta, NUL, the record's value (format 1: the
+    change's JSON); the definition parsed when first read."""
+    if value[:1] == b"{":
+        return _load(value)
+    meta, _, raw = value.partition(b"\0")
+    return routed_change(meta, raw)
+
+
+def _entry(value: bytes) -> AppliedChange:
+    """The change a change-id entry names, without its definition (format 1: JSON)."""
+    if value[:1] == b"{":
+        return _load(value)
+    return change_from_meta(value)

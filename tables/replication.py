@@ -33,7 +33,7 @@ from mode import Service
 
 from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
-from app.infra.records import AppliedChange, loads
+from app.infra.records import CHANGE_HEADER, AppliedChange, loads, routed_change
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
 from app.infra.topics import FLAGS_CHANGELOG, ensure_topics
@@ -317,8 +317,12 @@ class FlagReplication(Service):
         while end < len(records):
             record = records[end]
             end += 1
-            change = _decode_changelog(record.key, record.value, self.metrics)
-            fresh = batch.add(record.offset, change, record.value)
+            meta = _meta(record.headers)
+            change = None if meta is None else _routed(meta, record.value)
+            if change is None:
+                meta = None
+                change = _decode_changelog(record.key, record.value, self.metrics)
+            fresh = batch.add(record.offset, change, record.value, meta)
             if change is not None:
                 changes.append((change, fresh))
             if time.perf_counter() >= deadline:
@@ -347,6 +351,26 @@ class FlagReplication(Service):
         if self._consumer is None:
             raise RuntimeError("the replication is not started")
         return self._consumer
+
+
+def _meta(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
+    """The change's meta header the decider writes (`app.infra.records.changelog_headers`);
+    None for a record without it (a fence, a record from before it, a foreign producer)."""
+    for name, value in headers:
+        if name == CHANGE_HEADER:
+            return value
+    return None
+
+
+def _routed(meta: bytes, value: bytes | None) -> AppliedChange | None:
+    """The change a record's meta header names, its value stored unparsed; None for a meta
+    this worker cannot read (the record is then decoded whole)."""
+    if value is None:
+        return None
+    try:
+        return routed_change(meta, value)
+    except ValueError:
+        return None
 
 
 def _decode_changelog(

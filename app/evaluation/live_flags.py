@@ -22,7 +22,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -31,7 +31,14 @@ from app.experiments.design import experiment_name
 from app.infra.records import AppliedChange
 from tables.flags import FlagTable
 
-__all__ = ["BEYOND_HISTORY", "SLICE_S", "BeyondHistory", "LiveFlag", "LiveFlags"]
+__all__ = [
+    "BEYOND_HISTORY",
+    "SLICE_S",
+    "BeyondHistory",
+    "InvalidListener",
+    "LiveFlag",
+    "LiveFlags",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,10 @@ class BeyondHistory(Enum):
 
 
 BEYOND_HISTORY = BeyondHistory.BEYOND_HISTORY
+
+# Told of a flag version that does not compile (a record no decider validated): the change
+# and the problems, e.g. to park it as a dead letter.
+InvalidListener = Callable[[AppliedChange, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +76,9 @@ def build(change: AppliedChange) -> LiveFlag:
         raise ValueError(f"{change.flag!r} v{change.version} is a deletion: no flag to build")
     compiled = compile_flag(change.flag, change.definition)
     if isinstance(compiled, list):
-        # The agent validated this definition; a compile failure means engine and schema
-        # disagree. Serve PARSE_ERROR (the caller's default) rather than crash or go stale.
+        # Not validated on this replica: the decider validated what it wrote, and a record
+        # another producer wrote is checked here. `LiveFlags` serves the flag's last valid
+        # version instead (PARSE_ERROR, the caller's default, when it has none).
         problems = "; ".join(f"{p.path}: {p.message}" for p in compiled)
         return LiveFlag(change.flag, change.version, None, None, problems)
     return LiveFlag(change.flag, change.version, compiled, experiment_name(compiled))
@@ -90,8 +102,15 @@ class LiveFlags:
     taken in whole, uncompiled, when first met (a change, a request, `compile_all`).
     """
 
-    def __init__(self, table: FlagTable, *, compile_after: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        table: FlagTable,
+        *,
+        compile_after: asyncio.Event | None = None,
+        on_invalid: InvalidListener | None = None,
+    ) -> None:
         self.table = table
+        self._on_invalid = on_invalid
         self._compiled: dict[str, dict[str, LiveFlag]] = {}
         self._queued: dict[str, dict[str, AppliedChange]] = {}
         self._past: OrderedDict[tuple[str, str, int], LiveFlag] = OrderedDict()
@@ -192,7 +211,7 @@ class LiveFlags:
             key, change = changes.popitem()  # newest first: O(1), unlike popping the oldest
             if not changes:
                 del self._queued[environment_now]
-            self._compiled[environment_now][key] = build_or_degrade(change)
+            self._compiled[environment_now][key] = self._build(change)
             done += 1
             if time.perf_counter() >= deadline:
                 break
@@ -279,8 +298,45 @@ class LiveFlags:
             return None
         if not changes:
             del self._queued[environment]
-        live = self._compiled[environment][key] = build_or_degrade(change)
+        live = self._compiled[environment][key] = self._build(change)
         return live
+
+    def _build(self, change: AppliedChange) -> LiveFlag:
+        """The flag version `change` holds, compiled; when it does not compile, the last
+        version of the flag that does, kept serving.
+
+        Replicas do not validate what they apply (the decider did, before writing it): a
+        record written straight to the changelog by another producer is checked here, when
+        its definition is first parsed and compiled, and never served if invalid. Its flag
+        keeps its last valid version (PARSE_ERROR when it has none), and `on_invalid` hears
+        of it with the reason.
+        """
+        live = build_or_degrade(change)
+        if live.flag is not None:
+            return live
+        log.error(
+            "%s/%s v%d does not compile (%s): serving its last valid version",
+            change.environment,
+            change.flag,
+            change.version,
+            live.problems,
+        )
+        if self._on_invalid is not None:
+            self._on_invalid(change, live.problems)
+        return self._last_valid(change) or live
+
+    def _last_valid(self, change: AppliedChange) -> LiveFlag | None:
+        """The newest version of the flag before `change` that compiles (history kept), as
+        long as the flag existed throughout (a deletion before it ends the search)."""
+        for earlier in self.table.history(change.environment, change.flag):
+            if earlier.version >= change.version:
+                continue
+            if earlier.deleted:
+                return None
+            live = build_or_degrade(earlier)
+            if live.flag is not None:
+                return live
+        return None
 
     def _past_version(self, change: AppliedChange) -> LiveFlag:
         current = self._compiled.get(change.environment, {}).get(change.flag)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # the codec needs the alias for its annotations only, not the
     from app.engine import JsonObject
 
 __all__ = [
+    "CHANGE_HEADER",
     "JSON",
     "MAX_DEAD_LETTER_PAYLOAD",
     "MAX_DEAD_LETTER_PROBLEMS",
@@ -31,12 +33,18 @@ __all__ = [
     "DeadLetterCode",
     "FlagChange",
     "Rejection",
+    "change_from_meta",
+    "change_meta",
+    "changelog_headers",
     "dumps",
     "loads",
+    "routed_change",
 ]
 
 JSON = dict[str, Any]
 SCHEMA_VERSION = 1
+
+_log = logging.getLogger(__name__)
 
 
 class ChangeOp(StrEnum):
@@ -157,6 +165,191 @@ class AppliedChange:
 
 # By value, for decoding: calling the enum costs more than the rest of a change's decoding.
 _OPS = {op.value: op for op in ChangeOp}
+
+# -- a changelog record's routing header ----------------------------------------------------
+#
+# The decider writes each change's fields but its definition in a header of the record (its
+# "meta": a JSON array, ~160 bytes), so a replica applies a record without parsing its value:
+# the table stores the value as read and the definition is parsed when first used (compiling,
+# after ready). A record without the header (written before it, or by a foreign producer) is
+# decoded whole, as before.
+
+CHANGE_HEADER = "flagstream-change"
+META_FORMAT = 1  # the meta's first element: a replica reads only the forms it knows
+
+
+def change_meta(change: AppliedChange) -> bytes:
+    """The header value of `change`: every field but the definition, and whether it is one."""
+    return orjson.dumps(
+        [
+            META_FORMAT,
+            change.change_id,
+            change.environment,
+            change.flag,
+            change.op.value,
+            change.seq,
+            change.version,
+            change.actor,
+            change.updated_at,
+            change.produced_at,
+            change.source_partition,
+            change.source_offset,
+            change.request,
+            change.deleted,
+        ]
+    )
+
+
+def changelog_headers(change: AppliedChange) -> list[tuple[str, bytes]]:
+    """The headers the decider writes with `change` on `flags-changelog`."""
+    return [(CHANGE_HEADER, change_meta(change))]
+
+
+def routed_change(meta: bytes, raw: bytes) -> AppliedChange:
+    """The change of a record from its meta header; its definition parsed from `raw` (the
+    record's value) when first read. Raises ValueError for a meta it cannot read (the caller
+    decodes the value instead)."""
+    fields = orjson.loads(meta)
+    if (
+        type(fields) is not list
+        or list(map(type, fields)) != _META_TYPES
+        or fields[0] != META_FORMAT
+        or fields[4] not in _OPS
+    ):
+        raise ValueError("not a changelog meta this worker reads")
+    change = _new(_LazyChange)
+    _set_change_id(change, fields[1])
+    _set_environment(change, fields[2])
+    _set_flag(change, fields[3])
+    _set_op(change, _OPS[fields[4]])
+    _set_seq(change, fields[5])
+    _set_version(change, fields[6])
+    _set_definition(change, None)
+    _set_actor(change, fields[7])
+    _set_updated_at(change, fields[8])
+    _set_produced_at(change, fields[9])
+    _set_source_partition(change, fields[10])
+    _set_source_offset(change, fields[11])
+    _set_request(change, fields[12])
+    _set_deleted(change, fields[13])
+    _set_raw(change, None if fields[13] else raw)
+    return change
+
+
+def change_from_meta(meta: bytes) -> AppliedChange:
+    """The change a meta names, without its definition (a change-id entry: the definition is
+    in the flag's history while it keeps that version): read as a deletion, as before."""
+    change = routed_change(meta, b"")
+    _set_deleted(change, True)
+    _set_raw(change, None)
+    return change
+
+
+_META_TYPES = [int, str, str, str, str, int, int, str, float, float, int, int, str, bool]
+
+
+class _LazyChange(AppliedChange):
+    """An `AppliedChange` read from a record's meta header (its value not parsed), whose
+    definition is parsed from the value when first read.
+
+    Built field by field through the slots (a frozen dataclass's `__init__` costs several
+    microseconds, a replica builds one per record). Equal to the `AppliedChange` with the same
+    fields. A value that does not parse reads as an empty definition (from which no flag
+    compiles: `app.evaluation.live_flags` then serves the flag's last valid version), logged,
+    never an exception to whoever reads it.
+    """
+
+    __slots__ = ("_deleted", "_raw")
+
+    _deleted: bool
+    _raw: bytes | None
+
+    @property
+    def definition(self) -> JsonObject | None:
+        raw = self._raw
+        if raw is not None:
+            _set_definition(self, _parsed_definition(self, raw))
+            _set_raw(self, None)
+        found: JsonObject | None = _get_definition(self)
+        return found
+
+    @definition.setter
+    def definition(self, value: JsonObject | None) -> None:
+        """For `dataclasses.replace` (the dataclass's `__init__`): a definition in hand."""
+        _set_definition(self, value)
+        _set_raw(self, None)
+        _set_deleted(self, value is None)
+
+    @property
+    def deleted(self) -> bool:
+        return self._deleted
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AppliedChange):
+            return NotImplemented
+        return _fields(self) == _fields(other)
+
+    __hash__ = None  # type: ignore[assignment]  # as AppliedChange's: a definition is a dict
+
+
+def _slot_setter(cls: type, name: str) -> Any:
+    return cls.__dict__[name].__set__
+
+
+_new = object.__new__
+_set_change_id = _slot_setter(AppliedChange, "change_id")
+_set_environment = _slot_setter(AppliedChange, "environment")
+_set_flag = _slot_setter(AppliedChange, "flag")
+_set_op = _slot_setter(AppliedChange, "op")
+_set_seq = _slot_setter(AppliedChange, "seq")
+_set_version = _slot_setter(AppliedChange, "version")
+_set_definition = _slot_setter(AppliedChange, "definition")
+_get_definition = AppliedChange.__dict__["definition"].__get__
+_set_actor = _slot_setter(AppliedChange, "actor")
+_set_updated_at = _slot_setter(AppliedChange, "updated_at")
+_set_produced_at = _slot_setter(AppliedChange, "produced_at")
+_set_source_partition = _slot_setter(AppliedChange, "source_partition")
+_set_source_offset = _slot_setter(AppliedChange, "source_offset")
+_set_request = _slot_setter(AppliedChange, "request")
+_set_deleted = _slot_setter(_LazyChange, "_deleted")
+_set_raw = _slot_setter(_LazyChange, "_raw")
+
+
+_NAMES = (
+    "change_id",
+    "environment",
+    "flag",
+    "op",
+    "seq",
+    "version",
+    "definition",
+    "actor",
+    "updated_at",
+    "produced_at",
+    "source_partition",
+    "source_offset",
+    "request",
+)
+
+
+def _fields(change: AppliedChange) -> tuple[Any, ...]:
+    return tuple(getattr(change, name) for name in _NAMES)
+
+
+def _parsed_definition(change: AppliedChange, raw: bytes) -> JsonObject:
+    try:
+        definition = orjson.loads(raw)["definition"]
+        if isinstance(definition, dict):
+            return definition
+    except (ValueError, TypeError, KeyError):
+        pass
+    _log.error(
+        "changelog record of %s/%s v%d has no readable definition: served as invalid",
+        change.environment,
+        change.flag,
+        change.version,
+    )
+    return {}
 
 
 class DeadLetterCode(StrEnum):

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from app.infra.records import AppliedChange, ChangeOp
-from tables.flags import FlagTable
+from rocksdict import Options, Rdict
+
+from app.infra.records import AppliedChange, ChangeOp, change_meta, dumps, routed_change
+from tables.flags import STORE_FORMAT, FlagTable
+from tables.rocks import under
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
 
@@ -59,7 +62,7 @@ def test_a_reopened_table_holds_what_it_held(tmp_path: Path) -> None:
     table = open_table(tmp_path)
     for seq in range(1, 6):
         table.apply(seq % 2, seq, change(seq, flag=f"f{seq % 2}", version=(seq + 1) // 2))
-    table.apply(1, 9, change(6, flag="f1", version=3, definition=None))
+    table.apply(1, 9, change(6, flag="f1", version=4, definition=None))
     table.close()
 
     again = open_table(tmp_path)
@@ -104,4 +107,79 @@ def test_change_ids_are_remembered_for_the_last_change_id_depth_changes(tmp_path
     again = open_table(tmp_path)
     assert again.applied("dev", "c5") == replace(change(5), definition=FLAG)
     assert again.applied("dev", "c3") is None
+    again.close()
+
+
+def stored(table: FlagTable) -> dict[bytes, bytes]:
+    """Every key and value of the table's RocksDB (a test reads the store format)."""
+    return {key: value for key, value in under(table._open_db(), b"")}
+
+
+def test_each_change_is_stored_once_as_read_and_read_back_unparsed(tmp_path: Path) -> None:
+    table = open_table(tmp_path)
+    batch = table.batch(0)
+    records = []
+    for seq in range(1, 4):
+        applied = change(seq, flag=f"f{seq % 2}", version=(seq + 1) // 2)
+        raw, meta = dumps(applied.to_json()), change_meta(applied)
+        records.append(raw)
+        assert batch.add(seq - 1, routed_change(meta, raw), raw, meta)
+    batch.commit()
+
+    values = stored(table)
+    assert values[b"v/format"] == STORE_FORMAT
+    assert values[b"h/dev/f1/000000000002"].endswith(b"\0" + records[2]), "the record as read"
+    assert sum(records[2] in value for value in values.values()) == 1, "stored once"
+    assert values[b"f/dev/f1"] == b"2" and values[b"s/dev/000000000003"] == b"f1/2"
+    table.close()
+
+    again = open_table(tmp_path)
+    assert again.get("dev", "f1") == change(3, flag="f1", version=2)
+    assert [c.seq for c in again.changes_after("dev", 0) or []] == [1, 2, 3]
+    assert again.applied("dev", "c2") == change(2, flag="f0", version=1)
+    assert again.history("dev", "f1") == [change(3, "f1", 2), change(1, "f1", 1)]
+    again.close()
+
+
+def test_a_table_of_the_older_store_format_is_emptied_to_be_rebuilt(tmp_path: Path) -> None:
+    """Format 1 held three decoded copies of each change and no `v/format`: opened for
+    writing, it is emptied (position 0: the replication reads the changelog from its start);
+    opened read-only (`flagstream restore`), it is read as it is."""
+    old = Rdict(str(tmp_path), Options(raw_mode=True))
+    full = dumps(change(1).to_json())
+    old[b"o/000000"] = b"1:abc"
+    old[b"f/dev/f"] = full
+    old[b"h/dev/f/000000000001"] = full
+    old[b"s/dev/000000000001"] = full
+    old.close()
+
+    kept = FlagTable(tmp_path, history_depth=3, stream_depth=4, change_id_depth=4)
+    kept.open(read_only=True)
+    assert kept.get("dev", "f") == change(1) and kept.history("dev", "f") == [change(1)]
+    assert kept.environment_seq("dev") == 1 and kept.position(0) == 1
+    kept.close()
+
+    table = open_table(tmp_path)
+    assert table.position(0) == 0 and table.environments() == []
+    assert stored(table) == {b"v/format": STORE_FORMAT}
+    table.apply(0, 0, change(1))
+    table.close()
+    again = open_table(tmp_path)
+    assert again.get("dev", "f") == change(1) and again.position(0) == 1, "not emptied again"
+    again.close()
+
+
+def test_a_stream_entry_whose_version_the_history_dropped_starts_the_log_after_it(
+    tmp_path: Path,
+) -> None:
+    """History 3 versions, stream 4 changes: one flag changed 4 times keeps 3 versions; the
+    running table serves all 4 changes, a reopened one the 3 it can read back."""
+    table = open_table(tmp_path)
+    for seq in range(1, 5):
+        table.apply(0, seq - 1, change(seq))
+    assert [c.seq for c in table.changes_after("dev", 0) or []] == [1, 2, 3, 4]
+    table.close()
+    again = open_table(tmp_path)
+    assert again.changes_after("dev", 0) is None, "seq 1's version is gone: a snapshot"
+    assert [c.seq for c in again.changes_after("dev", 1) or []] == [2, 3, 4]
     again.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from app.evaluation import live_flags
 from app.evaluation.live_flags import BEYOND_HISTORY, LiveFlag, LiveFlags
-from app.infra.records import AppliedChange, ChangeOp
+from app.infra.records import AppliedChange, ChangeOp, change_meta, routed_change
 from tables.flags import FlagTable
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
@@ -288,3 +289,34 @@ def test_a_bulk_read_mid_compile_compiles_its_environment_in_slices(
     assert isinstance(flags, dict) and len(flags) == MANY
     assert compiles.calls == MANY and turns > 10, f"{turns} turns of the loop"
     assert live.queued() == 10, "the other environment is the background compiler's"
+
+
+def test_a_version_that_does_not_compile_is_never_served_its_last_valid_one_is(
+    tmp_path: Path,
+) -> None:
+    """A record no decider validated (written straight to the changelog): the table applies
+    it unparsed, the compile finds it invalid, and the flag keeps its last valid version."""
+    table = FlagTable(tmp_path, history_depth=10, stream_depth=10, change_id_depth=10)
+    table.open()
+    told: list[tuple[int, str]] = []
+    live = LiveFlags(table, on_invalid=lambda change, why: told.append((change.version, why)))
+    put(table, 1, FLAG, 10.0)
+    put(table, 2, {**FLAG, "defaultVariant": "on"}, 20.0)
+    forged = AppliedChange("c3", "dev", "f", ChangeOp.PUT, 3, 3, {}, "x", 30.0, 30.0)
+    for value in (b'{"definition": {"state": "ENABLED", "variants": 5}}', b"not json"):
+        table.apply(0, forged.seq - 1, routed_change(change_meta(forged), value))
+        served = live.get("dev", "f")
+        assert served is not None and served.flag is not None and served.version == 2
+        assert served.flag.default_variant == "on"
+        forged = replace(forged, change_id=f"c{forged.seq + 1}", seq=forged.seq + 1)
+        forged = replace(forged, version=forged.seq)
+    assert [version for version, _ in told] == [3, 4] and all(why for _, why in told)
+
+
+def test_an_invalid_first_version_has_nothing_to_fall_back_to(tmp_path: Path) -> None:
+    table = FlagTable(tmp_path, history_depth=10, stream_depth=10, change_id_depth=10)
+    table.open()
+    live = LiveFlags(table)
+    put(table, 1, {"state": "ENABLED"}, 10.0)
+    served = live.get("dev", "f")
+    assert served is not None and served.flag is None and served.problems, "PARSE_ERROR"
