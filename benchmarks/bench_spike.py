@@ -7,25 +7,34 @@ One run, two workers on one embedded broker, each driven in turn by the same pac
 (b) flagstream: a worker as deployed (shedding past `--shed-ms` of event-loop lag, 429 with
     `Retry-After`, `app/web/overload.py`).
 
-The load is open loop, paced every 10 ms by a generator in its own process (wrk2 is not
-available, and wrk's closed loop slows down with the server instead of spiking): a normal
-rate for `--before` seconds, ten times it for `--spike` seconds, the normal rate again for
-`--after` seconds. A request waits for a free connection (at most `--connections`, opened as
-needed) and its latency counts from when it was due, so the client's own queue is in it (no
-coordinated omission); one not answered within `--timeout` is a timeout. The clients ignore
-`Retry-After` (the worst case: the official providers back off).
+The load is Debian's `wrk`, paced by a Lua script (`PACED_LUA`; wrk2 is not packaged, and a
+Python generator on the same 2 cores competed with the worker for them: the first version of
+this benchmark queued its requests in its own event loop). One connection per wrk thread
+(`--connections`, 1,000), so the script knows which request an answer is for; the run's
+requests are one open-loop schedule (slot n due at its time in the phase, sent by connection
+n mod N): a normal rate for `--before` seconds, ten times it for `--spike` seconds, the normal
+rate again for `--after` seconds. Latency counts from when a request was due, so a slot whose
+connection still waits for its previous answer is late by that wait (no coordinated
+omission); one not sent, or not answered, within `--timeout` of its due time is a timeout.
+The connections bound what is in flight: 1,000 is over the spike's rate times the wait a
+shedding worker holds its answered requests (~4,400/s x ~0.1 s), so the clients' own queue is
+the never-shedding worker's doing. wrk's own CPU (its share of a core) is printed: ~0.1 at
+256 connections, ~0.2 at 1,000 (a loaded machine). The clients ignore `Retry-After` (the
+worst case: the official providers back off).
 
 The request is a bulk evaluation (`POST /ofrep/v1/evaluate/flags`, what a web or mobile SDK
 sends when an app opens) of an environment of `--flags` targeted flags, so one core of the
-worker is overloaded at a rate one Python generator can offer; `--path single` spikes
-single-flag evaluations (the fast path) instead, where the generator, not the worker, may be
-the limit (the summary prints offered against sent). The normal rate is `--rate`, or
+worker is overloaded at a rate the generator offers cheaply; `--path single` spikes
+single-flag evaluations (the fast path) instead (the summary prints offered, sent and
+answered). The normal rate is `--rate`, or
 `--utilisation` (0.3) of the worker's capacity measured with wrk first: the spike is then 3x
 what the worker can answer.
 
-Per phase and worker: requests offered, p50/p99 of answered (200) requests, share shed (429),
-timeouts, the worker's RSS (max), and the recovery time: from the end of the spike to the
-first second whose p99 is within 1.25x of the before phase's (and nothing shed); then how long
+Per phase and worker: requests offered, sent and answered 200, p50/p99 of answered requests
+from their due time, p50/p99 of the server's part (send to answer, any status), share shed
+(429), timeouts, the worker's RSS (max), and the recovery time: from the end of the spike to
+the first second whose p99 is within 1.25x of the before phase's (nothing shed, no timeout);
+the worker's and wrk's CPU (share of a core) over the run; then how long
 the worker stays busy once the load has stopped (answers to requests nobody waits for). The
 next worker is driven only once the previous one is idle. Figures taken on a loaded machine
 mean little: the lag the worker sheds on includes the time the OS does not run it (print the
@@ -421,7 +430,7 @@ def main() -> None:
     parser.add_argument("--shed-ms", type=int, default=50, help="FLAGSTREAM_SHED_LOOP_LAG_MS")
     parser.add_argument("--timeout", type=float, default=2.0, help="client timeout, seconds")
     parser.add_argument(
-        "--connections", type=int, default=256, help="wrk connections (one thread each)"
+        "--connections", type=int, default=1000, help="wrk connections (one thread each)"
     )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
@@ -521,7 +530,8 @@ def summary(args: Any, path: str, rate: float, results: dict[str, Any]) -> None:
     )
     print(
         f"command: bench_spike.py --path {args.path} --flags {args.flags} --before {args.before}"
-        f" --spike {args.spike} --after {args.after} --shed-ms {args.shed_ms}; normal "
+        f" --spike {args.spike} --after {args.after} --shed-ms {args.shed_ms} --connections "
+        f"{args.connections}; normal "
         f"{rate:,.0f}/s, spike {10 * rate:,.0f}/s, client timeout {args.timeout} s"
     )
     print(
