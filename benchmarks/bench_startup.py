@@ -25,7 +25,10 @@ worker's catch-up (its log) over the raw consume, and ready-from-launch minus th
 worker's boot over the raw consume.
 
     .venv/bin/python benchmarks/bench_startup.py [--flags 10000] [--environments 3]
-        [--evaluations 10000] [--rounds 3] [--quick] [--json out.json]
+        [--evaluations 10000] [--rounds 3] [--quick] [--no-headers] [--json out.json]
+
+The records carry the meta header the decider writes (replicas apply them without parsing
+their values); `--no-headers` writes them as records from before it (decoded whole).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.infra.broker import free_port, start_broker, stop
 from app.infra.metrics import Metrics
-from app.infra.records import AppliedChange, ChangeOp, dumps
+from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
 from app.infra.settings import Settings
 from app.infra.topics import FLAGS_CHANGELOG, ensure_topics, partition_for
 from benchmarks.flag_corpus import generated_flags
@@ -86,8 +89,11 @@ def sdk_keys(names: list[str]) -> dict[str, str]:
 # -- the changelog ----------------------------------------------------------------------------
 
 
-def write_changelog(settings: Settings, names: list[str], flags: int, seed: int) -> int:
-    """Every generated flag of every environment as a decided change; how many records."""
+def write_changelog(
+    settings: Settings, names: list[str], flags: int, seed: int, *, headers: bool = True
+) -> int:
+    """Every generated flag of every environment as a decided change, with the meta header
+    the decider writes (`headers`; without: as records from before it); how many records."""
 
     async def run() -> int:
         await ensure_topics(settings)
@@ -117,7 +123,11 @@ def write_changelog(settings: Settings, names: list[str], flags: int, seed: int)
                     value = dumps(change.to_json())
                     futures.append(
                         await producer.send(
-                            FLAGS_CHANGELOG, value, key=environment.encode(), partition=partition
+                            FLAGS_CHANGELOG,
+                            value,
+                            key=environment.encode(),
+                            partition=partition,
+                            headers=changelog_headers(change) if headers else None,
                         )
                     )
             await asyncio.gather(*futures)
@@ -367,6 +377,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 x 1,000 flags, 2,000, 1 round")
     parser.add_argument("--json", type=Path, help="also write the figures and ratios here")
+    parser.add_argument(
+        "--no-headers",
+        action="store_true",
+        help="records without the decider's meta header (as written before it): decoded whole",
+    )
     args = parser.parse_args()
     if args.quick:
         args.flags, args.evaluations, args.rounds = 1_000, 2_000, 1
@@ -382,7 +397,9 @@ def main() -> None:
         boot_rss = rss_mb(empty)
         empty.stop()
         print(f"a worker with no flags: ready in {boot_s:.2f}s from launch, RSS {boot_rss:.0f} MB")
-        written = write_changelog(settings, names, args.flags, args.seed)
+        written = write_changelog(
+            settings, names, args.flags, args.seed, headers=not args.no_headers
+        )
         print(f"{written} changes written to {FLAGS_CHANGELOG}", flush=True)
         rounds = [one_round(brokers, settings, workdir, names, args, n) for n in range(args.rounds)]
     finally:
@@ -397,6 +414,7 @@ def main() -> None:
         "flags": args.flags,
         "environments": args.environments,
         "evaluations": args.evaluations,
+        "meta_headers": not args.no_headers,
         "rounds": rounds,
         "medians": medians,
         "empty_worker": {"ready_from_launch_s": boot_s, "rss_mb": boot_rss},
@@ -412,7 +430,8 @@ def main() -> None:
     }
     print(
         f"\n{args.environments} x {args.flags:,} flags, {args.evaluations:,} first evaluations, "
-        f"median of {args.rounds} round(s)\n"
+        f"median of {args.rounds} round(s), records "
+        f"{'without' if args.no_headers else 'with'} the decider's meta header\n"
     )
     print("| measure | value |\n|---|---|")
     rows = [

@@ -94,8 +94,10 @@ class FlagTable:
         """Open RocksDB and load the mirror; the table then holds what it held when closed.
 
         `read_only` (for `flagstream restore`) changes no byte of the table and takes no lock:
-        a missing table is an error, and writes fail.
+        a missing table is an error, and writes fail. What a previous open held in memory is
+        dropped first (a table closed and opened again holds what its RocksDB holds).
         """
+        self._forget_memory()
         if read_only:
             access = AccessType.read_only()
             self._db = Rdict(str(self.path), Options(raw_mode=True), access_type=access)
@@ -173,12 +175,14 @@ class FlagTable:
         """Forget everything, on disk too: the table is rebuilt from the changelog's start."""
         self.close()
         Rdict.destroy(str(self.path))
+        self.open()
+
+    def _forget_memory(self) -> None:
         self._latest.clear()
         self._log.clear()
         self._positions.clear()
         self._decided.clear()
         self._fingerprints.clear()
-        self.open()
 
     def listen(self, listener: Listener) -> None:
         """Call `listener` with every change applied from now on (in changelog order)."""
@@ -390,8 +394,14 @@ class ChangelogBatch:
             write.delete(f"h/{env}/{flag}/{version - table.history_depth:012d}".encode())
         if seq > table.stream_depth:
             write.delete(f"s/{env}/{seq - table.stream_depth:012d}".encode())
-        self._index_put(f"c/{env}/{change.change_id}".encode(), meta)
-        self._index_put(f"n/{env}/{seq:012d}".encode(), change.change_id.encode())
+        # The change-id entries, as `_index_put` writes them (inlined: once per record).
+        index, change_id = self._index, change.change_id.encode()
+        key = b"c/%s/%s" % (env.encode(), change_id)
+        write.put(key, meta)
+        index[key] = meta
+        key = b"n/%s/%012d" % (env.encode(), seq)
+        write.put(key, change_id)
+        index[key] = change_id
         if seq > table.change_id_depth:
             self._forget_change_id(env, seq - table.change_id_depth)
 

@@ -317,11 +317,7 @@ class FlagReplication(Service):
         while end < len(records):
             record = records[end]
             end += 1
-            meta = _meta(record.headers)
-            change = None if meta is None else _routed(meta, record.value)
-            if change is None:
-                meta = None
-                change = _decode_changelog(record.key, record.value, self.metrics)
+            change, meta = _read(record, self.metrics)
             fresh = batch.add(record.offset, change, record.value, meta)
             if change is not None:
                 changes.append((change, fresh))
@@ -353,24 +349,21 @@ class FlagReplication(Service):
         return self._consumer
 
 
-def _meta(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
-    """The change's meta header the decider writes (`app.infra.records.changelog_headers`);
-    None for a record without it (a fence, a record from before it, a foreign producer)."""
-    for name, value in headers:
-        if name == CHANGE_HEADER:
-            return value
-    return None
+def _read(record: Any, metrics: Metrics) -> tuple[AppliedChange | None, bytes | None]:
+    """The change a changelog record holds, and its meta header when it was read from it.
 
-
-def _routed(meta: bytes, value: bytes | None) -> AppliedChange | None:
-    """The change a record's meta header names, its value stored unparsed; None for a meta
-    this worker cannot read (the record is then decoded whole)."""
-    if value is None:
-        return None
-    try:
-        return routed_change(meta, value)
-    except ValueError:
-        return None
+    The decider writes each change's meta in a header (`app.infra.records.changelog_headers`):
+    read from it, the value is stored unparsed. A record without one (a fence, a record from
+    before it, a foreign producer's) or with a meta this worker cannot read is decoded whole.
+    """
+    value = record.value
+    for name, meta in record.headers:
+        if name == CHANGE_HEADER and value is not None:
+            try:
+                return routed_change(meta, value), meta
+            except (ValueError, TypeError):  # not JSON, or a header without a value
+                break
+    return _decode_changelog(record.key, value, metrics), None
 
 
 def _decode_changelog(
