@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
