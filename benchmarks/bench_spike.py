@@ -166,6 +166,9 @@ function request()
     inflight = false
     return req
   end
+  if inflight then  -- the connection was lost before its answer (wrk reconnected)
+    count(inflight, OTHER)
+  end
   inflight, sent = due, now()
   count(due, SENT)
   return req
