@@ -19,7 +19,9 @@ sides of that setting. The idle worker's CPU is also split by thread (the event 
 consumer thread) and its requests counted by Kafka API (what wakes it besides fetches).
 
 Pass worker settings to compare, e.g. today's behaviour before the idle pacing:
-`--env FLAGSTREAM_IDLE_POLL_MS=10 --env FLAGSTREAM_BACKGROUND_POLL_MS=10`.
+`--env FLAGSTREAM_IDLE_POLL_MS=10 --env FLAGSTREAM_BACKGROUND_POLL_MS=10`. The workers run
+with the deployed group timings (heartbeat 3 s, session 30 s), not the tests' faster ones: a
+heartbeat is a request like a fetch, and the tests' 1 s heartbeats add ~2 requests/s.
 
     .venv/bin/python benchmarks/bench_idle.py [--seconds 30] [--changes 40] [--quick]
         [--idle-polls 20,40] [--fetch-wait-ms 10] [--env NAME=VALUE ...] [--json out.json]
@@ -50,6 +52,8 @@ from tests.kafka_counter import CountedBroker, FetchKind  # noqa: E402
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 RAW_TOPIC = "bench-idle"
 RAW_PARTITIONS = 4  # as many as the flag changelog's default
+# Settings' defaults, over tests/conftest.py's Worker (heartbeat 1 s, session 6 s).
+DEPLOYED_GROUP_TIMINGS = {"FLAGSTREAM_HEARTBEAT_S": "3", "FLAGSTREAM_SESSION_TIMEOUT_S": "30"}
 
 
 def cpu_s(pid: int) -> float:
@@ -204,7 +208,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    env = {"FLAGSTREAM_FETCH_MAX_WAIT_MS": str(args.fetch_wait_ms), **dict(args.env)}
+    env = {
+        "FLAGSTREAM_FETCH_MAX_WAIT_MS": str(args.fetch_wait_ms),
+        **DEPLOYED_GROUP_TIMINGS,
+        **dict(args.env),
+    }
     broker = CountedBroker().start()
     assert broker.process is not None
     workdir = Path(tempfile.mkdtemp(prefix="bench-idle-"))
@@ -281,12 +289,18 @@ def report(result: dict[str, Any]) -> None:
     if len(result["runs"]) > 1:
         print("\npairs: the idle worker's cost against an isolated change's latency")
         print("| FLAGSTREAM_IDLE_POLL_MS | worker CPU % | broker CPU % | fetches/s |", end="")
-        print(" event on B p50 ms | p99 ms | max ms |\n|---:|---:|---:|---:|---:|---:|---:|")
+        print(" requests/s | CPU ms per request, worker / broker |", end="")
+        print(" event on B p50 ms | p99 ms | max ms |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for run in result["runs"]:
             worker, to_b = run["worker"], run["isolated"]["to_b_ms"]
+            requests = sum(run["requests_per_s"].values()) or 1.0
+            # % of a core / (requests/s) * 10 = ms of CPU per request
+            per_request = [10 * worker[side] / requests for side in ("worker", "broker")]
             print(
                 f"| {run['idle_poll_ms']} | {worker['worker']:.1f} | {worker['broker']:.1f} "
-                f"| {worker['fetches_per_s']:.1f} | {statistics.median(to_b):.1f} "
+                f"| {worker['fetches_per_s']:.1f} | {requests:.1f} "
+                f"| {per_request[0]:.2f} / {per_request[1]:.2f} | {statistics.median(to_b):.1f} "
                 f"| {percentile(to_b, 0.99):.1f} | {max(to_b):.1f} |"
             )
 

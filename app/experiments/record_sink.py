@@ -2,11 +2,12 @@
 
 Each kind of record has a `Channel`: its topic, how a record is keyed, timed and encoded, its
 own bounded buffer and its own counters. A `RecordSink` owns the one Kafka producer and
-flushes every channel each `FLAGSTREAM_EXPOSURE_FLUSH_MS`. A record is appended to its
-channel's buffer as a small tuple (no I/O, no JSON on the request path); when Kafka cannot
-keep up, a full buffer drops new records and counts them (`outcome="dropped"`), never
-delaying a request. `Channel.produce` is the acknowledged path: it returns once the broker
-has every record it was given, so an SDK that hears 202 never loses one.
+flushes every channel `FLAGSTREAM_EXPOSURE_FLUSH_MS` after a record arrives (idle, it
+sleeps). A record is appended to its channel's buffer as a small tuple (no I/O, no JSON on
+the request path); when Kafka cannot keep up, a full buffer drops new records and counts
+them (`outcome="dropped"`), never delaying a request. `Channel.produce` is the acknowledged
+path: it returns once the broker has every record it was given, so an SDK that hears 202
+never loses one.
 
 Every channel is partitioned like Kafka's default partitioner on its key bytes, so records
 of two channels with the same key (a targeting key) and the same partition count meet in
@@ -63,12 +64,16 @@ class Channel(Generic[R]):
         self.produced = outcomes.labels("produced")
         self.dropped = outcomes.labels("dropped")
         self.buffer: list[R] = []
+        # Set when the buffer gets its first record: an idle sink sleeps until then.
+        self.waiting = asyncio.Event()
         # Resolved by the flush that takes the buffer with the number of its records that
         # could not be produced; created by the first `produce` after the previous flush.
         self._flushed: asyncio.Future[int] | None = None
 
     def emit(self, record: R) -> None:
         """Queue one record; drops (and counts) it when the buffer is full."""
+        if not self.buffer:
+            self.waiting.set()
         if len(self.buffer) < self.bound:
             self.buffer.append(record)
         else:
@@ -81,6 +86,8 @@ class Channel(Generic[R]):
         if len(self.buffer) + len(records) > self.bound:
             self.dropped.inc(len(records))
             return False
+        if not self.buffer:
+            self.waiting.set()
         self.buffer.extend(records)
         if self._flushed is None:
             self._flushed = asyncio.get_running_loop().create_future()
@@ -89,6 +96,7 @@ class Channel(Generic[R]):
     def take(self) -> tuple[list[R], asyncio.Future[int] | None]:
         """The buffered records and the future their producers wait on; both start afresh."""
         pending, self.buffer = self.buffer, []
+        self.waiting.clear()  # the next record after this take sets it again
         flushed, self._flushed = self._flushed, None
         return pending, flushed
 
@@ -120,10 +128,21 @@ class RecordSink(Service):
 
     @Service.task
     async def _flush_forever(self) -> None:
+        """Flush one interval after a channel got its first record: a record waits at most
+        that long, and a worker with nothing to send does not wake (it woke every 50 ms)."""
         interval = self.settings.exposure_flush_ms / 1000
         while not self.should_stop:
-            await asyncio.sleep(interval)
+            await self._first_record()
+            await asyncio.sleep(interval)  # what else comes meanwhile goes out in this flush
             await self.flush()
+
+    async def _first_record(self) -> None:
+        waits = [asyncio.ensure_future(channel.waiting.wait()) for channel in self.channels]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def flush(self) -> None:
         """Produce everything buffered in every channel; returns once the broker has it."""
