@@ -255,6 +255,7 @@ def measure_idle_worker(
 ) -> dict[str, Any]:
     """A ready worker's CPU (and by thread), the broker's, and its requests, while idle."""
     assert a.process is not None and broker.process is not None
+    wait_for_group_consumers(broker)
     time.sleep(args.settle_s)  # start-up work (first commits, metadata) is not idleness
     fetches = Rates(broker)
     threads_before = thread_cpu_s(a.process.pid)
@@ -276,6 +277,20 @@ def measure_idle_worker(
             for k, rate in sorted(by_kind.items(), key=lambda item: -item[1])
         },
     }
+
+
+def wait_for_group_consumers(broker: CountedBroker, timeout_s: float = 120.0) -> None:
+    """Until the last group consumers to join (Kafka evaluation requests) fetch: with the
+    deployed 30 s session the embedded broker lets them join ~15-20 s after ready, and an
+    idle window before that would leave them out."""
+    deadline = time.monotonic() + timeout_s
+    before, _ = broker.snapshot()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        after, _ = broker.snapshot()
+        if any(k.topics == ("evaluation-requests",) and after[k] > before[k] for k in after):
+            return
+    raise RuntimeError("the worker's evaluation-requests consumer never fetched")
 
 
 def step(name: str, figures: dict[str, float]) -> None:
