@@ -1,7 +1,10 @@
 """Keeps this worker's flag table in step with the changelog, and knows when it has caught up.
 
 Every worker reads every partition of `flags-changelog` (no consumer group: the table is held
-in full everywhere) from the offset its RocksDB says comes next.
+in full everywhere) from the offset its RocksDB says comes next. A record is applied by its
+meta header (`app.infra.records.changelog_headers`, written by the decider) without parsing
+its value, which the table stores as read: the definition is parsed and checked when it is
+compiled, after ready (`app.evaluation.live_flags`). A record without that header is decoded.
 
 Caught up is decided by fences, not end offsets: a broker's end offset can stop short of the
 last record (the embedded Tansu reports the base offset of the last batch plus one), and a
