@@ -214,15 +214,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "FLAGSTREAM_FETCH_MAX_WAIT_MS",
         "500",
-        "Longest wait of a Kafka fetch; the embedded broker needs ~10 (it never answers early).",
+        "Longest wait of a Kafka fetch while data flows; the embedded broker needs ~10 (it"
+        " answers a waiting fetch only at half its wait, then three quarters, ...).",
     ),
     Setting(
         "FLAGSTREAM_IDLE_POLL_MS",
         "40",
         "While they find nothing, the consumers a flag change crosses (flag changes, changelog)"
-        " fetch at most once per this long (a pause after the broker's wait, none when the wait"
-        " is as long; app/infra/fetch_wait.py): a change after silence waits up to this at"
-        " each of its two hops.",
+        " fetch at most once per this long: their fetches wait this long at the broker (none"
+        " longer than the fetch wait within a second of records; app/infra/fetch_wait.py),"
+        " which answers when a record comes (Kafka at once, the embedded broker within about"
+        " half of it): a change after silence waits up to ~half this at each of its two hops.",
     ),
     Setting(
         "FLAGSTREAM_BACKGROUND_POLL_MS",
