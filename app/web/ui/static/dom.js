@@ -38,5 +38,6 @@ export function when(seconds) {
     : age < 3600 ? `${Math.round(age / 60)} min ago`
     : age < 86400 ? `${Math.round(age / 3600)} h ago`
     : moment.toISOString().slice(0, 10);
-  return h("time", { datetime: moment.toISOString(), title: moment.toString() }, text);
+  const exact = moment.toISOString();
+  return h("time", { datetime: exact, title: exact }, text);
 }

@@ -63,7 +63,7 @@ function crossoverSentence(results) {
   const share = results.subjects ? ` (${percent(results.crossovers / results.subjects)} of ${results.subjects})` : "";
   return h("p", { id: "crossovers", class: "warn" },
     `${results.crossovers} subjects${share} saw more than one variant (crossovers): the split or the targeting `,
-    "changed while the experiment ran, or the targeting key is not stable for a subject. Their exposures count in every variant they saw.");
+    "changed while the experiment ran, or the targeting key is not stable for a subject. Each stays in the variant of its first exposure (docs/experiments.md, Attribution).");
 }
 
 /** The interval a comparison gives on `scale` ("relative" or "absolute"), or null. */

@@ -16,18 +16,31 @@ const experimentKey = (key, definition) =>
 
 // -- the list ------------------------------------------------------------------------------
 
+// A row is cloned from this constant template and filled as text: a list of 1,000 flags
+// renders several times faster than building each cell through `h`.
+const ROW = document.createElement("template");
+ROW.innerHTML = '<tr><th scope="row"><a></a></th><td><span class="badge"></span></td>' +
+  '<td class="variants"></td><td class="num"></td><td><time></time><span class="muted"></span></td><td></td></tr>';
+
 function listRow(env, flag) {
   const definition = flag.definition || {};
-  const variants = Object.keys(definition.variants || {});
-  return h("tr", { "data-flag": flag.flag },
-    h("th", { scope: "row" }, h("a", { href: `#/e/${enc(env)}/f/${enc(flag.flag)}` }, flag.flag)),
-    h("td", {}, stateBadge(definition.state)),
-    h("td", { class: "variants" }, variants.join(", ")),
-    h("td", { class: "num" }, flag.version),
-    h("td", {}, when(flag.updated_at), flag.actor ? h("span", { class: "muted" }, ` by ${flag.actor}`) : null),
-    h("td", {}, isExperiment(definition)
-      ? h("a", { class: "badge exp", href: `#/e/${enc(env)}/x/${enc(experimentKey(flag.flag, definition))}` }, "experiment")
-      : null));
+  const row = ROW.content.firstChild.cloneNode(true);
+  const [name, state, variants, version, changed, badge] = row.children;
+  row.dataset.flag = flag.flag;
+  name.firstChild.href = `#/e/${enc(env)}/f/${enc(flag.flag)}`;
+  name.firstChild.textContent = flag.flag;
+  const on = definition.state === "ENABLED";
+  state.firstChild.className = `badge ${on ? "on" : "off"}`;
+  state.firstChild.textContent = on ? "enabled" : "disabled";
+  variants.textContent = Object.keys(definition.variants || {}).join(", ");
+  version.textContent = flag.version;
+  changed.firstChild.replaceWith(when(flag.updated_at));
+  changed.lastChild.textContent = flag.actor ? ` by ${flag.actor}` : "";
+  if (isExperiment(definition)) {
+    const key = experimentKey(flag.flag, definition);
+    badge.append(h("a", { class: "badge exp", href: `#/e/${enc(env)}/x/${enc(key)}` }, "experiment"));
+  }
+  return row;
 }
 
 function stateBadge(state) {
@@ -44,7 +57,7 @@ async function loadFlags(env) {
   if (full.status !== 200) return { error: messageOf(full) };
   const flags = new Map();
   for (const flag of summary.body.flags) flags.set(flag.flag, { ...flag, definition: full.body.flags[flag.flag] });
-  return { flags };
+  return { flags, seq: summary.body.seq };
 }
 
 export async function flagList(page, env, context) {
@@ -52,6 +65,8 @@ export async function flagList(page, env, context) {
   const loaded = await loadFlags(env);
   if (loaded.error) return fill(page, h("h1", {}, env), h("p", { class: "error" }, loaded.error)), null;
   let flags = loaded.flags;
+  let seq = loaded.seq; // the list is as of this change: a snapshot at the same seq is no news
+  page.dataset.fetchMs = String(Math.round(performance.now() - started));
   const search = h("input", { id: "search", type: "search", placeholder: "key contains…", autocomplete: "off" });
   const count = h("p", { id: "count", class: "muted", "aria-live": "polite" });
   const body = h("tbody");
@@ -86,10 +101,12 @@ export async function flagList(page, env, context) {
 
   const stop = follow(stream(env), async (kind, id, data) => {
     if (kind === "snapshot") {
+      if (id === seq) return;
       const again = await loadFlags(env);
-      if (again.flags) flags = again.flags;
+      if (again.flags) [flags, seq] = [again.flags, again.seq];
       return renderAll();
     }
+    seq = Math.max(seq, id);
     const old = body.querySelector(`tr[data-flag="${CSS.escape(data.flag)}"]`);
     if (data.op === "delete") {
       flags.delete(data.flag);

@@ -1,0 +1,150 @@
+"""How fast the dashboard's flag list loads with many flags, beside the API calls it makes.
+
+One embedded broker, one worker (a subprocess, as in production), `--flags` flags in one
+environment, and a real headless Chromium (the Debian `chromium` and `chromium-driver`):
+
+1. reference: the two API answers the list page needs (`GET …/flags?view=summary` and
+   `GET …/flags`), fetched in parallel by a plain HTTP client: the floor the page cannot beat;
+2. the page: `--loads` cold navigations to `/ui/?n=<i>#/e/<env>` (a new document each time,
+   signed in), each timed from the navigation's start to the table holding every flag
+   (`performance.now()` when the list rendered: the page's `data-ready-at-ms`).
+
+Issue 12 asks for < 300 ms on loopback with 1,000 flags. Prints the median and p95 of both,
+their ratio, and the load average beside them (a loaded machine's figures are for sanity only).
+
+    .venv/bin/python benchmarks/bench_ui.py [--flags 1000] [--loads 20] [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from app.infra.broker import free_port, start_broker, stop  # noqa: E402
+from tests.conftest import ADMIN_TOKEN, Worker, flag  # noqa: E402
+
+ENV = "bench-ui"
+
+
+def chromium() -> webdriver.Chrome:
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        raise SystemExit("needs the Debian packages: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
+def api_ms(worker: Worker) -> float:
+    """The two answers the list page needs, in parallel, as milliseconds of wall clock."""
+    base = f"{worker.url}/api/v1/environments/{ENV}/flags"
+
+    def fetch(url: str) -> bytes:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body: bytes = response.read()
+        return body
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(fetch, (base + "?view=summary", base)))
+    return (time.perf_counter() - started) * 1000
+
+
+def page_ms(driver: webdriver.Chrome, worker: Worker, load: int, flags: int) -> float:
+    """One cold load of the list page: navigation start to every flag in the table."""
+    driver.get(f"{worker.url}/ui/?n={load}#/e/{ENV}")
+    wanted = f"{flags} of {flags} flags"
+    WebDriverWait(driver, 60).until(lambda d: wanted in d.find_element(By.ID, "count").text)
+    script = "return Number(document.getElementById('page').dataset.readyAtMs)"
+    return float(driver.execute_script(script))
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+    }
+
+
+def run(flags: int, loads: int) -> dict[str, Any]:
+    port = free_port()
+    broker = start_broker("127.0.0.1", port)
+    worker: Worker | None = None
+    driver: webdriver.Chrome | None = None
+    try:
+        data = Path(tempfile.mkdtemp(prefix="bench-ui-")) / "data"
+        worker = Worker(f"127.0.0.1:{port}", data, "bench-ui").start()
+        admin = worker.admin()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: admin.put(ENV, f"flag-{i:05d}", flag()), range(flags)))
+        driver = chromium()
+        driver.get(f"{worker.url}/ui/")  # sign in once: the token stays in this tab
+        field = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "token"))
+        field.send_keys(ADMIN_TOKEN)
+        driver.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "sign-out").is_displayed())
+        page_ms(driver, worker, -1, flags)  # warm the browser's module cache once
+        reference = summary([api_ms(worker) for _ in range(loads)])
+        page = summary([page_ms(driver, worker, i, flags) for i in range(loads)])
+    finally:
+        if driver is not None:
+            driver.quit()
+        if worker is not None:
+            worker.stop()
+        stop(broker)
+    return {
+        "flags": flags,
+        "loads": loads,
+        "api_ms": reference,
+        "page_ms": page,
+        "ratio_median": page["median"] / reference["median"],
+        "target_ms": 300,
+        "load_average": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flags", type=int, default=1000)
+    parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="5 loads")
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    args = parser.parse_args()
+    result = run(args.flags, 5 if args.quick else args.loads)
+    api, page = result["api_ms"], result["page_ms"]
+    print(f"| {result['flags']} flags | median ms | p95 ms |")
+    print("|---|---|---|")
+    print(f"| API answers (reference) | {api['median']:.0f} | {api['p95']:.0f} |")
+    print(f"| list page, cold load | {page['median']:.0f} | {page['p95']:.0f} |")
+    print(f"page / API (median): {result['ratio_median']:.1f}x; target < 300 ms")
+    print("load average: " + ", ".join(f"{x:.2f}" for x in result["load_average"]))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
