@@ -232,6 +232,50 @@ def test_an_unknown_key_is_refused_at_the_head_before_its_body() -> None:
     asyncio.run(scenario())
 
 
+def test_connections_read_in_one_turn_are_answered_together_each_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reads of one turn are answered by one callback (`Connections.answer_ready`), and
+    each connection still gets its pipelined answers in order."""
+    turns: list[int] = []
+    answer_ready = fast_path.Connections.answer_ready
+
+    def recording(self: fast_path.Connections) -> None:
+        turns.append(len(self.ready))
+        answer_ready(self)
+
+    monkeypatch.setattr(fast_path.Connections, "answer_ready", recording)
+
+    async def scenario() -> None:
+        async with serving() as site:
+            clients = [await asyncio.open_connection("127.0.0.1", site.port) for _ in range(8)]
+            for client, (_, writer) in enumerate(clients):  # all sent before the server reads
+                writer.write(b"".join(REQUEST % b"c%d-%d" % (client, n) for n in range(3)))
+            for client, (reader, writer) in enumerate(clients):
+                for n in range(3):
+                    assert (await answer_of(reader)).endswith(b'{"key":"c%d-%d"}' % (client, n))
+                writer.close()
+
+    asyncio.run(scenario())
+    assert max(turns) > 1
+
+
+def test_a_client_that_closes_its_side_after_its_requests_reads_every_answer() -> None:
+    """The end of the client's stream arrives with its requests, before they are answered."""
+
+    async def scenario() -> None:
+        async with serving() as site:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            writer.write(REQUEST % b"f" + REQUEST % b"g")
+            writer.write_eof()
+            assert (await answer_of(reader)).endswith(b'{"key":"f"}')
+            assert (await answer_of(reader)).endswith(b'{"key":"g"}')
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_unfinished_request_is_answered_408_however_slowly_it_trickles(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
