@@ -3,6 +3,12 @@
 Each test starts the parent as `flagstream worker` is started in production (a process of
 its own), then reaches each child apart through its own metrics port (FLAGSTREAM_METRICS_PORT
 + i), which names the child (`worker_id`) and counts what that child answered.
+
+Each parent's workers form consumer groups of their own (a fresh FLAGSTREAM_APP_ID): the
+embedded broker (Tansu 0.6) keeps a departed leader as the leader of a group that is
+rebalancing, so when the follower child of one test stopped first and the leader next, the
+children of the next test on the module's broker joined a group whose leader was gone, rejoined
+every ~8 s and were not ready in 120 s (the CI flake of stop 19, "child p0 not ready").
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ class Parent:
         env = {
             **os.environ,
             "FLAGSTREAM_BROKERS": broker,
-            "FLAGSTREAM_APP_ID": "flagstream-processes",
+            # A group of its own: never one whose leader left while it rebalanced (see above).
+            "FLAGSTREAM_APP_ID": f"flagstream-processes-{uuid.uuid4().hex[:8]}",
             "FLAGSTREAM_WORKER_ID": "w",
             "FLAGSTREAM_DATA_DIR": str(data_dir),
             "FLAGSTREAM_WEB_PORT": str(self.port),
