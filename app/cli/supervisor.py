@@ -140,6 +140,7 @@ def run_up(args: argparse.Namespace) -> int:
             apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
         print(
             f"\nflagstream is up.\n"
+            f"  dashboard:   {url}/ui/#/e/development (sign in with the admin token below)\n"
             f"  flags:       {url}/api/v1/environments/development/flags\n"
             f"  changes:     {url}/api/v1/environments/development/stream (server-sent events)\n"
             f"  metrics:     {metrics_urls(host, metrics_port, processes)}"
