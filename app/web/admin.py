@@ -17,8 +17,8 @@ from app.control.writer import Writer, new_change
 from app.infra.records import AppliedChange, ChangeOp, DeadLetterCode
 from app.infra.settings import Settings
 from app.web import inputs
-from app.web.admin_answers import API, check_keys, describe, etag, parse_if_match, read_json
-from app.web.auth import Access, Credentials
+from app.web.admin_answers import ACCESS, API, check_keys, describe, etag, parse_if_match, read_json
+from app.web.auth import Access, Credentials, bearer
 from app.web.responses import error, ok
 from tables.flags import FlagTable
 
@@ -52,6 +52,7 @@ class AdminApi:
     def routes(self) -> list[web.RouteDef]:
         flag = API + "/{env}/flags/{key}"
         return [
+            web.get(ACCESS, self.access),
             web.get(API, self.environments),
             web.get(API + "/{env}/flags", self.list_flags),
             web.get(flag, self.get_flag),
@@ -65,6 +66,17 @@ class AdminApi:
         self, request: web.Request, needed: Access, env: str, key: str | None = None
     ) -> web.Response | None:
         return self.credentials.refuse(request, needed) or check_keys(env, key)
+
+    async def access(self, request: web.Request) -> web.Response:
+        """What the request's token may do, so a client (the dashboard) can hide what it may not.
+
+        Answering it costs nothing a 401 does not already reveal: the token is the caller's own.
+        """
+        denied = self.credentials.refuse(request, Access.READ)
+        if denied:
+            return denied
+        granted = self.credentials.access_of(bearer(request))
+        return ok({"access": "admin" if granted is Access.WRITE else "read"})
 
     async def environments(self, request: web.Request) -> web.Response:
         denied = self.credentials.refuse(request, Access.READ)

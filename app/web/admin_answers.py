@@ -15,6 +15,7 @@ from app.web.responses import error
 from tables.replication import FlagReplication
 
 __all__ = [
+    "ACCESS",
     "API",
     "check_keys",
     "describe",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 API: Final = "/api/v1/environments"
+ACCESS: Final = "/api/v1/access"  # what the caller's token may do
 
 
 def describe(change: AppliedChange) -> dict[str, Any]:

@@ -204,6 +204,19 @@ def test_auth_and_bad_requests(worker: Worker, env: str) -> None:
     assert admin.request("POST", path(env, "x") + "/state", {"state": "ON"}).status == 422
 
 
+def test_a_token_learns_what_it_may_do(worker: Worker) -> None:
+    """The dashboard hides what a token may not do; before this route it probed with a write."""
+    answers = {
+        token: AdminClient(worker.url, token).request("GET", "/api/v1/access")
+        for token in (ADMIN_TOKEN, READ_TOKEN, "not-a-token")
+    }
+    assert answers[ADMIN_TOKEN].status == 200
+    assert answers[ADMIN_TOKEN].body == {"access": "admin"}
+    assert (answers[READ_TOKEN].status, answers[READ_TOKEN].body) == (200, {"access": "read"})
+    assert answers["not-a-token"].status == 401
+    assert "not-a-token" not in json.dumps(answers["not-a-token"].body)
+
+
 def test_conditional_reads(worker: Worker, env: str) -> None:
     admin = worker.admin()
     admin.put(env, "c", flag())

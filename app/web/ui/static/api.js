@@ -40,17 +40,10 @@ export async function call(method, path, { body, headers = {}, auth = token() } 
   return { status: response.status, body: parsed, headers: response.headers };
 }
 
-/** "admin", "read" or null: what `auth` may do.
- *
- * There is no "who am I" route, so this asks for a write the API refuses before it looks at
- * anything: a kill switch on the invalid flag key "_". The admin token is past the credential
- * check and gets 400 (invalid key), a read token 403, anything else 401. Nothing is written.
- */
+/** "admin", "read" or null: what `auth` may do (the API's access route says). */
 export async function accessOf(auth) {
-  const listed = await call("GET", API, { auth });
-  if (listed.status !== 200) return null;
-  const probe = await call("POST", `${API}/_/flags/_/state`, { auth, body: {} });
-  return probe.status === 403 ? "read" : "admin";
+  const answer = await call("GET", "/api/v1/access", { auth });
+  return answer.status === 200 ? answer.body.access : null;
 }
 
 export const enc = encodeURIComponent;
