@@ -121,7 +121,14 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     broker_watch.before_writes(dead_letters.move_to_end)
     writer = Writer(app, outcomes, broker_watch.writable, settings)
     # Compiled in the background once the table caught up: ready never waits for compiling.
-    live_flags = LiveFlags(flags, compile_after=replication.ready)
+    # A version no decider validated (written straight to the changelog) is never served: its
+    # flag keeps its last valid version and the record is counted as invalid.
+    invalid_records = metrics.changelog_records.labels("invalid")
+    live_flags = LiveFlags(
+        flags,
+        compile_after=replication.ready,
+        on_invalid=lambda _change, _problems: invalid_records.inc(),
+    )
     replication.on_rebuild(live_flags.forget)
     # One batching producer for exposures and metric events, each with its own buffer.
     exposures = exposure_channel(settings, metrics)

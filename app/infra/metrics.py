@@ -30,7 +30,7 @@ class Metrics:
         self.changelog_records = Counter(
             "flagstream_changelog_records_total",
             "Flag-table changelog records read by this worker, by result.",
-            ["result"],  # applied | skipped | fence | undecodable
+            ["result"],  # applied | skipped | fence | undecodable | invalid (never served)
             registry=registry,
         )
         # From the writer's produce timestamp to the moment this worker's table holds the

@@ -25,8 +25,15 @@ ENVS = ("alpha", "beta", "gamma", "delta", "epsilon")
 broker = pytest.fixture(own_broker, name="broker")
 
 
+# A write waits for its partition's decider. When a member stops uncleanly (the embedded
+# broker can keep a stopping worker in the group until its session expires, 6 s, then
+# rebalances), a write sent meanwhile waits longer than the default 10 s on a loaded CI machine:
+# these tests check what the tables hold, not write latency, so their writes may wait a minute.
+PATIENT = {"FLAGSTREAM_STREAM_DEPTH": "5", "FLAGSTREAM_WRITE_TIMEOUT_S": "60"}
+
+
 def start(cluster: list[Worker], broker: str, data_dir: Path) -> Worker:
-    worker = Worker(broker, data_dir, "flagstream-recovery", FLAGSTREAM_STREAM_DEPTH="5").start()
+    worker = Worker(broker, data_dir, "flagstream-recovery", **PATIENT).start()
     cluster.append(worker)
     return worker
 
@@ -128,9 +135,7 @@ def test_a_restarted_worker_resumes_from_its_data_dir_and_sees_changes_made_whil
     for env in ENVS:
         two.admin().put(env, "x", flag(default="on"))
         two.admin().put(env, "y", flag())
-    again = Worker(
-        broker, tmp_path / "one", "flagstream-recovery", FLAGSTREAM_STREAM_DEPTH="5"
-    ).start()
+    again = Worker(broker, tmp_path / "one", "flagstream-recovery", **PATIENT).start()
     cluster.append(again)
     assert table_state(again) == table_state(two)
     assert "rebuilding the table" not in again.log_path.read_text(), "it resumed, not rebuilt"
@@ -171,7 +176,7 @@ def test_writes_while_workers_join_and_leave_get_one_gap_free_sequence(
     twice with commands in flight (its new owner is handed the commands since the last commit
     again), yet every acknowledged change has its own sequence number, none is lost and none
     is applied twice."""
-    patient = {"FLAGSTREAM_STREAM_DEPTH": "5", "FLAGSTREAM_WRITE_TIMEOUT_S": "60"}
+    patient = PATIENT
     first = Worker(broker, tmp_path / "first", "flagstream-recovery", **patient).start()
     cluster.append(first)
     acked: list[tuple[str, int, int]] = []

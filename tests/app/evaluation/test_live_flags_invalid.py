@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
 from app.infra.settings import Settings
 from app.infra.topics import FLAGS_CHANGELOG, partition_for
+from tests.agents.test_bad_records import metric
 from tests.conftest import SDK_KEY, Worker, flag, wait_until
 
 ENVIRONMENT = "development"  # the worker fixture's SDK key evaluates this environment
@@ -76,6 +77,7 @@ def test_an_invalid_record_written_straight_to_the_changelog_is_never_served(
     admin = worker.admin()
     admin.put(ENVIRONMENT, key, flag(default="on"))
     assert evaluate(worker, key)["value"] is True
+    invalid_before = invalid_records(worker)
 
     # As the decider writes it (its meta header: applied without parsing), an invalid flag.
     seq = admin.environments()[ENVIRONMENT] + 1
@@ -100,3 +102,9 @@ def test_an_invalid_record_written_straight_to_the_changelog_is_never_served(
     # A valid record is served: the check refuses only what does not compile.
     admin.put(ENVIRONMENT, key, flag(default="off"))
     assert evaluate(worker, key)["value"] is False
+    # Each refused version was counted (an operator sees a forged or broken record).
+    assert invalid_records(worker) - invalid_before == 3
+
+
+def invalid_records(worker: Worker) -> float:
+    return metric(worker.metrics(), "flagstream_changelog_records_total", result="invalid")
