@@ -231,7 +231,7 @@ SETTINGS: tuple[Setting, ...] = (
         "250",
         "The same for the other consumers (Kafka evaluation requests, dead letters, experiment"
         " totals and state): the first evaluation request or rejected write after silence"
-        " waits up to this long.",
+        " waits up to about half this long on the embedded broker (none on Kafka).",
     ),
     Setting(
         "FLAGSTREAM_EVENT_LOOP",
