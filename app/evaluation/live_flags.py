@@ -118,7 +118,7 @@ class LiveFlags:
         self._compile_after = compile_after
         self._frozen = False  # the compiled flags are out of the collector's full walks
         self._heard = 0  # changes the table applied: counted to tell a quiet turn
-        table.listen(self._on_change)
+        table.listen_batches(self._on_changes)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -370,22 +370,31 @@ class LiveFlags:
             if environment not in self._compiled:
                 self._take_in(environment)
 
-    def _on_change(self, change: AppliedChange) -> None:
-        self._heard += 1
-        if change.environment not in self._compiled:
-            # The table applies a change before it tells us: taken in with the rest (and
-            # every environment the table loaded from disk with it, to compile them early).
-            self._take_in_all()
-            return
-        self._compiled[change.environment].pop(change.flag, None)
-        if change.deleted:
-            changes = self._queued.get(change.environment)
-            if changes is not None:
-                changes.pop(change.flag, None)
-                if not changes:
-                    del self._queued[change.environment]
-            return
-        self._queued.setdefault(change.environment, {})[change.flag] = change
+    def _on_changes(self, changes: list[AppliedChange]) -> None:
+        """The changes of one table write, in changelog order: each flag's compiled version
+        dropped and its new one queued (a deletion's not)."""
+        self._heard += len(changes)
+        compiled, queued = self._compiled, self._queued
+        for change in changes:
+            environment = change.environment
+            flags = compiled.get(environment)
+            if flags is None:
+                # The table applies a change before it tells us: taken in with the rest (and
+                # every environment the table loaded from disk with it, to compile them early).
+                self._take_in_all()
+                continue
+            flags.pop(change.flag, None)
+            if change.deleted:
+                waiting = queued.get(environment)
+                if waiting is not None:
+                    waiting.pop(change.flag, None)
+                    if not waiting:
+                        del queued[environment]
+                continue
+            waiting = queued.get(environment)
+            if waiting is None:
+                waiting = queued[environment] = {}
+            waiting[change.flag] = change
         self._start_compiler()
 
 

@@ -1,0 +1,182 @@
+"""The replica's apply of changelog records, in process: the applying thread's CPU per record.
+
+No broker: `--records` (6,000) generated flag changes (`benchmarks/flag_corpus.py`) of
+`--environments` (3) environments are built as the records a fetch returns (value, the
+decider's meta header, offset), and a `FlagReplication` applies them with `apply_slice` into a
+fresh RocksDB table, the worker's listeners attached (compiled flags, the change feed, writers
+waiting for outcomes). Two modes, each a fresh table per round (`--rounds`, 9; the median, and
+the least):
+catch-up (before ready, as a starting worker) and tail (after ready). The reference is the
+cost of merely walking the records (reading each header), in the same run.
+
+    .venv/bin/python benchmarks/bench_apply.py [--records 6000] [--environments 3]
+        [--rounds 9] [--quick] [--profile] [--json out.json]
+
+`--profile` prints a cProfile of one catch-up round (tottime, top 25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.control.outcomes import Outcomes
+from app.evaluation.live_flags import LiveFlags
+from app.infra.metrics import Metrics
+from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
+from app.infra.settings import Settings
+from app.web.change_feed import ChangeFeed
+from benchmarks.flag_corpus import generated_flags
+from tables.flags import FlagTable
+from tables.replication import FETCH_MAX_RECORDS, FlagReplication
+
+
+class Record(NamedTuple):
+    """What a changelog fetch returns, as much of it as the replica reads."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    offset: int
+
+
+def records(count: int, environments: int, seed: int) -> list[Record]:
+    """`count` changes across `environments` (one partition), a few versions per flag."""
+    per_env = count // environments
+    out: list[Record] = []
+    now = time.time()
+    for n in range(environments):
+        environment = f"env-{n}"
+        corpus = list(generated_flags(max(1, per_env // 2), seed + n).items())
+        versions: dict[str, int] = {}
+        for seq in range(1, per_env + 1):
+            key, definition = corpus[(seq - 1) % len(corpus)]
+            version = versions[key] = versions.get(key, 0) + 1
+            change = AppliedChange(
+                str(uuid.uuid4()), environment, key, ChangeOp.PUT, seq, version,
+                definition, "bench", now, now, 0, len(out),
+            )  # fmt: skip
+            value = dumps(change.to_json())
+            out.append(Record(environment.encode(), value, changelog_headers(change), len(out)))
+    return out
+
+
+def one_round(
+    settings: Settings, workdir: Path, batch: list[Record], *, ready: bool
+) -> tuple[float, float]:
+    """(CPU, wall) seconds to apply `batch` fetch by fetch into a fresh table."""
+    path = Path(tempfile.mkdtemp(dir=workdir))
+    table = FlagTable(
+        path,
+        history_depth=settings.history_depth,
+        stream_depth=settings.stream_depth,
+        change_id_depth=settings.change_id_depth,
+    )
+    table.open()
+    metrics = Metrics(CollectorRegistry())
+    replication = FlagReplication(settings, table, metrics)
+    if ready:
+        replication.ready.set()
+    live = LiveFlags(table, compile_after=replication.ready)
+    feed = ChangeFeed(metrics)
+    table.listen(feed.publish)
+    replication.on_applied(Outcomes(table).heard_applied)
+    gc.collect()
+
+    async def apply_all() -> tuple[float, float]:
+        # In a running loop, as in the worker (the compiler task is created, not run).
+        # The applying thread's CPU: RocksDB's flushes run on threads of their own.
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for start in range(0, len(batch), FETCH_MAX_RECORDS):
+            fetched = batch[start : start + FETCH_MAX_RECORDS]
+            done = 0
+            while done < len(fetched):
+                done = replication.apply_slice(0, fetched, done)
+        return time.thread_time() - cpu, time.perf_counter() - wall
+
+    took = asyncio.run(apply_all())
+    assert live.queued() >= 0
+    table.close()
+    shutil.rmtree(path)
+    return took
+
+
+def walk_s(batch: list[Record]) -> float:
+    """The reference: CPU seconds to walk the records and read each one's header."""
+    cpu = time.process_time()
+    for record in batch:
+        for _name, _meta in record.headers:
+            pass
+    return time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=6_000)
+    parser.add_argument("--environments", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--profile", action="store_true", help="cProfile one catch-up round")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 3
+    settings = Settings.from_env()
+    batch = records(args.records, args.environments, args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-apply-"))
+    try:
+        one_round(settings, workdir, batch, ready=False)  # warm-up
+        figures: dict[str, Any] = {}
+        for mode, ready in (("catch-up", False), ("tail", True)):
+            runs = [one_round(settings, workdir, batch, ready=ready) for _ in range(args.rounds)]
+            figures[mode] = {
+                "cpu_us_per_record": statistics.median(c for c, _ in runs) / len(batch) * 1e6,
+                "min_cpu_us_per_record": min(c for c, _ in runs) / len(batch) * 1e6,
+                "wall_us_per_record": statistics.median(w for _, w in runs) / len(batch) * 1e6,
+            }
+            gc.unfreeze()
+        reference = walk_s(batch) / len(batch) * 1e6
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            one_round(settings, workdir, batch, ready=False)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{len(batch):,} records, {args.environments} environments, median of {args.rounds}")
+    print("| mode | CPU us/record (min) | wall us/record |\n|---|---|---|")
+    for mode, row in figures.items():
+        cpu, least = row["cpu_us_per_record"], row["min_cpu_us_per_record"]
+        print(f"| {mode} | {cpu:.1f} ({least:.1f}) | {row['wall_us_per_record']:.1f} |")
+    print(f"reference (walk the records, read each header): {reference:.2f} us/record")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
+    )
+    if args.json:
+        summary = {"records": len(batch), "reference_us": reference, **figures}
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
