@@ -52,6 +52,7 @@ from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import JSON, DeadLetterCode, Rejection
 from app.infra.settings import Settings
+from app.infra.shutdown import stop_group_member, stop_within
 from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -134,9 +135,10 @@ class EvaluationRequests(Service):
     async def on_stop(self) -> None:
         if self.consumer is not None:
             await self.commit()
-            await self.consumer.stop()
+            # Bounded: mid-rebalance a plain stop waits for the join and sync in flight.
+            await stop_group_member(self.consumer)
         if self.producer is not None:
-            await self.producer.stop()
+            await stop_within(self.producer.stop())
 
     @Service.task
     async def _answer_forever(self) -> None:

@@ -1,0 +1,75 @@
+"""A worker's stop is bounded and prompt, whatever its consumer groups are doing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from app.infra.shutdown import stop_group_member
+from app.infra.topics import EVALUATION_REQUESTS
+from tests.conftest import Worker
+
+# A session long enough that the broker (Tansu holds every JoinGroup for half the session)
+# keeps the worker's rejoin in flight for 10 s: far past a prompt stop, short of the watchdog.
+SESSION_TIMEOUT_S = 20
+# What a prompt stop may take on a loaded machine: 3.3 s measured at load 5 (2 s of it the
+# evaluation consumer's bound); 12.2 s when the stop waited for the join.
+PROMPT_STOP_S = 7.0
+# The worker's own log line when its evaluation consumer learns of the rebalance.
+REJOINING = "Heartbeat failed for group {group} because it is rebalancing"
+
+
+def test_a_worker_stops_promptly_while_its_evaluation_group_rejoins(
+    broker: str, tmp_path: Path
+) -> None:
+    app_id = f"stopping-{uuid.uuid4().hex[:8]}"
+    group = f"{app_id}-evaluations"
+    worker = Worker(
+        broker, tmp_path / "data", app_id, FLAGSTREAM_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S)
+    )
+    worker.start(timeout_s=120)
+    try:
+        stopped_in_s = asyncio.run(stop_while_rejoining(worker, broker, group))
+    finally:
+        worker.stop()
+    assert stopped_in_s < PROMPT_STOP_S, f"the stop took {stopped_in_s:.1f}s"
+
+
+async def stop_while_rejoining(worker: Worker, broker: str, group: str) -> float:
+    """Seconds from SIGTERM to the worker's exit, sent while its evaluation consumer waits in
+    a JoinGroup (a second member joining its group makes it rejoin)."""
+    assert worker.process is not None
+    await until(lambda: f"Joined group '{group}'" in worker.log_path.read_text(errors="replace"))
+    newcomer = AIOKafkaConsumer(
+        bootstrap_servers=broker,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=SESSION_TIMEOUT_S * 1000,
+        heartbeat_interval_ms=1000,
+    )
+    await newcomer.start()
+    newcomer.subscribe([EVALUATION_REQUESTS])  # after start: `start` would wait for the join
+    try:
+        rejoining = REJOINING.format(group=group)
+        await until(lambda: rejoining in worker.log_path.read_text(errors="replace"))
+        started = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        await until(lambda: worker.process is not None and worker.process.poll() is not None)
+        return time.monotonic() - started
+    finally:
+        await stop_group_member(newcomer)
+
+
+async def until(condition: object, timeout_s: float = 60.0) -> None:
+    """Wait for `condition()` without blocking the loop (the newcomer's group task runs on it)."""
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
