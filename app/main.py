@@ -195,7 +195,12 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     web_app.middlewares.append(response_counter(metrics))
     web.count_with(metrics)
     if settings.ofrep_fast_path:
-        web.answer_first(ofrep.evaluate_at_once, settings.max_body_bytes, ofrep.admits)
+        web.answer_first(
+            ofrep.evaluate_at_once,
+            settings.max_body_bytes,
+            ofrep.admits,
+            ofrep.evaluate_flags_at_once,
+        )
 
     return Worker(
         settings, app, flags, replication, broker_watch, live_flags, evaluator, exposures, writer

@@ -42,6 +42,11 @@ load average beside them).
 
     .venv/bin/python benchmarks/bench_spike.py            # 20 s, 30 s spike, 30 s after
     .venv/bin/python benchmarks/bench_spike.py --quick    # 5 s, 10 s spike, 10 s after
+
+Bulk requests are answered (and shed) by the OFREP fast path (`app/web/fast_path.py`); with
+`--worker-env FLAGSTREAM_OFREP_FAST_PATH=false` both workers answer them through aiohttp, as
+every worker did before the fast path took bulk requests (a 429 there cost ~4x the fast
+path's): the run to compare against, capacity line included.
 """
 
 from __future__ import annotations
@@ -435,6 +440,13 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, default=1000, help="wrk connections (one thread each)"
     )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of both workers (repeatable), e.g. FLAGSTREAM_OFREP_FAST_PATH=false",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     if args.quick:
@@ -448,6 +460,7 @@ def main() -> None:
     kafka_port = free_port()
     broker = start_broker("127.0.0.1", kafka_port, workdir / "broker.log")
     common = {"FLAGSTREAM_SDK_KEYS": f"{SDK_KEY}={ENV}", "FLAGSTREAM_FETCH_MAX_WAIT_MS": "500"}
+    common.update(setting.split("=", 1) for setting in args.worker_env)
     workers = {
         REF: Worker(
             f"127.0.0.1:{kafka_port}",
@@ -534,7 +547,7 @@ def summary(args: Any, path: str, rate: float, results: dict[str, Any]) -> None:
     print(
         f"command: bench_spike.py --path {args.path} --flags {args.flags} --before {args.before}"
         f" --spike {args.spike} --after {args.after} --shed-ms {args.shed_ms} --connections "
-        f"{args.connections}; normal "
+        f"{args.connections}{''.join(f' --worker-env {e}' for e in args.worker_env)}; normal "
         f"{rate:,.0f}/s, spike {10 * rate:,.0f}/s, client timeout {args.timeout} s"
     )
     print(

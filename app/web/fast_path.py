@@ -1,4 +1,4 @@
-"""HTTP/1.1 in front of aiohttp for the one request that must be cheap: one OFREP flag.
+"""HTTP/1.1 in front of aiohttp for the requests that must be cheap: OFREP evaluations.
 
 A server-side OpenFeature SDK sends one `POST /ofrep/v1/evaluate/flags/{key}` per flag
 evaluation, so this request is nearly all of a worker's HTTP load. aiohttp spends ~40 µs of
@@ -9,15 +9,19 @@ bare aiohttp app (benchmarks/RESULTS.md).
 So each connection starts on `FastPath`. It frames requests itself (the head up to the blank
 line, parsed and checked by llhttp through httptools as it arrives, then Content-Length bytes
 of body) and answers every complete request that is a plain HTTP/1.1 single-flag evaluation by
-calling its `Answer` synchronously, the requests of every connection read in one turn of the
-event loop back to back, then their answers (`Connections.answer_ready` says why). The first
-request that is anything else (another route, chunked bodies, `Expect`, HTTP/1.0, a head llhttp
-or aiohttp refuses, a body over the limit), that has no SDK key `Admits` (checked at the head,
-before any body is read), or that the `Answer` declines (a body that is not a context, a worker
-still recovering) is handed to aiohttp with every byte after it, and the connection is an
-ordinary aiohttp connection from then on. Requests are answered in arrival order, so pipelining
-keeps its order, and aiohttp's handlers write every other answer, so the two paths differ only
-in speed.
+calling its `Answer` synchronously (a bulk evaluation, `POST /ofrep/v1/evaluate/flags`, by its
+`BulkAnswer`: ~1 ms of evaluation each, but under a spike of them aiohttp's 429 alone cost 4x
+the fast path's, so a worker that shed them through aiohttp still could not keep up), the
+requests of every connection read in one turn of the event loop back to back, then their
+answers (`Connections.answer_ready` says why). The first request that is anything else (another
+route, chunked bodies, `Expect`, HTTP/1.0, a head llhttp or aiohttp refuses, a body over the
+limit), that has no SDK key `Admits` (checked at the head, before any body is read), or that
+the `Answer` declines (a body that is not a context, a worker still recovering; for bulk also a
+re-fetch naming a version not yet applied, an environment still compiling: the waits aiohttp's
+handler makes) is handed to aiohttp with every byte after it, and the connection is an ordinary
+aiohttp connection from then on. Requests are answered in arrival order, so pipelining keeps
+its order, and aiohttp's handlers write every other answer, so the two paths differ only in
+speed.
 
 What a client can make the fast path hold is bounded: one unfinished request per connection
 (a head of at most `MAX_HEAD_BYTES`, a body of at most the body limit), `MAX_BUFFERED_BYTES`
@@ -74,6 +78,7 @@ __all__ = [
     "SWEEP_S",
     "Admits",
     "Answer",
+    "BulkAnswer",
     "FastPathSite",
     "FastPathWeb",
     "QuietSite",
@@ -85,6 +90,10 @@ log = logging.getLogger(__name__)
 Answer = Callable[[str | None, str, bytes], tuple[int, bytes] | None]
 """(SDK key or None, flag key, body) -> (status, JSON body); None lets aiohttp answer. A 429
 (a shed request, `app.web.overload`) is sent with `Retry-After`."""
+BulkAnswer = Callable[[str | None, str | None, bytes, bytes], tuple[int, bytes, str | None] | None]
+"""(SDK key or None, If-None-Match or None, query string (after `?`, b"" without one), body)
+-> (status, JSON body, ETag or None), every flag evaluated; None lets aiohttp answer. A 304
+is sent without a body, a 429 with `Retry-After`."""
 Admits = Callable[[str | None], bool]
 """Whether a credential (SDK key or None) may evaluate at all; False lets aiohttp answer
 (401/403) as soon as the head has arrived, so a refused request's body is never buffered."""
@@ -94,6 +103,9 @@ Admits = Callable[[str | None], bool]
 SINGLE_FLAG: Final = re.compile(
     rb"/ofrep/v1/evaluate/flags/(%s)" % KEY_PATTERN.pattern.strip("^$").encode()
 )
+# The bulk route, with its query string if any (a re-fetch names `flagConfigEtag` there).
+EVERY_FLAG: Final = re.compile(rb"/ofrep/v1/evaluate/flags(?:\?([^#]*))?")
+IF_NONE_MATCH: Final = b"if-none-match"  # the bulk route's; aiohttp reads the first one sent
 # Largest head answered here, in bytes: aiohttp refuses a request line or a header field
 # (name and value) over 8190 bytes (its max_line_size and max_field_size), so a head within
 # 8190 bytes is within both; a longer one is aiohttp's to judge.
@@ -165,6 +177,11 @@ RETRY_AFTER: Final = b"\r\nRetry-After: %d\r\n\r\n" % RETRY_AFTER_S
 SHED_ANSWER: Final = ANSWER.replace(b"\r\n\r\n", RETRY_AFTER)
 SHED_LAST_ANSWER: Final = LAST_ANSWER.replace(b"\r\n\r\n", RETRY_AFTER)
 SHED: Final = 429
+# A bulk answer's head; its headers after Date (ETag, Retry-After, Connection: close) vary.
+BULK_HEAD: Final = b"%sContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n"
+NOT_MODIFIED: Final = 304
+NOT_MODIFIED_HEAD: Final = b"HTTP/1.1 304 Not Modified\r\nDate: %s\r\n"  # no body, no length
+BULK: Final = "ofrep_bulk"  # the bulk route's label in flagstream_http_requests_total
 
 
 def header_text(value: bytes | None) -> str | None:
@@ -179,6 +196,7 @@ class Connections:
     __slots__ = (
         "accepted",
         "buffered",
+        "bulk",
         "handoffs",
         "max_buffered",
         "open",
@@ -196,6 +214,14 @@ class Connections:
         self.handoffs = metrics.fast_path_handoffs
         self.requests = metrics.http_requests
         self.shed = metrics.http_requests.labels("ofrep", str(SHED))  # pre-bound: spikes
+        self.bulk: dict[int, Any] = {}  # the bulk route's counters by status, bound when met
+
+    def count_bulk(self, status: int) -> None:
+        """Count a bulk answer as aiohttp's middleware would (`app.web.http_metrics`)."""
+        counter = self.bulk.get(status)
+        if counter is None:
+            counter = self.bulk[status] = self.requests.labels(BULK, str(status))
+        counter.inc()
 
     def answer_ready(self) -> None:
         """Answer every connection read in this turn of the loop, then write every answer.
@@ -228,6 +254,8 @@ class FastPath(asyncio.Protocol):
         "_answer",
         "_api_key",
         "_authorization",
+        "_bulk",
+        "_bulk_answer",
         "_complete",
         "_fallback",
         "_fed",
@@ -235,6 +263,7 @@ class FastPath(asyncio.Protocol):
         "_headers_done",
         "_held",
         "_idle",
+        "_if_none_match",
         "_inbox",
         "_keep_alive",
         "_key",
@@ -245,6 +274,7 @@ class FastPath(asyncio.Protocol):
         "_parser",
         "_pending",
         "_plain",
+        "_query",
         "_seen",
         "_shared",
         "_token",
@@ -263,9 +293,11 @@ class FastPath(asyncio.Protocol):
         admits: Admits,
         max_body: int,
         shared: Connections,
+        bulk_answer: BulkAnswer | None = None,
     ) -> None:
         self._fallback = fallback
         self._answer = answer
+        self._bulk_answer = bulk_answer
         self._admits = admits
         self._admitted: str | None = ""  # the last key admitted ("" never is one)
         # The Authorization and X-API-Key values that carried it (None: nothing admitted yet).
@@ -297,6 +329,9 @@ class FastPath(asyncio.Protocol):
         self._key = ""
         self._token: str | None = None
         self._keep_alive = True
+        self._bulk = False
+        self._query = b""
+        self._if_none_match: bytes | None = None
 
     # asyncio.Protocol
 
@@ -386,7 +421,9 @@ class FastPath(asyncio.Protocol):
             body = data[body_start:end] if buffer is data else bytes(pending[body_start:end])
             if body and not self._feed(body):
                 return self._hand_off(buffer[start:], "malformed")
-            if not self._complete or not self._respond(body):
+            if not self._complete or not (
+                self._respond_bulk(body) if self._bulk else self._respond(body)
+            ):
                 return self._hand_off(buffer[start:], "declined")
             if not self._keep_alive:
                 # Closed: what the client sent after `Connection: close` is void.
@@ -408,6 +445,8 @@ class FastPath(asyncio.Protocol):
         if bit is None:
             if name in NOT_PLAIN:
                 self._plain = False
+            elif name == IF_NONE_MATCH and self._if_none_match is None:
+                self._if_none_match = value
             return
         if self._seen & bit:
             self._plain = False
@@ -463,11 +502,15 @@ class FastPath(asyncio.Protocol):
         return reason
 
     def _read_head(self) -> str | None:
-        """Check a parsed head; None when it is a plain single-flag evaluation, else why not."""
+        """Check a parsed head; None when it is a plain single-flag or bulk evaluation, else
+        why not."""
         if not self._headers_done:
             return "malformed"
         parser = self._parser
         match = SINGLE_FLAG.fullmatch(self._url)
+        if match is None and self._bulk_answer is not None:
+            match = EVERY_FLAG.fullmatch(self._url)
+            self._bulk = match is not None
         if (
             match is None
             or not self._plain
@@ -488,7 +531,10 @@ class FastPath(asyncio.Protocol):
                 self._admitted = token
             self._admitted_headers = headers
         self._length = max(self._length, 0)
-        self._key = match[1].decode()
+        if self._bulk:
+            self._query = match[1] or b""
+        else:
+            self._key = match[1].decode()
         self._token = self._admitted
         self._keep_alive = parser.should_keep_alive()
         return None
@@ -520,10 +566,49 @@ class FastPath(asyncio.Protocol):
         self._out.append(ANSWER % (_status_lines[status], len(payload), http_date(), payload))
         return True
 
+    def _respond_bulk(self, body: bytes) -> bool:
+        """Write the answer of the bulk request just read; False when aiohttp must answer it.
+
+        Its headers are the aiohttp handler's (`app.web.ofrep.OfrepApi.evaluate_flags`): the
+        ETag of the flags and context, `Retry-After` on a 429, a 304 without a body.
+        """
+        shared, bulk_answer = self._shared, self._bulk_answer
+        if bulk_answer is None:
+            return False  # not reached: only a connection with one reads bulk heads
+        try:
+            answered = bulk_answer(self._token, header_text(self._if_none_match), self._query, body)
+        except Exception:
+            log.exception("the fast path failed to evaluate every flag")
+            details = {"errorDetails": "internal error while evaluating"}
+            answered, self._keep_alive = (500, dumps(details), None), False
+        if answered is None:
+            return False
+        status, payload, etag = answered
+        shared.count_bulk(status)
+        date = http_date()
+        if status == NOT_MODIFIED:
+            head = NOT_MODIFIED_HEAD % date
+            payload = b""
+        else:
+            head = BULK_HEAD % (_status_lines[status], len(payload), date)
+        if etag is not None:
+            head += b"ETag: %s\r\n" % etag.encode()
+        if status == SHED:
+            head += b"Retry-After: %d\r\n" % RETRY_AFTER_S
+        if not self._keep_alive:
+            self._close_with(head + b"Connection: close\r\n\r\n" + payload)
+            return True
+        self._out.append(head + b"\r\n" + payload)
+        return True
+
     def _write_and_close(self, status: int, payload: bytes, template: bytes = LAST_ANSWER) -> None:
+        self._close_with(template % (_status_lines[status], len(payload), http_date(), payload))
+
+    def _close_with(self, answer: bytes) -> None:
+        """Write the connection's last answer after this turn's others, and close it."""
         self.flush()
         transport = self._transport
-        transport.write(template % (_status_lines[status], len(payload), http_date(), payload))
+        transport.write(answer)
         if self._writing_paused:
             transport.abort()  # the client does not read: nothing would flush
         else:
@@ -743,7 +828,7 @@ class QuietSite(TCPSite):
 class FastPathSite(QuietSite):
     """A `QuietSite` whose connections start on `FastPath`."""
 
-    __slots__ = ("_admits", "_answer", "_connections", "_max_body", "_sweeper")
+    __slots__ = ("_admits", "_answer", "_bulk_answer", "_connections", "_max_body", "_sweeper")
 
     def __init__(
         self,
@@ -757,9 +842,11 @@ class FastPathSite(QuietSite):
         metrics: Metrics,
         max_buffered: int = MAX_BUFFERED_BYTES,
         ssl_context: Any = None,
+        bulk_answer: BulkAnswer | None = None,
     ) -> None:
         super().__init__(runner, host, port, metrics=metrics, ssl_context=ssl_context)
         self._answer = answer
+        self._bulk_answer = bulk_answer
         self._admits = admits
         self._max_body = max_body
         self._connections = Connections(metrics, max_buffered)
@@ -778,7 +865,14 @@ class FastPathSite(QuietSite):
         fallback = quiet_handlers(server, self._metrics)
 
         def connection() -> FastPath:
-            return FastPath(fallback, self._answer, self._admits, self._max_body, self._connections)
+            return FastPath(
+                fallback,
+                self._answer,
+                self._admits,
+                self._max_body,
+                self._connections,
+                self._bulk_answer,
+            )
 
         await self._listen(connection)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
@@ -806,6 +900,7 @@ class FastPathWeb(faust_aiohttp.Web):
     """
 
     answer: Answer | None = None
+    bulk_answer: BulkAnswer | None = None
     admits: Admits | None = None
     max_body = 0
     metrics: Metrics | None = None
@@ -814,10 +909,13 @@ class FastPathWeb(faust_aiohttp.Web):
         """Count connections, hand-offs and the answers given here into `metrics`."""
         self.metrics = metrics
 
-    def answer_first(self, answer: Answer, max_body: int, admits: Admits) -> None:
-        """Answer single-flag evaluations with `answer` before aiohttp sees them; `admits`
-        checks the credential at the head."""
+    def answer_first(
+        self, answer: Answer, max_body: int, admits: Admits, bulk: BulkAnswer | None = None
+    ) -> None:
+        """Answer single-flag evaluations with `answer`, and bulk ones with `bulk` when
+        given, before aiohttp sees them; `admits` checks the credential at the head."""
         self.answer, self.max_body, self.admits = answer, max_body, admits
+        self.bulk_answer = bulk
 
     def _new_transport_tcp(self) -> BaseSite:
         conf = self.app.conf
@@ -840,4 +938,5 @@ class FastPathWeb(faust_aiohttp.Web):
             max_body=self.max_body,
             metrics=self.metrics,
             ssl_context=conf.web_ssl_context,
+            bulk_answer=self.bulk_answer,
         )

@@ -13,8 +13,11 @@ exposures. How bodies read on the wire is `app.web.ofrep_wire`.
 
 The single-flag endpoint is the hot path (one request per flag evaluation of a server-side
 SDK): `app/web/fast_path.py` answers it in front of aiohttp with `evaluate_at_once` and hands
-every request it cannot answer at once to `evaluate_flag`. Both make no prometheus-client call
-and encode each pre-built outcome once (`encoded`). The handlers are plain aiohttp routes (a
+every request it cannot answer at once to `evaluate_flag`; bulk requests likewise with
+`evaluate_flags_at_once` and `evaluate_flags` (a bulk answer costs ~1 ms, but a spike of them
+must be shed at the fast path's cost, not aiohttp's: benchmarks/bench_spike.py). The
+single-flag answers make no prometheus-client call and encode each pre-built outcome once
+(`encoded`). The handlers are plain aiohttp routes (a
 Faust View's dispatch and sensors cost ~10% of their throughput). See
 benchmarks/bench_ofrep.py and docs/ofrep.md.
 
@@ -31,6 +34,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -38,7 +42,7 @@ from app.engine import ErrorCode
 from app.evaluation.evaluator import Evaluator
 from app.evaluation.live_flags import LiveFlags
 from app.infra.metrics import Metrics
-from app.infra.records import dumps_sorted
+from app.infra.records import dumps, dumps_sorted
 from app.infra.settings import Settings
 from app.web import inputs
 from app.web.auth import Credentials
@@ -65,6 +69,14 @@ SHED_HEADERS: Final = {"Retry-After": str(RETRY_AFTER_S)}
 
 # How long a re-fetch that names a newer `flagConfigEtag` waits for this worker to apply it.
 CATCH_UP_WAIT_S: Final = 2.0
+VERSION_PARAMETER: Final = "flagConfigEtag"  # the query parameter of a re-fetch
+EVENT_STREAMS: Final = [
+    {
+        "type": "sse",
+        "endpoint": {"requestUri": EVENTS_PATH},
+        "inactivityDelaySec": INACTIVITY_DELAY_S,
+    }
+]
 
 # Bound once: a global lookup of a module attribute per request is measurable here.
 _perf_counter = time.perf_counter
@@ -199,12 +211,17 @@ class OfrepApi:
         digest = hashlib.blake2b(canonical, digest_size=8).hexdigest()
         return f'"{self.live_flags.etag(environment).strip(chr(34))}-{digest}"'
 
+    def caught_up(self, environment: str, wanted: str | None) -> bool:
+        """Whether this worker has applied the version a re-fetch names (or it names none)."""
+        target = version_target(wanted)
+        return target is None or self.flags.environment_seq(environment) >= target
+
     async def catch_up(self, environment: str, wanted: str | None) -> None:
         """Wait (bounded) until this worker has applied the version an SSE event announced.
 
         The event may come from another worker than the one answering the re-fetch.
         """
-        target = inputs.parse_version(None if wanted is None else wanted.strip('"'))
+        target = version_target(wanted)
         if target is None or self.flags.environment_seq(environment) >= target:
             return
         async with self.feed.subscription(environment) as subscriber:
@@ -231,23 +248,71 @@ class OfrepApi:
             return context
         if not self.replication.ready.is_set() and (unready := await self.not_ready(None)):
             return unready
-        await self.catch_up(environment, request.query.get("flagConfigEtag"))
+        await self.catch_up(environment, request.query.get(VERSION_PARAMETER))
         etag = self.bulk_etag(environment, context)
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag})
         await self.live_flags.compiled(environment)  # mid-compile: a slice per loop turn
-        evaluated = self.evaluator.many(environment, None, context, _time(), "ofrep")
-        flags = [resolution_body(key, resolution)[1] for key, _, resolution in evaluated]
-        body = {
-            "flags": flags,
-            "eventStreams": [
-                {
-                    "type": "sse",
-                    "endpoint": {"requestUri": EVENTS_PATH},
-                    "inactivityDelaySec": INACTIVITY_DELAY_S,
-                }
-            ],
-        }
-        response = respond(200, body, {"ETag": etag})
+        response = web.Response(
+            body=self.every_flag(environment, context),
+            status=200,
+            content_type="application/json",
+            headers={"ETag": etag},
+        )
         self.stats.observe("ofrep_bulk", _perf_counter() - started)
         return response
+
+    def evaluate_flags_at_once(
+        self, token: str | None, if_none_match: str | None, query: bytes, raw: bytes
+    ) -> tuple[int, bytes, str | None] | None:
+        """`evaluate_flags`'s answer (status, body, ETag) when it needs no wait and the
+        request itself is right: the fast path's `BulkAnswer` (`app.web.fast_path`).
+
+        A shed request is answered 429 first, before the body is decoded: what a spike of
+        bulk requests costs is then the fast path's framing, not aiohttp's request handling
+        (~4x more: benchmarks/bench_spike.py). None, before any side effect, leaves the
+        request to `evaluate_flags`: a missing or wrong key, a body that is not a context, a
+        worker still recovering, a re-fetch naming a version not yet applied, or an
+        environment still compiling: each of those answers (or waits) in one place.
+        """
+        started = _perf_counter()
+        if self.overload.sheds(EVERY_FLAG):
+            return 429, shed_body(None), None  # the fast path adds `Retry-After`
+        environment = self.credentials.admitted_environment(token)
+        if environment is None or not self.ready.is_set():
+            return None
+        context = parse_context(raw)
+        if not isinstance(context, dict):
+            return None
+        if query and not self.caught_up(environment, version_asked(query)):
+            return None
+        etag = self.bulk_etag(environment, context)
+        if if_none_match == etag:
+            return 304, b"", etag
+        # A `dict` is compiled whole; a view (`LiveFlags.environment`) compiles as it is read,
+        # which `evaluate_flags` spreads over loop turns instead.
+        if not isinstance(self.live_flags.environment(environment), dict):
+            return None
+        body = self.every_flag(environment, context)
+        self.stats.observe("ofrep_bulk", _perf_counter() - started)
+        return 200, body, etag
+
+    def every_flag(self, environment: str, context: Mapping[str, Any]) -> bytes:
+        """The 200 body of a bulk evaluation: every flag evaluated (counted, exposed)."""
+        evaluated = self.evaluator.many(environment, None, context, _time(), "ofrep")
+        flags = [resolution_body(key, resolution)[1] for key, _, resolution in evaluated]
+        return dumps({"flags": flags, "eventStreams": EVENT_STREAMS})
+
+
+def version_target(wanted: str | None) -> int | None:
+    """The environment version a `flagConfigEtag` names (None: none, or not a version)."""
+    return inputs.parse_version(None if wanted is None else wanted.strip('"'))
+
+
+def version_asked(query: bytes) -> str | None:
+    """The `flagConfigEtag` of a raw query string, as aiohttp's `request.query` reads it."""
+    text = query.decode("utf-8", "surrogateescape")
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        if name == VERSION_PARAMETER:
+            return value
+    return None

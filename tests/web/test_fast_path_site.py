@@ -447,3 +447,69 @@ async def status_and_body(port: int, request: bytes) -> tuple[int, bytes]:
         return int(answered.split()[1]), answered.partition(b"\r\n\r\n")[2]
     finally:
         writer.close()
+
+
+BULK = (
+    b"POST /ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\n"
+    b"Content-Length: %d\r\n%s\r\n%s"
+)
+
+
+def bulk_answer(
+    token: str | None, if_none_match: str | None, query: bytes, body: bytes
+) -> tuple[int, bytes, str | None] | None:
+    """429 for `shed`, 304 when the tag matches, a 500 for `boom`, else declined."""
+    if body == b"boom":
+        raise RuntimeError("an engine bug")
+    if body == b"shed":
+        return 429, b'{"errorCode":"GENERAL"}', None
+    if if_none_match == '"7"':
+        return 304, b"", '"7"'
+    if body == b"{}":
+        return 200, b'{"flags":[]}', '"7"'
+    return None
+
+
+def test_bulk_answers_carry_their_headers_and_a_raising_one_is_a_500() -> None:
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/ofrep/v1/evaluate/flags", aiohttp_answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = FastPathSite(
+            runner,
+            "127.0.0.1",
+            0,
+            answer=answer,
+            admits=admits,
+            max_body=1024,
+            metrics=METRICS,
+            bulk_answer=bulk_answer,
+        )
+        await site.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            reply = await exchange(reader, writer, BULK % (2, b"", b"{}"))
+            assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b'ETag: "7"\r\n' in reply
+            assert reply.endswith(b'\r\n\r\n{"flags":[]}') and b"Server:" not in reply
+            writer.write(BULK % (2, b'If-None-Match: "7"\r\n', b"{}"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 304 Not Modified\r\n") and b'ETag: "7"' in head
+            assert b"Content-Length" not in head
+            shed = await exchange(reader, writer, BULK % (4, b"Connection: close\r\n", b"shed"))
+            assert shed.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+            assert b"Retry-After: 1\r\n" in shed and b"Connection: close\r\n" in shed
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            boom = await exchange(reader, writer, BULK % (4, b"", b"boom"))
+            assert boom.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+            assert boom.endswith(b'{"errorDetails":"internal error while evaluating"}')
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            declined = await exchange(reader, writer, BULK % (2, b"", b"[]"))
+            assert declined.endswith(b'"by": "aiohttp", "key": null}')
+            writer.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())

@@ -463,3 +463,142 @@ def test_a_connection_whose_credential_changes_is_checked_again(connection: Conn
         (200, True),
         (401, False),
     ]
+
+
+def every_flag(
+    context: Any = None,
+    *,
+    headers: dict[str, str | None] | None = None,
+    body: bytes | None = None,
+    query: str = "",
+) -> bytes:
+    """A bulk OFREP request; `headers` replace or add to the usual ones."""
+    if body is None:
+        body = json.dumps({"context": context or {}}).encode()
+    every: dict[str, str | None] = {
+        "Host": "test",
+        "Authorization": f"Bearer {SDK_KEY}",
+        "Content-Length": str(len(body)),
+    }
+    every.update(headers or {})
+    head = "".join(f"{name}: {value}\r\n" for name, value in every.items() if value is not None)
+    return f"POST /ofrep/v1/evaluate/flags{query} HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
+def every_flag_chunked(context: Any, headers: dict[str, str] | None = None) -> bytes:
+    """The same bulk request with a chunked body, which only aiohttp answers."""
+    body = json.dumps({"context": context}).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = f"Host: test\r\nAuthorization: Bearer {SDK_KEY}\r\nTransfer-Encoding: chunked\r\n"
+    request = f"POST /ofrep/v1/evaluate/flags HTTP/1.1\r\n{head}{extra}\r\n".encode()
+    return request + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+def test_bulk_evaluations_are_answered_on_the_fast_path_and_keep_it(
+    connection: Connection,
+) -> None:
+    """A bulk request is answered without a hand-off: the connection's next requests (bulk
+    and single) are still answered by the fast path, a 304 included."""
+    context = {"targetingKey": "user-7", "email": "di@example.com"}
+    connection.send(every_flag(context))
+    first = connection.reply()
+    assert (first.status, first.fast) == (200, True), first.body
+    flags = {item["key"]: item for item in first.json()["flags"]}
+    assert flags["fp-bool"]["value"] is True
+    assert flags["fp-targeted"]["reason"] == "TARGETING_MATCH"
+    assert first.json()["eventStreams"][0]["endpoint"] == {"requestUri": "/ofrep/v1/events"}
+    etag = first.headers["etag"]
+    connection.send(every_flag(context, headers={"If-None-Match": etag}))
+    unchanged = connection.reply()
+    assert (unchanged.status, unchanged.fast, unchanged.headers["etag"]) == (304, True, etag)
+    assert "content-length" not in unchanged.headers
+    connection.send(every_flag({"targetingKey": "user-8"}, headers={"If-None-Match": etag}))
+    other_context = connection.reply()
+    assert (other_context.status, other_context.fast) == (200, True)
+    assert other_context.headers["etag"] != etag
+    connection.send(evaluation("fp-bool"))
+    single = connection.reply()
+    assert (single.status, single.fast, single.json()["value"]) == (200, True, True)
+
+
+@pytest.mark.parametrize(
+    ("context", "if_none_match"),
+    [({"targetingKey": "user-9", "email": "ed@example.com"}, False), ({}, False), ({}, True)],
+    ids=["targeted", "empty-context", "not-modified"],
+)
+def test_the_fast_path_answers_bulk_as_aiohttp_does(
+    flags: Worker, context: dict[str, Any], if_none_match: bool
+) -> None:
+    fast, slow = Connection(flags.port), Connection(flags.port)
+    try:
+        headers: dict[str, str] = {}
+        if if_none_match:
+            fast.send(every_flag(context))
+            headers["If-None-Match"] = fast.reply().headers["etag"]
+        fast.send(every_flag(context, headers=dict(headers)))
+        slow.send(every_flag_chunked(context, headers))
+        ours, theirs = fast.reply(), slow.reply()
+    finally:
+        fast.close()
+        slow.close()
+    assert (ours.fast, theirs.fast) == (True, False)
+    assert (ours.status, ours.headers.get("etag"), ours.body) == (
+        theirs.status,
+        theirs.headers.get("etag"),
+        theirs.body,
+    )
+    assert ours.headers.get("content-type") == theirs.headers.get("content-type")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "check"),
+    [
+        (every_flag(headers={"Authorization": None}), 401, "an SDK key is required"),
+        (every_flag(body=b"{not json"), 400, "PARSE_ERROR"),
+        (every_flag(body=b'{"context": [1]}'), 400, "INVALID_CONTEXT"),
+        (every_flag(body=b"x" * BIG), 413, "at most"),
+        (every_flag(query="?flagConfigEtag=%2299999999%22"), 200, '"flags"'),  # waits, answers
+        (every_flag(query="#fragment"), 200, '"flags"'),  # aiohttp drops it
+    ],
+    ids=["no-key", "not-json", "not-an-object", "too-large", "version-not-applied", "fragment"],
+)
+def test_bulk_requests_the_fast_path_declines_get_aiohttps_answer(
+    flags: Worker, request_bytes: bytes, status: int, check: str
+) -> None:
+    connection = Connection(flags.port)
+    try:
+        connection.send(request_bytes)
+        reply = connection.reply()
+    finally:
+        connection.close()
+    assert reply.status == status, reply.body
+    assert check.encode() in reply.body
+    assert not reply.fast
+
+
+def test_a_bulk_refetch_of_an_applied_version_stays_fast(connection: Connection) -> None:
+    connection.send(every_flag())
+    etag = connection.reply().headers["etag"]
+    version = etag.strip('"').split("-")[0]
+    connection.send(every_flag(query=f"?flagConfigEtag=%22{version}%22&x=1"))
+    reply = connection.reply()
+    assert (reply.status, reply.fast, reply.headers["etag"]) == (200, True, etag)
+
+
+def test_fast_path_bulk_answers_are_counted(flags: Worker) -> None:
+    def counted() -> float:
+        found = re.search(
+            r'^flagstream_http_requests_total\{route="ofrep_bulk",status="200"\} (\S+)$',
+            flags.metrics(),
+            re.M,
+        )
+        return 0.0 if found is None else float(found.group(1))
+
+    before = counted()
+    connection = Connection(flags.port)
+    try:
+        connection.send(every_flag() + every_flag())
+        assert all(connection.reply().fast for _ in range(2))
+    finally:
+        connection.close()
+    assert counted() == before + 2
