@@ -106,6 +106,7 @@ class EvaluationRequests(Service):
         self.backpressure = metrics.evaluation_backpressure_seconds
         metrics.evaluation_results_in_flight.set_function(lambda: self.in_flight)
         metrics.evaluation_results_in_flight_peak.set_function(lambda: self.peak_in_flight)
+        self.consumer_lag = metrics.consumer_lag
 
     async def on_start(self) -> None:
         self.producer = AIOKafkaProducer(
@@ -128,6 +129,7 @@ class EvaluationRequests(Service):
         )
         await self.producer.start()
         await self.consumer.start()
+        self.consumer_lag.watch("evaluations", self.consumer, lambda tp: self._done.get(tp))
         pace_when_idle(
             self.consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
         )

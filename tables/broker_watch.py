@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
@@ -57,6 +58,9 @@ class BrokerWatch(Service):
         # Set while the broker answers and the table agrees with its log: writes may go out.
         self.writable = asyncio.Event()
         self.broker_state = BrokerState.REACHABLE
+        # Monotonic time the broker stopped answering; None once writes are accepted again.
+        self._stale_since: float | None = None
+        metrics.flags_stale_seconds.set_function(self._stale_seconds)
         self._admin: AIOKafkaAdminClient | None = None
         self._before_writes: list[Callable[[], Awaitable[None]]] = []
         # Changelog ends short of the table's positions already found to be the same log.
@@ -122,8 +126,20 @@ class BrokerWatch(Service):
                 log.warning("broker %s back: checking its changelog", self.settings.bootstrap)
         self.broker_state = state
         self.metrics.broker_reachable.set(0 if state is BrokerState.UNREACHABLE else 1)
+        self._note_staleness(state)
         if state is not BrokerState.REACHABLE:
             self.writable.clear()
+
+    def _note_staleness(self, state: BrokerState) -> None:
+        """Flags are stale from the first unanswered probe until the log is checked again."""
+        if state is BrokerState.REACHABLE:
+            self._stale_since = None
+        elif state is BrokerState.UNREACHABLE and self._stale_since is None:
+            self._stale_since = time.monotonic()
+
+    def _stale_seconds(self) -> float:
+        since = self._stale_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def _steady(self, topics: set[str]) -> bool:
         """Whether nothing happened since the last probe that calls for a recovery."""

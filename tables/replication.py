@@ -135,6 +135,7 @@ class FlagReplication(Service):
             self._move_table_aside()
         self._consumer.assign(self.partitions)
         self._seek_to_table()
+        self.metrics.consumer_lag.watch("flag-changelog", self._consumer, self._table_position)
         self.add_future(self._catch_up())
 
     async def on_stop(self) -> None:
@@ -341,10 +342,16 @@ class FlagReplication(Service):
         ready = self.ready.is_set()
         now = time.time()
         for change, fresh in changes:
+            if fresh:
+                self.metrics.applied_change(change.produced_at)
             if fresh and ready:
                 self.metrics.propagation_seconds.observe(max(0.0, now - change.produced_at))
             for listener in self._applied_listeners:
                 listener(change, fresh)
+
+    def _table_position(self, tp: TopicPartition) -> int:
+        """The next changelog offset the table reads (its consumer lag is counted from it)."""
+        return self.table.position(tp.partition)
 
     def _kafka_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -7,7 +7,13 @@ or a second worker in one process passes its own `CollectorRegistry`.
 
 from __future__ import annotations
 
+import math
+import time
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from app.infra.consumer_lag import ConsumerLag
+from app.infra.records import DeadLetterCode
 
 __all__ = ["Metrics"]
 
@@ -41,6 +47,17 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=registry,
         )
+        # Produce time of the newest change this worker's table applied; NaN until one.
+        self.newest_change_produced_at = math.nan
+        self.newest_change_age_seconds = Gauge(
+            "flagstream_flag_newest_change_age_seconds",
+            "Seconds since the newest flag change this worker applied was produced (NaN before "
+            "the first): how old the flags it serves are, comparable across workers.",
+            registry=registry,
+        )
+        self.newest_change_age_seconds.set_function(
+            lambda: time.time() - self.newest_change_produced_at
+        )
         self.worker = Info(
             "flagstream_worker",
             "Which worker this is (FLAGSTREAM_WORKER_ID) and its deployment.",
@@ -55,6 +72,12 @@ class Metrics:
             "flagstream_broker_reachable",
             "1 while the broker answers this worker's probe; 0: serving last known flags, "
             "no writes.",
+            registry=registry,
+        )
+        self.flags_stale_seconds = Gauge(
+            "flagstream_flags_stale_seconds",
+            "Seconds this worker has served its last known flags without reaching the broker "
+            "(tables/broker_watch.py); 0 while the broker answers.",
             registry=registry,
         )
         self.table_rebuilds = Counter(
@@ -199,3 +222,26 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self._start_alerted_series_at_zero()
+        # Consumers register with `consumer_lag.watch` once started (app/infra/consumer_lag.py).
+        self.consumer_lag = ConsumerLag()
+        registry.register(self.consumer_lag)
+
+    def _start_alerted_series_at_zero(self) -> None:
+        """Export the series deploy/alerts.yml reads with increase() at 0 from the start.
+
+        A labelled counter appears at its first event, already at 1: Prometheus sees no 0
+        before it, so increase() misses that event and an alert on the first dead letter or
+        rollback would wait for the second.
+        """
+        for code in DeadLetterCode:
+            self.dead_letters.labels(code.value)
+        for outcome in ("applied", "refused", "unanswered"):
+            self.guardrail_rollbacks.labels(outcome)
+        self.exposures.labels("dropped")
+        self.metric_events.labels("dropped")
+
+    def applied_change(self, produced_at: float) -> None:
+        """Remember the produce time of a change the table applied, if the newest so far."""
+        if not produced_at <= self.newest_change_produced_at:  # NaN before the first
+            self.newest_change_produced_at = produced_at

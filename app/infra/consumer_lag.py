@@ -1,0 +1,84 @@
+"""Consumer lag per group and partition, computed at scrape time from what this worker read.
+
+Lag is the end offset this worker has learned for a partition (the high watermark of its last
+fetch response) minus the next offset it reads there, never below 0. Offsets, not record
+timestamps: an idle topic's newest record is old without anything being pending, so an age says
+nothing until the end is known anyway, and producer clocks differ. Offsets count the backlog.
+
+The embedded broker (Tansu) reports an end offset short of the last record: the base offset of
+the last record batch + 1. Lag against the committed offset of the group would then go negative
+once a batch is read. Against what this worker has read, clamped at 0, it reads 0 once the last
+batch is in and at least 1 while one is unread: short by up to a batch on Tansu, exact on Kafka,
+and growing whenever the backlog grows, which is what an alert needs.
+
+Groups are role names (`flag-changelog`, `evaluations`), not group ids, so the label set is
+bounded and the same on every deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from aiokafka import TopicPartition
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["ConsumerLag", "Positions", "TrackedConsumer"]
+
+# The next offset this worker reads on a partition, None when it has not read there yet.
+Positions = Callable[[TopicPartition], int | None]
+
+
+class TrackedConsumer(Protocol):
+    """What the lag needs of an aiokafka consumer: its partitions and their high watermarks."""
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
+
+def lag_of(end: int | None, position: int | None) -> int:
+    """Records between `position` and `end`: 0 when either is unknown or the end is short.
+
+    A position never learned means no fetch returned records there: this worker is at the end.
+    """
+    if end is None or position is None:
+        return 0
+    return max(0, end - position)
+
+
+class ConsumerLag(Collector):
+    """`flagstream_consumer_lag_records{group,topic,partition}` of the consumers it watches."""
+
+    def __init__(self) -> None:
+        self._watched: dict[str, tuple[TrackedConsumer, Positions]] = {}
+        # The last position each (group, partition) reported: a consumer may forget its own
+        # between reads (the evaluations clear theirs at each commit).
+        self._last: dict[tuple[str, TopicPartition], int] = {}
+
+    def watch(self, group: str, consumer: TrackedConsumer, positions: Positions) -> None:
+        """Export the lag of `consumer`'s assigned partitions under `group` (a role name);
+        watching a group again (a restarted consumer) replaces the one before."""
+        self._watched[group] = (consumer, positions)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "flagstream_consumer_lag_records",
+            "Records of a partition this worker's consumer has not read yet: the end offset "
+            "it learned minus its next offset, never below 0 (short by up to a record batch on "
+            "the embedded broker, which reports the end of the last batch's start).",
+            labels=["group", "topic", "partition"],
+        )
+        for group, (consumer, positions) in list(self._watched.items()):
+            for tp in sorted(consumer.assignment()):
+                records = lag_of(consumer.highwater(tp), self._position(group, tp, positions))
+                lag.add_metric([group, tp.topic, str(tp.partition)], records)
+        yield lag
+
+    def _position(self, group: str, tp: TopicPartition, positions: Positions) -> int | None:
+        position = positions(tp)
+        if position is None:
+            return self._last.get((group, tp))
+        self._last[group, tp] = position
+        return position
