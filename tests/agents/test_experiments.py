@@ -166,6 +166,10 @@ def test_a_sigkill_mid_stream_and_a_rebalance_onto_a_second_worker_lose_and_doub
         assert not sent.is_set(), "the stream ended before the kill: make it longer"
         first.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         first.process.wait()  # type: ignore[union-attr]
+        # The same RocksDB and groups. A SIGKILL sends no LeaveGroup: the broker evicts the
+        # killed member (and with it its leadership) when its 6 s session expires, so this
+        # rejoin is slow but assigned. A clean stop while the group was forming would have left
+        # it without a leader for good (tests/app/infra/test_broker.py).
         first.start()  # the same RocksDB
         second = Worker(broker, tmp_path / "second", "attribution", **WORKER_ENV).start()
         cluster.append(second)

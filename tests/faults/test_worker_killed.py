@@ -148,6 +148,8 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
         killed_at = len(acked_changes)
         # The survivor takes over the victim's partitions and goes on deciding.
         wait_until(lambda: len(acked_changes) >= killed_at + 20, 90)
+        # Resumes from the victim's data dir in the same groups, beside the survivor: a group
+        # with a live member never waits on a gone leader (tests/app/infra/test_broker.py).
         restarted = Worker(broker, tmp_path / "victim", "flagstream-faults", **PATIENT).start()
         cluster.append(restarted)
         back_at = len(acked_changes)

@@ -120,7 +120,12 @@ def test_an_empty_worker_recovers_the_last_change_of_every_table(
     assert before["gamma/flags"]["a"]["metadata"] == {"tail": 7}  # type: ignore[index]
 
     first.stop()
-    fresh = start(cluster, broker, tmp_path / "fresh")
+    # A group of its own: an empty worker needs the changelog, not the group, and Tansu keeps
+    # a group whose leader left while it was forming without a leader, so a newcomer to it is
+    # never assigned (tests/app/infra/test_broker.py). Its new group replays the commands,
+    # which must change nothing (as test_redelivered_and_resent_commands_make_no_second_version).
+    fresh = Worker(broker, tmp_path / "fresh", "flagstream-recovery-fresh", **PATIENT).start()
+    cluster.append(fresh)
     assert table_state(fresh) == before
 
 
@@ -131,6 +136,10 @@ def test_a_restarted_worker_resumes_from_its_data_dir_and_sees_changes_made_whil
     two = start(cluster, broker, tmp_path / "two")
     for env in ENVS:
         one.admin().put(env, "x", flag())
+    # `two` stays in the groups while `one` is away: the worker resuming from `one`'s data dir
+    # (the same groups, so the same committed offsets) joins a group with a live leader. With
+    # every member gone, Tansu could keep a leader that left mid-rebalance and never assign
+    # the newcomer (tests/app/infra/test_broker.py).
     one.stop()
     for env in ENVS:
         two.admin().put(env, "x", flag(default="on"))

@@ -40,7 +40,11 @@ def any_worker(
     request: pytest.FixtureRequest, broker: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
     data = tmp_path_factory.mktemp(f"secrets-{request.param}") / "data"
-    started = Worker(broker, data, "flagstream-secrets", FLAGSTREAM_OFREP_FAST_PATH=request.param)
+    # A group per parameter: the second worker starts on this module's broker after the first
+    # stopped, and Tansu can keep a group whose leader left mid-rebalance stuck without a
+    # leader (tests/app/infra/test_broker.py); these tests do not need the group to be shared.
+    app_id = f"flagstream-secrets-{request.param}"
+    started = Worker(broker, data, app_id, FLAGSTREAM_OFREP_FAST_PATH=request.param)
     yield started.start()
     started.stop()
 
