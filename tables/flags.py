@@ -60,7 +60,14 @@ from app.infra.records import (
 )
 from tables.rocks import under
 
-__all__ = ["STORE_FORMAT", "BatchListener", "ChangelogBatch", "FlagTable", "Listener"]
+__all__ = [
+    "RANGE_TRIM_MIN",
+    "STORE_FORMAT",
+    "BatchListener",
+    "ChangelogBatch",
+    "FlagTable",
+    "Listener",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,9 @@ Listener = Callable[[AppliedChange], None]
 BatchListener = Callable[[list[AppliedChange]], None]
 
 FORMAT_KEY = b"v/format"
+# `s/` entries a write trims from one environment, from which on they go in one range deletion
+# (fewer make point deletions: a range deletion costs each later read of the memtable a look).
+RANGE_TRIM_MIN = 32
 STORE_FORMAT = b"2"
 
 
@@ -332,6 +342,9 @@ class ChangelogBatch:
         # The latest version of each flag this batch changed, by "{env}/{flag}" (bytes): its
         # `f/` entry, written once.
         self._versions: dict[bytes, int] = {}
+        # The first and last seq whose `s/` entry this batch trims, by "{env}/" (bytes): the
+        # seqs of one environment's fresh changes follow each other, and so do their trims.
+        self._stream_trims: dict[bytes, tuple[int, int]] = {}
 
     def add(
         self,
@@ -379,6 +392,7 @@ class ChangelogBatch:
         write.put(f"o/{partition:06d}".encode(), f"{self._next_offset}:{fingerprint}".encode())
         for flag_key, version in self._versions.items():
             write.put(b"f/" + flag_key, b"%d" % version)
+        self._trim_streams()
         for source, offset in self._decided.items():
             write.put(f"d/{source:06d}".encode(), str(offset).encode())
         table._open_db().write(write)
@@ -426,7 +440,9 @@ class ChangelogBatch:
         if version > table.history_depth:
             delete(b"h/%s%s/%012d" % (env_key, flag_key, version - table.history_depth))
         if seq > table.stream_depth:
-            delete(b"s/%s%012d" % (env_key, seq - table.stream_depth))
+            trimmed = seq - table.stream_depth
+            span = self._stream_trims.get(env_key)
+            self._stream_trims[env_key] = (trimmed, trimmed) if span is None else (span[0], trimmed)
         # The change-id entries, as `_index_put` writes them (inlined: once per record).
         index, change_id = self._index, change.change_id.encode()
         key = b"c/%s%s" % (env_key, change_id)
@@ -437,6 +453,19 @@ class ChangelogBatch:
         index[key] = change_id
         if seq > table.change_id_depth:
             self._forget_change_id(env_key, seq - table.change_id_depth)
+
+    def _trim_streams(self) -> None:
+        """Delete the `s/` entries that fell out of each environment's last `stream_depth`
+        changes: one range deletion for a long run of them (a catch-up's write: a point
+        deletion per record was a sixth of the memtable's entries), one each for a few."""
+        for env_key, (first, last) in self._stream_trims.items():
+            if last - first + 1 >= RANGE_TRIM_MIN:
+                self._write.delete_range(
+                    b"s/%s%012d" % (env_key, first), b"s/%s%012d" % (env_key, last + 1)
+                )
+            else:
+                for seq in range(first, last + 1):
+                    self._delete(b"s/%s%012d" % (env_key, seq))
 
     def _forget_change_id(self, env_key: bytes, seq: int) -> None:
         """Drop the change-id entry of `seq`, `change_id_depth` changes back (`env_key`: the

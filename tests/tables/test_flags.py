@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from rocksdict import Options, Rdict
 
 from app.infra.records import AppliedChange, ChangeOp, change_meta, dumps, routed_change
-from tables.flags import STORE_FORMAT, FlagTable
+from tables.flags import RANGE_TRIM_MIN, STORE_FORMAT, FlagTable
 from tables.rocks import under
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
@@ -183,3 +184,43 @@ def test_a_stream_entry_whose_version_the_history_dropped_starts_the_log_after_i
     assert again.changes_after("dev", 0) is None, "seq 1's version is gone: a snapshot"
     assert [c.seq for c in again.changes_after("dev", 1) or []] == [2, 3, 4]
     again.close()
+
+
+def test_batch_listeners_hear_each_write_once_in_order_before_the_change_listeners(
+    tmp_path: Path,
+) -> None:
+    table = open_table(tmp_path)
+    heard: list[tuple[str, list[int]]] = []
+    table.listen_batches(lambda changes: heard.append(("batch", [c.seq for c in changes])))
+    table.listen(lambda c: heard.append(("change", [c.seq])))
+    batch = table.batch(0)
+    for seq in range(1, 4):
+        assert batch.add(seq - 1, change(seq, flag=f"f{seq}"))
+    assert not batch.add(3, change(2, flag="f2")), "already in: not told again"
+    batch.commit()
+    table.apply(0, 4, None)  # a fence: no change, nobody told
+
+    assert heard == [("batch", [1, 2, 3]), ("change", [1]), ("change", [2]), ("change", [3])]
+
+
+@pytest.mark.parametrize("changes", [10, 3 + RANGE_TRIM_MIN + 4, 200])
+def test_one_write_of_many_changes_keeps_the_last_stream_depth_of_them(
+    tmp_path: Path, changes: int
+) -> None:
+    """Trimmed one by one (a few) or by a range deletion (a catch-up's many)."""
+    table = open_table(tmp_path)  # stream_depth 4
+    table.apply(0, 0, change(1, flag="first"))
+    batch = table.batch(0)
+    for seq in range(2, changes + 1):
+        batch.add(seq - 1, change(seq, flag=f"f{seq}", version=1))
+    batch.commit()
+    table.apply(0, changes, change(changes + 1, flag="last"))
+    kept = list(range(changes - 2, changes + 2))
+    assert [c.seq for c in table.changes_after("dev", kept[0] - 1) or []] == kept
+    assert [key for key in stored(table) if key.startswith(b"s/")] == [
+        b"s/dev/%012d" % seq for seq in kept
+    ]
+    table.close()
+    again = open_table(tmp_path)
+    assert [c.seq for c in again.changes_after("dev", kept[0] - 1) or []] == kept
+    assert again.changes_after("dev", kept[0] - 2) is None
