@@ -5,11 +5,11 @@ fetch response) minus the next offset it reads there, never below 0. Offsets, no
 timestamps: an idle topic's newest record is old without anything being pending, so an age says
 nothing until the end is known anyway, and producer clocks differ. Offsets count the backlog.
 
-The embedded broker (Tansu) reports an end offset short of the last record: the base offset of
-the last record batch + 1. Lag against the committed offset of the group would then go negative
-once a batch is read. Against what this worker has read, clamped at 0, it reads 0 once the last
-batch is in and at least 1 while one is unread: short by up to a batch on Tansu, exact on Kafka,
-and growing whenever the backlog grows, which is what an alert needs.
+The embedded broker (Tansu) answers ListOffsets with an end short of the last record: the
+base offset of the last record batch + 1 (3 batches of 10 records: 21, not 30). A lag counted
+from a committed offset against that end (what `kafka-consumer-groups.sh` does) reads -9 once
+all is read. Its fetch responses carry the true high watermark (30), and that is the end used
+here; the clamp at 0 still keeps a short end (any broker's) from showing a negative lag.
 
 Groups are role names (`flag-changelog`, `evaluations`), not group ids, so the label set is
 bounded and the same on every deployment.
@@ -65,9 +65,8 @@ class ConsumerLag(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag = GaugeMetricFamily(
             "flagstream_consumer_lag_records",
-            "Records of a partition this worker's consumer has not read yet: the end offset "
-            "it learned minus its next offset, never below 0 (short by up to a record batch on "
-            "the embedded broker, which reports the end of the last batch's start).",
+            "Records of a partition this worker's consumer has not read yet: the high "
+            "watermark of its last fetch minus its next offset, never below 0.",
             labels=["group", "topic", "partition"],
         )
         for group, (consumer, positions) in list(self._watched.items()):
