@@ -50,6 +50,7 @@ from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
+from app.infra.shutdown import stop_group_member
 from app.infra.topics import (
     DEAD_LETTERS,
     EXPERIMENT_STATE,
@@ -182,7 +183,8 @@ class ExperimentAttribution(Service):
 
     async def on_stop(self) -> None:
         if self.consumer is not None:
-            await self.consumer.stop()
+            # Bounded: mid-rebalance a plain stop waits for the join and sync in flight.
+            await stop_group_member(self.consumer)
         if self.reader is not None:
             await self.reader.stop()
         if self.producer is not None:

@@ -8,7 +8,10 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from app.infra.shutdown import stop_group_member
 from app.infra.topics import EVALUATION_REQUESTS
@@ -18,17 +21,19 @@ from tests.conftest import Worker
 # keeps the worker's rejoin in flight for 10 s: far past a prompt stop, short of the watchdog.
 SESSION_TIMEOUT_S = 20
 # What a prompt stop may take on a loaded machine: 3.3 s measured at load 5 (2 s of it the
-# evaluation consumer's bound); 12.2 s when the stop waited for the join.
+# group consumer's bound); 12.2 s when the stop waited for the join.
 PROMPT_STOP_S = 7.0
-# The worker's own log line when its evaluation consumer learns of the rebalance.
+# The worker's own log line when its consumer learns of the rebalance.
 REJOINING = "Heartbeat failed for group {group} because it is rebalancing"
 
 
-def test_a_worker_stops_promptly_while_its_evaluation_group_rejoins(
-    broker: str, tmp_path: Path
+# The worker's plain aiokafka group consumers (agents/evaluations.py, agents/experiments.py).
+@pytest.mark.parametrize("service", ["evaluations", "experiments"])
+def test_a_worker_stops_promptly_while_one_of_its_groups_rejoins(
+    broker: str, tmp_path: Path, service: str
 ) -> None:
     app_id = f"stopping-{uuid.uuid4().hex[:8]}"
-    group = f"{app_id}-evaluations"
+    group = f"{app_id}-{service}"
     worker = Worker(
         broker, tmp_path / "data", app_id, FLAGSTREAM_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S)
     )
@@ -41,8 +46,8 @@ def test_a_worker_stops_promptly_while_its_evaluation_group_rejoins(
 
 
 async def stop_while_rejoining(worker: Worker, broker: str, group: str) -> float:
-    """Seconds from SIGTERM to the worker's exit, sent while its evaluation consumer waits in
-    a JoinGroup (a second member joining its group makes it rejoin)."""
+    """Seconds from SIGTERM to the worker's exit, sent while its consumer of `group` waits in
+    a JoinGroup (a second member joining the group makes it rejoin)."""
     assert worker.process is not None
     await until(lambda: f"Joined group '{group}'" in worker.log_path.read_text(errors="replace"))
     newcomer = AIOKafkaConsumer(
@@ -51,6 +56,8 @@ async def stop_while_rejoining(worker: Worker, broker: str, group: str) -> float
         enable_auto_commit=False,
         session_timeout_ms=SESSION_TIMEOUT_S * 1000,
         heartbeat_interval_ms=1000,
+        # Either group's assignor, so the broker takes the newcomer into it.
+        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
     )
     await newcomer.start()
     newcomer.subscribe([EVALUATION_REQUESTS])  # after start: `start` would wait for the join
