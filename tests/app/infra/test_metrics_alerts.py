@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,24 @@ def alerts() -> list[dict[str, Any]]:
 def test_promtool_checks_the_rules() -> None:
     result = subprocess.run(
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_prometheus_loads_the_rules(tmp_path: Path) -> None:
+    """deploy/prometheus.yml names the rules where docker-compose.yml mounts them."""
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    compose = (REPO / "docker-compose.yml").read_text()
+    (mounted,) = config["rule_files"]
+    assert f"./deploy/alerts.yml:{mounted}:ro" in compose
+    # promtool reads the rule files the config names: point it at the repository's copy.
+    config["rule_files"] = [str(RULES)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [promtool(), "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
