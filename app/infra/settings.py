@@ -173,7 +173,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "FLAGSTREAM_OFREP_FAST_PATH",
         "true",
-        "Answer single-flag OFREP evaluations before aiohttp (app/web/fast_path.py).",
+        "Answer single-flag and bulk OFREP evaluations before aiohttp (app/web/fast_path.py).",
     ),
     Setting("FLAGSTREAM_MAX_BODY_BYTES", "262144", "Largest accepted request body (413 above it)."),
     Setting(
