@@ -235,7 +235,9 @@ class Connections:
         back to back and then writes each connection's answers in one write: 11-13 µs per
         answer, worker CPU per request 116 -> 71 µs in the same loaded run
         (benchmarks/bench_ofrep.py). Arrival order is kept, across connections and within
-        one; a read alone in its turn waits one loop turn more (microseconds).
+        one; a read alone in its turn waits one loop turn more (microseconds). Under a spike
+        the `Answer` bounds how long this runs: each turn answers for a time budget, then
+        sheds the rest of its requests with a 429 in the same order (`app.web.overload`).
         """
         ready, self.ready = self.ready, []
         for connection in ready:

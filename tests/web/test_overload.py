@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
-from app.web.overload import SAMPLE_S, LoopLag
+from app.infra.metrics import Metrics
+from app.web.fast_path import FastPathSite
+from app.web.overload import SAMPLE_S, LoopLag, shed_body
 from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, wait_until
 
 ENV = "development"  # the environment the worker's SDK_KEY selects
@@ -271,3 +274,73 @@ def test_a_spike_whose_samples_swing_sheds() -> None:
     after_late = asyncio.run(scenario())
     # The first needs three samples; a loaded machine makes samples later, never earlier.
     assert sum(after_late[1:]) >= len(after_late[1:]) * 3 // 4, after_late
+
+
+# The turn's time budget, in process: `FastPathSite` on a real socket, its `Answer` asking a
+# real `LoopLag` first, as `app.web.ofrep.OfrepApi.evaluate_at_once` does.
+
+TURN_REQUESTS = 20  # pipelined in one write: one read, one turn of the loop
+
+
+def one_flag(key: bytes) -> bytes:
+    return (
+        b"POST /ofrep/v1/evaluate/flags/%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\n"
+        b"Content-Length: 2\r\n\r\n{}" % key
+    )
+
+
+def test_a_turn_answers_within_its_budget_and_sheds_the_rest_in_order() -> None:
+    """A turn with more work than its budget answers its first requests, then sheds the rest
+    (a 429 costs no evaluation), in the order they came: the loop's lag stays near the budget
+    instead of growing with the turn. The next turn starts a budget afresh."""
+    lag, shed = lag_watch(0.05)
+    work_s = lag.turn_budget_s / 4  # each answer's evaluation: the turn holds 5x its budget
+
+    def answer(token: str | None, key: str, body: bytes) -> tuple[int, bytes] | None:
+        if lag.sheds("p"):
+            return 429, shed_body(key)
+        hold_loop(work_s)
+        return 200, b'{"key":"%s"}' % key.encode()
+
+    async def scenario() -> tuple[list[tuple[int, str]], int]:
+        app = web.Application()
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = FastPathSite(
+            runner,
+            "127.0.0.1",
+            0,
+            answer=answer,
+            admits=lambda token: token == "k",
+            max_body=1024,
+            metrics=Metrics(CollectorRegistry()),
+        )
+        await site.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            writer.write(b"".join(one_flag(b"f%d" % n) for n in range(TURN_REQUESTS)))
+            replies = []
+            for _ in range(TURN_REQUESTS):
+                status, _, body = await read_reply(reader)
+                replies.append((status, json.loads(body)["key"]))
+            later = 0
+            for _ in range(20):  # a later turn: answered (a loaded host may lag a sample)
+                writer.write(one_flag(b"later"))
+                later = (await read_reply(reader))[0]
+                if later == 200:
+                    break
+                await asyncio.sleep(SAMPLE_S)
+            writer.close()
+            return replies, later
+        finally:
+            await runner.cleanup()
+
+    replies, later = asyncio.run(scenario())
+    assert [key for _, key in replies] == [f"f{n}" for n in range(TURN_REQUESTS)]
+    statuses = [status for status, _ in replies]
+    answered = statuses.count(200)
+    # Within 20 ms, 5 ms each: at most 5 (fewer when the host deschedules the worker).
+    assert 1 <= answered <= 5, statuses
+    assert statuses == [200] * answered + [429] * (TURN_REQUESTS - answered), statuses
+    assert shed.labels("p")._value.get() >= TURN_REQUESTS - answered
+    assert later == 200
