@@ -149,14 +149,15 @@ class Metrics:
         self.shed_requests = Counter(
             "flagstream_shed_requests_total",
             "OFREP requests answered 429 with Retry-After because the event loop lagged past "
-            "FLAGSTREAM_SHED_LOOP_LAG_MS (app/web/overload.py), by route template.",
+            "FLAGSTREAM_SHED_LOOP_LAG_MS or the loop turn used its time budget "
+            "(app/web/overload.py), by route template.",
             ["path"],  # /ofrep/v1/evaluate/flags/{key} | /ofrep/v1/evaluate/flags
             registry=registry,
         )
         self.loop_lag_seconds = Gauge(
             "flagstream_event_loop_lag_seconds",
-            "How late the event loop ran its lag timer at the last sample while OFREP requests "
-            "came (0 when idle): the wait a request sees before it is read.",
+            "The event loop's lasting lag while OFREP requests come: the median of its last "
+            "three timer samples (0 when idle), what the shedder reads.",
             registry=registry,
         )
         self.evaluation_results_in_flight = Gauge(

@@ -27,9 +27,13 @@ FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVari
 
 
 class Record(NamedTuple):
+    """The fields of aiokafka's ConsumerRecord the replication reads (a record without the
+    decider's meta header: decoded whole)."""
+
     key: bytes | None
     value: bytes | None
     offset: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def change(change_id: str, seq: int, version: int) -> AppliedChange:
