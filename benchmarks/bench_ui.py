@@ -109,7 +109,9 @@ def run(flags: int, loads: int) -> dict[str, Any]:
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "sign-out").is_displayed())
         page_ms(driver, worker, -1, flags)  # warm the browser's module cache once
         reference = summary([api_ms(worker) for _ in range(loads)])
-        page = summary([page_ms(driver, worker, i, flags) for i in range(loads)])
+        each = [page_ms(driver, worker, i, flags) for i in range(loads)]
+        print("page loads, ms:", " ".join(f"{ms:.0f}" for ms in each), flush=True)
+        page = summary(each)
     finally:
         if driver is not None:
             driver.quit()

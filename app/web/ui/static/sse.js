@@ -64,8 +64,16 @@ export function follow(url, onEvent, onState) {
     }
   })();
 
-  return () => {
+  const stop = () => {
     stopped = true;
     aborter.abort();
+  };
+  // A document that is left (reload, another URL) must give its stream's connection back at
+  // once: Chromium keeps it open otherwise, and after five reloads every connection it allows
+  // to this worker (six) holds a stream, so the next page's API calls waited ~56 s.
+  window.addEventListener("pagehide", stop, { once: true });
+  return () => {
+    window.removeEventListener("pagehide", stop);
+    stop();
   };
 }
