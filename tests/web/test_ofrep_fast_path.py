@@ -246,6 +246,19 @@ def test_the_fast_path_answers_byte_for_byte_what_aiohttp_answers(
 BIG = 300_000  # over the worker's FLAGSTREAM_MAX_BODY_BYTES (262144)
 
 
+def assert_handed_to_aiohttp(flags: Worker, request_bytes: bytes, status: int, check: str) -> None:
+    """The request, alone on a new connection, is answered by aiohttp (not the fast path)."""
+    connection = Connection(flags.port)
+    try:
+        connection.send(request_bytes)
+        reply = connection.reply()
+    finally:
+        connection.close()
+    assert reply.status == status, reply.body
+    assert check.encode() in reply.body
+    assert not reply.fast
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status", "check"),
     [
@@ -318,15 +331,7 @@ BIG = 300_000  # over the worker's FLAGSTREAM_MAX_BODY_BYTES (262144)
 def test_requests_the_fast_path_declines_get_aiohttps_answer(
     flags: Worker, request_bytes: bytes, status: int, check: str
 ) -> None:
-    connection = Connection(flags.port)
-    try:
-        connection.send(request_bytes)
-        reply = connection.reply()
-    finally:
-        connection.close()
-    assert reply.status == status, reply.body
-    assert check.encode() in reply.body
-    assert not reply.fast
+    assert_handed_to_aiohttp(flags, request_bytes, status, check)
 
 
 def test_an_x_api_key_is_answered_on_the_fast_path(connection: Connection) -> None:
@@ -565,15 +570,7 @@ def test_the_fast_path_answers_bulk_as_aiohttp_does(
 def test_bulk_requests_the_fast_path_declines_get_aiohttps_answer(
     flags: Worker, request_bytes: bytes, status: int, check: str
 ) -> None:
-    connection = Connection(flags.port)
-    try:
-        connection.send(request_bytes)
-        reply = connection.reply()
-    finally:
-        connection.close()
-    assert reply.status == status, reply.body
-    assert check.encode() in reply.body
-    assert not reply.fast
+    assert_handed_to_aiohttp(flags, request_bytes, status, check)
 
 
 def test_a_bulk_refetch_of_an_applied_version_stays_fast(connection: Connection) -> None:
