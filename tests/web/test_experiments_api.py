@@ -91,7 +91,14 @@ def test_the_results_view_gives_every_figure_of_the_merged_partials(
     progress = [Progress(p, {"exposures": 10 * p}, p, at) for p in range(SOURCE_PARTITIONS)]
     publish(broker, *partials, *progress)
     want = sum(v.subjects for p in partials for v in p.totals.variants.values())
-    body = wait_until(lambda: subjects_are(worker, env, key, want), timeout_s=30)
+
+    def merged_and_every_partition_heard() -> dict[str, Any] | None:
+        # The totals and the progress records arrive in separate fetches of the stats feed:
+        # the view may show the subjects before the last partition's progress.
+        body = subjects_are(worker, env, key, want)
+        return body if body is not None and not body["lag"]["missing_partitions"] else None
+
+    body = wait_until(merged_and_every_partition_heard, timeout_s=30)
     assert_equals_results(body, partials, design(key, version=1))
     assert (body["flag"], body["flag_version"], body["status"]) == (key, 1, "running")
     lag = body["lag"]
