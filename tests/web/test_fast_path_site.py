@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -47,20 +48,33 @@ async def aiohttp_answer(request: web.Request) -> web.Response:
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[FastPathSite]:
+async def site_with(routes: list[web.RouteDef], **options: Any) -> AsyncIterator[FastPathSite]:
+    """A fast path site on a free port, in front of an aiohttp app answering `routes`."""
     app = web.Application()
-    app.router.add_post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer)
-    app.router.add_get("/other", aiohttp_answer)
+    app.add_routes(routes)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = FastPathSite(
-        runner, "127.0.0.1", 0, answer=answer, admits=admits, max_body=1024, metrics=METRICS
-    )
+    site = FastPathSite(runner, "127.0.0.1", 0, **options)
     await site.start()
     try:
         yield site
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[FastPathSite]:
+    async with site_with(
+        [
+            web.post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer),
+            web.get("/other", aiohttp_answer),
+        ],
+        answer=answer,
+        admits=admits,
+        max_body=1024,
+        metrics=METRICS,
+    ) as site:
+        yield site
 
 
 async def exchange(
@@ -184,25 +198,15 @@ def test_any_sequence_split_anywhere_is_answered_in_order(
 @contextlib.asynccontextmanager
 async def serving_bodies(max_buffered: int) -> AsyncIterator[FastPathSite]:
     """A site that takes bodies up to 100 KB and holds at most `max_buffered` unfinished."""
-    app = web.Application()
-    app.router.add_post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = FastPathSite(
-        runner,
-        "127.0.0.1",
-        0,
+    async with site_with(
+        [web.post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer)],
         answer=answer,
         admits=admits,
         max_body=100_000,
         metrics=METRICS,
         max_buffered=max_buffered,
-    )
-    await site.start()
-    try:
+    ) as site:
         yield site
-    finally:
-        await runner.cleanup()
 
 
 def with_body(length: int, token: bytes = b"k") -> bytes:
@@ -472,22 +476,14 @@ def bulk_answer(
 
 def test_bulk_answers_carry_their_headers_and_a_raising_one_is_a_500() -> None:
     async def scenario() -> None:
-        app = web.Application()
-        app.router.add_post("/ofrep/v1/evaluate/flags", aiohttp_answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = FastPathSite(
-            runner,
-            "127.0.0.1",
-            0,
+        async with site_with(
+            [web.post("/ofrep/v1/evaluate/flags", aiohttp_answer)],
             answer=answer,
             admits=admits,
             max_body=1024,
             metrics=METRICS,
             bulk_answer=bulk_answer,
-        )
-        await site.start()
-        try:
+        ) as site:
             reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
             reply = await exchange(reader, writer, BULK % (2, b"", b"{}"))
             assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b'ETag: "7"\r\n' in reply
@@ -509,7 +505,5 @@ def test_bulk_answers_carry_their_headers_and_a_raising_one_is_a_500() -> None:
             declined = await exchange(reader, writer, BULK % (2, b"", b"[]"))
             assert declined.endswith(b'"by": "aiohttp", "key": null}')
             writer.close()
-        finally:
-            await runner.cleanup()
 
     asyncio.run(scenario())

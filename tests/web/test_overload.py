@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from app.infra.metrics import Metrics
-from app.web.fast_path import FastPathSite
 from app.web.overload import SAMPLE_S, LoopLag, shed_body
 from tests.conftest import ADMIN_TOKEN, SDK_KEY, Worker, flag, wait_until
+from tests.web.test_fast_path_site import site_with
 
 ENV = "development"  # the environment the worker's SDK_KEY selects
 SHED_MS = 20
@@ -303,20 +302,13 @@ def test_a_turn_answers_within_its_budget_and_sheds_the_rest_in_order() -> None:
         return 200, b'{"key":"%s"}' % key.encode()
 
     async def scenario() -> tuple[list[tuple[int, str]], int]:
-        app = web.Application()
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = FastPathSite(
-            runner,
-            "127.0.0.1",
-            0,
+        async with site_with(
+            [],
             answer=answer,
             admits=lambda token: token == "k",
             max_body=1024,
             metrics=Metrics(CollectorRegistry()),
-        )
-        await site.start()
-        try:
+        ) as site:
             reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
             writer.write(b"".join(one_flag(b"f%d" % n) for n in range(TURN_REQUESTS)))
             replies = []
@@ -332,8 +324,6 @@ def test_a_turn_answers_within_its_budget_and_sheds_the_rest_in_order() -> None:
                 await asyncio.sleep(SAMPLE_S)
             writer.close()
             return replies, later
-        finally:
-            await runner.cleanup()
 
     replies, later = asyncio.run(scenario())
     assert [key for _, key in replies] == [f"f{n}" for n in range(TURN_REQUESTS)]
