@@ -19,6 +19,7 @@ import faust
 
 from agents.dead_letters import DeadLetterSender
 from app.control.changes import decide, decode_change
+from app.infra.consumer_lag import FaustConsumer, ReadPositions
 from app.infra.metrics import Metrics
 from app.infra.records import (
     AppliedChange,
@@ -29,7 +30,7 @@ from app.infra.records import (
     dumps,
 )
 from app.infra.settings import Settings
-from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+from app.infra.topics import Topics, partition_for
 from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -58,12 +59,15 @@ class FlagChangeAgent:
         metrics: Metrics,
     ) -> None:
         self.app = app
+        self.topics = Topics.of(settings)
         self.decided = metrics.flag_changes
-        self.dead_letters = DeadLetterSender(FLAG_CHANGES, self._send_dead_letter, metrics)
+        self.dead_letters = DeadLetterSender(self.topics.flag_changes, self._send_dead_letter, metrics)
         self.broker_watch = broker_watch
         self.partitions = settings.flag_change_partitions
         self.flags = flags
         self.replication = replication
+        self.lag = metrics.consumer_lag
+        self.positions = ReadPositions()  # the next command to decide, per partition
         # Partitions whose changelog this worker has fenced since it was last assigned them.
         self.synced_partitions: set[int] = set()
 
@@ -72,7 +76,7 @@ class FlagChangeAgent:
         when the table is rebuilt from another log (a broker that lost its data)."""
         # Raw bytes: the agent decodes at the edge, so bad input becomes a dead letter.
         topic = self.app.topic(
-            FLAG_CHANGES,
+            self.topics.flag_changes,
             key_serializer="raw",
             value_serializer="raw",
             partitions=self.partitions,
@@ -86,9 +90,12 @@ class FlagChangeAgent:
         self.synced_partitions.clear()
 
     async def consume(self, stream: Any) -> None:
+        # The agent runs once Faust's consumer has started: its lag is readable from now on.
+        self.lag.watch("flag-changes", FaustConsumer(self.app.consumer), self.positions)
         async for event in stream.events():
             message = event.message
             await self.handle(message.value, message.partition, message.offset)
+            self.positions.handled(message.topic, message.partition, message.offset)
 
     async def handle(self, raw: bytes | None, partition: int, offset: int) -> None:
         """Decide one command; a failure of any kind ends in a dead letter, never an exception."""
@@ -104,7 +111,7 @@ class FlagChangeAgent:
         try:
             change, verdict = await self._decode_and_decide(raw, partition, offset)
         except Exception as exc:  # a bug must not stop the control plane: park the record
-            log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
+            log.exception("deciding %s/%d/%d failed", self.topics.flag_changes, partition, offset)
             change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
         if verdict is None:
             self.decided.labels("duplicate").inc()
@@ -142,7 +149,9 @@ class FlagChangeAgent:
         return change, verdict
 
     async def _send_dead_letter(self, letter: bytes) -> None:
-        await self.app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
+        await self.app.producer.send_and_wait(
+            self.topics.dead_letters, None, letter, 0, None, None
+        )
 
     async def append_to_changelog(
         self,
@@ -153,7 +162,7 @@ class FlagChangeAgent:
     ) -> None:
         """Append a decided change; `headers` its meta (replicas apply it without parsing)."""
         metadata = await self.app.producer.send_and_wait(
-            FLAGS_CHANGELOG,
+            self.topics.flags_changelog,
             environment.encode(),
             record,
             partition,

@@ -11,8 +11,10 @@ from a committed offset against that end (what `kafka-consumer-groups.sh` does) 
 all is read. Its fetch responses carry the true high watermark (30), and that is the end used
 here; the clamp at 0 still keeps a short end (any broker's) from showing a negative lag.
 
-Groups are role names (`flag-changelog`, `evaluations`), not group ids, so the label set is
-bounded and the same on every deployment.
+Groups are role names, not group ids, so the label set is bounded and the same on every
+deployment: `flag-changes` (the deciding agent, Faust's consumer), `flag-changelog` (the flag
+table), `evaluations`, `experiments` (attribution), `dead-letters` (the writers' outcomes) and
+`experiment-stats` (the results feed).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from aiokafka import TopicPartition
+from faust.types import TP, ConsumerT
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["ConsumerLag", "Positions", "TrackedConsumer"]
+__all__ = ["ConsumerLag", "FaustConsumer", "Positions", "ReadPositions", "TrackedConsumer"]
 
 # The next offset this worker reads on a partition, None when it has not read there yet.
 Positions = Callable[[TopicPartition], int | None]
@@ -36,6 +39,39 @@ class TrackedConsumer(Protocol):
     def assignment(self) -> set[TopicPartition]: ...
 
     def highwater(self, partition: TopicPartition) -> int | None: ...
+
+
+class ReadPositions:
+    """A `Positions` a consumer loop keeps: the offset after the last record it handled, or
+    where it was told to start (a seek), per partition."""
+
+    def __init__(self) -> None:
+        self._next: dict[TopicPartition, int] = {}
+
+    def __call__(self, partition: TopicPartition) -> int | None:
+        return self._next.get(partition)
+
+    def handled(self, topic: str, partition: int, offset: int) -> None:
+        """The record at `offset` is done: the next one to read is `offset + 1`."""
+        self._next[TopicPartition(topic, partition)] = offset + 1
+
+    def start_at(self, partition: TopicPartition, offset: int) -> None:
+        """The consumer reads `partition` from `offset` next (after a seek)."""
+        self._next[partition] = offset
+
+
+class FaustConsumer:
+    """A Faust consumer seen as a `TrackedConsumer` (its partitions are Faust `TP`s)."""
+
+    def __init__(self, consumer: ConsumerT) -> None:
+        self._consumer = consumer
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        end: int | None = self._consumer.highwater(TP(partition.topic, partition.partition))
+        return end
 
 
 def lag_of(end: int | None, position: int | None) -> int:
