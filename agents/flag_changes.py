@@ -30,7 +30,7 @@ from app.infra.records import (
     dumps,
 )
 from app.infra.settings import Settings
-from app.infra.topics import Topics, partition_for
+from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
 from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -59,9 +59,8 @@ class FlagChangeAgent:
         metrics: Metrics,
     ) -> None:
         self.app = app
-        self.topics = Topics.of(settings)
         self.decided = metrics.flag_changes
-        self.dead_letters = DeadLetterSender(self.topics.flag_changes, self._send_dead_letter, metrics)
+        self.dead_letters = DeadLetterSender(FLAG_CHANGES, self._send_dead_letter, metrics)
         self.broker_watch = broker_watch
         self.partitions = settings.flag_change_partitions
         self.flags = flags
@@ -76,7 +75,7 @@ class FlagChangeAgent:
         when the table is rebuilt from another log (a broker that lost its data)."""
         # Raw bytes: the agent decodes at the edge, so bad input becomes a dead letter.
         topic = self.app.topic(
-            self.topics.flag_changes,
+            FLAG_CHANGES,
             key_serializer="raw",
             value_serializer="raw",
             partitions=self.partitions,
@@ -111,7 +110,7 @@ class FlagChangeAgent:
         try:
             change, verdict = await self._decode_and_decide(raw, partition, offset)
         except Exception as exc:  # a bug must not stop the control plane: park the record
-            log.exception("deciding %s/%d/%d failed", self.topics.flag_changes, partition, offset)
+            log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
             change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
         if verdict is None:
             self.decided.labels("duplicate").inc()
@@ -149,9 +148,7 @@ class FlagChangeAgent:
         return change, verdict
 
     async def _send_dead_letter(self, letter: bytes) -> None:
-        await self.app.producer.send_and_wait(
-            self.topics.dead_letters, None, letter, 0, None, None
-        )
+        await self.app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
 
     async def append_to_changelog(
         self,
@@ -162,7 +159,7 @@ class FlagChangeAgent:
     ) -> None:
         """Append a decided change; `headers` its meta (replicas apply it without parsing)."""
         metadata = await self.app.producer.send_and_wait(
-            self.topics.flags_changelog,
+            FLAGS_CHANGELOG,
             environment.encode(),
             record,
             partition,
