@@ -157,10 +157,11 @@ class LoopLag:
     def sheds(self, path: str) -> bool:
         """Whether to answer this request 429 (counted under `path`, a route template).
 
-        Called for every OFREP request, so it reads the clock once: a clock read cost
-        0.5-0.8 µs on the 2-vCPU VM measured (issue 11, H7), and reading it twice (the
-        turn's budget, then the lag) made this 1.2-1.8 µs a request, 0.5-0.7 µs once (same
-        process, interleaved); the median of the samples is kept when a sample is taken.
+        Called for every OFREP request, so it reads the clock once: a clock read costs
+        about four trivial Python operations, and reading it twice (the turn's budget, then
+        the lag) made this 1.2-1.8 µs a request, 0.5-0.7 µs once (issue 11, H7: same process,
+        interleaved, a 2-vCPU VM at load average 10); the median of the samples is kept when
+        a sample is taken.
         """
         threshold = self._threshold
         if threshold <= 0:
