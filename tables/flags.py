@@ -7,6 +7,12 @@ state ends: no record is applied twice or skipped, whatever the broker says its 
 are. Reads come from an in-memory mirror of the current versions (a few KB per flag), so
 serving a flag never touches the disk.
 
+A catch-up (a worker starting, before ready) needs only the mirror to serve: its writes are
+queued (`ChangelogBatch.commit(defer=True)`) and written after ready a batch per loop turn
+(`persist_slice`), each with its offset, so the offset RocksDB holds moves only with what is
+written, and a crash before the write re-reads those records to the same state. What reads
+RocksDB (history, change ids) writes the queue first; `close` writes it (a clean stop).
+
 RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"), store
 format 2 (`v/format`): each change's value is stored once, as read from the changelog:
     v/format                          the store format (2); a table of another format (or none:
@@ -46,6 +52,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
@@ -99,6 +106,10 @@ class FlagTable:
         self._fingerprints: dict[int, str] = {}
         self._listeners: list[Listener] = []
         self._batch_listeners: list[BatchListener] = []
+        # Committed batches not written to RocksDB yet, in changelog order (a catch-up defers
+        # its writes: `persist_slice`), and how many fresh changes they hold.
+        self._pending: deque[_PendingWrite] = deque()
+        self._pending_records = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -156,6 +167,7 @@ class FlagTable:
 
     def _version(self, environment: str, flag: str, version: int) -> AppliedChange | None:
         """A version of a flag from its history; None when no longer kept."""
+        self.flush()
         kept = self._open_db().get(f"h/{environment}/{flag}/{version:012d}".encode())
         return None if kept is None else _stored(kept)
 
@@ -179,17 +191,21 @@ class FlagTable:
         self._remember(change)
 
     def close(self) -> None:
+        """Write what is still queued (a clean stop loses nothing), then close RocksDB."""
         if self._db is not None:
+            self.flush()
             self._db.close()
             self._db = None
 
     def wipe(self) -> None:
         """Forget everything, on disk too: the table is rebuilt from the changelog's start."""
+        self._drop_pending()
         self.close()
         Rdict.destroy(str(self.path))
         self.open()
 
     def _forget_memory(self) -> None:
+        self._drop_pending()
         self._latest.clear()
         self._log.clear()
         self._positions.clear()
@@ -238,6 +254,7 @@ class FlagTable:
         Its definition comes from the flag's history; a version the history no longer keeps
         comes back without one.
         """
+        self.flush()  # the change-id entries of queued writes too
         raw = self._open_db().get(f"c/{environment}/{change_id}".encode())
         if raw is None:
             return None
@@ -267,6 +284,7 @@ class FlagTable:
 
     def history(self, environment: str, flag: str) -> list[AppliedChange]:
         """The last `history_depth` versions of a flag, newest first."""
+        self.flush()  # the history of queued writes too
         versions = [_stored(v) for _, v in self._scan(f"h/{environment}/{flag}/")]
         return versions[::-1]
 
@@ -298,6 +316,37 @@ class FlagTable:
         """Records of `partition` to apply together: one RocksDB write for all of them."""
         return ChangelogBatch(self, partition)
 
+    # -- writes queued by a catch-up ----------------------------------------------------------
+
+    def pending(self) -> int:
+        """How many applied changes are not written to RocksDB yet (queued by a catch-up)."""
+        return self._pending_records
+
+    def persisted_position(self, partition: int) -> int:
+        """The next offset of `partition` a restart would read from (what RocksDB holds)."""
+        raw = self._open_db().get(f"o/{partition:06d}".encode())
+        return 0 if raw is None else int(raw.decode().partition(":")[0])
+
+    def persist_slice(self) -> bool:
+        """Write the oldest queued batch to RocksDB (in changelog order: its offset moves with
+        its state); whether more are queued. One batch is one catch-up slice of records."""
+        if not self._pending:
+            return False
+        pending = self._pending[0]
+        _StateWrite(self, pending).write()
+        self._pending.popleft()
+        self._pending_records -= len(pending.entries)
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Write every queued batch: what reads RocksDB (history, change ids) reads it all."""
+        while self.persist_slice():
+            pass
+
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self._pending_records = 0
+
     def _remember(self, change: AppliedChange) -> None:
         log = self._log.get(change.environment)
         if log is None:
@@ -315,36 +364,29 @@ class FlagTable:
 
 
 class ChangelogBatch:
-    """Consecutive changelog records of one partition, applied in one RocksDB write batch.
+    """Consecutive changelog records of one partition, applied together.
 
-    A catch-up reads thousands of records: a write (and a fingerprint, and the offset key)
-    per record cost more than reading them. `add` stages each record into the write batch
-    and decides it against the table as it will be once the records before it are in:
-    environment seqs, decided offsets and the change-id index entries this batch wrote are
-    read from the batch itself. `commit` writes once (state and the partition's next offset
-    together, as a single `apply` does), then updates the mirror and tells the listeners of
-    each fresh change in changelog order. Nothing of the table changes before `commit`.
+    A catch-up reads thousands of records. `add` decides each record against the table as it
+    will be once the records before it are in (environment seqs and decided offsets are read
+    from the batch itself); `commit` updates the mirror and tells the listeners of each fresh
+    change in changelog order. Nothing of the table changes before `commit`.
+
+    What RocksDB gets (one write for the batch: the state and the partition's next offset
+    together, `_StateWrite`) is written at `commit`, or, with `defer` (a catch-up, before
+    ready), queued on the table and written later (`FlagTable.persist_slice`): serving needs
+    only the mirror, and a crash before the write re-reads those records from the last offset
+    written, to the same state.
     """
 
     def __init__(self, table: FlagTable, partition: int) -> None:
         self._table = table
         self._partition = partition
-        self._write = WriteBatch(raw_mode=True)
-        self._put = self._write.put
-        self._delete = self._write.delete
-        self._env_keys: dict[str, bytes] = {}  # "{env}/" as bytes, by environment
         self._next_offset: int | None = None
         self._seqs: dict[str, int] = {}
         self._decided: dict[int, int] = {}
         self._fresh: list[AppliedChange] = []
-        # Change-id index keys written by this batch (None: deleted): the trim reads them.
-        self._index: dict[bytes, bytes | None] = {}
-        # The latest version of each flag this batch changed, by "{env}/{flag}" (bytes): its
-        # `f/` entry, written once.
-        self._versions: dict[bytes, int] = {}
-        # The first and last seq whose `s/` entry this batch trims, by "{env}/" (bytes): the
-        # seqs of one environment's fresh changes follow each other, and so do their trims.
-        self._stream_trims: dict[bytes, tuple[int, int]] = {}
+        # Each fresh change with its record's value and meta header as read, to store.
+        self._entries: list[tuple[AppliedChange, bytes | None, bytes | None]] = []
 
     def add(
         self,
@@ -353,7 +395,7 @@ class ChangelogBatch:
         raw: bytes | None = None,
         meta: bytes | None = None,
     ) -> bool:
-        """Stage the record at `offset` (None: it only moves the offset); whether it is fresh.
+        """Add the record at `offset` (None: it only moves the offset); whether it is fresh.
 
         `raw` is the record's value as read, `change` read from it (or from `meta`, its meta
         header): stored as they are rather than encoded again.
@@ -361,41 +403,40 @@ class ChangelogBatch:
         self._next_offset = offset + 1
         if change is None:
             return False
-        table = self._table
         environment = change.environment
         seq = self._seqs.get(environment)
         if seq is None:
-            seq = table.environment_seq(environment)
+            seq = self._table.environment_seq(environment)
         fresh = change.seq > seq
         if fresh:
             self._seqs[environment] = change.seq
-            if raw is None:
-                raw = dumps(change.to_json())
-            self._stage(change, raw, change_meta(change) if meta is None else meta)
+            self._entries.append((change, raw, meta))
             self._fresh.append(change)
         # A stale record still decided its command: its writer heard so, and a redelivery of
         # that command must not be decided again.
         source = change.source_partition
         decided = self._decided.get(source)
         if decided is None:
-            decided = table.decided(source)
+            decided = self._table.decided(source)
         if change.source_offset > decided:
             self._decided[source] = change.source_offset
         return fresh
 
-    def commit(self, fingerprint: str = "") -> list[AppliedChange]:
-        """Write what was staged, then update the mirror and tell the listeners; the fresh
-        changes, in changelog order. `fingerprint`: of the last record added."""
+    def commit(self, fingerprint: str = "", *, defer: bool = False) -> list[AppliedChange]:
+        """Write what was added (or queue the write: `defer`, or writes queued before it),
+        then update the mirror and tell the listeners; the fresh changes, in changelog order.
+        `fingerprint`: of the last record added."""
         if self._next_offset is None:
             return []
-        table, partition, write = self._table, self._partition, self._write
-        write.put(f"o/{partition:06d}".encode(), f"{self._next_offset}:{fingerprint}".encode())
-        for flag_key, version in self._versions.items():
-            write.put(b"f/" + flag_key, b"%d" % version)
-        self._trim_streams()
-        for source, offset in self._decided.items():
-            write.put(f"d/{source:06d}".encode(), str(offset).encode())
-        table._open_db().write(write)
+        table, partition = self._table, self._partition
+        pending = _PendingWrite(
+            partition, self._next_offset, fingerprint, self._decided, self._entries
+        )
+        if defer or table._pending:
+            table._pending.append(pending)
+            table._pending_records += len(pending.entries)
+        else:
+            _StateWrite(table, pending).write()
         table._positions[partition] = self._next_offset
         table._fingerprints[partition] = fingerprint
         table._decided.update(self._decided)
@@ -420,6 +461,61 @@ class ChangelogBatch:
                 listener(change)
         self._next_offset = None
         return self._fresh
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    """What one committed batch writes to RocksDB: its fresh changes (value and meta as
+    read), the partition's next offset and fingerprint, the decided offsets it moved."""
+
+    partition: int
+    next_offset: int
+    fingerprint: str
+    decided: dict[int, int]
+    entries: list[tuple[AppliedChange, bytes | None, bytes | None]]
+
+
+class _StateWrite:
+    """One RocksDB write of a committed batch: each fresh change staged (its history entry,
+    pointers to it, change-id entries, trims of what fell out of each window), the `f/` of
+    each flag once, the partition's next offset and the decided offsets.
+
+    Writes go in changelog order (the table's queue): the trims read the change-id entries
+    the writes before this one left, and this write's own from its batch.
+    """
+
+    def __init__(self, table: FlagTable, pending: _PendingWrite) -> None:
+        self._table = table
+        self._pending = pending
+        self._write = WriteBatch(raw_mode=True)
+        self._put = self._write.put
+        self._delete = self._write.delete
+        self._env_keys: dict[str, bytes] = {}  # "{env}/" as bytes, by environment
+        # Change-id index keys written by this batch (None: deleted): the trim reads them.
+        self._index: dict[bytes, bytes | None] = {}
+        # The latest version of each flag this batch changed, by "{env}/{flag}" (bytes): its
+        # `f/` entry, written once.
+        self._versions: dict[bytes, int] = {}
+        # The first and last seq whose `s/` entry this batch trims, by "{env}/" (bytes): the
+        # seqs of one environment's fresh changes follow each other, and so do their trims.
+        self._stream_trims: dict[bytes, tuple[int, int]] = {}
+
+    def write(self) -> None:
+        pending, write = self._pending, self._write
+        for change, raw, meta in pending.entries:
+            if raw is None:
+                raw = dumps(change.to_json())
+            self._stage(change, raw, change_meta(change) if meta is None else meta)
+        write.put(
+            f"o/{pending.partition:06d}".encode(),
+            f"{pending.next_offset}:{pending.fingerprint}".encode(),
+        )
+        for flag_key, version in self._versions.items():
+            write.put(b"f/" + flag_key, b"%d" % version)
+        self._trim_streams()
+        for source, offset in pending.decided.items():
+            write.put(f"d/{source:06d}".encode(), str(offset).encode())
+        self._table._open_db().write(write)
 
     def _stage(self, change: AppliedChange, value: bytes, meta: bytes) -> None:
         """Stage a fresh change: its value once (the history entry), pointers to it, the

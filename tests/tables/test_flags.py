@@ -224,3 +224,73 @@ def test_one_write_of_many_changes_keeps_the_last_stream_depth_of_them(
     again = open_table(tmp_path)
     assert [c.seq for c in again.changes_after("dev", kept[0] - 1) or []] == kept
     assert again.changes_after("dev", kept[0] - 2) is None
+
+
+def deferred(table: FlagTable, first_offset: int, changes: list[AppliedChange]) -> None:
+    """Apply `changes` as a catch-up does before ready: committed, their write queued."""
+    batch = table.batch(0)
+    for offset, applied in enumerate(changes, first_offset):
+        batch.add(offset, applied, dumps(applied.to_json()), change_meta(applied))
+    batch.commit(defer=True)
+
+
+def test_a_catch_up_serves_from_memory_and_writes_rocksdb_after(tmp_path: Path) -> None:
+    """Ready needs the mirror only: a deferred commit serves at once, writes nothing (not
+    even the offset) until `persist_slice`, and reads of the disk (history, change ids) see
+    the queued changes too."""
+    table = open_table(tmp_path)
+    table.apply(0, 0, change(1))
+    written = stored(table)
+    deferred(table, 1, [change(2), change(3, flag="g", version=1)])
+    deferred(table, 3, [change(4)])
+
+    assert table.get("dev", "f") == change(4) and table.get("dev", "g") is not None
+    assert table.position(0) == 4 and table.environment_seq("dev") == 4
+    assert [c.seq for c in table.changes_after("dev", 1) or []] == [2, 3, 4]
+    assert stored(table) == written, "nothing written yet"
+    assert table.pending() == 3 and table.persisted_position(0) == 1
+    assert table.persist_slice(), "one queued write left"
+    assert table.persisted_position(0) == 3 and table.pending() == 1
+    assert [c.version for c in table.history("dev", "f")] == [4, 2], "the rest, read through"
+    assert table.pending() == 0 and table.persisted_position(0) == 4
+    assert table.applied("dev", "c3") == change(3, flag="g", version=1)
+    table.apply(0, 4, change(5))  # after the queue drained: written at once
+    assert table.persisted_position(0) == 5
+
+
+def test_a_tail_write_waits_behind_the_queued_catch_up(tmp_path: Path) -> None:
+    """Writes go in changelog order: a write committed while the catch-up's are queued
+    queues too (its offset must not land before theirs), and close writes them all."""
+    table = open_table(tmp_path)
+    deferred(table, 0, [change(1), change(2)])
+    table.apply(0, 2, change(3))
+    assert table.pending() == 3 and table.persisted_position(0) == 0
+    table.close()
+    again = open_table(tmp_path)
+    assert again.position(0) == 3 and again.get("dev", "f") == change(3)
+    assert [c.seq for c in again.changes_after("dev", 0) or []] == [1, 2, 3]
+    assert again.applied("dev", "c1") == change(1) and again.applied("dev", "c2") == change(2)
+
+
+def test_a_crash_before_the_queued_writes_reads_them_again_to_the_same_table(
+    tmp_path: Path,
+) -> None:
+    """A worker killed before its catch-up was written restarts from the last offset
+    written: applying the same records again makes the same table."""
+    records = [change(seq, flag=f"f{seq % 3}", version=(seq + 2) // 3) for seq in range(1, 10)]
+    whole = open_table(tmp_path / "whole")
+    for offset, applied in enumerate(records):
+        whole.apply(0, offset, applied)
+    whole.close()
+
+    table = open_table(tmp_path / "crashed")
+    for offset, applied in enumerate(records[:4]):
+        table.apply(0, offset, applied)
+    deferred(table, 4, records[4:])
+    table._drop_pending()  # what a SIGKILL loses
+    table.close()
+    again = open_table(tmp_path / "crashed")
+    assert again.position(0) == 4, "from the last offset written"
+    deferred(again, 4, records[4:])
+    again.close()
+    assert stored(open_table(tmp_path / "crashed")) == stored(open_table(tmp_path / "whole"))
