@@ -6,26 +6,41 @@ live flags, the figures from the stats feed's newest partials of every source pa
 the admin token may read them, as the admin API's GETs; an SDK key may not (401). Until this
 worker's flag table has caught up both answer 503 `NOT_READY`, as the evaluation views do: the
 design comes from the flags, and a partial table would call running experiments stopped.
+
+`GET …/{env}/experiments/{key}/stream` tells an open results page when to read the results
+again: a `changed` event at once and after every new partial of the experiment (several close
+together are one event), keepalive comments in between. It carries no figures, so a client that
+missed events loses nothing: its next read has them all. It is bounded like the change stream:
+a read token, the same per-token and per-worker caps (`StreamSlots`), and an experiment that
+exists on this worker, so a made-up name holds nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from itertools import count
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from app.evaluation.live_flags import LiveFlag, LiveFlags
 from app.experiments.design import ExperimentDesign, design_of
 from app.experiments.report import report, summary
 from app.experiments.stats_feed import ExperimentStatsFeed
+from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.web.admin_answers import API, check_keys, not_ready
-from app.web.auth import Access, Credentials
+from app.web.auth import Access, Credentials, bearer
+from app.web.change_feed import KEEPALIVE_S, SSE_HEADERS, event
 from app.web.responses import error, ok
+from app.web.stream import StreamSlots
 from tables.replication import FlagReplication
 
-__all__ = ["ExperimentsApi"]
+__all__ = ["ExperimentsApi", "ResultSignals"]
 
 MAX_EXPERIMENT_KEY: Final = 256  # longer is no experiment name (404 without a lookup)
 RUNNING: Final = "running"
@@ -33,8 +48,35 @@ STOPPED: Final = "stopped"  # the flag is disabled, or no flag runs the experime
 NO_DATA: Final = "no_data"  # running, but no source partition has published totals yet
 
 
+class ResultSignals:
+    """One flag per open results stream, raised when its experiment gets a new partial."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
+
+    def tell(self, environment: str, experiment: str) -> None:
+        """An `ExperimentStatsFeed` listener: wake the streams of this experiment."""
+        for signal in self.waiting.get((environment, experiment), ()):
+            signal.set()
+
+    @asynccontextmanager
+    async def watching(self, environment: str, experiment: str) -> AsyncIterator[asyncio.Event]:
+        """A signal for one stream; the experiment's set goes with its last stream."""
+        key = (environment, experiment)
+        signal = asyncio.Event()
+        self.waiting.setdefault(key, set()).add(signal)
+        try:
+            yield signal
+        finally:
+            group = self.waiting.get(key)
+            if group is not None:
+                group.discard(signal)
+                if not group:
+                    del self.waiting[key]
+
+
 class ExperimentsApi:
-    """`GET …/{env}/experiments` and `GET …/{env}/experiments/{key}/results`."""
+    """`GET …/{env}/experiments`, `GET …/{env}/experiments/{key}/results` and its `/stream`."""
 
     def __init__(
         self,
@@ -43,18 +85,27 @@ class ExperimentsApi:
         live_flags: LiveFlags,
         feed: ExperimentStatsFeed,
         replication: FlagReplication,
+        slots: StreamSlots | None = None,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
         self.live_flags = live_flags
         self.feed = feed
         self.replication = replication
+        # The change stream's slots (`ChangeStreamApi.slots`), so both kinds of stream share
+        # the worker's caps; without them, caps of the same size of its own.
+        self.slots = slots or StreamSlots(
+            settings.max_streams, settings.max_streams_per_key, Metrics(CollectorRegistry())
+        )
+        self.signals = ResultSignals()
+        feed.listen(self.signals.tell)
 
     def routes(self) -> list[web.RouteDef]:
         experiments = API + "/{env}/experiments"
         return [
             web.get(experiments, self.list_experiments),
             web.get(experiments + "/{key}/results", self.results),
+            web.get(experiments + "/{key}/stream", self.stream),
         ]
 
     def design(self, environment: str, experiment: str) -> ExperimentDesign | None:
@@ -96,6 +147,51 @@ class ExperimentsApi:
             sequential_tuning=self.settings.sequential_tuning,
         )
         return ok({**body, "status": self._status(flag, bool(partials))})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        env, key = request.match_info["env"], request.match_info["key"]
+        denied = await self._refused(request, env)
+        if denied:
+            return denied
+        if len(key) > MAX_EXPERIMENT_KEY or (
+            self._flag_of(env, key) is None and not self.feed.partials(env, key)
+        ):
+            return error(404, "EXPERIMENT_NOT_FOUND", f"no experiment {key!r} in {env!r}")
+        token = bearer(request) or ""
+        refused = self.slots.refusal(token)
+        if refused:
+            return refused
+        with self.slots.held(token):
+            response = web.StreamResponse(headers=SSE_HEADERS)
+            await response.prepare(request)
+            async with self.signals.watching(env, key) as signal:
+                # The client left, or the worker stops: the stream ends quietly.
+                with suppress(ConnectionResetError, asyncio.CancelledError):
+                    await self._signal_changes(response, signal, {"environment": env, "key": key})
+        return response
+
+    async def _signal_changes(
+        self, response: web.StreamResponse, signal: asyncio.Event, about: dict[str, str]
+    ) -> None:
+        """`changed` at once and on each raised signal, until the stats feed stops."""
+        signal.set()  # what changed before this stream opened is news to its client
+        stopped = asyncio.ensure_future(self.feed.wait_until_stopped())
+        try:
+            for number in count(1):
+                woken = asyncio.ensure_future(signal.wait())
+                done, _ = await asyncio.wait(
+                    {woken, stopped}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                woken.cancel()
+                if stopped in done:
+                    return
+                if woken not in done:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                signal.clear()
+                await response.write(event("changed", number, about))
+        finally:
+            stopped.cancel()
 
     async def _refused(self, request: web.Request, environment: str) -> web.Response | None:
         """401 without a read token, 400 for an invalid environment key, 503 while the flag

@@ -5,6 +5,7 @@ import { API, accessOf, call, knownAccess, messageOf, remember, signOut, token }
 import { fill, h } from "./dom.js";
 import { experimentList, experimentPage } from "./experiments.js";
 import { flagList, flagPage } from "./flags.js";
+import { afterPaint } from "./sse.js";
 
 const HEALTH_EVERY_MS = 2000;
 const $ = (id) => document.getElementById(id);
@@ -57,6 +58,21 @@ async function environments(page) {
 
 /** Render the page the URL's hash names; the previous page's stream is closed first. */
 async function route() {
+  const page = $("page");
+  delete page.dataset.readyAtMs;
+  delete page.dataset.paintedAtMs;
+  await show(page);
+  markReady(page);
+}
+
+/** For the load-time benchmark and tests: when the page was whole (ms since navigation
+ * start), and when the frame that shows it was painted. */
+function markReady(page) {
+  page.dataset.readyAtMs = String(Math.round(performance.now()));
+  afterPaint(() => { page.dataset.paintedAtMs = String(Math.round(performance.now())); });
+}
+
+async function show(page) {
   if (session.leave) session.leave();
   session.leave = null;
   if (!token()) return showSignIn();
@@ -68,13 +84,12 @@ async function route() {
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
   $("who").textContent = session.access === "admin" ? "admin: may change flags" : "read only";
-  const page = $("page");
   page.hidden = false;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const context = { access: session.access, live: liveState };
   if (parts[0] === "e" && parts[1] && parts[2] === "x" && parts[3]) {
     crumbs(parts[1], parts[3], true);
-    session.leave = await experimentPage(page, parts[1], parts[3]);
+    session.leave = await experimentPage(page, parts[1], parts[3], context);
   } else if (parts[0] === "e" && parts[1] && parts[2] === "x") {
     crumbs(parts[1], null, true);
     session.leave = await experimentList(page, parts[1]);
@@ -119,5 +134,5 @@ $("sign-out").addEventListener("click", () => {
   route();
 });
 window.addEventListener("hashchange", route);
-route();
-watchHealth();
+// The health check asks nothing the first page needs: it starts once that page is painted.
+route().finally(() => afterPaint(watchHealth));

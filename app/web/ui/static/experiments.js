@@ -1,13 +1,13 @@
 // The experiment pages, from the experiment results API (docs/experiments.md, "The results
 // view"): the list with status, subjects and SRM warnings; one experiment's results with a
 // forest plot per metric, exposures over time per variant, SRM and crossovers in a sentence,
-// and the guardrail rollbacks of its flag marked. Figures are folded continuously, so an open
-// results page asks again every few seconds.
+// and the guardrail rollbacks of its flag marked. Figures are folded continuously: an open
+// results page follows the experiment's stream (`…/experiments/{key}/stream`), which says
+// when new figures came, and reads the results again then.
 
 import { API, call, enc, messageOf } from "./api.js";
 import { fill, h, when } from "./dom.js";
-
-const REFRESH_MS = 5000;
+import { followAfterPaint } from "./sse.js";
 const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#0550ae", "#bc4c00", "#116329", "#8250df", "#82071e", "#57606a"];
 
@@ -164,9 +164,8 @@ async function rollbacksOf(env, flagKey) {
   return answer.status === 200 ? answer.body.versions.filter((v) => (v.actor || "").startsWith("guardrail:")) : [];
 }
 
-export async function experimentPage(page, env, key) {
+export async function experimentPage(page, env, key, context) {
   let scale = "relative";
-  let timer = null;
   let latest = null;
   let rollbacks = [];
 
@@ -200,11 +199,13 @@ export async function experimentPage(page, env, key) {
   }
 
   async function load() {
-    const answer = await call("GET", `${API}/${enc(env)}/experiments/${enc(key)}/results`);
+    // The flag usually has the experiment's name: its history is read alongside the results.
+    const [answer, guessed] = await Promise.all([
+      call("GET", `${API}/${enc(env)}/experiments/${enc(key)}/results`), rollbacksOf(env, key)]);
     if (answer.status !== 200) {
       fill(page, h("h1", {}, key), h("p", { class: "error" }, messageOf(answer)));
     } else {
-      rollbacks = await rollbacksOf(env, answer.body.flag);
+      rollbacks = answer.body.flag === key ? guessed : await rollbacksOf(env, answer.body.flag);
       // Keep the reader's place (and focus): re-render only when a figure changed, not the lag.
       const figures = (body) => body && JSON.stringify({ ...body, lag: null });
       if (figures(answer.body) !== figures(latest)) {
@@ -212,8 +213,23 @@ export async function experimentPage(page, env, key) {
         render(latest);
       }
     }
-    timer = setTimeout(load, REFRESH_MS);
+  }
+  // One read at a time: events during a read make one more read after it, not one each.
+  let reading = null;
+  let again = false;
+  async function reload() {
+    if (reading) {
+      again = true;
+      return;
+    }
+    do {
+      again = false;
+      reading = load();
+      await reading;
+    } while (again);
+    reading = null;
   }
   await load();
-  return () => clearTimeout(timer);
+  const url = `${API}/${enc(env)}/experiments/${enc(key)}/stream`;
+  return followAfterPaint(url, () => { reload(); }, context.live);
 }

@@ -4,8 +4,8 @@
 
 import { API, call, enc, messageOf } from "./api.js";
 import { lineDiff, pretty } from "./diff.js";
-import { fill, h, when } from "./dom.js";
-import { follow } from "./sse.js";
+import { escape, fill, h, when, whenHtml } from "./dom.js";
+import { afterPaint, followAfterPaint } from "./sse.js";
 
 const stream = (env) => `${API}/${enc(env)}/stream`;
 const flagPath = (env, key) => `${API}/${enc(env)}/flags/${enc(key)}`;
@@ -16,31 +16,29 @@ const experimentKey = (key, definition) =>
 
 // -- the list ------------------------------------------------------------------------------
 
-// A row is cloned from this constant template and filled as text: a list of 1,000 flags
-// renders several times faster than building each cell through `h`.
-const ROW = document.createElement("template");
-ROW.innerHTML = '<tr><th scope="row"><a></a></th><td><span class="badge"></span></td>' +
-  '<td class="variants"></td><td class="num"></td><td><time></time><span class="muted"></span></td><td></td></tr>';
+const FIRST_SCREEN_ROWS = 60; // more than a tall screen shows
+
+// The rows are one HTML string of escaped data, parsed once: a list of 1,000 flags renders
+// several times faster than building each cell as elements.
+function rowHtml(env, flag) {
+  const definition = flag.definition || {};
+  const on = definition.state === "ENABLED";
+  const href = escape(`#/e/${enc(env)}/f/${enc(flag.flag)}`);
+  const badge = isExperiment(definition)
+    ? `<a class="badge exp" href="${escape(`#/e/${enc(env)}/x/${enc(experimentKey(flag.flag, definition))}`)}">experiment</a>`
+    : "";
+  return `<tr data-flag="${escape(flag.flag)}"><th scope="row"><a href="${href}">${escape(flag.flag)}</a></th>` +
+    `<td><span class="badge ${on ? "on" : "off"}">${on ? "enabled" : "disabled"}</span></td>` +
+    `<td class="variants">${escape(Object.keys(definition.variants || {}).join(", "))}</td>` +
+    `<td class="num">${escape(flag.version)}</td>` +
+    `<td>${whenHtml(flag.updated_at)}<span class="muted">${flag.actor ? escape(` by ${flag.actor}`) : ""}</span></td>` +
+    `<td>${badge}</td></tr>`;
+}
 
 function listRow(env, flag) {
-  const definition = flag.definition || {};
-  const row = ROW.content.firstChild.cloneNode(true);
-  const [name, state, variants, version, changed, badge] = row.children;
-  row.dataset.flag = flag.flag;
-  name.firstChild.href = `#/e/${enc(env)}/f/${enc(flag.flag)}`;
-  name.firstChild.textContent = flag.flag;
-  const on = definition.state === "ENABLED";
-  state.firstChild.className = `badge ${on ? "on" : "off"}`;
-  state.firstChild.textContent = on ? "enabled" : "disabled";
-  variants.textContent = Object.keys(definition.variants || {}).join(", ");
-  version.textContent = flag.version;
-  changed.firstChild.replaceWith(when(flag.updated_at));
-  changed.lastChild.textContent = flag.actor ? ` by ${flag.actor}` : "";
-  if (isExperiment(definition)) {
-    const key = experimentKey(flag.flag, definition);
-    badge.append(h("a", { class: "badge exp", href: `#/e/${enc(env)}/x/${enc(key)}` }, "experiment"));
-  }
-  return row;
+  const holder = document.createElement("tbody");
+  holder.innerHTML = rowHtml(env, flag);
+  return holder.firstChild;
 }
 
 function stateBadge(state) {
@@ -85,9 +83,21 @@ export async function flagList(page, env, context) {
     }
     count.textContent = `${shown} of ${flags.size} flags`;
   }
+  // The first screen of rows is painted first; the rest follow in the next task, so a list of
+  // 1,000 flags shows before the browser has laid out every row. A newer render drops the rest
+  // of an older one.
+  let renders = 0;
   function renderAll() {
-    fill(body, [...flags.values()].map((flag) => listRow(env, flag)));
-    applySearch();
+    const rows = Array.from(flags.values(), (flag) => rowHtml(env, flag));
+    const render = ++renders;
+    body.innerHTML = rows.slice(0, FIRST_SCREEN_ROWS).join("");
+    if (rows.length <= FIRST_SCREEN_ROWS) return applySearch();
+    afterPaint(() => {
+      if (render !== renders) return;
+      body.insertAdjacentHTML("beforeend", rows.slice(FIRST_SCREEN_ROWS).join(""));
+      applySearch();
+      page.dataset.wholeAtMs = String(Math.round(performance.now()));
+    });
   }
   search.addEventListener("input", applySearch);
   fill(page, h("h1", {}, `Flags of ${env}`),
@@ -95,11 +105,11 @@ export async function flagList(page, env, context) {
     h("div", { class: "toolbar" }, h("label", { for: "search" }, "Search by key"), search), count,
     h("div", { class: "scroll" }, table));
   renderAll();
-  // For the load-time test: since navigation start, and this page's own share.
-  page.dataset.readyAtMs = String(Math.round(performance.now()));
-  page.dataset.renderedMs = String(Math.round(performance.now() - started));
+  page.dataset.renderedMs = String(Math.round(performance.now() - started)); // this page's share
 
-  const stop = follow(stream(env), async (kind, id, data) => {
+  // The stream starts once the list is painted: its snapshot says whether anything changed
+  // since the list was fetched, so nothing is missed by starting late.
+  const stop = followAfterPaint(stream(env), async (kind, id, data) => {
     if (kind === "snapshot") {
       if (id === seq) return;
       const again = await loadFlags(env);
@@ -148,6 +158,7 @@ function diffView(before, after) {
 
 export async function flagPage(page, env, key, context) {
   const admin = context.access === "admin";
+  const historyAnswer = call("GET", `${flagPath(env, key)}/history`); // read alongside the flag
   const current = await call("GET", flagPath(env, key));
   if (current.status !== 200) return fill(page, h("h1", {}, key), h("p", { class: "error" }, messageOf(current))), null;
   const flag = { definition: current.body, version: Number(current.headers.get("X-Flag-Version")) };
@@ -180,7 +191,7 @@ export async function flagPage(page, env, key, context) {
   const editNote = h("div", { id: "edit-result", role: "status" });
   const save = h("button", { type: "submit", id: "save", disabled: !admin }, "Save");
   const form = h("form", { id: "edit-form" },
-    h("label", { for: "editor" }, "Definition (flagd JSON)"),
+    h("label", { for: "editor" }, "Edit the definition (flagd JSON)"),
     h("p", { id: "edit-help", class: "muted" },
       admin ? "Saved only if nobody changed the flag since you loaded it (If-Match)." : "A read token may look but not change."),
     editor, h("div", {}, save), editNote);
@@ -237,8 +248,8 @@ export async function flagPage(page, env, key, context) {
   // History.
   const historyBox = h("div", { id: "history" });
   const diffBox = h("div", { id: "history-diff" });
-  async function loadHistory() {
-    const answer = await call("GET", `${flagPath(env, key)}/history`);
+  async function loadHistory(asked = call("GET", `${flagPath(env, key)}/history`)) {
+    const answer = await asked;
     history = answer.status === 200 ? answer.body.versions : [];
     renderHistory();
   }
@@ -313,17 +324,17 @@ export async function flagPage(page, env, key, context) {
     }
   }
 
+  // The definition is shown once: in the editor for an admin, read-only for a reader.
   fill(page, title, meta,
     h("section", { "aria-labelledby": "kill-h" }, h("h2", { id: "kill-h" }, "Kill switch"), kill, killStatus),
     h("section", { "aria-labelledby": "def-h" }, h("h2", { id: "def-h" }, "Definition"),
-      copyButton(() => definitionText.textContent, "Copy JSON"), definitionText),
-    admin ? h("section", { "aria-labelledby": "edit-h" }, h("h2", { id: "edit-h" }, "Edit"), form) : null,
+      copyButton(() => pretty(flag.definition), "Copy JSON"), admin ? form : definitionText),
     h("section", { "aria-labelledby": "eval-h" }, h("h2", { id: "eval-h" }, "Evaluate for a context"), evalForm),
     h("section", { "aria-labelledby": "hist-h" }, h("h2", { id: "hist-h" }, "History"), historyBox, diffBox));
   show();
-  await loadHistory();
+  await loadHistory(historyAnswer);
 
-  return follow(stream(env), (kind, id, data) => {
+  return followAfterPaint(stream(env), (kind, id, data) => {
     if (kind === "snapshot") {
       const definition = data.flags[key];
       if (definition && pretty(definition) !== pretty(flag.definition)) {

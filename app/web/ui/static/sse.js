@@ -77,3 +77,21 @@ export function follow(url, onEvent, onState) {
     stop();
   };
 }
+
+/** `follow`, started once the page has painted: the first paint waits for no stream. */
+export function followAfterPaint(url, onEvent, onState) {
+  let stop = null;
+  let cancelled = false;
+  afterPaint(() => {
+    if (!cancelled) stop = follow(url, onEvent, onState);
+  });
+  return () => {
+    cancelled = true;
+    if (stop) stop();
+  };
+}
+
+/** Run `job` after the next frame is painted (a frame, then a task after it). */
+export function afterPaint(job) {
+  requestAnimationFrame(() => setTimeout(job, 0));
+}
