@@ -26,8 +26,13 @@ interleaved: each round runs every server once, starting one further along. The 
 is also given net of each server's idle CPU (measured with no requests before the rounds): a
 worker polls Kafka and runs timers while it answers, the constant servers do not.
 
+`--variant NAME:KEY=VALUE[,KEY=VALUE...]` (repeatable) adds a worker like (b) with those
+settings to every round, interleaved with the others, and reports it against (e) too: an A/B
+of a setting in one run, which a shared machine's load hits alike (e.g. `--variant
+"asyncio:FLAGSTREAM_EVENT_LOOP=asyncio"`). Each run's line gives the load average beside it.
+
     .venv/bin/python benchmarks/bench_ofrep.py [--duration 10] [--connections 64] [--rounds 3]
-        [--quick] [--experiment] [--users N] [--idle 3] [--json out.json]
+        [--quick] [--experiment] [--users N] [--idle 3] [--json out.json] [--variant ...]
 """
 
 from __future__ import annotations
@@ -212,13 +217,13 @@ def wrk(
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu
+    if "Non-2xx" in output or "Socket errors" in output or not re.search(r"^\s+99%", output, re.M):
+        print(output, file=sys.stderr)
+        raise RuntimeError("wrk saw errors or no latencies: the comparison would be meaningless")
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     # The distribution's own line: "  99%  3.32ms" (a "+/- Stdev" of e.g. 68.99% is not it).
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    if "Non-2xx" in output or "Socket errors" in output:
-        print(output, file=sys.stderr)
-        raise RuntimeError("wrk saw errors: the comparison would be meaningless")
     return rate, p99, cpu / requests * 1e6
 
 
@@ -242,7 +247,21 @@ WORKER_ENV = {
     # loaded machine and it would shed (429) where the references cannot: this measures what
     # a worker answers at saturation, not overload (benchmarks/bench_spike.py does that).
     "FLAGSTREAM_SHED_LOOP_LAG_MS": "0",
+    # The production group timings, not the tests' (tests/conftest.py heartbeats every 1 s
+    # to see a dead member fast): each heartbeat is a Kafka round trip on the worker's loop,
+    # a callback that delays every request read in its turn.
+    "FLAGSTREAM_HEARTBEAT_S": "3",
+    "FLAGSTREAM_SESSION_TIMEOUT_S": "30",
 }
+
+
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME:KEY=VALUE[,KEY=VALUE...]` (`--variant`) as a server name and its settings."""
+    name, _, settings = text.partition(":")
+    pairs = [pair.partition("=") for pair in settings.split(",") if pair]
+    if not name or not pairs or any(not key or not sep for key, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"not NAME:KEY=VALUE[,KEY=VALUE...]: {text!r}")
+    return f"(b') {name}", {key: value for key, _, value in pairs}
 
 
 def main() -> None:
@@ -265,6 +284,14 @@ def main() -> None:
     )
     parser.add_argument("--idle", type=float, default=3.0, help="seconds to measure idle CPU")
     parser.add_argument("--json", type=Path, help="also write the figures and ratios here")
+    parser.add_argument(
+        "--variant",
+        type=variant,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
+        help="also run a worker like (b) with these settings, interleaved (an A/B in one run)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup = 3, 1
@@ -285,6 +312,16 @@ def main() -> None:
         **WORKER_ENV,
         FLAGSTREAM_OFREP_FAST_PATH="false",
     ).start()
+    variants = [
+        Worker(
+            f"127.0.0.1:{kafka_port}",
+            workdir / f"variant-{i}",
+            f"bench-ofrep-v{i}",
+            **WORKER_ENV,
+            **env,
+        ).start()
+        for i, (_, env) in enumerate(args.variant)
+    ]
     references: list[subprocess.Popen[bytes]] = []
 
     def reference(mode: str) -> tuple[str, int]:
@@ -316,6 +353,9 @@ def main() -> None:
         assert status == 200, body
         assert post(route_worker.url) == (200, body), "both workers must answer the same bytes"
         assert worker.process is not None and route_worker.process is not None
+        for other in variants:
+            other.admin().put("bench", FLAG_KEY, flag)
+            assert post(other.url) == (200, body), "every variant must answer the same bytes"
         servers = {
             REF: reference("constant"),
             OURS: (worker.url, worker.process.pid),
@@ -324,6 +364,9 @@ def main() -> None:
             SAME_STACK: reference("fast-path"),
             LOW_LEVEL: reference("server"),
         }
+        for (name, _), other in zip(args.variant, variants, strict=True):
+            assert other.process is not None
+            servers[name] = (other.url, other.process.pid)
         script = workdir / "post.lua"
         lua = WRK_SCRIPT.format(body=json.dumps(json.dumps(CONTEXT)), key=SDK_KEY)
         script.write_text(lua + (WRK_USERS.format(users=args.users) if args.users else ""))
@@ -337,6 +380,8 @@ def main() -> None:
             process.wait(10)
         worker.stop()
         route_worker.stop()
+        for other in variants:
+            other.stop()
         stop(broker)
 
     print()
@@ -386,7 +431,8 @@ def interleaved(
             rate, p99, cpu_us = wrk(url, script, args.duration, args.connections, pid)
             results[name].append((rate, p99, cpu_us))
             print(
-                f"{name:33} {rate:10,.0f} req/s  p99 {p99:6.2f} ms  {cpu_us:5.1f} µs CPU/req",
+                f"{name:33} {rate:10,.0f} req/s  p99 {p99:6.2f} ms  {cpu_us:5.1f} µs CPU/req"
+                f"  (load average {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
     return results
@@ -433,6 +479,13 @@ def report(results: dict[str, list[Figures]], idle: dict[str, float]) -> dict[st
             f"| {name} | {row['throughput']:.2f} | {row['p99']:.2f}"
             f" | {row['cpu_per_request']:.2f} ({row['cpu_per_request_net_of_idle']:.2f}) | {goal} |"
         )
+    for name in results:
+        if name.startswith("(b')"):
+            print(
+                f"{name} against (e): throughput {rate[name] / rate[SAME_STACK]:.2f},"
+                f" p99 {p99[name] / p99[SAME_STACK]:.2f}, CPU per request"
+                f" {cpu[name] / cpu[SAME_STACK]:.2f}; against (b): p99 {p99[name] / p99[OURS]:.2f}"
+            )
     print()
     print(
         f"without the fast path (c)/(a) {rate[ROUTE] / rate[REF]:.2f};"
