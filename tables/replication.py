@@ -91,6 +91,7 @@ class FlagReplication(Service):
         self._rebuild_listeners: list[Callable[[], None]] = []
         self._unreadable_listeners: list[Callable[[], None]] = []
         self._before_ready: list[Callable[[], Awaitable[None]]] = []
+        self._persister: asyncio.Future[None] | None = None
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -139,7 +140,10 @@ class FlagReplication(Service):
         self.add_future(self._catch_up())
 
     async def on_stop(self) -> None:
-        """Stop the Kafka clients, each within `CLIENT_STOP_TIMEOUT_S`."""
+        """Stop the Kafka clients, each within `CLIENT_STOP_TIMEOUT_S`; closing the table
+        writes what the catch-up still had queued."""
+        if self._persister is not None:
+            self._persister.cancel()
         for client in (self._consumer, self._producer):
             if client is not None:
                 await stop_within(client.stop())
@@ -150,12 +154,30 @@ class FlagReplication(Service):
         await self.sync(range(self.settings.flag_change_partitions))
         for step in self._before_ready:
             await step()
-        self.ready.set()
-        self.metrics.ready.set(1)
+        self._set_ready()
         log.info(
             "flag table caught up in %.2fs: %d environments",
             time.monotonic() - started,
             len(self.table.environments()),
+        )
+
+    def _set_ready(self) -> None:
+        """Say the table serves the changelog's tail, and write what its catch-up queued."""
+        self.ready.set()
+        self.metrics.ready.set(1)
+        if self.table.pending() and (self._persister is None or self._persister.done()):
+            self._persister = asyncio.ensure_future(self._persist())
+
+    async def _persist(self) -> None:
+        """Write the catch-up's queued batches to RocksDB, one per turn of the loop (each is
+        a slice the catch-up applied in `APPLY_SLICE_S`: its write costs a few times that)."""
+        started, records = time.monotonic(), self.table.pending()
+        while self.table.persist_slice():
+            await asyncio.sleep(0)  # a turn of the loop between writes
+            if self.should_stop:
+                return  # closing the table writes the rest
+        log.info(
+            "flag table wrote %d caught-up changes in %.2fs", records, time.monotonic() - started
         )
 
     # -- waiting for the table --------------------------------------------------------------
@@ -229,8 +251,7 @@ class FlagReplication(Service):
             self._seek_to_table()
             self._unreadable = False
         await self.sync(range(self.settings.flag_change_partitions))
-        self.ready.set()
-        self.metrics.ready.set(1)
+        self._set_ready()
         log.info(
             "flag table agrees with the broker again: %d environments",
             len(self.table.environments()),
@@ -328,7 +349,8 @@ class FlagReplication(Service):
             if time.perf_counter() >= deadline:
                 break
         last = records[end - 1]
-        batch.commit(fingerprint(last.key, last.value))
+        # Before ready the RocksDB write waits (`_persist`): ready needs only the mirror.
+        batch.commit(fingerprint(last.key, last.value), defer=not self.ready.is_set())
         self._heard(changes)
         return end
 
