@@ -319,7 +319,7 @@ class FlagTable:
     # -- writes queued by a catch-up ----------------------------------------------------------
 
     def pending(self) -> int:
-        """How many applied changes are not written to RocksDB yet (queued by a catch-up)."""
+        """How many applied records are not written to RocksDB yet (queued by a catch-up)."""
         return self._pending_records
 
     def persisted_position(self, partition: int) -> int:
@@ -335,7 +335,7 @@ class FlagTable:
         pending = self._pending[0]
         _StateWrite(self, pending).write()
         self._pending.popleft()
-        self._pending_records -= len(pending.entries)
+        self._pending_records -= pending.records
         return bool(self._pending)
 
     def flush(self) -> None:
@@ -382,6 +382,7 @@ class ChangelogBatch:
         self._table = table
         self._partition = partition
         self._next_offset: int | None = None
+        self._added = 0  # records, fences and stale ones too
         self._seqs: dict[str, int] = {}
         self._decided: dict[int, int] = {}
         self._fresh: list[AppliedChange] = []
@@ -401,6 +402,7 @@ class ChangelogBatch:
         header): stored as they are rather than encoded again.
         """
         self._next_offset = offset + 1
+        self._added += 1
         if change is None:
             return False
         environment = change.environment
@@ -430,11 +432,11 @@ class ChangelogBatch:
             return []
         table, partition = self._table, self._partition
         pending = _PendingWrite(
-            partition, self._next_offset, fingerprint, self._decided, self._entries
+            partition, self._next_offset, fingerprint, self._decided, self._entries, self._added
         )
         if defer or table._pending:
             table._pending.append(pending)
-            table._pending_records += len(pending.entries)
+            table._pending_records += pending.records
         else:
             _StateWrite(table, pending).write()
         table._positions[partition] = self._next_offset
@@ -473,6 +475,7 @@ class _PendingWrite:
     fingerprint: str
     decided: dict[int, int]
     entries: list[tuple[AppliedChange, bytes | None, bytes | None]]
+    records: int  # records of the changelog it covers (fences and stale ones too)
 
 
 class _StateWrite:
