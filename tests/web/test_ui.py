@@ -31,6 +31,7 @@ from app.infra.broker import free_port, start_broker, stop
 from tests.app.experiments.test_report import experiment_flag, two_partitions
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, Worker, flag, wait_until
 from tests.web.test_experiments_api import moved, publish, subjects_are
+from tests.web.test_experiments_stream import grown
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -414,3 +415,25 @@ def test_an_admin_sees_the_definition_once_in_its_editor(
     assert '"defaultVariant": "off"' in shown(tab, "#editor").get_attribute("value")
     page_ready(tab)
     assert not tab.find_elements(By.ID, "definition"), "the read-only copy beside the editor"
+
+
+@needs_chromium
+def test_new_exposures_update_an_open_results_page_without_a_reload(
+    tab: webdriver.Chrome, worker: Worker, broker: str, env: str
+) -> None:
+    """The page follows the experiment's stream: no reload, and no 5 s poll to wait for."""
+    key = "live-results"
+    seed_experiment(worker, broker, env, key)
+    partials = moved(two_partitions(), env, key)
+    before = sum(v.subjects for p in partials for v in p.totals.variants.values())
+    sign_in(tab, worker, f"/e/{env}/x/{key}", READ_TOKEN)
+    text_of(tab, "#page", f"{before} subjects")
+    tab.execute_script("window.sameDocument = true")
+    publish(broker, grown(partials[0], 100))
+    after = before + 100 * len(partials[0].totals.variants)
+    started = time.monotonic()
+    text_of(tab, "#page", f"{after} subjects")
+    print(f"new figures reached the open results page in {time.monotonic() - started:.3f} s")
+    assert tab.execute_script("return window.sameDocument === true"), "the page was reloaded"
+    live = tab.execute_script("return document.body.dataset.live")
+    assert live == "live", "the page does not follow the experiment's stream"
