@@ -138,9 +138,13 @@ def run_up(args: argparse.Namespace) -> int:
             restore_last_run(client, previous)
         if not client.environments().get("development"):
             apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
+            if Path(args.file).resolve() == EXAMPLES:
+                seed_demo_exposures(url, sdk_key)
         print(
             f"\nflagstream is up.\n"
             f"  dashboard:   {url}/ui/#/e/development (sign in with the admin token below)\n"
+            f"  experiment:  {url}/ui/#/e/development/x/{DEMO_EXPERIMENT}"
+            f" ({DEMO_USERS} simulated users; figures appear within a minute)\n"
             f"  flags:       {url}/api/v1/environments/development/flags\n"
             f"  changes:     {url}/api/v1/environments/development/stream (server-sent events)\n"
             f"  metrics:     {metrics_urls(host, metrics_port, processes)}"
@@ -165,6 +169,28 @@ def run_up(args: argparse.Namespace) -> int:
         if worker is not None:
             stop(worker, timeout_s=20)
         stop(broker)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flags.json"
+DEMO_FLAG = "checkout-button-color"  # examples/flags.json: its experiment is DEMO_EXPERIMENT
+DEMO_EXPERIMENT = "button-color-2026q4"
+DEMO_USERS = 300
+
+
+def seed_demo_exposures(url: str, sdk_key: str) -> None:
+    """Evaluate the examples' experiment flag for simulated users through OFREP, as an SDK
+    would: each evaluation is an exposure, so a newcomer's first experiment page has subjects
+    in every variant, the split checked and exposures over time (no metric: none is sent)."""
+    print(f"simulating {DEMO_USERS} users of the {DEMO_EXPERIMENT} experiment ...", flush=True)
+    for user in range(DEMO_USERS):
+        body = f'{{"context": {{"targetingKey": "demo-user-{user}"}}}}'.encode()
+        request = urllib.request.Request(  # noqa: S310  # this worker's own http:// URL
+            f"{url}/ofrep/v1/evaluate/flags/{DEMO_FLAG}",
+            data=body,
+            headers={"Authorization": f"Bearer {sdk_key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            answer.read()
 
 
 def metrics_urls(host: str, first_port: int, processes: int) -> str:

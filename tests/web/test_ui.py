@@ -13,6 +13,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +36,7 @@ from tests.conftest import ADMIN_TOKEN, READ_TOKEN, Worker, flag, wait_until
 from tests.web.test_experiments_api import moved, publish, subjects_are
 from tests.web.test_experiments_stream import grown
 
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 NO_CHROMIUM = "no chromium/chromedriver: apt-get install -y chromium chromium-driver"
@@ -437,3 +441,68 @@ def test_new_exposures_update_an_open_results_page_without_a_reload(
     assert tab.execute_script("return window.sameDocument === true"), "the page was reloaded"
     live = tab.execute_script("return document.body.dataset.live")
     assert live == "live", "the page does not follow the experiment's stream"
+
+
+# -- a newcomer's path: from `./bin/up` to a flipped flag and an experiment ------------------
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`flagstream up` (what `./bin/up` runs) in a fresh data dir: the lines it printed, by name
+    (`dashboard`, `admin token`, `experiment`, ...), once it said it is up."""
+    command = [sys.executable, "-m", "app.cli", "up", "--data-dir", str(tmp_path / "up")]
+    command += ["--processes", "1", "--log", str(tmp_path / "up.log")]
+    for option in ("--port", "--kafka-port", "--metrics-port"):
+        command += [option, str(free_port())]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    printed: dict[str, str] = {}
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # ends when `up` is up (below) or exits
+            name, colon, value = line.strip().partition(":")
+            if colon and value.startswith(" "):
+                printed.setdefault(name, value.strip())
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        assert "admin token" in printed, (printed, (tmp_path / "up.log").read_text()[-2000:])
+        yield printed
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@needs_chromium
+def test_a_new_user_goes_from_up_to_a_flipped_flag_and_an_experiment(
+    tab: webdriver.Chrome, up: dict[str, str]
+) -> None:
+    """Only what `up` printed and what the pages say: the URL, the token, links and buttons."""
+    dashboard = up["dashboard"].split()[0]
+    tab.get(dashboard)
+    assert "admin token:" in shown(tab, "#token-help").text  # where the token comes from
+    shown(tab, "#token").send_keys(up["admin token"])
+    tab.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
+    text_of(tab, "#count", "5 of 5 flags")
+
+    tab.find_element(By.LINK_TEXT, "new-checkout").click()
+    kill = shown(tab, "#kill-switch")
+    assert kill.get_attribute("data-state") == "ENABLED"
+    kill.click()
+    text_of(tab, "#kill-status", "Now disabled")
+    assert shown(tab, "#kill-switch").get_attribute("data-state") == "DISABLED"
+
+    tab.find_element(By.LINK_TEXT, "development").click()
+    shown(tab, "#experiments-link").click()
+    experiment = "button-color-2026q4"
+    assert up["experiment"].startswith(f"{dashboard.split('#')[0]}#/e/development/x/{experiment}")
+    text_of(tab, f'tr[data-experiment="{experiment}"]', "running")
+    tab.find_element(By.LINK_TEXT, experiment).click()
+    text_of(tab, "#srm", "p =")  # the simulated users' split, checked
+    subjects = text_of(tab, "#page", "subjects")
+    assert " 300 subjects" in subjects, subjects
+    assert len(tab.find_elements(By.CSS_SELECTOR, "svg.series polyline")) == 3  # one a variant
