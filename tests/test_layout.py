@@ -22,6 +22,7 @@ SOURCE_OF = {"tests/engine": "app/engine", "tests/web": "app/web"}
 BEHAVIOURS = {
     "tests/test_layout.py": "the layout of tests/ itself",
     "tests/test_imports.py": "the imports of every module: layers, no cycle, one entry",
+    "tests/test_deploy.py": "the deployment files: lock, Dockerfile, compose, .env.example",
     "tests/faults/": "a worker killed, or joining and leaving, under load: the whole system",
     "tests/experiments/": "a simulated experiment against its offline truth: fold, pipeline",
     "tests/agents/test_bad_records.py": "bad records on every topic that either agent reads",
