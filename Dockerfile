@@ -35,9 +35,10 @@ COPY app ./app
 COPY agents ./agents
 COPY tables ./tables
 # The build backend (setuptools) runs in pip's isolated build environment, not in the venv.
+# The bytecode pip compiled stays: the final image's user cannot write it, and a worker
+# compiling every module at each start would start slower.
 RUN pip --python /opt/flagstream/bin/python install --no-deps . \
-    && /opt/flagstream/bin/flagstream --help >/dev/null \
-    && find /opt/flagstream -name __pycache__ -prune -exec rm -rf {} +
+    && /opt/flagstream/bin/flagstream --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/flagstream/bin:$PATH \
