@@ -506,3 +506,53 @@ def test_a_new_user_goes_from_up_to_a_flipped_flag_and_an_experiment(
     subjects = text_of(tab, "#page", "subjects")
     assert " 300 subjects" in subjects, subjects
     assert len(tab.find_elements(By.CSS_SELECTOR, "svg.series polyline")) == 3  # one a variant
+
+
+# -- accessibility: axe-core (tests/web/js, `npm ci`) on every page ------------------------
+
+AXE = REPO / "tests" / "web" / "js" / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RUN = """
+const done = arguments[arguments.length - 1];
+const brief = (v) => ({ id: v.id, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target) });
+axe.run(document, { runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] })
+  .then((found) => done({ passed: found.passes.length, violations: found.violations.map(brief) }))
+  .catch((failure) => done({ passed: 0, violations: [{ id: "axe", help: String(failure) }] }));
+"""
+
+
+def axe_violations(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """WCAG 2.1 A and AA violations axe-core finds on the page as it is now."""
+    if not driver.execute_script("return typeof axe !== 'undefined'"):
+        driver.execute_script(AXE.read_text())
+    found = driver.execute_async_script(AXE_RUN)
+    assert found["passed"] > 0, found  # axe ran its rules on this page
+    violations: list[dict[str, Any]] = found["violations"]
+    return violations
+
+
+@needs_chromium
+def test_every_page_passes_axe_for_wcag_2_1_aa(
+    tab: webdriver.Chrome, worker: Worker, broker: str, env: str
+) -> None:
+    """Labels, roles, names and contrast, as axe-core checks them (keyboard order: by hand)."""
+    if not AXE.exists():
+        pytest.skip("no axe-core: npm ci --prefix tests/web/js")
+    key = "axe-checked"
+    worker.admin().put(env, "plain-flag", flag())
+    seed_experiment(worker, broker, env, key)
+    tab.get(f"{worker.url}/ui/#/e/{env}")
+    shown(tab, "#token")
+    found = {"sign in": axe_violations(tab)}
+    sign_in(tab, worker, "/", ADMIN_TOKEN)
+    pages = {
+        "environments": "/",
+        "flag list": f"/e/{env}",
+        "flag page": f"/e/{env}/f/{key}",
+        "experiments": f"/e/{env}/x",
+        "experiment results": f"/e/{env}/x/{key}",
+    }
+    for name, page in pages.items():
+        tab.get(f"{worker.url}/ui/?axe#{page}")
+        page_ready(tab)
+        found[name] = axe_violations(tab)
+    assert not any(found.values()), json.dumps(found, indent=1)
