@@ -46,6 +46,7 @@ from app.experiments.fold import EventRecord, ExposureRecord, Folded, PartitionF
 from app.experiments.partials import Partial, Progress, encode_partial, encode_progress
 from app.experiments.sources import decode_exposure, decode_metric_event
 from app.experiments.stats import MetricKind
+from app.infra.consumer_lag import ReadPositions
 from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
@@ -126,6 +127,7 @@ class ExperimentAttribution(Service):
             source: DeadLetterSender(source, self._send_dead_letter, metrics) for source in SOURCES
         }
         self.consumer: AIOKafkaConsumer | None = None
+        self.positions = ReadPositions()  # the next source record to fold, per partition
         self.reader: AIOKafkaConsumer | None = None  # reads `experiment-state` to catch up
         self.producer: AIOKafkaProducer | None = None
         self.owned: set[int] = set()
@@ -169,6 +171,7 @@ class ExperimentAttribution(Service):
         )
         await self.producer.start()
         await self.consumer.start()
+        self.metrics.consumer_lag.watch("experiments", self.consumer, self.positions)
         await self.reader.start()
         pace_when_idle(
             self.reader, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
@@ -225,6 +228,9 @@ class ExperimentAttribution(Service):
                         if partition in self.owned  # not revoked while the fetch was decoded
                     )
                 )
+            for tp, records in batches.items():
+                if records:
+                    self.positions.handled(tp.topic, tp.partition, records[-1].offset)
 
     def _placed(
         self, decoded: ExposureRecord | EventRecord | Rejection, tp: TopicPartition
@@ -329,6 +335,7 @@ class ExperimentAttribution(Service):
                 await self.catch_up(partition)
                 for source, offset in self.fold.offsets(partition, SOURCES).items():
                     consumer.seek(TopicPartition(source, partition), offset)
+                    self.positions.start_at(TopicPartition(source, partition), offset)
             self.owned = set(partitions)
             self.metrics.attribution_partitions.set(len(self.owned))
 

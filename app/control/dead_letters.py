@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from app.control.outcomes import Outcomes
+from app.infra.consumer_lag import ConsumerLag, ReadPositions
 from app.infra.fetch_wait import pace_when_idle
 from app.infra.records import DeadLetter, loads
 from app.infra.settings import Settings
@@ -34,10 +35,18 @@ DEAD_LETTERS_PARTITION = TopicPartition(DEAD_LETTERS, 0)  # the topic has one pa
 class DeadLetterReader(Service):
     """Resolves each waiting writer's outcome with the dead letter naming its change id."""
 
-    def __init__(self, settings: Settings, outcomes: Outcomes, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outcomes: Outcomes,
+        lag: ConsumerLag | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.outcomes = outcomes
+        self._lag = lag  # `flagstream_consumer_lag_records{group="dead-letters"}` when given
+        self._positions = ReadPositions()  # the next dead letter to read
         self._consumer: AIOKafkaConsumer | None = None
         # Not `_started`: that is mode's own flag, set before on_start has made the consumer.
         self._consumer_ready = asyncio.Event()
@@ -56,8 +65,17 @@ class DeadLetterReader(Service):
             self._consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
         )
         self._consumer.assign([DEAD_LETTERS_PARTITION])
-        await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
+        if self._lag is not None:
+            self._lag.watch("dead-letters", self._consumer, self._positions)
+        await self._read_from_end()
         self._consumer_ready.set()
+
+    async def _read_from_end(self) -> None:
+        """Seek to the end and know where that is: the lag counts from there."""
+        if self._consumer is not None:
+            await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
+            position = await self._consumer.position(DEAD_LETTERS_PARTITION)
+            self._positions.start_at(DEAD_LETTERS_PARTITION, position)
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -66,8 +84,7 @@ class DeadLetterReader(Service):
     async def move_to_end(self) -> None:
         """Read only dead letters written from now on (a `BrokerWatch.before_writes` step)."""
         await self._consumer_ready.wait()
-        if self._consumer is not None:
-            await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
+        await self._read_from_end()
 
     @Service.task
     async def _tail(self) -> None:
@@ -84,6 +101,7 @@ class DeadLetterReader(Service):
             for records in batches.values():
                 for record in records:
                     self._tell_writer(record.offset, record.value)
+                    self._positions.handled(record.topic, record.partition, record.offset)
 
     def _tell_writer(self, offset: int, value: bytes | None) -> None:
         letter = decode_dead_letter(value)

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from app.experiments.partials import Partial, Progress, decode_stats_record
+from app.infra.consumer_lag import ReadPositions
 from app.infra.fetch_wait import pace_when_idle
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
@@ -58,6 +59,8 @@ class ExperimentStatsFeed(Service):
         self.settings = settings
         self.on_rejected = on_rejected
         self._counted = metrics.experiment_stats_records
+        self._lag = metrics.consumer_lag
+        self._positions = ReadPositions()  # the next record to take, per partition
         # environment -> experiment -> source partition -> newest partial
         self._partials: dict[str, dict[str, dict[int, Partial]]] = {}
         self._progress: dict[int, Progress] = {}
@@ -178,8 +181,19 @@ class ExperimentStatsFeed(Service):
             TopicPartition(EXPERIMENT_STATS, p) for p in range(self.settings.exposure_partitions)
         ]
         self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
+        self._lag.watch("experiment-stats", self._consumer, self._positions)
+        await self._read_from_beginning()
         self._consumer_ready.set()
+
+    async def _read_from_beginning(self) -> None:
+        """Seek every assigned partition to its first record, and know where that is (the
+        lag counts from there before the first fetch returns)."""
+        if self._consumer is None:
+            return
+        partitions = self._consumer.assignment()
+        await self._consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            self._positions.start_at(tp, await self._consumer.position(tp))
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -194,7 +208,7 @@ class ExperimentStatsFeed(Service):
             try:
                 if self._reread:
                     self._reread = False
-                    await self._consumer.seek_to_beginning()  # every assigned partition
+                    await self._read_from_beginning()
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=1000)
             except KafkaError as exc:
                 log.warning("experiment-stats cannot be read (%r): retrying", exc)
@@ -203,3 +217,4 @@ class ExperimentStatsFeed(Service):
             for tp, records in batches.items():
                 for record in records:
                     await self.take(record.value, tp.partition, record.offset)
+                    self._positions.handled(tp.topic, tp.partition, record.offset)
