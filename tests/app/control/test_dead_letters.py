@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
 from app.control.dead_letters import DEAD_LETTERS_PARTITION, DeadLetterReader
 from app.control.outcomes import Outcomes
+from app.infra.consumer_lag import ConsumerLag
 from app.infra.settings import Settings
 from app.infra.topics import ensure_topics
 from tables.flags import FlagTable
@@ -48,3 +51,45 @@ def test_moving_to_the_end_while_starting_waits_for_the_consumer(
             table.close()
 
     assert asyncio.run(run()) == 1  # past the old letter
+
+
+def test_the_reader_exports_its_lag_and_reads_zero_once_it_has_read_every_letter(
+    broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLAGSTREAM_BROKERS", broker)
+    settings = Settings.from_env()
+    asyncio.run(ensure_topics(settings))
+    topic = "dead-letters"  # the topic's name in this version (app.infra.topics)
+    lag = ConsumerLag()
+    registry = CollectorRegistry()
+    registry.register(lag)
+
+    def exported() -> dict[str, float]:
+        return {
+            sample.labels["partition"]: sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.labels.get("group") == "dead-letters" and sample.labels["topic"] == topic
+        }
+
+    async def run() -> dict[str, float]:
+        table = FlagTable(tmp_path, history_depth=5, stream_depth=5, change_id_depth=5)
+        table.open()
+        reader = DeadLetterReader(settings, Outcomes(table), lag)
+        await reader.start()
+        try:
+            # Three batches: on the embedded broker the end it lists is the third's start + 1.
+            for batch in range(3):
+                letters = [(None, f"letter {batch}-{i}".encode()) for i in range(10)]
+                offsets = await asyncio.to_thread(produce, broker, topic, letters)
+            partition = TopicPartition(topic, 0)
+            deadline = time.monotonic() + 30
+            while reader._positions(partition) != offsets[-1] + 1:  # every letter read
+                assert time.monotonic() < deadline, "the reader never read the letters"
+                await asyncio.sleep(0.05)
+            return exported()
+        finally:
+            await reader.stop()
+            table.close()
+
+    assert asyncio.run(run()) == {"0": 0.0}
