@@ -70,6 +70,7 @@ from tests.conftest import Worker
 
 FETCH_WAIT_MS = 10  # the tests' and benchmarks' worker (tests/conftest.py Worker)
 CAUGHT_UP = re.compile(r"flag table caught up in ([\d.]+)s")
+PERSISTED = re.compile(r"flag table wrote \d+ caught-up changes in ([\d.]+)s")
 COMPILED = re.compile(r"compiled (\d+) flags of \d+ environments in ([\d.]+)s in the background")
 
 
@@ -242,13 +243,16 @@ def rss_mb(worker: Worker) -> float:
 
 
 def logged(worker: Worker) -> dict[str, float | None]:
-    """What the worker logged of its start: catch-up seconds; the background compile's
-    seconds and flags once its queue first drained (None while it has not)."""
+    """What the worker logged of its start: catch-up seconds; the seconds it took after ready
+    to write the catch-up to RocksDB; the background compile's seconds and flags once its
+    queue first drained (None while it has not)."""
     text = worker.log_path.read_text(errors="replace")
     caught_up = CAUGHT_UP.findall(text)
+    persisted = PERSISTED.findall(text)
     compiled = COMPILED.findall(text)
     return {
         "catch_up_s": float(caught_up[-1]) if caught_up else None,
+        "persist_after_ready_s": float(persisted[-1]) if persisted else None,
         "background_compile_s": float(compiled[-1][1]) if compiled else None,
         "compiled_in_background": float(compiled[-1][0]) if compiled else None,
     }
@@ -438,6 +442,7 @@ def main() -> None:
         ("raw aiokafka consume of the changelog (reference)", f"{consume:.2f} s"),
         ("replica in process, started to ready (fences, consume + apply)", _s(replica)),
         ("worker catch-up = ready, its log (fences, consume + apply)", _s(catch_up)),
+        ("its RocksDB writes, after ready in the background", _s(medians["persist_after_ready_s"])),
         ("background compile after ready, until its queue drained", _s(compile_s)),
         ("ready from launch", _s(medians["ready_from_launch_s"])),
         ("empty worker ready from launch (boot)", f"{boot_s:.2f} s"),

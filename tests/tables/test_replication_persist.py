@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
@@ -20,7 +21,11 @@ from tables.replication import FlagReplication
 
 RECORDS = 2000
 ENVIRONMENT = "persist"
-FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+FLAG: dict[str, Any] = {
+    "state": "ENABLED",
+    "variants": {"on": True, "off": False},
+    "defaultVariant": "off",
+}
 # A queued write per loop turn: one catch-up slice (5 ms of applying) written in one RocksDB
 # write, a few times the slice's cost; CPU seconds of this thread (a loaded machine's other
 # processes do not count).
