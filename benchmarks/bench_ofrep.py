@@ -187,8 +187,8 @@ def wait_for(url: str, timeout_s: float = 20.0) -> None:
 
 
 def to_ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -217,13 +217,17 @@ def wrk(
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu
-    if "Non-2xx" in output or "Socket errors" in output or not re.search(r"^\s+99%", output, re.M):
+    if (
+        "Non-2xx" in output
+        or "Socket errors" in output
+        or not re.search(r"^\s+99%\s+\S+\s*$", output, re.M)
+    ):
         print(output, file=sys.stderr)
         raise RuntimeError("wrk saw errors or no latencies: the comparison would be meaningless")
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     # The distribution's own line: "  99%  3.32ms" (a "+/- Stdev" of e.g. 68.99% is not it).
-    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)\s*$", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
     return rate, p99, cpu / requests * 1e6
 
 
@@ -312,16 +316,7 @@ def main() -> None:
         **WORKER_ENV,
         FLAGSTREAM_OFREP_FAST_PATH="false",
     ).start()
-    variants = [
-        Worker(
-            f"127.0.0.1:{kafka_port}",
-            workdir / f"variant-{i}",
-            f"bench-ofrep-v{i}",
-            **WORKER_ENV,
-            **env,
-        ).start()
-        for i, (_, env) in enumerate(args.variant)
-    ]
+    variants: list[Worker] = []
     references: list[subprocess.Popen[bytes]] = []
 
     def reference(mode: str) -> tuple[str, int]:
@@ -347,6 +342,14 @@ def main() -> None:
         return url, process.pid
 
     try:
+        for i, (_, env) in enumerate(args.variant):
+            settings = {**WORKER_ENV, **env}
+            variants.append(
+                Worker(
+                    f"127.0.0.1:{kafka_port}", workdir / f"v{i}", f"bench-ofrep-v{i}", **settings
+                )
+            )
+            variants[-1].start()
         worker.admin().put("bench", FLAG_KEY, flag)
         route_worker.admin().put("bench", FLAG_KEY, flag)
         status, body = post(worker.url)
