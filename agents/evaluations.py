@@ -49,6 +49,7 @@ from app.evaluation.records import (
 )
 from app.evaluation.stats import NOT_FOUND
 from app.infra.fetch_wait import pace_when_idle
+from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
 from app.infra.records import JSON, DeadLetterCode, Rejection
 from app.infra.settings import Settings
@@ -111,6 +112,7 @@ class EvaluationRequests(Service):
     async def on_start(self) -> None:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             acks="all",
             linger_ms=2,
             max_batch_size=256 * 1024,
@@ -118,6 +120,7 @@ class EvaluationRequests(Service):
         )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             group_id=f"{self.settings.app_id}-evaluations",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -48,6 +48,7 @@ from app.experiments.sources import decode_exposure, decode_metric_event
 from app.experiments.stats import MetricKind
 from app.infra.consumer_lag import ReadPositions
 from app.infra.fetch_wait import pace_when_idle
+from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
@@ -143,7 +144,10 @@ class ExperimentAttribution(Service):
 
     async def on_start(self) -> None:
         self.store.open()
-        common = {"bootstrap_servers": self.settings.bootstrap}
+        common = {
+            "bootstrap_servers": self.settings.bootstrap,
+            **kafka_client_options(self.settings),
+        }
         self.producer = AIOKafkaProducer(
             **common,
             acks="all",

@@ -31,6 +31,7 @@ from app.experiments.metric_events import metric_event_channel
 from app.experiments.record_sink import RecordSink
 from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.fetch_wait import bound_fetch_wait
+from app.infra.kafka_security import faust_credentials
 from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.infra.topics import DEAD_LETTERS, EXPERIMENT_STATS
@@ -76,6 +77,7 @@ def faust_app_for(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.brokers],
+        broker_credentials=faust_credentials(settings),  # TLS and SASL: app.infra.kafka_security
         datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
         web_enabled=True,

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
@@ -76,6 +77,7 @@ class BrokerWatch(Service):
     async def on_start(self) -> None:
         self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
         )
         await self._admin.start()

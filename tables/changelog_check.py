@@ -20,6 +20,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from app.infra.kafka_security import kafka_client_options
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
 from tables.flags import FlagTable
@@ -56,6 +57,7 @@ async def same_log(
         return True
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
+        **kafka_client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="none",

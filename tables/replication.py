@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from app.infra.fetch_wait import pace_when_idle
+from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
 from app.infra.records import CHANGE_HEADER, AppliedChange, loads, routed_change
 from app.infra.settings import Settings
@@ -119,9 +120,14 @@ class FlagReplication(Service):
 
     async def on_start(self) -> None:
         self.table.open()
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
+            acks="all",
+        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             # Never jump silently: a position the log does not have means another log (Kafka

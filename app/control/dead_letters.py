@@ -19,6 +19,7 @@ from mode import Service
 from app.control.outcomes import Outcomes
 from app.infra.consumer_lag import ConsumerLag, ReadPositions
 from app.infra.fetch_wait import pace_when_idle
+from app.infra.kafka_security import kafka_client_options
 from app.infra.records import DeadLetter, loads
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
@@ -54,6 +55,7 @@ class DeadLetterReader(Service):
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",  # a position the topic lost: only new letters matter

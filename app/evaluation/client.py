@@ -4,6 +4,9 @@
         result = await client.evaluate("production", {"targetingKey": "user-1"})
         results = await client.evaluate_many("production", [context_a, context_b], ["new-ui"])
 
+    # The cluster and its TLS/SASL settings from the FLAGSTREAM_* environment, as a worker's:
+    async with EvaluationClient.from_settings(Settings.from_env()) as client: ...
+
 Results are matched to requests by `request_id`. The client reads the results topic without a
 consumer group (every partition, from its end at start), so any number of clients can share
 `evaluation-results`, each reading every result. Above a few thousand results per second,
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -27,6 +31,8 @@ from app.evaluation.records import (
     encode_requests,
     valid_reply_topic,
 )
+from app.infra.kafka_security import kafka_client_options
+from app.infra.settings import Settings
 from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
 
 __all__ = ["EvaluationClient"]
@@ -43,22 +49,34 @@ class EvaluationClient:
         timeout_s: float = 5.0,
         fetch_max_wait_ms: int = 100,
         linger_ms: int = 0,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         """`fetch_max_wait_ms` bounds latency on brokers that hold every fetch (use ~10 on
-        the embedded one); Kafka answers a fetch as soon as results arrive."""
+        the embedded one); Kafka answers a fetch as soon as results arrive. `security`: the
+        TLS/SASL options of `app.infra.kafka_security.kafka_client_options` (`from_settings`
+        passes them)."""
         if reply_to is not None and not valid_reply_topic(reply_to):
             raise ValueError("reply_to must be evaluation-results or evaluation-results.<name>")
         self.results_topic = reply_to or EVALUATION_RESULTS
         self.reply_to = reply_to
         self.timeout_s = timeout_s
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
+        options = dict(security or {})
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, **options, linger_ms=linger_ms
+        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
+            **options,
             enable_auto_commit=False,
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._pending: dict[str, asyncio.Future[EvaluationResult]] = {}
         self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> EvaluationClient:
+        """A client of the cluster `settings` name, with their TLS and SASL options."""
+        return cls(settings.bootstrap, security=kafka_client_options(settings), **options)
 
     async def __aenter__(self) -> EvaluationClient:
         await self.start()

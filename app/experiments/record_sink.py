@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from mode import Service
 from prometheus_client import Counter
 
+from app.infra.kafka_security import kafka_client_options
 from app.infra.records import dumps
 from app.infra.settings import Settings
 from app.infra.topics import partition_of
@@ -114,6 +115,7 @@ class RecordSink(Service):
     async def on_start(self) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             acks="all",
             linger_ms=5,
             enable_idempotence=self.settings.producer_idempotence,

@@ -26,6 +26,7 @@ from mode import Service
 from app.experiments.partials import Partial, Progress, decode_stats_record
 from app.infra.consumer_lag import ReadPositions
 from app.infra.fetch_wait import pace_when_idle
+from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
@@ -162,6 +163,7 @@ class ExperimentStatsFeed(Service):
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
+            **kafka_client_options(self.settings),
             group_id=None,  # every worker reads every partition
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # a position the topic lost: read what it has

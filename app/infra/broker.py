@@ -57,7 +57,9 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def broker_command(host: str, port: int) -> list[str]:
+def broker_command(host: str, port: int, advertised: str | None = None) -> list[str]:
+    """Tansu listening on host:port; it tells clients to connect to `advertised` ("host:port",
+    default the same), e.g. a TLS-terminating proxy in front of it."""
     url = f"tcp://{host}:{port}"
     return [
         broker_binary(),
@@ -65,16 +67,20 @@ def broker_command(host: str, port: int) -> list[str]:
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{advertised}" if advertised else url,
     ]
 
 
 def start_broker(
-    host: str, port: int, log_path: Path | None = None, timeout_s: float = 15.0
+    host: str,
+    port: int,
+    log_path: Path | None = None,
+    timeout_s: float = 15.0,
+    advertised: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start Tansu and return once it accepts connections."""
     out = log_path.open("ab") if log_path else subprocess.DEVNULL
-    command = broker_command(host, port)  # our own binary and options, no shell
+    command = broker_command(host, port, advertised)  # our own binary and options, no shell
     process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
     deadline = time.monotonic() + timeout_s
     while not port_open(host, port):

@@ -8,8 +8,10 @@ The README's settings table is generated from `SETTINGS` below; keep the two in 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.infra.kafka_security import KafkaSecurity
 
 __all__ = ["SETTINGS", "Setting", "Settings"]
 
@@ -25,6 +27,48 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("FLAGSTREAM_BROKERS", "127.0.0.1:9092", "Kafka bootstrap servers, comma separated."),
+    Setting(
+        "FLAGSTREAM_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "How every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+        " (app/infra/kafka_security.py).",
+    ),
+    Setting(
+        "FLAGSTREAM_KAFKA_SASL_MECHANISM",
+        "",
+        "With SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (a static token).",
+    ),
+    Setting("FLAGSTREAM_KAFKA_SASL_USERNAME", "", "SASL user name (PLAIN, SCRAM)."),
+    Setting(
+        "FLAGSTREAM_KAFKA_SASL_PASSWORD",
+        "",
+        "SASL password, or the OAUTHBEARER token; or from a file: `…_PASSWORD_FILE`.",
+    ),
+    Setting(
+        "FLAGSTREAM_KAFKA_SSL_CAFILE",
+        "",
+        "PEM CA bundle the broker certificates are checked against (empty: the system's).",
+    ),
+    Setting(
+        "FLAGSTREAM_KAFKA_SSL_CERTFILE",
+        "",
+        "PEM client certificate for TLS client authentication (mTLS, e.g. Strimzi).",
+    ),
+    Setting(
+        "FLAGSTREAM_KAFKA_SSL_KEYFILE",
+        "",
+        "PEM private key of the client certificate (empty: it is in the certificate file).",
+    ),
+    Setting(
+        "FLAGSTREAM_KAFKA_SSL_KEY_PASSWORD",
+        "",
+        "Password of an encrypted client key; or from a file: `…_KEY_PASSWORD_FILE`.",
+    ),
+    Setting(
+        "FLAGSTREAM_KAFKA_SSL_CHECK_HOSTNAME",
+        "true",
+        "Check that a broker's certificate names the host connected to.",
+    ),
     Setting(
         "FLAGSTREAM_APP_ID", "flagstream", "Consumer group id and topic prefix of this deployment."
     ),
@@ -259,11 +303,47 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+# Secrets may come from a file (Docker and Kubernetes secrets): `<NAME>_FILE` holds its path.
+SECRETS = (
+    "FLAGSTREAM_ADMIN_TOKEN",
+    "FLAGSTREAM_READ_TOKENS",
+    "FLAGSTREAM_SDK_KEYS",
+    "FLAGSTREAM_KAFKA_SASL_PASSWORD",
+    "FLAGSTREAM_KAFKA_SSL_KEY_PASSWORD",
+)
+
+
+def _secret(name: str) -> str:
+    """`name`, or the content of the file `name`_FILE names (one trailing newline dropped).
+
+    Errors name the variables and the path, never the content."""
+    path = os.environ.get(f"{name}_FILE", "")
+    if not path:
+        return _env(name)
+    if os.environ.get(name):
+        raise ValueError(f"set {name} or {name}_FILE, not both")
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{name}_FILE: cannot read {path}: {reason}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The typed view of `SETTINGS`; build it with `Settings.from_env()`."""
 
     brokers: tuple[str, ...]
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str = field(repr=False)
+    kafka_ssl_cafile: str
+    kafka_ssl_certfile: str
+    kafka_ssl_keyfile: str
+    kafka_ssl_key_password: str = field(repr=False)
+    kafka_ssl_check_hostname: bool
     app_id: str
     worker_id: str
     data_dir: Path
@@ -272,9 +352,10 @@ class Settings:
     web_port: int
     metrics_host: str
     metrics_port: int
-    admin_token: str
-    read_tokens: tuple[str, ...]
-    sdk_keys: dict[str, str]
+    # Secrets stay out of repr: a settings object in a log line or a traceback shows none.
+    admin_token: str = field(repr=False)
+    read_tokens: tuple[str, ...] = field(repr=False)
+    sdk_keys: dict[str, str] = field(repr=False)
     flag_change_partitions: int
     replication_factor: int
     flag_changes_retention_ms: int
@@ -318,10 +399,19 @@ class Settings:
         web_host = _env("FLAGSTREAM_WEB_HOST")
         web_port = int(_env("FLAGSTREAM_WEB_PORT"))
         sdk_keys = dict(
-            pair.split("=", 1) for pair in _csv(_env("FLAGSTREAM_SDK_KEYS")) if "=" in pair
+            pair.split("=", 1) for pair in _csv(_secret("FLAGSTREAM_SDK_KEYS")) if "=" in pair
         )
-        return cls(
+        settings = cls(
             brokers=_csv(_env("FLAGSTREAM_BROKERS")),
+            kafka_security_protocol=_env("FLAGSTREAM_KAFKA_SECURITY_PROTOCOL"),
+            kafka_sasl_mechanism=_env("FLAGSTREAM_KAFKA_SASL_MECHANISM"),
+            kafka_sasl_username=_env("FLAGSTREAM_KAFKA_SASL_USERNAME"),
+            kafka_sasl_password=_secret("FLAGSTREAM_KAFKA_SASL_PASSWORD"),
+            kafka_ssl_cafile=_env("FLAGSTREAM_KAFKA_SSL_CAFILE"),
+            kafka_ssl_certfile=_env("FLAGSTREAM_KAFKA_SSL_CERTFILE"),
+            kafka_ssl_keyfile=_env("FLAGSTREAM_KAFKA_SSL_KEYFILE"),
+            kafka_ssl_key_password=_secret("FLAGSTREAM_KAFKA_SSL_KEY_PASSWORD"),
+            kafka_ssl_check_hostname=_flag(_env("FLAGSTREAM_KAFKA_SSL_CHECK_HOSTNAME")),
             app_id=_env("FLAGSTREAM_APP_ID"),
             worker_id=_env("FLAGSTREAM_WORKER_ID") or f"{web_host}:{web_port}",
             data_dir=Path(_env("FLAGSTREAM_DATA_DIR")),
@@ -330,8 +420,8 @@ class Settings:
             web_port=web_port,
             metrics_host=_env("FLAGSTREAM_METRICS_HOST"),
             metrics_port=int(_env("FLAGSTREAM_METRICS_PORT")),
-            admin_token=_env("FLAGSTREAM_ADMIN_TOKEN"),
-            read_tokens=_csv(_env("FLAGSTREAM_READ_TOKENS")),
+            admin_token=_secret("FLAGSTREAM_ADMIN_TOKEN"),
+            read_tokens=_csv(_secret("FLAGSTREAM_READ_TOKENS")),
             sdk_keys=sdk_keys,
             flag_change_partitions=int(_env("FLAGSTREAM_FLAG_CHANGE_PARTITIONS")),
             replication_factor=int(_env("FLAGSTREAM_REPLICATION_FACTOR")),
@@ -371,6 +461,8 @@ class Settings:
             event_loop=_env("FLAGSTREAM_EVENT_LOOP"),
             log_level=_env("FLAGSTREAM_LOG_LEVEL"),
         )
+        KafkaSecurity.from_settings(settings)  # a bad combination fails here, at start
+        return settings
 
     @property
     def bootstrap(self) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
+from app.infra.kafka_security import kafka_client_options
 from app.infra.settings import Settings
 
 __all__ = [
@@ -94,7 +95,9 @@ def topic_specs(settings: Settings) -> tuple[TopicSpec, ...]:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the topics that do not exist yet; leave existing ones alone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, **kafka_client_options(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
