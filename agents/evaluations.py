@@ -54,7 +54,7 @@ from app.infra.metrics import Metrics
 from app.infra.records import JSON, DeadLetterCode, Rejection
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_group_member, stop_within
-from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
+from app.infra.topics import Topics
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 
@@ -87,7 +87,10 @@ class EvaluationRequests(Service):
         self.evaluated = metrics.evaluation_requests.labels("evaluated")
         self.malformed = metrics.evaluation_requests.labels("malformed")
         self.unanswered = metrics.evaluation_requests.labels("unanswered")
-        self.dead_letters = DeadLetterSender(EVALUATION_REQUESTS, self._send_dead_letter, metrics)
+        self.topics = Topics.of(settings)
+        self.dead_letters = DeadLetterSender(
+            self.topics.evaluation_requests, self._send_dead_letter, metrics
+        )
         self.settings = settings
         self.flags = flags
         self.replication = replication
@@ -152,7 +155,7 @@ class EvaluationRequests(Service):
         await self.replication.ready.wait()
         if self.consumer is None:
             raise RuntimeError("the evaluation requests are answered only once started")
-        self.consumer.subscribe([EVALUATION_REQUESTS], listener=_CommitOnRevoke(self))
+        self.consumer.subscribe([self.topics.evaluation_requests], listener=_CommitOnRevoke(self))
         last_commit = time.monotonic()
         yield_at = time.perf_counter() + HOLD_LOOP_S
         while not self.should_stop:
@@ -189,14 +192,16 @@ class EvaluationRequests(Service):
         """Answer one record; a failure of any kind ends in a dead letter, never an exception."""
         started = time.perf_counter()
         try:
-            decoded = decode_requests(raw)
+            decoded = decode_requests(raw, self.topics.evaluation_results)
             if isinstance(decoded, Requests) and not await self.reply_topic_exists(
                 decoded.reply_to
             ):
                 decoded = self._unknown_reply_topic(decoded)
             answer = [] if isinstance(decoded, Rejection) else self.evaluate(decoded)
         except Exception as exc:  # a bug must not stop the data plane: park the record
-            log.exception("answering %s/%d/%d failed", EVALUATION_REQUESTS, partition, offset)
+            log.exception(
+                "answering %s/%d/%d failed", self.topics.evaluation_requests, partition, offset
+            )
             decoded, answer = Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}"), []
         if answer and isinstance(decoded, Requests):  # an answer is only ever to requests
             for value in answer:
@@ -268,7 +273,7 @@ class EvaluationRequests(Service):
             Invalid(item.request_id, item.environment, (*getattr(item, "problems", ()), problem))
             for item in decoded.items
         ]
-        return Requests(items, decoded.batch, EVALUATION_RESULTS)
+        return Requests(items, decoded.batch, self.topics.evaluation_results)
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Queue a record and return; its delivery is checked by a callback (see the docstring).
@@ -301,7 +306,7 @@ class EvaluationRequests(Service):
         self.backpressure.inc(time.perf_counter() - started)
 
     async def _send_dead_letter(self, letter: bytes) -> None:
-        await self.send(DEAD_LETTERS, None, letter)
+        await self.send(self.topics.dead_letters, None, letter)
 
     def _check_delivered(self, delivery: asyncio.Future[Any]) -> None:
         self.in_flight -= 1

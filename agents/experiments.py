@@ -53,14 +53,7 @@ from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_group_member
-from app.infra.topics import (
-    DEAD_LETTERS,
-    EXPERIMENT_STATE,
-    EXPERIMENT_STATS,
-    EXPOSURES,
-    METRIC_EVENTS,
-    partition_of,
-)
+from app.infra.topics import Topics, partition_of
 from tables.partition_state import PartitionState
 from tables.replication import FlagReplication
 
@@ -68,8 +61,11 @@ __all__ = ["ExperimentAttribution", "ExperimentMetrics"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-SOURCES = (EXPOSURES, METRIC_EVENTS)
-DECODERS = {EXPOSURES: decode_exposure, METRIC_EVENTS: decode_metric_event}
+# The sources and the state changelog by role, not topic name: these key the stored offsets,
+# the progress in `experiment-stats` and metric labels, the same in every deployment.
+SOURCES = ("exposures", "metric-events")
+STATE = "experiment-state"
+DECODERS = {"exposures": decode_exposure, "metric-events": decode_metric_event}
 MAX_POLL_RECORDS = 2000  # records per fetch (bounds a batch's changelog and its latency)
 FOLD_CHUNK = 500  # records folded and logged at once
 FENCE_KEY = b"f"  # the changelog record a restoring owner waits for
@@ -114,6 +110,9 @@ class ExperimentAttribution(Service):
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.topics = topics = Topics.of(settings)
+        self.source_topics = {"exposures": topics.exposures, "metric-events": topics.metric_events}
+        self.source_of = {topic: source for source, topic in self.source_topics.items()}
         self.replication = replication
         self.metrics = metrics
         self.store = PartitionState(settings.data_dir / "experiments")
@@ -125,7 +124,8 @@ class ExperimentAttribution(Service):
             max(1, settings.series_retention_s // settings.series_window_s),
         )
         self.dead_letters = {
-            source: DeadLetterSender(source, self._send_dead_letter, metrics) for source in SOURCES
+            source: DeadLetterSender(topic, self._send_dead_letter, metrics)
+            for source, topic in self.source_topics.items()
         }
         self.consumer: AIOKafkaConsumer | None = None
         self.positions = ReadPositions()  # the next source record to fold, per partition
@@ -205,7 +205,7 @@ class ExperimentAttribution(Service):
         # caught up, or the first batches would be folded without them.
         await self.replication.ready.wait()
         consumer = _started(self.consumer)
-        consumer.subscribe(list(SOURCES), listener=_Rebalance(self))
+        consumer.subscribe(list(self.source_topics.values()), listener=_Rebalance(self))
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=1000)
             if batches:  # records moved the progress, even those only dead-lettered
@@ -213,15 +213,16 @@ class ExperimentAttribution(Service):
             by_partition: dict[int, list[Sourced]] = {}
             for tp, records in batches.items():
                 by_partition.setdefault(tp.partition, [])
+                source = self.source_of[tp.topic]
                 for record in records:
-                    decoded = self._placed(DECODERS[tp.topic](record.value), tp)
+                    decoded = self._placed(DECODERS[source](record.value), tp)
                     if isinstance(decoded, Rejection):
-                        await self.dead_letters[tp.topic].park(
+                        await self.dead_letters[source].park(
                             decoded, record.value, tp.partition, record.offset
                         )
-                        self.metrics.attribution_records.labels(tp.topic, "malformed").inc()
+                        self.metrics.attribution_records.labels(source, "malformed").inc()
                         continue
-                    by_partition[tp.partition].append(Sourced(tp.topic, record.offset, decoded))
+                    by_partition[tp.partition].append(Sourced(source, record.offset, decoded))
             async with self.lock:
                 # Partitions fold side by side: one's changelog ack is awaited while the next
                 # folds, and the producer sends their batches in one request.
@@ -265,7 +266,7 @@ class ExperimentAttribution(Service):
             offsets = self.fold.offsets(partition, SOURCES)
             folded = self.fold.fold(partition, chunk)
             changelog_next = await self._log(partition, folded)
-            self.fold.commit(folded, {EXPERIMENT_STATE: changelog_next})
+            self.fold.commit(folded, {STATE: changelog_next})
             self.note_changed(partition, folded.experiments)
             counts: dict[tuple[str, str], int] = {}
             for item in chunk:
@@ -285,16 +286,26 @@ class ExperimentAttribution(Service):
         for key, value in folded.changelog():
             if batch.append(key=key, value=value, timestamp=None) is None:
                 deliveries.append(
-                    (await producer.send_batch(batch, EXPERIMENT_STATE, partition=partition), count)
+                    (
+                        await producer.send_batch(
+                            batch, self.topics.experiment_state, partition=partition
+                        ),
+                        count,
+                    )
                 )
                 batch, count = producer.create_batch(), 0
                 batch.append(key=key, value=value, timestamp=None)
             count += 1
         if count:
             deliveries.append(
-                (await producer.send_batch(batch, EXPERIMENT_STATE, partition=partition), count)
+                (
+                    await producer.send_batch(
+                        batch, self.topics.experiment_state, partition=partition
+                    ),
+                    count,
+                )
             )
-        next_offset = self.store.offset(partition, EXPERIMENT_STATE)
+        next_offset = self.store.offset(partition, STATE)
         for delivery, records in deliveries:
             metadata = await delivery
             next_offset = metadata.offset + records
@@ -304,15 +315,16 @@ class ExperimentAttribution(Service):
         """Apply what `experiment-state` has of partition p beyond this worker's copy."""
         producer, reader = _started(self.producer), _started(self.reader)
         fence = os.urandom(16).hex().encode()
-        await producer.send_and_wait(EXPERIMENT_STATE, fence, key=FENCE_KEY, partition=partition)
-        tp = TopicPartition(EXPERIMENT_STATE, partition)
+        topic = self.topics.experiment_state
+        await producer.send_and_wait(topic, fence, key=FENCE_KEY, partition=partition)
+        tp = TopicPartition(topic, partition)
         reader.assign([tp])
-        reader.seek(tp, self.store.offset(partition, EXPERIMENT_STATE))
+        reader.seek(tp, self.store.offset(partition, STATE))
         applied = 0
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         while True:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{EXPERIMENT_STATE}/{partition}: the fence never came back")
+                raise TimeoutError(f"{topic}/{partition}: the fence never came back")
             records = (await reader.getmany(tp, timeout_ms=500)).get(tp, [])
             met = next((r for r in records if r.key == FENCE_KEY and r.value == fence), None)
             upto = records if met is None else [r for r in records if r.offset < met.offset]
@@ -326,10 +338,10 @@ class ExperimentAttribution(Service):
         reader.unsubscribe()
         if applied:
             self.note_changed(partition, self.fold.rebuild(partition))
-        self.store.apply(partition, {}, {EXPERIMENT_STATE: met.offset + 1})
+        self.store.apply(partition, {}, {STATE: met.offset + 1})
         outcome = "restored" if applied else "current"
         self.metrics.attribution_restores.labels(outcome).inc()
-        log.info("experiments partition %d: %s from %s", partition, outcome, EXPERIMENT_STATE)
+        log.info("experiments partition %d: %s from %s", partition, outcome, topic)
 
     async def assigned(self, partitions: set[int]) -> None:
         """Catch the new partitions up, then fetch their sources from the stored offsets."""
@@ -338,8 +350,9 @@ class ExperimentAttribution(Service):
             for partition in sorted(partitions):
                 await self.catch_up(partition)
                 for source, offset in self.fold.offsets(partition, SOURCES).items():
-                    consumer.seek(TopicPartition(source, partition), offset)
-                    self.positions.start_at(TopicPartition(source, partition), offset)
+                    tp = TopicPartition(self.source_topics[source], partition)
+                    consumer.seek(tp, offset)
+                    self.positions.start_at(tp, offset)
             self.owned = set(partitions)
             self.metrics.attribution_partitions.set(len(self.owned))
 
@@ -402,20 +415,22 @@ class ExperimentAttribution(Service):
                     now,
                 )
                 key, value = encode_partial(partial)
-                await producer.send(EXPERIMENT_STATS, value, key=key)
+                await producer.send(self.topics.experiment_stats, value, key=key)
             offsets = self.fold.offsets(partition, SOURCES)
             behind = 0
             for source, offset in offsets.items():
-                highwater = consumer.highwater(TopicPartition(source, partition))
+                highwater = consumer.highwater(
+                    TopicPartition(self.source_topics[source], partition)
+                )
                 behind += max(0, (highwater or 0) - offset)
             said = self.progress.get(partition)
             if said is None or said[:2] != (offsets, behind) or now - said[2] >= PROGRESS_EVERY_S:
                 self.progress[partition] = (offsets, behind, now)
                 key, value = encode_progress(Progress(partition, offsets, behind, now))
-                await producer.send(EXPERIMENT_STATS, value, key=key)
+                await producer.send(self.topics.experiment_stats, value, key=key)
 
     async def _send_dead_letter(self, letter: bytes) -> None:
-        await _started(self.producer).send(DEAD_LETTERS, letter)
+        await _started(self.producer).send(self.topics.dead_letters, letter)
 
 
 def _started(part: _T | None) -> _T:

@@ -29,8 +29,8 @@ from app.infra.records import (
     changelog_headers,
     dumps,
 )
-from app.infra.settings import Settings
-from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+from app.infra.settings import Settings, changelog_signer
+from app.infra.topics import Topics, partition_for
 from tables.broker_watch import BrokerWatch
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -59,8 +59,12 @@ class FlagChangeAgent:
         metrics: Metrics,
     ) -> None:
         self.app = app
+        self.topics = Topics.of(settings)
+        self.signer = changelog_signer(settings)  # replicas apply only what it signed
         self.decided = metrics.flag_changes
-        self.dead_letters = DeadLetterSender(FLAG_CHANGES, self._send_dead_letter, metrics)
+        self.dead_letters = DeadLetterSender(
+            self.topics.flag_changes, self._send_dead_letter, metrics
+        )
         self.broker_watch = broker_watch
         self.partitions = settings.flag_change_partitions
         self.flags = flags
@@ -75,7 +79,7 @@ class FlagChangeAgent:
         when the table is rebuilt from another log (a broker that lost its data)."""
         # Raw bytes: the agent decodes at the edge, so bad input becomes a dead letter.
         topic = self.app.topic(
-            FLAG_CHANGES,
+            self.topics.flag_changes,
             key_serializer="raw",
             value_serializer="raw",
             partitions=self.partitions,
@@ -110,7 +114,7 @@ class FlagChangeAgent:
         try:
             change, verdict = await self._decode_and_decide(raw, partition, offset)
         except Exception as exc:  # a bug must not stop the control plane: park the record
-            log.exception("deciding %s/%d/%d failed", FLAG_CHANGES, partition, offset)
+            log.exception("deciding %s/%d/%d failed", self.topics.flag_changes, partition, offset)
             change, verdict = None, Rejection(DeadLetterCode.MALFORMED, f"internal error: {exc!r}")
         if verdict is None:
             self.decided.labels("duplicate").inc()
@@ -148,7 +152,7 @@ class FlagChangeAgent:
         return change, verdict
 
     async def _send_dead_letter(self, letter: bytes) -> None:
-        await self.app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
+        await self.app.producer.send_and_wait(self.topics.dead_letters, None, letter, 0, None, None)
 
     async def append_to_changelog(
         self,
@@ -157,14 +161,12 @@ class FlagChangeAgent:
         partition: int,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Append a decided change; `headers` its meta (replicas apply it without parsing)."""
+        """Append a decided change; `headers` its meta (replicas apply it without parsing),
+        signed for this topic and partition (app.infra.changelog_signing)."""
+        topic, key = self.topics.flags_changelog, environment.encode()
+        signed = self.signer.headers(topic, partition, key, record, headers or [])
         metadata = await self.app.producer.send_and_wait(
-            FLAGS_CHANGELOG,
-            environment.encode(),
-            record,
-            partition,
-            None,
-            headers,
+            topic, key, record, partition, None, signed
         )
         await self.replication.wait_applied(partition, metadata.offset)
 

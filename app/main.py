@@ -34,7 +34,7 @@ from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.kafka_security import faust_credentials
 from app.infra.metrics import Metrics
 from app.infra.settings import Settings
-from app.infra.topics import DEAD_LETTERS, EXPERIMENT_STATS
+from app.infra.topics import Topics
 from app.web.admin import AdminApi
 from app.web.auth import Credentials
 from app.web.change_feed import ChangeFeed
@@ -108,6 +108,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     metrics.worker.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
     bound_fetch_wait(settings.fetch_max_wait_ms, settings.idle_poll_ms)
     app = faust_app_for(settings)
+    topics = Topics.of(settings)  # `<prefix>.<topic>`: deployments on one cluster stay apart
 
     flags = FlagTable(
         settings.data_dir / "flags",
@@ -141,11 +142,11 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     evaluator = Evaluator(live_flags, exposures, stats)
 
     async def send_dead_letter(letter: bytes) -> None:
-        await app.producer.send_and_wait(DEAD_LETTERS, None, letter, 0, None, None)
+        await app.producer.send_and_wait(topics.dead_letters, None, letter, 0, None, None)
 
     # Every worker tails `experiment-stats` (all partitions): the results views and the
     # guardrails read the partials merged.
-    stats_dead_letters = DeadLetterSender(EXPERIMENT_STATS, send_dead_letter, metrics)
+    stats_dead_letters = DeadLetterSender(topics.experiment_stats, send_dead_letter, metrics)
     stats_feed = ExperimentStatsFeed(settings, metrics, stats_dead_letters.park)
     replication.on_rebuild(stats_feed.forget)  # partials of a log the broker lost
     # Every worker watches every experiment's guardrails; the change id applies a rollback once.

@@ -63,9 +63,12 @@ from app.experiments.exposures import to_json as exposure_json  # noqa: E402
 from app.experiments.metric_events import MetricEvent  # noqa: E402
 from app.experiments.metric_events import to_json as event_json  # noqa: E402
 from app.infra.broker import free_port, start_broker, stop  # noqa: E402
-from app.infra.topics import EXPOSURES, METRIC_EVENTS  # noqa: E402
+from app.infra.topics import Topics  # noqa: E402
 from tests.conftest import READ_TOKEN, Worker  # noqa: E402
 
+# Every worker (a fresh group each run) and the load on one set of topics.
+TOPICS = Topics.named("bench")
+ON_THE_TOPICS = {"FLAGSTREAM_TOPIC_PREFIX": TOPICS.prefix}
 ENVIRONMENT = "bench"
 EXPERIMENT = "checkout"  # the bulk load's experiment flag
 PROBE = "probe"  # the delay probes' experiment flag
@@ -188,7 +191,7 @@ def raw_consumer(brokers: str, group: str, out: Path, fetch_wait_ms: int) -> Non
             heartbeat_interval_ms=1000,
         )
         await consumer.start()
-        consumer.subscribe([EXPOSURES, METRIC_EVENTS])
+        consumer.subscribe([TOPICS.exposures, TOPICS.metric_events])
         seen: dict[Any, int] = {}
         decoded = 0
         timeline: Timeline = []
@@ -247,10 +250,10 @@ def paced_load(brokers: str, rate: int, subjects: int, out: Path) -> None:
                 person = rng.randrange(subjects * 2)  # half known, half new subjects
                 subject = f"s{person}"
                 key, value = exposure_record(EXPERIMENT, subject, VARIANTS[person % 3], now)
-                pending.append(await producer.send(EXPOSURES, value, key=key))
+                pending.append(await producer.send(TOPICS.exposures, value, key=key))
                 metric = "buy" if rng.random() < 0.3 else "spend"
                 key, value = event_record(subject, metric, 1.0, now)
-                pending.append(await producer.send(METRIC_EVENTS, value, key=key))
+                pending.append(await producer.send(TOPICS.metric_events, value, key=key))
                 sent += 1
             if len(pending) > 20000:
                 await asyncio.gather(*pending)
@@ -406,9 +409,9 @@ async def _probe_ack(producer: AIOKafkaProducer, subject: str) -> float:
     """Produce a probe's exposure and its event; the monotonic time both are acknowledged."""
     now = time.time()
     key, value = exposure_record(PROBE, subject, "a", now)
-    exposed = await producer.send(EXPOSURES, value, key=key)
+    exposed = await producer.send(TOPICS.exposures, value, key=key)
     key, value = event_record(subject, "spend", 1.0, now + 0.001)
-    spent = await producer.send(METRIC_EVENTS, value, key=key)
+    spent = await producer.send(TOPICS.metric_events, value, key=key)
     await asyncio.gather(exposed, spent)
     return time.monotonic()
 
@@ -460,7 +463,9 @@ def fresh_broker(workdir: Path, name: str) -> Iterator[str]:
     brokers = f"127.0.0.1:{port}"
     broker = start_broker("127.0.0.1", port, workdir / f"broker-{name}.log")
     try:
-        setup = Worker(brokers, workdir / f"setup-{name}", f"bench-setup-{name}").start()
+        setup = Worker(
+            brokers, workdir / f"setup-{name}", f"bench-setup-{name}", **ON_THE_TOPICS
+        ).start()
         try:
             admin = setup.admin()
             admin.put(ENVIRONMENT, EXPERIMENT, experiment_flag(VARIANTS))
@@ -479,7 +484,10 @@ def start_workers(
     brokers: str, workdir: Path, app_id: str, count: int, fetch_wait_ms: int
 ) -> list[Worker]:
     wait = {"FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS": str(fetch_wait_ms)}
-    workers = [Worker(brokers, workdir / f"{app_id}-{i}", app_id, **wait) for i in range(count)]
+    workers = [
+        Worker(brokers, workdir / f"{app_id}-{i}", app_id, **wait, **ON_THE_TOPICS)
+        for i in range(count)
+    ]
     for worker in workers:
         worker.launch()
     for worker in workers:
@@ -516,7 +524,8 @@ def scenario(
     with fresh_broker(workdir, f"p{processes}") as brokers:
         idle_rss = float(os.environ["BENCH_IDLE_RSS_MB"])
         seconds = sum(
-            produce(brokers, t, r) for t, r in zip((EXPOSURES, METRIC_EVENTS), records, strict=True)
+            produce(brokers, t, r)
+            for t, r in zip((TOPICS.exposures, TOPICS.metric_events), records, strict=True)
         )
         print(
             f"[{processes}] produced {total} records in {seconds:.1f} s; {load(time.time())}",

@@ -46,11 +46,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app.infra.broker import stop  # noqa: E402
+from app.infra.topics import Topics  # noqa: E402
 from tests.conftest import EventStream, Worker, flag, wait_until  # noqa: E402
 from tests.kafka_counter import CountedBroker, FetchKind  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 RAW_TOPIC = "bench-idle"
+# Every run's workers on one set of topics (each run its own groups).
+TOPICS = Topics.named("bench-idle")
+ON_THE_TOPICS = {"FLAGSTREAM_TOPIC_PREFIX": TOPICS.prefix}
 RAW_PARTITIONS = 4  # as many as the flag changelog's default
 # Settings' defaults, over tests/conftest.py's Worker (heartbeat 1 s, session 6 s).
 DEPLOYED_GROUP_TIMINGS = {"FLAGSTREAM_HEARTBEAT_S": "3", "FLAGSTREAM_SESSION_TIMEOUT_S": "30"}
@@ -230,8 +234,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["runs"] = []
         for i, poll in enumerate(polls):
             run_env = env if poll is None else {**env, "FLAGSTREAM_IDLE_POLL_MS": str(poll)}
-            a = Worker(broker.brokers, workdir / f"a{i}", f"bench-idle-{i}", **run_env)
-            b = Worker(broker.brokers, workdir / f"b{i}", f"bench-idle-{i}", **run_env)
+            a = Worker(
+                broker.brokers, workdir / f"a{i}", f"bench-idle-{i}", **run_env, **ON_THE_TOPICS
+            )
+            b = Worker(
+                broker.brokers, workdir / f"b{i}", f"bench-idle-{i}", **run_env, **ON_THE_TOPICS
+            )
             workers = [a, b]
             a.start()
             measured = measure_idle_worker(broker, a, args)
@@ -288,7 +296,7 @@ def wait_for_group_consumers(broker: CountedBroker, timeout_s: float = 120.0) ->
     while time.monotonic() < deadline:
         time.sleep(0.5)
         after, _ = broker.snapshot()
-        if any(k.topics == ("evaluation-requests",) and after[k] > before[k] for k in after):
+        if any(k.topics == (TOPICS.evaluation_requests,) and after[k] > before[k] for k in after):
             return
     raise RuntimeError("the worker's evaluation-requests consumer never fetched")
 

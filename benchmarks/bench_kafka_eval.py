@@ -62,10 +62,13 @@ from app.evaluation.records import (  # noqa: E402
     result_json,
 )
 from app.infra.broker import free_port, start_broker, stop  # noqa: E402
-from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS  # noqa: E402
+from app.infra.topics import Topics  # noqa: E402
 from tests.conftest import Worker, flag  # noqa: E402
 
 PARTITIONS = 8  # FLAGSTREAM_EVALUATION_PARTITIONS' default, for requests and results
+# Every worker (a fresh group each round) and the references on one set of topics.
+TOPICS = Topics.named("bench")
+ON_THE_TOPICS = {"FLAGSTREAM_TOPIC_PREFIX": TOPICS.prefix}
 ENVIRONMENT = "bench"
 FLAGS: dict[str, dict[str, Any]] = {
     "banner": flag("on"),
@@ -117,7 +120,7 @@ def faust_consume_only(brokers: str, group: str, count: int) -> None:
         topic_disable_leader=True,
         producer_acks=-1,
     )
-    topic = app.topic(EVALUATION_REQUESTS, key_serializer="raw", value_serializer="raw")
+    topic = app.topic(TOPICS.evaluation_requests, key_serializer="raw", value_serializer="raw")
     seen = 0
 
     @app.agent(topic)
@@ -126,7 +129,9 @@ def faust_consume_only(brokers: str, group: str, count: int) -> None:
         async for _ in stream:
             seen += 1
             if seen in (1, count):
-                await app.producer.send_and_wait(EVALUATION_RESULTS, None, b"mark", 0, None, None)
+                await app.producer.send_and_wait(
+                    TOPICS.evaluation_results, None, b"mark", 0, None, None
+                )
 
     sys.argv = ["bench", "worker", "-l", "info"]
     app.main()
@@ -135,7 +140,7 @@ def faust_consume_only(brokers: str, group: str, count: int) -> None:
 def engine_answers(compiled: dict[str, CompiledFlag], raw: bytes | None) -> list[bytes]:
     """The result records for the request record `raw`: what the worker answers, by the engine
     alone."""
-    decoded = decode_requests(raw)
+    decoded = decode_requests(raw, TOPICS.evaluation_results)
     if not isinstance(decoded, Requests):
         return []
     now = time.time()
@@ -170,7 +175,7 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
         )
         await consumer.start()
         await producer.start()
-        tps = {p: TopicPartition(EVALUATION_REQUESTS, p) for p in starts}
+        tps = {p: TopicPartition(TOPICS.evaluation_requests, p) for p in starts}
         consumer.assign(list(tps.values()))
         for p, offset in starts.items():
             consumer.seek(tps[p], offset)
@@ -180,7 +185,7 @@ def raw_pipe(brokers: str, starts: dict[int, int], count: int) -> None:
             for records in fetched.values():
                 for record in records:
                     for value in engine_answers(compiled, record.value):
-                        await producer.send(EVALUATION_RESULTS, value, key=record.key)
+                        await producer.send(TOPICS.evaluation_results, value, key=record.key)
                     done += 1
         await producer.flush()
         await producer.stop()
@@ -216,7 +221,7 @@ class Outputs(threading.Thread):
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await consumer.start()
-        tps = [TopicPartition(EVALUATION_RESULTS, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(TOPICS.evaluation_results, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
@@ -267,7 +272,7 @@ async def _commit_group(brokers: str, group: str, offsets: dict[int, int]) -> No
     consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = {p: TopicPartition(EVALUATION_REQUESTS, p) for p in offsets}
+        tps = {p: TopicPartition(TOPICS.evaluation_requests, p) for p in offsets}
         consumer.assign(list(tps.values()))
         await consumer.commit({tps[p]: offset for p, offset in offsets.items()})
     finally:
@@ -283,7 +288,7 @@ async def _produce(brokers: str, records: list[tuple[bytes, bytes]]) -> dict[int
     producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=20, max_batch_size=1024 * 1024)
     await producer.start()
     try:
-        futures = [await producer.send(EVALUATION_REQUESTS, v, key=k) for k, v in records]
+        futures = [await producer.send(TOPICS.evaluation_requests, v, key=k) for k, v in records]
         starts: dict[int, int] = {}
         for metadata in await asyncio.gather(*futures):
             starts[metadata.partition] = min(
@@ -353,7 +358,7 @@ def run_scenario(
         return seconds
 
     def start_worker(app_id: str, profile: Path | None) -> Callable[[], None]:
-        worker = Worker(brokers, workdir / app_id, app_id).start()
+        worker = Worker(brokers, workdir / app_id, app_id, **ON_THE_TOPICS).start()
         assert worker.process is not None
         spy = profiled(worker.process.pid, profile)
 
@@ -429,7 +434,7 @@ def main() -> None:
     broker = start_broker("127.0.0.1", port)
     try:
         # A worker creates the topics and writes the flags, then leaves: nobody reads yet.
-        setup = Worker(brokers, workdir / "setup", "bench-setup").start()
+        setup = Worker(brokers, workdir / "setup", "bench-setup", **ON_THE_TOPICS).start()
         try:
             admin = setup.admin()
             for key, definition in FLAGS.items():

@@ -61,13 +61,14 @@ from app.infra.broker import free_port, start_broker, stop
 from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
 from app.infra.settings import Settings
-from app.infra.topics import FLAGS_CHANGELOG, ensure_topics, partition_for
+from app.infra.topics import Topics, ensure_topics, partition_for
 from benchmarks.flag_corpus import generated_flags
 from tables.flags import FlagTable
 from tables.replication import FETCH_MAX_RECORDS as MAX_RECORDS  # per fetch, as the worker
 from tables.replication import FlagReplication
 from tests.conftest import Worker
 
+APP_ID = "bench-startup"  # the worker's, and the prefix of the topics written for it
 FETCH_WAIT_MS = 10  # the tests' and benchmarks' worker (tests/conftest.py Worker)
 CAUGHT_UP = re.compile(r"flag table caught up in ([\d.]+)s")
 PERSISTED = re.compile(r"flag table wrote \d+ caught-up changes in ([\d.]+)s")
@@ -124,7 +125,7 @@ def write_changelog(
                     value = dumps(change.to_json())
                     futures.append(
                         await producer.send(
-                            FLAGS_CHANGELOG,
+                            Topics.of(settings).flags_changelog,
                             value,
                             key=environment.encode(),
                             partition=partition,
@@ -191,7 +192,8 @@ async def _read(settings: Settings, expected: int | None) -> tuple[float, int]:
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(FLAGS_CHANGELOG, p) for p in range(settings.flag_change_partitions)
+            TopicPartition(Topics.of(settings).flags_changelog, p)
+            for p in range(settings.flag_change_partitions)
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -215,7 +217,7 @@ async def _read(settings: Settings, expected: int | None) -> tuple[float, int]:
 def start_worker(brokers: str, data_dir: Path, names: list[str]) -> tuple[Worker, float]:
     """A fresh worker, and the seconds from launch to `/readyz` 200 (polled every 20 ms)."""
     keys = ",".join(f"{key}={name}" for name, key in sdk_keys(names).items())
-    worker = Worker(brokers, data_dir, "bench-startup", FLAGSTREAM_SDK_KEYS=keys)
+    worker = Worker(brokers, data_dir, APP_ID, FLAGSTREAM_SDK_KEYS=keys)
     started = time.perf_counter()
     worker.launch()
     deadline = started + 900
@@ -392,7 +394,7 @@ def main() -> None:
     names = environments(args.environments)
     port = free_port()
     brokers = f"127.0.0.1:{port}"
-    settings = dataclasses.replace(Settings.from_env(), brokers=(brokers,))
+    settings = dataclasses.replace(Settings.from_env(), brokers=(brokers,), topic_prefix=APP_ID)
     workdir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     broker = start_broker("127.0.0.1", port)
     try:
@@ -404,7 +406,7 @@ def main() -> None:
         written = write_changelog(
             settings, names, args.flags, args.seed, headers=not args.no_headers
         )
-        print(f"{written} changes written to {FLAGS_CHANGELOG}", flush=True)
+        print(f"{written} changes written to {Topics.of(settings).flags_changelog}", flush=True)
         rounds = [one_round(brokers, settings, workdir, names, args, n) for n in range(args.rounds)]
     finally:
         stop(broker)

@@ -36,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.evaluation.client import EvaluationClient
 from app.infra.broker import free_port, start_broker, stop
+from app.infra.topics import Topics
 from tests.conftest import SDK_KEY, Worker
 
+APP_ID = "soak"  # the worker's, and its topics' prefix
 EXPERIMENT = {
     "state": "ENABLED",
     "variants": {"control": "control", "treatment": "treatment"},
@@ -124,7 +126,10 @@ def changes(worker: Worker, side: Side) -> None:
 
 def kafka(broker: str, rate: int, side: Side) -> None:
     async def run() -> None:
-        async with EvaluationClient(broker, timeout_s=30, fetch_max_wait_ms=10) as client:
+        topics = Topics.named(APP_ID)
+        async with EvaluationClient(
+            broker, topics=topics, timeout_s=30, fetch_max_wait_ms=10
+        ) as client:
             batch, i = 20, 0
             while not side.done.is_set():
                 started = time.monotonic()
@@ -157,7 +162,7 @@ def main() -> None:
     port = free_port()
     brokers = f"127.0.0.1:{port}"
     broker = start_broker("127.0.0.1", port, workdir / "broker.log")
-    worker = Worker(brokers, workdir / "worker", "soak", FLAGSTREAM_SDK_KEYS=f"{SDK_KEY}=soak")
+    worker = Worker(brokers, workdir / "worker", APP_ID, FLAGSTREAM_SDK_KEYS=f"{SDK_KEY}=soak")
     worker.start()
     assert worker.process is not None
     pid = worker.process.pid

@@ -34,13 +34,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from app.infra.changelog_signing import Verdict
 from app.infra.fetch_wait import pace_when_idle
 from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
 from app.infra.records import CHANGE_HEADER, AppliedChange, loads, routed_change
-from app.infra.settings import Settings
+from app.infra.settings import Settings, changelog_signer
 from app.infra.shutdown import stop_within
-from app.infra.topics import FLAGS_CHANGELOG, ensure_topics
+from app.infra.topics import Topics, ensure_topics
 from tables.changelog_check import fingerprint, keep_lost_table, same_log
 from tables.flags import FlagTable
 
@@ -78,8 +79,11 @@ class FlagReplication(Service):
         self.metrics = metrics
         self.table = table
         self.ready = asyncio.Event()
+        self.changelog_topic = Topics.of(settings).flags_changelog
+        # Only what the decider signed is applied (app.infra.changelog_signing).
+        self.signer = changelog_signer(settings)
         self.partitions = [
-            TopicPartition(FLAGS_CHANGELOG, p) for p in range(settings.flag_change_partitions)
+            TopicPartition(self.changelog_topic, p) for p in range(settings.flag_change_partitions)
         ]
         self._progress = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
@@ -135,6 +139,7 @@ class FlagReplication(Service):
             auto_offset_reset="none",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
+        self._say_how_records_are_trusted()
         await self._producer.start()
         await self._consumer.start()
         pace_when_idle(self._consumer, self.settings.fetch_max_wait_ms, self.settings.idle_poll_ms)
@@ -144,6 +149,22 @@ class FlagReplication(Service):
         self._seek_to_table()
         self.metrics.consumer_lag.watch("flag-changelog", self._consumer, self._table_position)
         self.add_future(self._catch_up())
+
+    def _say_how_records_are_trusted(self) -> None:
+        """Export whether the changelog is authenticated, and warn when it is not."""
+        self.metrics.changelog_signed.set(1 if self.signer.enabled else 0)
+        if not self.signer.enabled:
+            log.warning(
+                "FLAGSTREAM_CHANGELOG_KEY is not set: changelog records are neither signed nor "
+                "checked, so any producer allowed to write %s can change a flag "
+                "(docs/deploy.md, Kafka ACLs and the changelog key)",
+                self.changelog_topic,
+            )
+        elif self.signer.accept_unsigned:
+            log.warning(
+                "FLAGSTREAM_CHANGELOG_UNSIGNED=true: unsigned changelog records are applied "
+                "too; turn it off once the log holds only signed records"
+            )
 
     async def on_stop(self) -> None:
         """Stop the Kafka clients, each within `CLIENT_STOP_TIMEOUT_S`; closing the table
@@ -229,13 +250,15 @@ class FlagReplication(Service):
             try:
                 # A fence is unique, so a restarted worker can recognise the last one it read.
                 metadata = await self._producer.send_and_wait(
-                    FLAGS_CHANGELOG, os.urandom(8), key=FENCE_KEY, partition=partition
+                    self.changelog_topic, os.urandom(8), key=FENCE_KEY, partition=partition
                 )
                 return metadata.partition, metadata.offset
             except KafkaError as exc:
                 if attempt == FENCE_ATTEMPTS:
                     raise
-                log.warning("fence on %s/%d failed (%r): retrying", FLAGS_CHANGELOG, partition, exc)
+                log.warning(
+                    "fence on %s/%d failed (%r): retrying", self.changelog_topic, partition, exc
+                )
                 await asyncio.sleep(0.1 * attempt)
         raise AssertionError("unreachable")
 
@@ -348,7 +371,7 @@ class FlagReplication(Service):
         while end < len(records):
             record = records[end]
             end += 1
-            change, meta = _read(record, self.metrics)
+            change, meta = self._read_trusted(partition, record)
             fresh = batch.add(record.offset, change, record.value, meta)
             if change is not None:
                 changes.append((change, fresh))
@@ -359,6 +382,34 @@ class FlagReplication(Service):
         batch.commit(fingerprint(last.key, last.value), defer=not self.ready.is_set())
         self._heard(changes)
         return end
+
+    def _read_trusted(
+        self, partition: int, record: Any
+    ) -> tuple[AppliedChange | None, bytes | None]:
+        """`_read(record)`, for a record the changelog key vouches for; (None, None) for one
+        it does not: the table moves past it and its flag keeps its last good version."""
+        signer = self.signer
+        if signer.enabled and record.key != FENCE_KEY:  # a fence changes no flag
+            verdict = signer.verify(
+                self.changelog_topic, partition, record.key, record.value, record.headers
+            )
+            if not signer.trusts(verdict):
+                self._refuse(partition, record.offset, verdict)
+                return None, None
+        return _read(record, self.metrics)
+
+    def _refuse(self, partition: int, offset: int, verdict: Verdict) -> None:
+        """Count and log (without its content) a record no changelog key vouches for."""
+        self.metrics.changelog_records.labels(verdict.value).inc()
+        log.warning(
+            "not applying changelog record %s/%d/%d: %s (no changelog key of this worker "
+            "signed it for this partition; a producer other than the decider wrote it, or the "
+            "workers hold different FLAGSTREAM_CHANGELOG_KEYs)",
+            self.changelog_topic,
+            partition,
+            offset,
+            verdict.value,
+        )
 
     def _heard(self, changes: list[tuple[AppliedChange, bool]]) -> None:
         """Count the changes of a committed batch and tell the `on_applied` listeners."""

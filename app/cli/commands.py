@@ -41,13 +41,17 @@ def run_worker(args: argparse.Namespace) -> int:
     `--processes` children sharing the HTTP port (`app.cli.processes`)."""
     from app.cli.processes import process_count, run_processes
     from app.infra.settings import Settings
-    from app.infra.topics import ensure_topics
+    from app.infra.topics import TopicMismatchError, ensure_topics
 
     settings = Settings.from_env()
     count = process_count(settings.processes if args.processes is None else args.processes)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Once here rather than in each child: N children creating the same topics would race.
-    asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(ensure_topics(settings))
+    except TopicMismatchError as exc:  # topics this deployment cannot run on: say which, stop
+        print(f"flagstream: {exc}", file=sys.stderr, flush=True)
+        return 2
     if count > 1:
         print(
             f"flagstream: {count} worker processes on {settings.web_host}:{settings.web_port}",

@@ -23,14 +23,13 @@ from app.infra.kafka_security import kafka_client_options
 from app.infra.records import DeadLetter, loads
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
-from app.infra.topics import DEAD_LETTERS
+from app.infra.topics import Topics
 
 __all__ = ["DeadLetterReader", "decode_dead_letter"]
 
 log = logging.getLogger(__name__)
 
 UNREADABLE_PAUSE_S = 1.0  # pause before reading again after the broker refused a fetch
-DEAD_LETTERS_PARTITION = TopicPartition(DEAD_LETTERS, 0)  # the topic has one partition
 
 
 class DeadLetterReader(Service):
@@ -46,6 +45,8 @@ class DeadLetterReader(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.outcomes = outcomes
+        # The topic has one partition (app.infra.topics.topic_specs).
+        self._partition = TopicPartition(Topics.of(settings).dead_letters, 0)
         self._lag = lag  # `flagstream_consumer_lag_records{group="dead-letters"}` when given
         self._positions = ReadPositions()  # the next dead letter to read
         self._consumer: AIOKafkaConsumer | None = None
@@ -66,7 +67,7 @@ class DeadLetterReader(Service):
         pace_when_idle(
             self._consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
         )
-        self._consumer.assign([DEAD_LETTERS_PARTITION])
+        self._consumer.assign([self._partition])
         if self._lag is not None:
             self._lag.watch("dead-letters", self._consumer, self._positions)
         await self._read_from_end()
@@ -75,9 +76,9 @@ class DeadLetterReader(Service):
     async def _read_from_end(self) -> None:
         """Seek to the end and know where that is: the lag counts from there."""
         if self._consumer is not None:
-            await self._consumer.seek_to_end(DEAD_LETTERS_PARTITION)
-            position = await self._consumer.position(DEAD_LETTERS_PARTITION)
-            self._positions.start_at(DEAD_LETTERS_PARTITION, position)
+            await self._consumer.seek_to_end(self._partition)
+            position = await self._consumer.position(self._partition)
+            self._positions.start_at(self._partition, position)
 
     async def on_stop(self) -> None:
         if self._consumer is not None:

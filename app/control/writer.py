@@ -18,7 +18,7 @@ from app.control.outcomes import BrokerUnavailable, Outcome, Outcomes
 from app.engine import JsonObject
 from app.infra.records import ChangeOp, FlagChange, dumps
 from app.infra.settings import Settings
-from app.infra.topics import FLAG_CHANGES, partition_for
+from app.infra.topics import Topics, partition_for
 
 __all__ = ["ChangeProducer", "ProducerSource", "Writer", "new_change"]
 
@@ -86,6 +86,7 @@ class Writer:
         self._writable = writable
         self._timeout_s = settings.write_timeout_s
         self._partitions = settings.flag_change_partitions
+        self._topic = Topics.of(settings).flag_changes
 
     async def submit(self, change: FlagChange) -> Outcome | None:
         """The applied change or why it was refused, within FLAGSTREAM_WRITE_TIMEOUT_S.
@@ -113,7 +114,7 @@ class Writer:
 
     async def _send(self, change: FlagChange) -> None:
         await self._source.producer.send_and_wait(
-            FLAG_CHANGES,
+            self._topic,
             change.environment.encode(),
             dumps(change.to_json()),
             partition_for(change.environment, self._partitions),

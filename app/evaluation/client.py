@@ -1,6 +1,6 @@
 """A small asyncio client for evaluation over Kafka: send requests, await their results.
 
-    async with EvaluationClient("127.0.0.1:9092") as client:
+    async with EvaluationClient("127.0.0.1:9092", topics=Topics.named("flagstream")) as client:
         result = await client.evaluate("production", {"targetingKey": "user-1"})
         results = await client.evaluate_many("production", [context_a, context_b], ["new-ui"])
 
@@ -9,9 +9,10 @@
 
 Results are matched to requests by `request_id`. The client reads the results topic without a
 consumer group (every partition, from its end at start), so any number of clients can share
-`evaluation-results`, each reading every result. Above a few thousand results per second,
-give each client (or service) its own reply topic, `evaluation-results.<name>`, created
-beforehand: then a client reads only its own results.
+`<prefix>.evaluation-results`, each reading every result. Above a few thousand results per
+second, give each client (or service) its own reply topic, `<prefix>.evaluation-results.<name>`,
+created beforehand: then a client reads only its own results. `topics` names the deployment's
+topics (`Topics.named(<FLAGSTREAM_TOPIC_PREFIX or app id>)`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from app.evaluation.records import (
 )
 from app.infra.kafka_security import kafka_client_options
 from app.infra.settings import Settings
-from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
+from app.infra.topics import Topics
 
 __all__ = ["EvaluationClient"]
 
@@ -45,6 +46,7 @@ class EvaluationClient:
         self,
         bootstrap: str,
         *,
+        topics: Topics,
         reply_to: str | None = None,
         timeout_s: float = 5.0,
         fetch_max_wait_ms: int = 100,
@@ -55,9 +57,11 @@ class EvaluationClient:
         the embedded one); Kafka answers a fetch as soon as results arrive. `security`: the
         TLS/SASL options of `app.infra.kafka_security.kafka_client_options` (`from_settings`
         passes them)."""
-        if reply_to is not None and not valid_reply_topic(reply_to):
-            raise ValueError("reply_to must be evaluation-results or evaluation-results.<name>")
-        self.results_topic = reply_to or EVALUATION_RESULTS
+        results = topics.evaluation_results
+        if reply_to is not None and not valid_reply_topic(reply_to, results):
+            raise ValueError(f"reply_to must be {results} or {results}.<name>")
+        self.requests_topic = topics.evaluation_requests
+        self.results_topic = reply_to or results
         self.reply_to = reply_to
         self.timeout_s = timeout_s
         options = dict(security or {})
@@ -76,7 +80,8 @@ class EvaluationClient:
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> EvaluationClient:
         """A client of the cluster `settings` name, with their TLS and SASL options."""
-        return cls(settings.bootstrap, security=kafka_client_options(settings), **options)
+        security = kafka_client_options(settings)
+        return cls(settings.bootstrap, topics=Topics.of(settings), security=security, **options)
 
     async def __aenter__(self) -> EvaluationClient:
         await self.start()
@@ -141,7 +146,7 @@ class EvaluationClient:
             first_key = contexts[0].get("targetingKey") if contexts else None
             key = first_key.encode() if isinstance(first_key, str) else None
             await self._producer.send_and_wait(
-                EVALUATION_REQUESTS, encode_requests(requests, self.reply_to), key=key
+                self.requests_topic, encode_requests(requests, self.reply_to), key=key
             )
             async with asyncio.timeout(self.timeout_s):
                 return list(await asyncio.gather(*futures))

@@ -20,12 +20,11 @@ from app.evaluation.live_flags import LiveFlag
 from app.infra.json_input import Unacceptable, parse_json
 from app.infra.keys import KEY_PATTERN
 from app.infra.records import JSON, SCHEMA_VERSION, DeadLetterCode, Rejection, dumps, loads
-from app.infra.topics import EVALUATION_RESULTS
 
 __all__ = [
     "MAX_BATCH",
     "MAX_REQUEST_ID_CHARS",
-    "REPLY_TOPIC_PATTERN",
+    "REPLY_NAME_PATTERN",
     "RESULT_RECORD_BYTES",
     "TOO_LARGE",
     "EvaluationResult",
@@ -45,12 +44,12 @@ __all__ = [
     "valid_reply_topic",
 ]
 
-# A worker writes results only to `evaluation-results` or a topic under `evaluation-results.`:
+# A worker writes results only to its `<prefix>.evaluation-results` or a topic under it:
 # a reply topic is chosen by whoever can produce a request, and without this bound anyone who
 # may produce requests could make every worker write into `flag-changes`, `flags-changelog`,
 # `dead-letters` or `exposures` (forged control-plane records) or create topics at will on a
 # broker that auto-creates them. Grant the workers write access to that prefix only.
-REPLY_TOPIC_PATTERN = re.compile(r"^evaluation-results(\.[A-Za-z0-9_-]{1,200})?$")
+REPLY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # the <name> of results.<name>
 MAX_REQUEST_ID_CHARS = 200
 MAX_BATCH = 10_000  # requests per record; a bigger batch is refused as a whole
 # Largest result record value: under Kafka's default message limit (1 MiB) with room for
@@ -92,9 +91,13 @@ class Requests:
         return tuple(p for item in self.items if isinstance(item, Invalid) for p in item.problems)
 
 
-def valid_reply_topic(topic: str) -> bool:
-    """Whether a request may ask for its results on `topic` (see REPLY_TOPIC_PATTERN)."""
-    return REPLY_TOPIC_PATTERN.match(topic) is not None
+def valid_reply_topic(topic: str, results_topic: str) -> bool:
+    """Whether a request may ask for its results on `topic`: the deployment's results topic
+    (`<prefix>.evaluation-results`) or `<that>.<name>` (see REPLY_NAME_PATTERN)."""
+    if topic == results_topic:
+        return True
+    head, dot, name = topic.rpartition(".")
+    return head == results_topic and bool(dot) and REPLY_NAME_PATTERN.match(name) is not None
 
 
 def _text(value: Any) -> str | None:
@@ -127,21 +130,25 @@ def _decode_item(data: Any, path: str) -> Request | Invalid:
     return Request(request_id, environment, flags, context)
 
 
-def _reply_to(data: JsonObject, path: str) -> tuple[str | None, tuple[str, str] | None]:
+def _reply_to(
+    data: JsonObject, path: str, results_topic: str
+) -> tuple[str | None, tuple[str, str] | None]:
     """The record's reply topic (None: absent), or the problem with it."""
     reply_to = data.get("reply_to")
     if reply_to is None:
         return None, None
-    if isinstance(reply_to, str) and valid_reply_topic(reply_to):
+    if isinstance(reply_to, str) and valid_reply_topic(reply_to, results_topic):
         return reply_to, None
-    return None, (f"{path}.reply_to", f"must be null or match {REPLY_TOPIC_PATTERN.pattern}")
+    allowed = f"{results_topic} or {results_topic}.<name> ({REPLY_NAME_PATTERN.pattern})"
+    return None, (f"{path}.reply_to", f"must be null, {allowed}")
 
 
-def decode_requests(raw: bytes | None) -> Requests | Rejection:
+def decode_requests(raw: bytes | None, results_topic: str) -> Requests | Rejection:
     """Turn the bytes of an `evaluation-requests` record into requests, or say what is wrong.
 
     A batch item's `reply_to`, when present, must equal the batch's: one record in is one
-    record out, so a batch has one destination.
+    record out, so a batch has one destination. `results_topic`: the deployment's
+    `evaluation-results` (`Topics.evaluation_results`), where results go by default.
     """
     if not raw:
         return Rejection.malformed("empty record")
@@ -154,17 +161,17 @@ def decode_requests(raw: bytes | None) -> Requests | Rejection:
         schema = data.get("schema")
         return Rejection.malformed(f"unknown schema {schema!r}", ("$.schema", "must be 1"))
     if "requests" not in data:
-        reply_to, problem = _reply_to(data, "$")
+        reply_to, problem = _reply_to(data, "$", results_topic)
         item = _decode_item(data, "$")
         if problem is not None:
             item = _with_problem(item, problem)
-        return Requests([item], batch=False, reply_to=reply_to or EVALUATION_RESULTS)
+        return Requests([item], batch=False, reply_to=reply_to or results_topic)
     batch = data["requests"]
     if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
         return Rejection.malformed(
             "bad batch", ("$.requests", f"must be a list of 1 to {MAX_BATCH} request objects")
         )
-    reply_to, problem = _reply_to(data, "$")
+    reply_to, problem = _reply_to(data, "$", results_topic)
     items: list[Request | Invalid] = []
     for index, entry in enumerate(batch):
         path = f"$.requests[{index}]"
@@ -174,7 +181,7 @@ def decode_requests(raw: bytes | None) -> Requests | Rejection:
         elif isinstance(entry, dict) and entry.get("reply_to", reply_to) != reply_to:
             item = _with_problem(item, (f"{path}.reply_to", "must be absent or the batch's"))
         items.append(item)
-    return Requests(items, batch=True, reply_to=reply_to or EVALUATION_RESULTS)
+    return Requests(items, batch=True, reply_to=reply_to or results_topic)
 
 
 def _with_problem(item: Request | Invalid, problem: tuple[str, str]) -> Invalid:

@@ -22,7 +22,7 @@ from app.experiments.record_sink import Channel, RecordKind
 from app.infra.metrics import Metrics
 from app.infra.records import SCHEMA_VERSION
 from app.infra.settings import Settings
-from app.infra.topics import EXPOSURES
+from app.infra.topics import Topics
 
 __all__ = ["EXPOSURE", "ExposureSink", "Pending", "exposure_channel", "exposure_id"]
 
@@ -55,7 +55,6 @@ def to_json(pending: Pending) -> dict[str, Any]:
 
 
 EXPOSURE: RecordKind[Pending] = RecordKind(
-    topic=EXPOSURES,
     noun="exposures",
     key_of=lambda exposure: exposure[4].encode(),  # the targeting key
     timestamp_ms_of=lambda exposure: int(exposure[5] * 1000),
@@ -69,4 +68,5 @@ ExposureSink: TypeAlias = Channel[Pending]
 def exposure_channel(settings: Settings, metrics: Metrics) -> ExposureSink:
     """The exposures' channel, bounded by `FLAGSTREAM_EXPOSURE_BUFFER`, counted in
     `flagstream_exposures_total`; `RecordSink` produces it."""
-    return Channel(EXPOSURE, settings.exposure_buffer, metrics.exposures)
+    topic = Topics.of(settings).exposures
+    return Channel(EXPOSURE, settings.exposure_buffer, metrics.exposures, topic=topic)

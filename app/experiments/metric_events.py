@@ -17,7 +17,7 @@ from app.experiments.record_sink import Channel, RecordKind
 from app.infra.metrics import Metrics
 from app.infra.records import SCHEMA_VERSION
 from app.infra.settings import Settings
-from app.infra.topics import METRIC_EVENTS
+from app.infra.topics import Topics
 
 __all__ = ["METRIC_EVENT", "MetricEvent", "event_id", "metric_event_channel", "to_json"]
 
@@ -51,7 +51,6 @@ def to_json(event: MetricEvent) -> dict[str, Any]:
 
 
 METRIC_EVENT: RecordKind[MetricEvent] = RecordKind(
-    topic=METRIC_EVENTS,
     noun="metric events",
     key_of=lambda event: event.targeting_key.encode(),  # as exposures: co-partitioned
     timestamp_ms_of=lambda event: int(event.timestamp * 1000),
@@ -63,4 +62,5 @@ def metric_event_channel(settings: Settings, metrics: Metrics) -> Channel[Metric
     """The metric events' channel of the record sink, bounded like the exposures' one
     (`FLAGSTREAM_EXPOSURE_BUFFER`, a buffer of its own) and counted in
     `flagstream_metric_events_total`."""
-    return Channel(METRIC_EVENT, settings.exposure_buffer, metrics.metric_events)
+    topic = Topics.of(settings).metric_events
+    return Channel(METRIC_EVENT, settings.exposure_buffer, metrics.metric_events, topic=topic)

@@ -46,9 +46,9 @@ BATCH_BYTES = 512 * 1024
 
 @dataclass(frozen=True, slots=True)
 class RecordKind(Generic[R]):
-    """What makes a pending record a Kafka record: where it goes, its key, time and value."""
+    """What makes a pending record a Kafka record: its key, time and value (its topic is the
+    deployment's: `Channel.topic`)."""
 
-    topic: str
     noun: str  # for logs: "exposures", "metric events"
     key_of: Callable[[R], bytes]
     timestamp_ms_of: Callable[[R], int]
@@ -58,8 +58,9 @@ class RecordKind(Generic[R]):
 class Channel(Generic[R]):
     """One kind of record's bounded buffer in the sink, with its produced/dropped counters."""
 
-    def __init__(self, kind: RecordKind[R], bound: int, outcomes: Counter) -> None:
+    def __init__(self, kind: RecordKind[R], bound: int, outcomes: Counter, *, topic: str) -> None:
         self.kind = kind
+        self.topic = topic
         self.bound = bound
         self.outcomes = outcomes  # for outcomes of the records' sources (e.g. "unattributable")
         self.produced = outcomes.labels("produced")
@@ -185,14 +186,14 @@ class RecordSink(Service):
             nonlocal failed
             batch, records = open_batches.pop(partition)
             try:
-                future = await producer.send_batch(batch, kind.topic, partition=partition)
+                future = await producer.send_batch(batch, channel.topic, partition=partition)
             except Exception:
                 log.exception("a batch of %d %s could not be sent", records, kind.noun)
                 failed += records
                 return
             in_flight.append((records, future))
 
-        partitions = len(await producer.partitions_for(kind.topic))
+        partitions = len(await producer.partitions_for(channel.topic))
         for index, record in enumerate(pending, 1):
             key = kind.key_of(record)
             partition = self._partition(key, partitions)

@@ -31,7 +31,7 @@ from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
 from app.infra.shutdown import stop_within
-from app.infra.topics import EXPERIMENT_STATS
+from app.infra.topics import Topics
 
 __all__ = ["MAX_ENVIRONMENTS", "MAX_EXPERIMENTS", "ExperimentStatsFeed", "is_older"]
 
@@ -179,9 +179,8 @@ class ExperimentStatsFeed(Service):
             hot_s=0.0,
         )
         # The topic's partition count is the sources' (app.infra.topics.topic_specs).
-        partitions = [
-            TopicPartition(EXPERIMENT_STATS, p) for p in range(self.settings.exposure_partitions)
-        ]
+        topic = Topics.of(self.settings).experiment_stats
+        partitions = [TopicPartition(topic, p) for p in range(self.settings.exposure_partitions)]
         self._consumer.assign(partitions)
         self._lag.watch("experiment-stats", self._consumer, self._positions)
         await self._read_from_beginning()

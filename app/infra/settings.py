@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.infra.changelog_signing import ChangelogSigner
 from app.infra.kafka_security import KafkaSecurity
 
-__all__ = ["SETTINGS", "Setting", "Settings"]
+__all__ = ["SETTINGS", "Setting", "Settings", "changelog_signer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Check that a broker's certificate names the host connected to.",
     ),
     Setting(
-        "FLAGSTREAM_APP_ID", "flagstream", "Consumer group id and topic prefix of this deployment."
+        "FLAGSTREAM_APP_ID",
+        "flagstream",
+        "Names this deployment: its consumer groups (`<app id>`, `<app id>-evaluations`,"
+        " `<app id>-experiments`) and, by default, its topic prefix.",
+    ),
+    Setting(
+        "FLAGSTREAM_TOPIC_PREFIX",
+        "",
+        "Every topic is `<prefix>.<topic>` (`flagstream.flag-changes`), so deployments sharing"
+        " a cluster stay apart (empty: the app id; docs/topics.md).",
     ),
     Setting(
         "FLAGSTREAM_WORKER_ID", "", "Name of this worker in logs and metrics (default: host:port)."
@@ -106,6 +116,24 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "FLAGSTREAM_SDK_KEYS", "", "Comma-separated `key=environment` pairs for evaluation clients."
+    ),
+    Setting(
+        "FLAGSTREAM_CHANGELOG_KEY",
+        "",
+        "Key (32+ bytes) the decider signs every changelog record with; workers apply only"
+        " records it or an old key signed (empty: nothing signed or checked, a warning at start).",
+    ),
+    Setting(
+        "FLAGSTREAM_CHANGELOG_OLD_KEYS",
+        "",
+        "Comma-separated former changelog keys: verify only, kept while the log holds their"
+        " records (rotation).",
+    ),
+    Setting(
+        "FLAGSTREAM_CHANGELOG_UNSIGNED",
+        "false",
+        "With a changelog key, also apply records without a signature (a log written before"
+        " the key); forged ones are refused still.",
     ),
     Setting(
         "FLAGSTREAM_FLAG_CHANGE_PARTITIONS",
@@ -310,6 +338,8 @@ SECRETS = (
     "FLAGSTREAM_SDK_KEYS",
     "FLAGSTREAM_KAFKA_SASL_PASSWORD",
     "FLAGSTREAM_KAFKA_SSL_KEY_PASSWORD",
+    "FLAGSTREAM_CHANGELOG_KEY",
+    "FLAGSTREAM_CHANGELOG_OLD_KEYS",
 )
 
 
@@ -345,6 +375,7 @@ class Settings:
     kafka_ssl_key_password: str = field(repr=False)
     kafka_ssl_check_hostname: bool
     app_id: str
+    topic_prefix: str
     worker_id: str
     data_dir: Path
     processes: int
@@ -356,6 +387,9 @@ class Settings:
     admin_token: str = field(repr=False)
     read_tokens: tuple[str, ...] = field(repr=False)
     sdk_keys: dict[str, str] = field(repr=False)
+    changelog_key: str = field(repr=False)
+    changelog_old_keys: tuple[str, ...] = field(repr=False)
+    changelog_unsigned: bool
     flag_change_partitions: int
     replication_factor: int
     flag_changes_retention_ms: int
@@ -413,6 +447,7 @@ class Settings:
             kafka_ssl_key_password=_secret("FLAGSTREAM_KAFKA_SSL_KEY_PASSWORD"),
             kafka_ssl_check_hostname=_flag(_env("FLAGSTREAM_KAFKA_SSL_CHECK_HOSTNAME")),
             app_id=_env("FLAGSTREAM_APP_ID"),
+            topic_prefix=_env("FLAGSTREAM_TOPIC_PREFIX") or _env("FLAGSTREAM_APP_ID"),
             worker_id=_env("FLAGSTREAM_WORKER_ID") or f"{web_host}:{web_port}",
             data_dir=Path(_env("FLAGSTREAM_DATA_DIR")),
             processes=int(_env("FLAGSTREAM_PROCESSES")),
@@ -423,6 +458,9 @@ class Settings:
             admin_token=_secret("FLAGSTREAM_ADMIN_TOKEN"),
             read_tokens=_csv(_secret("FLAGSTREAM_READ_TOKENS")),
             sdk_keys=sdk_keys,
+            changelog_key=_secret("FLAGSTREAM_CHANGELOG_KEY"),
+            changelog_old_keys=_csv(_secret("FLAGSTREAM_CHANGELOG_OLD_KEYS")),
+            changelog_unsigned=_flag(_env("FLAGSTREAM_CHANGELOG_UNSIGNED")),
             flag_change_partitions=int(_env("FLAGSTREAM_FLAG_CHANGE_PARTITIONS")),
             replication_factor=int(_env("FLAGSTREAM_REPLICATION_FACTOR")),
             flag_changes_retention_ms=int(_env("FLAGSTREAM_FLAG_CHANGES_RETENTION_MS")),
@@ -462,8 +500,18 @@ class Settings:
             log_level=_env("FLAGSTREAM_LOG_LEVEL"),
         )
         KafkaSecurity.from_settings(settings)  # a bad combination fails here, at start
+        changelog_signer(settings)  # a short key too
         return settings
 
     @property
     def bootstrap(self) -> str:
         return ",".join(self.brokers)
+
+
+def changelog_signer(settings: Settings) -> ChangelogSigner:
+    """The changelog's signer and verifier of these settings (app.infra.changelog_signing)."""
+    return ChangelogSigner.of(
+        settings.changelog_key,
+        settings.changelog_old_keys,
+        accept_unsigned=settings.changelog_unsigned,
+    )

@@ -22,15 +22,10 @@ import pytest
 
 from app.evaluation.client import EvaluationClient
 from app.infra.records import MAX_DEAD_LETTER_PAYLOAD
-from app.infra.topics import (
-    DEAD_LETTERS,
-    EVALUATION_REQUESTS,
-    EVALUATION_RESULTS,
-    FLAG_CHANGES,
-    partition_for,
-)
+from app.infra.topics import partition_for
 from tests.conftest import Worker, flag, produce, read_topic, wait_until
 from tests.costly_flags import COSTLY, DOUBLING
+from tests.worker_topics import topics_of
 
 PARTITIONS = 4  # FLAGSTREAM_FLAG_CHANGE_PARTITIONS of the test worker
 RESULT_PARTITIONS = 8  # FLAGSTREAM_EVALUATION_PARTITIONS of the test worker
@@ -165,7 +160,7 @@ def letters_at(worker: Worker, topic: str, offsets: set[int], partition: int) ->
     def found() -> dict[int, Any] | None:
         letters = {
             letter["offset"]: letter
-            for letter in read_topic(worker.brokers, DEAD_LETTERS, idle_s=0.3)
+            for letter in read_topic(worker.brokers, topics_of(worker).dead_letters, idle_s=0.3)
             if letter.get("topic") == topic and letter.get("partition") == partition
         }
         return letters if offsets <= set(letters) else None
@@ -183,9 +178,10 @@ def commands(worker: Worker) -> Iterator[dict[str, Any]]:
     before = worker.metrics()
     partition = partition_for(ENV, PARTITIONS)
     records = [*(record for record, _, _ in COMMANDS.values()), GOOD]
-    offsets = produce(worker.brokers, FLAG_CHANGES, [(ENV.encode(), r) for r in records], partition)
+    topic = topics_of(worker).flag_changes
+    offsets = produce(worker.brokers, topic, [(ENV.encode(), r) for r in records], partition)
     wait_until(lambda: admin.flag(ENV, "good").status == 200, timeout_s=60)
-    by_offset = letters_at(worker, FLAG_CHANGES, set(offsets[:-1]), partition)
+    by_offset = letters_at(worker, topic, set(offsets[:-1]), partition)
     yield {
         "letters": {n: by_offset[o] for n, o in zip(COMMANDS, offsets[:-1], strict=True)},
         "before": before,
@@ -363,22 +359,27 @@ def requests(worker: Worker, commands: dict[str, Any]) -> dict[str, Any]:
     """Every request record produced in one batch to partition 0; their results and letters."""
     before = worker.metrics()
     records = [record for record, _, _, _ in REQUESTS.values()]
+    topics = topics_of(worker)
     offsets = produce(
-        worker.brokers, EVALUATION_REQUESTS, [(b"bad", r) for r in records], partition=0
+        worker.brokers, topics.evaluation_requests, [(b"bad", r) for r in records], partition=0
     )
 
     async def good() -> Any:
-        async with EvaluationClient(worker.brokers, timeout_s=60, fetch_max_wait_ms=10) as client:
+        async with EvaluationClient(
+            worker.brokers, topics=topics, timeout_s=60, fetch_max_wait_ms=10
+        ) as client:
             return await client.evaluate(ENV, {"targetingKey": "u"}, ["plain"])
 
     after_good = asyncio.run(good())  # answered after the bad ones: the agent goes on
     wanted = {
         o for o, (_, _, lettered, _) in zip(offsets, REQUESTS.values(), strict=True) if lettered
     }
-    by_offset = letters_at(worker, EVALUATION_REQUESTS, wanted, 0)
+    by_offset = letters_at(worker, topics.evaluation_requests, wanted, 0)
     results = {
         r["request_id"].removeprefix(f"{RUN}-"): r
-        for r in read_topic(worker.brokers, EVALUATION_RESULTS, RESULT_PARTITIONS, idle_s=0.3)
+        for r in read_topic(
+            worker.brokers, topics.evaluation_results, RESULT_PARTITIONS, idle_s=0.3
+        )
         if str(r.get("request_id")).startswith(f"{RUN}-")
     }
     return {

@@ -15,8 +15,8 @@ from app.engine import compile_flag, evaluate
 from app.engine.model import CompiledFlag
 from app.evaluation.client import EvaluationClient
 from app.evaluation.records import EvaluationResult
-from app.infra.topics import DEAD_LETTERS, EVALUATION_REQUESTS, EVALUATION_RESULTS
 from tests.conftest import Worker, flag, produce, read_topic, wait_until
+from tests.worker_topics import topics_of
 
 RESULT_PARTITIONS = 8  # the default FLAGSTREAM_EVALUATION_PARTITIONS the worker runs with
 T = TypeVar("T")
@@ -42,7 +42,7 @@ def with_client(
 ) -> T:
     async def run() -> T:
         async with EvaluationClient(
-            worker.brokers, timeout_s=30, fetch_max_wait_ms=10, **options
+            worker.brokers, topics=topics_of(worker), timeout_s=30, fetch_max_wait_ms=10, **options
         ) as client:
             return await use(client)
 
@@ -98,7 +98,10 @@ def test_a_batch_is_answered_in_order_by_one_record(
         {k: v for k, v in expected(flags, c).items() if k in ("split", "by-email")}
         for c in CONTEXTS
     ]
-    records = [r for r in read_topic(worker.brokers, EVALUATION_RESULTS, RESULT_PARTITIONS)]
+    records = [
+        r
+        for r in read_topic(worker.brokers, topics_of(worker).evaluation_results, RESULT_PARTITIONS)
+    ]
     batch = [r for r in records if results[0].request_id in json.dumps(r)]
     assert len(batch) == 1 and [r["request_id"] for r in batch[0]["results"]] == [
         r.request_id for r in results
@@ -113,7 +116,7 @@ def test_a_batch_too_large_for_one_record_is_answered_by_several_in_order(
     contexts = [{"targetingKey": f"wide-{i}"} for i in range(4000)]
     results = with_client(worker, lambda c: c.evaluate_many(env, contexts, ["wide"]))
     assert [r.flags["wide"].value for r in results] == ["x" * 500] * 4000
-    records = read_topic(worker.brokers, EVALUATION_RESULTS, RESULT_PARTITIONS)
+    records = read_topic(worker.brokers, topics_of(worker).evaluation_results, RESULT_PARTITIONS)
     ids = {r.request_id for r in results}
     parts = [r for r in records if r.get("results") and r["results"][0]["request_id"] in ids]
     assert len(parts) >= 3, "2.4 MB of results needs at least three records"
@@ -151,14 +154,16 @@ def test_unknown_flags_and_environments_are_not_found(
 def test_results_go_to_the_reply_topic(
     worker: Worker, env: str, flags: dict[str, CompiledFlag]
 ) -> None:
-    reply_to = "evaluation-results.pytest-" + uuid.uuid4().hex[:8]
+    reply_to = f"{topics_of(worker).evaluation_results}.pytest-{uuid.uuid4().hex[:8]}"
     results = with_client(
         worker, lambda c: c.evaluate_many(env, CONTEXTS[:2], ["plain"]), reply_to=reply_to
     )
     assert [r.flags["plain"].value for r in results] == [True, True]
     # The client reads only the reply topic, so the results came there, and only there:
     on_default_topic = json.dumps(
-        read_topic(worker.brokers, EVALUATION_RESULTS, RESULT_PARTITIONS, idle_s=0.3)
+        read_topic(
+            worker.brokers, topics_of(worker).evaluation_results, RESULT_PARTITIONS, idle_s=0.3
+        )
     )
     assert results[0].request_id not in on_default_topic
 
@@ -173,7 +178,12 @@ def test_malformed_records_get_error_results_and_dead_letters(worker: Worker, en
             {"schema": 1, "request_id": "bad-ctx", "environment": env, "context": [1]}
         ).encode(),
         "reply_to": json.dumps(
-            {"schema": 1, **good, "request_id": "bad-reply", "reply_to": "flag-changes"}
+            {
+                "schema": 1,
+                **good,
+                "request_id": "bad-reply",
+                "reply_to": topics_of(worker).flag_changes,
+            }
         ).encode(),
         "batch": json.dumps(
             {
@@ -191,7 +201,7 @@ def test_malformed_records_get_error_results_and_dead_letters(worker: Worker, en
             records,
             produce(
                 worker.brokers,
-                EVALUATION_REQUESTS,
+                topics_of(worker).evaluation_requests,
                 [(env.encode(), value) for value in records.values()],
                 partition=0,
             ),
@@ -205,7 +215,7 @@ def test_malformed_records_get_error_results_and_dead_letters(worker: Worker, en
 
     results = {
         r.get("request_id") or r["results"][0]["request_id"]: r
-        for r in read_topic(worker.brokers, EVALUATION_RESULTS, RESULT_PARTITIONS)
+        for r in read_topic(worker.brokers, topics_of(worker).evaluation_results, RESULT_PARTITIONS)
         if "bad-" in json.dumps(r) or "batch-" in json.dumps(r)
     }
     assert results["bad-ctx"]["error"]["problems"] == [
@@ -218,11 +228,13 @@ def test_malformed_records_get_error_results_and_dead_letters(worker: Worker, en
     assert bad_item["error"]["problems"][0]["path"] == "$.requests[1].flags"
     assert no_object["request_id"] is None and no_object["error"]["code"] == "MALFORMED"
 
+    topics = topics_of(worker)
+
     def letters() -> dict[int, dict[str, Any]]:
         return {
             letter["offset"]: letter
-            for letter in read_topic(worker.brokers, DEAD_LETTERS, idle_s=0.3)
-            if letter.get("topic") == EVALUATION_REQUESTS and letter["partition"] == 0
+            for letter in read_topic(worker.brokers, topics.dead_letters, idle_s=0.3)
+            if letter.get("topic") == topics.evaluation_requests and letter["partition"] == 0
         }
 
     by_offset = wait_until(

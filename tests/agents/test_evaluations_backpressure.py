@@ -15,6 +15,7 @@ import pytest
 from app.evaluation.client import EvaluationClient
 from app.evaluation.records import EvaluationResult
 from tests.conftest import Worker, flag, own_broker
+from tests.worker_topics import topics_of
 
 broker = pytest.fixture(own_broker, name="broker")
 BOUND = 8  # FLAGSTREAM_EVALUATION_MAX_IN_FLIGHT of the worker under test
@@ -47,7 +48,9 @@ def test_a_burst_is_consumed_slower_within_the_in_flight_bound(
     contexts = [{"targetingKey": f"burst-{i}"} for i in range(BURST)]
 
     async def burst() -> list[EvaluationResult]:
-        async with EvaluationClient(broker, timeout_s=120, fetch_max_wait_ms=10) as client:
+        async with EvaluationClient(
+            broker, topics=topics_of(worker), timeout_s=120, fetch_max_wait_ms=10
+        ) as client:
             return await asyncio.gather(*(client.evaluate(env, c, ["plain"]) for c in contexts))
 
     results = asyncio.run(burst())

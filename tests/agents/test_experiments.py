@@ -21,13 +21,15 @@ from app.experiments.metric_events import MetricEvent
 from app.experiments.metric_events import to_json as event_json
 from app.experiments.partials import Partial, decode_stats_record
 from app.experiments.results import merge
-from app.infra.topics import EXPERIMENT_STATS, EXPOSURES, METRIC_EVENTS
+from app.infra.topics import Topics
 from tests.app.experiments.test_attribution import observed, same, truth
 from tests.conftest import Worker, own_broker, produce, read_records, wait_until
 
 broker = pytest.fixture(own_broker, name="broker")
 
 PARTITIONS = 8  # FLAGSTREAM_EXPOSURE_PARTITIONS: both sources, the changelog, the stats
+APP_ID = "attribution"  # every worker of this module: one group, one set of topics
+TOPICS = Topics.named(APP_ID)
 WORKER_ENV = {"FLAGSTREAM_ATTRIBUTION_WINDOW_S": "10", "FLAGSTREAM_STATS_PUBLISH_MS": "200"}
 Pair = tuple[str, Exposure | Event]
 
@@ -69,7 +71,9 @@ def scenario(
                     experiment,
                 )
             )
-            out.append((subject.encode(), orjson.dumps(value), EXPOSURES, (subject, exposure)))
+            out.append(
+                (subject.encode(), orjson.dumps(value), TOPICS.exposures, (subject, exposure))
+            )
         for _ in range(rng.randint(0, 4)):
             metric = rng.choice(["buy", "spend"])
             event = Event(
@@ -78,21 +82,21 @@ def scenario(
             value = event_json(
                 MetricEvent(env, subject, metric, event.value, event.timestamp, event.event_id)
             )
-            record = (subject.encode(), orjson.dumps(value), METRIC_EVENTS, (subject, event))
+            record = (subject.encode(), orjson.dumps(value), TOPICS.metric_events, (subject, event))
             out += [record] * (2 if rng.random() < 0.1 else 1)  # a duplicate: the same id
     rng.shuffle(out)
     return out
 
 
 def send(broker: str, records: list[tuple[bytes, bytes, str, Pair]]) -> None:
-    for topic in (EXPOSURES, METRIC_EVENTS):
+    for topic in (TOPICS.exposures, TOPICS.metric_events):
         produce(broker, topic, [(key, value) for key, value, t, _ in records if t == topic])
 
 
 def published(broker: str, env: str, experiment: str) -> dict[int, Partial]:
     """The newest partial of each source partition of the experiment."""
     newest: dict[int, Partial] = {}
-    for record in read_records(broker, EXPERIMENT_STATS, PARTITIONS, idle_s=0.3):
+    for record in read_records(broker, TOPICS.experiment_stats, PARTITIONS, idle_s=0.3):
         decoded = decode_stats_record(record.value)
         if isinstance(decoded, Partial) and (decoded.environment, decoded.experiment) == (
             env,
@@ -113,7 +117,7 @@ def equal_to_truth(broker: str, env: str, experiment: str, pairs: list[Pair]) ->
 def test_the_published_totals_equal_the_truth(
     broker: str, cluster: list[Worker], tmp_path: Path
 ) -> None:
-    worker = Worker(broker, tmp_path / "data", "attribution", **WORKER_ENV).start()
+    worker = Worker(broker, tmp_path / "data", APP_ID, **WORKER_ENV).start()
     cluster.append(worker)
     env, experiment = "sim", "checkout"
     worker.admin().put(env, experiment, experiment_flag())
@@ -146,7 +150,7 @@ def test_a_sigkill_mid_stream_and_a_rebalance_onto_a_second_worker_lose_and_doub
     """Records flow in while the owner of every partition is killed with SIGKILL, restarted
     from its RocksDB, and joined by a second worker that takes half the partitions from the
     changelog: the published totals equal the truth, every figure and every window."""
-    first = Worker(broker, tmp_path / "first", "attribution", **WORKER_ENV).start()
+    first = Worker(broker, tmp_path / "first", APP_ID, **WORKER_ENV).start()
     cluster.append(first)
     env, experiment = "sim", "checkout"
     first.admin().put(env, experiment, experiment_flag())
@@ -171,7 +175,7 @@ def test_a_sigkill_mid_stream_and_a_rebalance_onto_a_second_worker_lose_and_doub
         # rejoin is slow but assigned. A clean stop while the group was forming would have left
         # it without a leader for good (tests/app/infra/test_broker.py).
         first.start()  # the same RocksDB
-        second = Worker(broker, tmp_path / "second", "attribution", **WORKER_ENV).start()
+        second = Worker(broker, tmp_path / "second", APP_ID, **WORKER_ENV).start()
         cluster.append(second)
         wait_until(lambda: owned(second) > 0, timeout_s=60)  # the group rebalanced
         # It took its partitions' state from `experiment-state`, not by folding from 0.

@@ -34,16 +34,17 @@ from app.experiments.exposures import to_json as exposure_json
 from app.experiments.metric_events import MetricEvent
 from app.experiments.metric_events import to_json as event_json
 from app.experiments.sources import MAX_TEXT, MAX_TIMESTAMP, MAX_VALUE
-from app.infra.topics import DEAD_LETTERS, EXPOSURES, METRIC_EVENTS, partition_of
+from app.infra.topics import partition_of
 from app.web.metric_events import MAX_ABS_VALUE
 from app.web.sdk_batches import MAX_TEXT as SDK_MAX_TEXT
-from tests.agents.test_experiments import WORKER_ENV, experiment_flag, merged
+from tests.agents.test_experiments import APP_ID, TOPICS, WORKER_ENV, experiment_flag, merged
 from tests.app.experiments.test_attribution import observed, same, truth
 from tests.conftest import READ_TOKEN, Worker, read_topic, wait_until
 
 ENV, EXPERIMENT = "hostile", "checkout"
 HOSTILE_PARTITION = 3  # every hostile record goes here, keyed HOSTILE_KEY
 HOSTILE_KEY = b"not-the-targeting-key"
+EXPOSURES, METRIC_EVENTS = TOPICS.exposures, TOPICS.metric_events
 PARTITIONS = 8  # FLAGSTREAM_EXPOSURE_PARTITIONS of the worker
 MB = 1_000_000
 Pair = tuple[str, Exposure | Event]
@@ -225,7 +226,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 def hostile(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A worker fed every hostile record, then good ones; what came of them."""
     worker = Worker(
-        broker, tmp_path_factory.mktemp("hostile") / "data", "attribution", **WORKER_ENV
+        broker, tmp_path_factory.mktemp("hostile") / "data", APP_ID, **WORKER_ENV
     ).start()
     try:
         worker.admin().put(ENV, EXPERIMENT, experiment_flag())
@@ -282,7 +283,7 @@ def letters_of(broker: str, wanted: set[tuple[str, int]]) -> dict[tuple[str, int
     def found() -> dict[tuple[str, int], Any] | None:
         letters = {
             (letter["topic"], letter["offset"]): letter
-            for letter in read_topic(broker, DEAD_LETTERS, idle_s=0.3)
+            for letter in read_topic(broker, TOPICS.dead_letters, idle_s=0.3)
             if letter.get("partition") == HOSTILE_PARTITION
         }
         return letters if wanted <= set(letters) else None
@@ -312,12 +313,13 @@ def test_a_hostile_record_is_a_dead_letter_with_its_reason(
 
 def test_every_hostile_record_is_counted(hostile: dict[str, Any]) -> None:
     before, after = hostile["before"], hostile["after"]
-    for topic, bad in ((EXPOSURES, BAD_EXPOSURES), (METRIC_EVENTS, BAD_EVENTS)):
+    # The label names the source by its role, the same in every deployment (not the topic).
+    for source, bad in (("exposures", BAD_EXPOSURES), ("metric-events", BAD_EVENTS)):
         name = "flagstream_attribution_records_total"
-        moved = metric(after, name, outcome="malformed", source=topic) - metric(
-            before, name, outcome="malformed", source=topic
+        moved = metric(after, name, outcome="malformed", source=source) - metric(
+            before, name, outcome="malformed", source=source
         )
-        assert moved == len(bad), topic
+        assert moved == len(bad), source
     letters = metric(after, "flagstream_dead_letters_total", code="MALFORMED") - metric(
         before, "flagstream_dead_letters_total", code="MALFORMED"
     )

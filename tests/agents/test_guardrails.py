@@ -36,11 +36,13 @@ from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, ChangeOp, FlagChange, Rejection
 from app.infra.settings import Settings
-from app.infra.topics import EXPERIMENT_STATS
+from app.infra.topics import Topics
 from tables.flags import FlagTable
 from tests.conftest import EventStream, Worker, produce, wait_until
 
 EXPERIMENT = "checkout-latency"
+APP_ID = "flagstream-guardrails"  # both workers: one group, one set of topics
+TOPICS = Topics.named(APP_ID)
 DEFINITION: dict[str, Any] = {
     "state": "ENABLED",
     "variants": {"control": "a", "treatment": "b"},
@@ -83,7 +85,7 @@ def harmful_partials(environment: str, subjects: int, offset: int) -> list[tuple
 
 def send(broker: str, records: list[tuple[bytes, bytes]]) -> None:
     for (key, value), partition in zip(records, PARTITIONS, strict=True):
-        produce(broker, EXPERIMENT_STATS, [(key, value)], partition=partition)
+        produce(broker, TOPICS.experiment_stats, [(key, value)], partition=partition)
 
 
 def counted(worker: Worker, name: str, **labels: str) -> float:
@@ -102,7 +104,7 @@ def test_a_harmful_treatment_is_rolled_back_once_with_its_reason_and_figures(
     broker: str, cluster: list[Worker], tmp_path: Path
 ) -> None:
     # Appended as each starts, so the fixture stops whatever started.
-    cluster.extend(Worker(broker, tmp_path / n, "flagstream-guardrails").start() for n in "ab")
+    cluster.extend(Worker(broker, tmp_path / n, APP_ID).start() for n in "ab")
     first, second = cluster
     env = "env-" + uuid.uuid4().hex[:10]
     first.admin().put(env, "checkout", DEFINITION)

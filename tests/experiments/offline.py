@@ -35,8 +35,7 @@ import numpy as np
 from scipy import stats
 
 from app.experiments.stats import MetricKind
-from app.infra.topics import EXPOSURES, METRIC_EVENTS
-from tests.experiments.simulation import Scenario, scenario
+from tests.experiments.simulation import EXPOSURES, METRIC_EVENTS, Scenario, scenario
 
 __all__ = [
     "ArmTruth",

@@ -24,14 +24,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.experiments import SOURCES
 from app.engine import CompiledFlag, compile_flag, evaluate
 from app.experiments.exposures import EXPOSURE, Pending
 from app.experiments.metric_events import METRIC_EVENT, MetricEvent
 from app.experiments.stats import DEFAULT_ALPHA, DEFAULT_SEQUENTIAL_TUNING, MetricKind
 from app.infra.records import dumps
-from app.infra.topics import EXPOSURES, METRIC_EVENTS
 
-__all__ = ["DEFAULT_SEED", "Scenario", "scenario"]
+# Records by source, named as the attribution names them (a topic's name is per deployment).
+EXPOSURES, METRIC_EVENTS = SOURCES
+
+__all__ = ["DEFAULT_SEED", "EXPOSURES", "METRIC_EVENTS", "Scenario", "scenario"]
 
 DEFAULT_SEED = 20261130
 ENVIRONMENT = "sim"

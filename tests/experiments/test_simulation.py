@@ -27,7 +27,7 @@ from app.experiments.report import report
 from app.experiments.results import ExperimentResults, merge, results
 from app.experiments.sources import decode_exposure, decode_metric_event
 from app.infra.records import Rejection
-from app.infra.topics import EXPOSURES, METRIC_EVENTS, partition_of
+from app.infra.topics import partition_of
 from tables.partition_state import PartitionState
 from tests.experiments.offline import (
     Truth,
@@ -39,7 +39,14 @@ from tests.experiments.offline import (
     truth,
     truth_figures,
 )
-from tests.experiments.simulation import DEFAULT_SEED, Scenario, compiled, scenario
+from tests.experiments.simulation import (
+    DEFAULT_SEED,
+    EXPOSURES,
+    METRIC_EVENTS,
+    Scenario,
+    compiled,
+    scenario,
+)
 
 GBSTATS = Path(__file__).with_name("simulation_gbstats.json")
 REGENERATE = (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.control.client import AdminClient
-from app.infra.topics import EXPOSURES, METRIC_EVENTS
+from app.infra.topics import Topics
 from tests.conftest import READ_TOKEN, Worker, own_broker, produce, wait_until
 from tests.experiments.offline import (
     differences,
@@ -21,7 +21,7 @@ from tests.experiments.offline import (
     report_figures,
     truth,
 )
-from tests.experiments.simulation import scenario
+from tests.experiments.simulation import EXPOSURES, METRIC_EVENTS, scenario
 
 broker = pytest.fixture(own_broker, name="broker")
 GBSTATS = Path(__file__).with_name("simulation_gbstats.json")
@@ -37,8 +37,9 @@ def test_the_results_view_of_the_simulation_equals_scipy_and_gbstats(
     ).start()
     cluster.append(worker)
     worker.admin().put(sim.environment, sim.flag, sim.definition)
-    for topic in (EXPOSURES, METRIC_EVENTS):
-        produce(broker, topic, sim.records[topic])
+    topics = Topics.named("simulation")  # the worker's app id
+    for source, topic in ((EXPOSURES, topics.exposures), (METRIC_EVENTS, topics.metric_events)):
+        produce(broker, topic, sim.records[source])
     url = f"/api/v1/environments/{sim.environment}/experiments/{sim.experiment}/results"
     last: dict[str, Any] = {}
 

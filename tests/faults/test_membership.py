@@ -19,14 +19,19 @@ from pathlib import Path
 
 from app.evaluation.client import EvaluationClient
 from tests.conftest import SDK_KEY, Worker, flag, wait_until
+from tests.worker_topics import topics_of
 
 REBALANCE_WAIT_S = 20.0  # longest wait of a Kafka request while workers join or leave
 OFREP_WAIT_S = 2.0  # longest wait of an OFREP request on a steady worker, on a loaded machine
 
 
-def kafka_load(broker: str, done: threading.Event, waits: list[float], errors: list[str]) -> None:
+def kafka_load(
+    worker: Worker, done: threading.Event, waits: list[float], errors: list[str]
+) -> None:
     async def run() -> None:
-        async with EvaluationClient(broker, timeout_s=120, fetch_max_wait_ms=10) as client:
+        async with EvaluationClient(
+            worker.brokers, topics=topics_of(worker), timeout_s=120, fetch_max_wait_ms=10
+        ) as client:
             i = 0
             while not done.is_set():
                 started = time.monotonic()
@@ -76,7 +81,7 @@ def test_workers_joining_and_leaving_drop_no_evaluation(
     ofrep_waits: list[float] = []
     errors: list[str] = []
     loads: list[Callable[[], None]] = [
-        lambda: kafka_load(broker, done, kafka_waits, errors),
+        lambda: kafka_load(steady, done, kafka_waits, errors),
         lambda: ofrep_load(steady, done, ofrep_waits, errors),
     ]
     threads = [threading.Thread(target=load, daemon=True) for load in loads]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine import compile_flag, evaluate
-from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS, EXPOSURES
+from app.infra.topics import Topics
 from tests.conftest import EXPERIMENT, SDK_KEY, Worker, flag, produce, read_topic, wait_until
 
 ENVS = ("alpha", "beta", "gamma", "delta")  # spread over the 4 flag-change partitions
@@ -25,6 +25,8 @@ SLOWEST_EVALUATION_S = 1.0  # the bound on any one OFREP answer of the survivor
 # machine: a write that timed out would be unknown, not lost, and prove nothing. The workers
 # remember only 5 changes for the change stream: no guarantee may rest on that window. The
 # exposure buffer is flushed every second, so a kill always finds exposures in it.
+APP_ID = "flagstream-faults"  # every worker of the test: one group, one set of topics
+TOPICS = Topics.named(APP_ID)
 PATIENT = {
     "FLAGSTREAM_WRITE_TIMEOUT_S": "60",
     "FLAGSTREAM_STREAM_DEPTH": "5",
@@ -85,9 +87,9 @@ def http_post(worker: Worker, path: str, body: Any) -> tuple[int, Any]:
 def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
     broker: str, cluster: list[Worker], tmp_path: Path
 ) -> None:
-    survivor = Worker(broker, tmp_path / "survivor", "flagstream-faults", **PATIENT).start()
+    survivor = Worker(broker, tmp_path / "survivor", APP_ID, **PATIENT).start()
     cluster.append(survivor)
-    victim = Worker(broker, tmp_path / "victim", "flagstream-faults", **PATIENT).start()
+    victim = Worker(broker, tmp_path / "victim", APP_ID, **PATIENT).start()
     cluster.append(victim)
     survivor.admin().put("development", "exp", EXPERIMENT)
     wait_until(lambda: victim.admin().flag("development", "exp").status == 200)
@@ -135,7 +137,9 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
             "flags": ["exp"],
             "context": {"targetingKey": f"k{i}"},
         }
-        produce(broker, EVALUATION_REQUESTS, [(f"k{i}".encode(), json.dumps(request).encode())])
+        produce(
+            broker, TOPICS.evaluation_requests, [(f"k{i}".encode(), json.dumps(request).encode())]
+        )
         sent_requests.append(request_id)
 
     for call in (write, evaluate, post_exposures, request_evaluation):
@@ -150,7 +154,7 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
         wait_until(lambda: len(acked_changes) >= killed_at + 20, 90)
         # Resumes from the victim's data dir in the same groups, beside the survivor: a group
         # with a live member never waits on a gone leader (tests/app/infra/test_broker.py).
-        restarted = Worker(broker, tmp_path / "victim", "flagstream-faults", **PATIENT).start()
+        restarted = Worker(broker, tmp_path / "victim", APP_ID, **PATIENT).start()
         cluster.append(restarted)
         back_at = len(acked_changes)
         wait_until(lambda: len(acked_changes) >= back_at + 10, 90)
@@ -171,7 +175,7 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
     # Exposures: every acknowledged one is on the topic, once.
     posted = [
         e["exposure_id"]
-        for e in read_topic(broker, EXPOSURES, EXPOSURE_PARTITIONS)
+        for e in read_topic(broker, TOPICS.exposures, EXPOSURE_PARTITIONS)
         if e.get("source") == "sdk"
     ]
     assert set(acked_exposures) <= set(posted)
@@ -180,7 +184,9 @@ def test_a_killed_worker_loses_nothing_acknowledged_and_applies_nothing_twice(
     # Kafka evaluation requests: at least once, whoever was alive; the last ones sent may be
     # answered after the load stopped (the group may still be settling the restarted worker).
     def unanswered() -> set[str]:
-        answered = {r.get("request_id") for r in read_topic(broker, EVALUATION_RESULTS, 8, 1.0)}
+        answered = {
+            r.get("request_id") for r in read_topic(broker, TOPICS.evaluation_results, 8, 1.0)
+        }
         return set(sent_requests) - answered
 
     try:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.infra.broker import free_port, start_broker, stop
 from app.infra.records import AppliedChange, ChangeOp, dumps
-from app.infra.topics import FLAG_CHANGES, FLAGS_CHANGELOG, partition_for
+from app.infra.topics import Topics, partition_for
 from tests.conftest import EventStream, Worker, flag, own_broker, produce, read_records, wait_until
 
 PARTITIONS = 4
@@ -29,7 +29,13 @@ broker = pytest.fixture(own_broker, name="broker")
 # broker can keep a stopping worker in the group until its session expires, 6 s, then
 # rebalances), a write sent meanwhile waits longer than the default 10 s on a loaded CI machine:
 # these tests check what the tables hold, not write latency, so their writes may wait a minute.
-PATIENT = {"FLAGSTREAM_STREAM_DEPTH": "5", "FLAGSTREAM_WRITE_TIMEOUT_S": "60"}
+# Workers of other app ids (groups of their own) read the same topics: one prefix for all.
+TOPICS = Topics.named("flagstream-recovery")
+PATIENT = {
+    "FLAGSTREAM_STREAM_DEPTH": "5",
+    "FLAGSTREAM_WRITE_TIMEOUT_S": "60",
+    "FLAGSTREAM_TOPIC_PREFIX": TOPICS.prefix,
+}
 
 
 def start(cluster: list[Worker], broker: str, data_dir: Path) -> Worker:
@@ -64,7 +70,7 @@ def end_offset(broker: str, partition: int) -> int:
         consumer = AIOKafkaConsumer(bootstrap_servers=broker)
         await consumer.start()
         try:
-            tp = TopicPartition(FLAGS_CHANGELOG, partition)
+            tp = TopicPartition(TOPICS.flags_changelog, partition)
             return int((await consumer.end_offsets([tp]))[tp])
         finally:
             await consumer.stop()
@@ -110,7 +116,10 @@ def test_an_empty_worker_recovers_the_last_change_of_every_table(
         for i in range(1, 8)
     ]
     offsets = produce(
-        broker, FLAGS_CHANGELOG, [(env.encode(), dumps(c.to_json())) for c in tail], partition
+        broker,
+        TOPICS.flags_changelog,
+        [(env.encode(), dumps(c.to_json())) for c in tail],
+        partition,
     )
     assert end_offset(broker, partition) < offsets[-1] + 1, (
         "the broker no longer reports short end offsets"
@@ -267,11 +276,13 @@ def test_redelivered_and_resent_commands_make_no_second_version(
         first.admin().put("alpha", f"f{i % 3}", flag(metadata={"i": i}))
     versions = {row["flag"]: row["version"] for row in first.admin().summary("alpha")}
     first.stop()
-    commands = read_records(broker, FLAG_CHANGES, PARTITIONS)
+    commands = read_records(broker, TOPICS.flag_changes, PARTITIONS)
     assert len(commands) == 12
-    produce(broker, FLAG_CHANGES, [(r.key, r.value) for r in commands], commands[0].partition)
+    produce(
+        broker, TOPICS.flag_changes, [(r.key, r.value) for r in commands], commands[0].partition
+    )
 
-    again = Worker(broker, tmp_path / "again", "flagstream-replay", FLAGSTREAM_STREAM_DEPTH="5")
+    again = Worker(broker, tmp_path / "again", "flagstream-replay", **PATIENT)
     cluster.append(again.start())
     # Commands of one environment are decided in order: this one is decided after all 24.
     assert again.admin().put("alpha", "after", flag())["seq"] == 13

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, ChangeOp, dumps
 from app.infra.settings import Settings
-from app.infra.topics import FLAGS_CHANGELOG, ensure_topics, partition_for
+from app.infra.topics import Topics, ensure_topics, partition_for
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
 from tests.conftest import produce
@@ -63,7 +63,7 @@ def write_changelog(broker: str, settings: Settings) -> None:
         for i in range(RECORDS)
     ]
     partition = partition_for(ENVIRONMENT, settings.flag_change_partitions)
-    produce(broker, FLAGS_CHANGELOG, records, partition)
+    produce(broker, Topics.of(settings).flags_changelog, records, partition)
 
 
 async def catch_up(replication: FlagReplication) -> tuple[float, float, int]:

@@ -16,7 +16,7 @@ from rocksdict import Options, Rdict
 from app.infra.metrics import Metrics
 from app.infra.records import CHANGE_HEADER, AppliedChange, ChangeOp, changelog_headers, dumps
 from app.infra.settings import Settings
-from app.infra.topics import FLAGS_CHANGELOG, ensure_topics, partition_for
+from app.infra.topics import Topics, ensure_topics, partition_for
 from tables.changelog_check import fingerprint
 from tables.flags import FlagTable
 from tables.replication import FlagReplication
@@ -55,7 +55,7 @@ def write(broker: str, settings: Settings, applied: list[AppliedChange]) -> None
         try:
             for change, headers in zip(applied, HEADERS, strict=True):
                 await producer.send_and_wait(
-                    FLAGS_CHANGELOG,
+                    Topics.of(settings).flags_changelog,
                     dumps(change.to_json()),
                     key=change.environment.encode(),
                     partition=partition_for(change.environment, settings.flag_change_partitions),
@@ -138,8 +138,9 @@ async def end_offset(broker: str, environment: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None)
     await consumer.start()
     try:
-        partitions = Settings.from_env().flag_change_partitions
-        tp = TopicPartition(FLAGS_CHANGELOG, partition_for(environment, partitions))
+        settings = Settings.from_env()
+        partition = partition_for(environment, settings.flag_change_partitions)
+        tp = TopicPartition(Topics.of(settings).flags_changelog, partition)
         return int((await consumer.end_offsets([tp]))[tp])
     finally:
         await consumer.stop()

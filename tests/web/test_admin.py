@@ -14,7 +14,7 @@ import pytest
 
 from app.control.client import AdminClient
 from app.infra.records import ChangeOp, FlagChange, dumps
-from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES, partition_for
+from app.infra.topics import partition_for
 from tests.conftest import (
     ADMIN_TOKEN,
     READ_TOKEN,
@@ -25,6 +25,7 @@ from tests.conftest import (
     read_topic,
     wait_until,
 )
+from tests.worker_topics import topics_of
 
 PARTITIONS = 4  # the default FLAGSTREAM_FLAG_CHANGE_PARTITIONS the worker runs with
 
@@ -121,11 +122,17 @@ def test_invalid_definition_gives_422_with_every_problem_and_a_dead_letter(
     problems = {p["path"] for p in reply.body["error"]["problems"]}
     assert {"$.state", "$.defaultVariant"} <= problems
     change_id = reply.body["error"]["change_id"]
-    letters = [d for d in read_topic(broker, DEAD_LETTERS) if d.get("change_id") == change_id]
+    letters = [
+        d
+        for d in read_topic(broker, topics_of(worker).dead_letters)
+        if d.get("change_id") == change_id
+    ]
     assert len(letters) == 1
     letter = letters[0]
     assert letter["code"] == "INVALID_DEFINITION"
-    assert letter["topic"] == FLAG_CHANGES and letter["partition"] == partition_for(env, PARTITIONS)
+    assert letter["topic"] == topics_of(worker).flag_changes and letter[
+        "partition"
+    ] == partition_for(env, PARTITIONS)
     assert json.loads(letter["payload"])["definition"] == bad
     assert worker.admin().flag(env, "bad").status == 404
 
@@ -138,13 +145,13 @@ def test_garbage_bytes_give_a_dead_letter_and_the_next_change_still_applies(
     good = FlagChange(str(uuid.uuid4()), env, "after-garbage", ChangeOp.PUT, "pytest", 0.0, flag())
     produce(
         broker,
-        FLAG_CHANGES,
+        topics_of(worker).flag_changes,
         [(env.encode(), garbage), (env.encode(), b"[1, 2]"), (env.encode(), dumps(good.to_json()))],
         partition,
     )
 
     wait_until(lambda: worker.admin().flag(env, "after-garbage").status == 200)
-    letters = read_topic(broker, DEAD_LETTERS)
+    letters = read_topic(broker, topics_of(worker).dead_letters)
     assert any(d.get("payload_base64") and d["code"] == "MALFORMED" for d in letters)
     assert any(d.get("payload") == "[1, 2]" and d["code"] == "MALFORMED" for d in letters)
     metrics = worker.metrics()
@@ -156,7 +163,7 @@ def test_a_redelivered_change_applies_once(worker: Worker, env: str, broker: str
     raw = dumps(change.to_json())
     produce(
         broker,
-        FLAG_CHANGES,
+        topics_of(worker).flag_changes,
         [(env.encode(), raw), (env.encode(), raw)],
         partition_for(env, PARTITIONS),
     )

@@ -24,7 +24,6 @@ from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.metrics import Metrics
 from app.infra.records import Rejection
 from app.infra.settings import Settings
-from app.infra.topics import DEAD_LETTERS, EXPERIMENT_STATS
 from app.web.auth import Credentials
 from app.web.experiments import ExperimentsApi
 from tables.flags import FlagTable
@@ -38,6 +37,7 @@ from tests.app.experiments.test_report import (
     variant_totals,
 )
 from tests.conftest import READ_TOKEN, Worker, produce, read_topic, wait_until
+from tests.worker_topics import SHARED_WORKER_TOPICS
 
 API = "/api/v1/environments"
 SOURCE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS the worker runs with
@@ -63,7 +63,7 @@ def listing(worker: Worker, env: str) -> dict[str, dict[str, Any]]:
 
 def publish(broker: str, *records: Partial | Progress) -> None:
     encoded = [encode_partial(r) if isinstance(r, Partial) else encode_progress(r) for r in records]
-    produce(broker, EXPERIMENT_STATS, encoded)
+    produce(broker, SHARED_WORKER_TOPICS.experiment_stats, encoded)
 
 
 def moved(partials: list[Partial], env: str, key: str) -> list[Partial]:
@@ -165,7 +165,7 @@ def test_a_malformed_record_becomes_a_dead_letter_and_the_feed_goes_on(
     key = unique("exp")
     worker.admin().put(env, key, experiment_flag())
     bad = b'{"schema": 1, "experiment": "x", "environment": 3}'
-    [offset] = produce(broker, EXPERIMENT_STATS, [(b"bad", bad)], partition=5)
+    [offset] = produce(broker, SHARED_WORKER_TOPICS.experiment_stats, [(b"bad", bad)], partition=5)
     good = partial(
         1, {"control": variant_totals(9, 1, 3.0, 5.0, {})}, environment=env, experiment=key
     )
@@ -173,8 +173,11 @@ def test_a_malformed_record_becomes_a_dead_letter_and_the_feed_goes_on(
     wait_until(lambda: subjects_are(worker, env, key, 9), timeout_s=30)
 
     def letter() -> dict[str, Any] | None:
-        for found in read_topic(broker, DEAD_LETTERS, idle_s=0.3):
-            if found.get("topic") == EXPERIMENT_STATS and found.get("offset") == offset:
+        for found in read_topic(broker, SHARED_WORKER_TOPICS.dead_letters, idle_s=0.3):
+            if (
+                found.get("topic") == SHARED_WORKER_TOPICS.experiment_stats
+                and found.get("offset") == offset
+            ):
                 return found
         return None
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from app.control.client import AdminClient
-from app.infra.topics import EXPOSURES
 from tests.conftest import EXPERIMENT, SDK_KEY, Worker, read_topic, wait_until
+from tests.worker_topics import topics_of
 
 
 def test_good_items_are_produced_and_bad_items_reported_by_index(
@@ -44,7 +44,7 @@ def test_good_items_are_produced_and_bad_items_reported_by_index(
     }
 
     def posted() -> list[dict[str, object]]:
-        found = read_topic(broker, EXPOSURES, partitions=8, idle_s=0.3)
+        found = read_topic(broker, topics_of(worker).exposures, partitions=8, idle_s=0.3)
         return [e for e in found if e.get("flag") == "posted-exp" and e.get("source") == "sdk"]
 
     exposures = wait_until(lambda: len(posted()) == 2 and posted())
@@ -83,7 +83,7 @@ def test_a_timestamp_out_of_range_is_rejected_and_the_worker_keeps_going(
     assert client.request("POST", "/api/v1/exposures", {"exposures": [good]}).status == 202
 
     def produced() -> bool:
-        found = read_topic(broker, EXPOSURES, partitions=8, idle_s=0.3)
+        found = read_topic(broker, topics_of(worker).exposures, partitions=8, idle_s=0.3)
         return any(e.get("targeting_key") == "f2" for e in found)
 
     wait_until(produced)

@@ -14,8 +14,9 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from app.control.client import AdminClient
-from app.infra.topics import EXPOSURES, METRIC_EVENTS, partition_of
+from app.infra.topics import partition_of
 from tests.conftest import SDK_KEY, Worker, read_records, wait_until
+from tests.worker_topics import topics_of
 
 PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS: both topics
 POST = "/api/v1/metric-events"
@@ -101,7 +102,7 @@ def test_good_items_are_produced_and_bad_items_reported_by_index(
     assert items[4]["metric"] in undeclared, "the rejection names the metric"
 
     # 202 came after the broker's ack: the records are readable at once, no waiting.
-    records = records_of(broker, METRIC_EVENTS, {a, b, c}, idle_s=1.0)
+    records = records_of(broker, topics_of(worker).metric_events, {a, b, c}, idle_s=1.0)
     events = [json.loads(r.value) for r in records]
     assert len(events) == 4
     for record, event in zip(records, events, strict=True):
@@ -140,8 +141,12 @@ def test_a_subjects_events_and_exposures_share_a_partition_number(
     exposures = [{"flag": flag, "variant": "treatment", "targeting_key": s} for s in subjects]
     assert sdk.request("POST", POST, {"events": events}).body["accepted"] == 24
     assert sdk.request("POST", "/api/v1/exposures", {"exposures": exposures}).status == 202
-    event_partitions = {r.key: r.partition for r in records_of(broker, METRIC_EVENTS, subjects)}
-    exposure_partitions = {r.key: r.partition for r in records_of(broker, EXPOSURES, subjects)}
+    event_partitions = {
+        r.key: r.partition for r in records_of(broker, topics_of(worker).metric_events, subjects)
+    }
+    exposure_partitions = {
+        r.key: r.partition for r in records_of(broker, topics_of(worker).exposures, subjects)
+    }
     assert len(event_partitions) == 24
     assert event_partitions == exposure_partitions
     assert len(set(event_partitions.values())) > 1, "24 subjects spread over partitions"
@@ -194,7 +199,9 @@ def test_202_waits_for_the_broker_and_a_full_buffer_is_503(
     reply = sdk.request("POST", POST, {"events": events[1:3]})
     assert reply.status == 202 and reply.body["accepted"] == 2
     keys = {event["targeting_key"] for event in events[1:3]}
-    on_the_broker = records_of(broker, METRIC_EVENTS, keys, idle_s=0.2)  # read at once
+    on_the_broker = records_of(
+        broker, topics_of(worker).metric_events, keys, idle_s=0.2
+    )  # read at once
     assert len(on_the_broker) == 2, "answered before the broker had them"
 
     full = sdk.request("POST", POST, {"events": events})

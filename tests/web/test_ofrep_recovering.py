@@ -69,7 +69,9 @@ def test_an_evaluation_on_a_recovering_worker_says_so_after_its_bounded_wait(
     # keeps the departed leader, so a member joining that group later is never assigned and
     # never ready (tests/app/infra/test_broker.py). The table comes from the changelog, which
     # does not depend on the group; the fresh group replays the one command (idempotent).
-    fresh = Worker(brokers, tmp_path / "fresh", "recovering-fresh")
+    fresh = Worker(
+        brokers, tmp_path / "fresh", "recovering-fresh", FLAGSTREAM_TOPIC_PREFIX="recovering"
+    )
     fresh.launch()
     try:
         # The worker answers HTTP before it reads its changelog, which needs the broker: frozen

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from app.infra.topics import DEAD_LETTERS, FLAG_CHANGES
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, REPO, SDK_KEY, Worker, flag, read_topic
 from tests.web.test_bad_input import exchange
+from tests.worker_topics import topics_of
 
 OTHER_KEY = "other-sdk-key-for-staging"
 SECRETS = (ADMIN_TOKEN, READ_TOKEN, SDK_KEY, OTHER_KEY)
@@ -190,12 +190,13 @@ def test_no_secret_in_answers_logs_dead_letters_or_metrics(worker: Worker) -> No
         answers.append(exchange(worker, method, path, credential, body, headers))
     # A command on Kafka whose payload is refused: its dead letter must not gain a secret.
     worker.admin().request("PUT", f"{API}/{DEV}/flags/leak", {"state": "ON"})
+    topics = topics_of(worker)
     everything = {
         "answers": json.dumps(answers),
         "log": Path(worker.log_path).read_text(errors="replace"),
         "metrics": worker.metrics(),
-        "dead letters": json.dumps(read_topic(worker.brokers, DEAD_LETTERS, idle_s=0.3)),
-        "flag changes": json.dumps(read_topic(worker.brokers, FLAG_CHANGES, 4, idle_s=0.3)),
+        "dead letters": json.dumps(read_topic(worker.brokers, topics.dead_letters, idle_s=0.3)),
+        "flag changes": json.dumps(read_topic(worker.brokers, topics.flag_changes, 4, idle_s=0.3)),
     }
     leaks = {
         (where, secret)

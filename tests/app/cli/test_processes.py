@@ -29,7 +29,7 @@ import pytest
 
 from app.cli.processes import consecutive_free_ports
 from app.infra.broker import free_port, stop
-from app.infra.topics import EVALUATION_REQUESTS, EVALUATION_RESULTS
+from app.infra.topics import Topics
 from tests.conftest import (
     ADMIN_TOKEN,
     REPO,
@@ -56,11 +56,13 @@ class Parent:
         self.metrics_port = consecutive_free_ports("127.0.0.1", CHILDREN)
         self.data_dir = data_dir
         self.log_path = data_dir.with_suffix(".log")
+        app_id = f"flagstream-processes-{uuid.uuid4().hex[:8]}"
+        self.topics = Topics.named(app_id)  # the app id is the topic prefix too
         env = {
             **os.environ,
             "FLAGSTREAM_BROKERS": broker,
             # A group of its own: never one whose leader left while it rebalanced (see above).
-            "FLAGSTREAM_APP_ID": f"flagstream-processes-{uuid.uuid4().hex[:8]}",
+            "FLAGSTREAM_APP_ID": app_id,
             "FLAGSTREAM_WORKER_ID": "w",
             "FLAGSTREAM_DATA_DIR": str(data_dir),
             "FLAGSTREAM_WEB_PORT": str(self.port),
@@ -202,13 +204,13 @@ def test_two_processes_share_the_port_and_each_is_a_full_replica(parent: Parent)
             }
             batch.append((f"k{i}".encode(), json.dumps(request).encode()))
             sent.add(request_id)
-        produce(parent.broker, EVALUATION_REQUESTS, batch)
+        produce(parent.broker, parent.topics.evaluation_requests, batch)
         return all(counted(parent.metrics(i), "kafka", "shared", "on") > 0 for i in (0, 1))
 
     wait_until(both_answered_over_kafka, timeout_s=90, interval_s=1.0)
 
     def unanswered() -> set[str]:
-        results = read_topic(parent.broker, EVALUATION_RESULTS, EVALUATION_PARTITIONS)
+        results = read_topic(parent.broker, parent.topics.evaluation_results, EVALUATION_PARTITIONS)
         return sent - {r.get("request_id") for r in results}
 
     wait_until(lambda: not unanswered(), timeout_s=60, interval_s=1.0)

@@ -10,11 +10,11 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from app.control.dead_letters import DEAD_LETTERS_PARTITION, DeadLetterReader
+from app.control.dead_letters import DeadLetterReader
 from app.control.outcomes import Outcomes
 from app.infra.consumer_lag import ConsumerLag
 from app.infra.settings import Settings
-from app.infra.topics import ensure_topics
+from app.infra.topics import Topics, ensure_topics
 from tables.flags import FlagTable
 from tests.conftest import produce
 
@@ -30,7 +30,7 @@ def test_moving_to_the_end_while_starting_waits_for_the_consumer(
     monkeypatch.setenv("FLAGSTREAM_BROKERS", broker)
     settings = Settings.from_env()
     asyncio.run(ensure_topics(settings))
-    produce(broker, "dead-letters", [(None, b"an old letter")])
+    produce(broker, Topics.of(settings).dead_letters, [(None, b"an old letter")])
 
     async def run() -> int:
         table = FlagTable(tmp_path, history_depth=5, stream_depth=5, change_id_depth=5)
@@ -45,7 +45,7 @@ def test_moving_to_the_end_while_starting_waits_for_the_consumer(
             await asyncio.wait_for(reader.move_to_end(), 30)
             await starting
             assert reader._consumer is not None
-            return int(await reader._consumer.position(DEAD_LETTERS_PARTITION))
+            return int(await reader._consumer.position(reader._partition))
         finally:
             await reader.stop()
             table.close()
@@ -59,7 +59,7 @@ def test_the_reader_exports_its_lag_and_reads_zero_once_it_has_read_every_letter
     monkeypatch.setenv("FLAGSTREAM_BROKERS", broker)
     settings = Settings.from_env()
     asyncio.run(ensure_topics(settings))
-    topic = "dead-letters"  # the topic's name in this version (app.infra.topics)
+    topic = Topics.of(settings).dead_letters
     lag = ConsumerLag()
     registry = CollectorRegistry()
     registry.register(lag)

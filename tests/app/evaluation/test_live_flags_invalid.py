@@ -15,26 +15,27 @@ from aiokafka import AIOKafkaProducer
 
 from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
 from app.infra.settings import Settings
-from app.infra.topics import FLAGS_CHANGELOG, partition_for
+from app.infra.topics import partition_for
 from tests.agents.test_bad_records import metric
 from tests.conftest import SDK_KEY, Worker, flag, wait_until
+from tests.worker_topics import topics_of
 
 ENVIRONMENT = "development"  # the worker fixture's SDK key evaluates this environment
 INVALID = {"state": "ENABLED", "variants": {"on": True, "off": "no"}, "defaultVariant": "off"}
 
 
 def write_straight(
-    broker: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    worker: Worker, value: bytes, headers: list[tuple[str, bytes]] | None = None
 ) -> None:
     """Append a record to the environment's changelog partition, as a foreign producer."""
     partitions = Settings.from_env().flag_change_partitions
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        producer = AIOKafkaProducer(bootstrap_servers=worker.brokers)
         await producer.start()
         try:
             await producer.send_and_wait(
-                FLAGS_CHANGELOG,
+                topics_of(worker).flags_changelog,
                 value,
                 key=ENVIRONMENT.encode(),
                 partition=partition_for(ENVIRONMENT, partitions),
@@ -82,20 +83,20 @@ def test_an_invalid_record_written_straight_to_the_changelog_is_never_served(
     # As the decider writes it (its meta header: applied without parsing), an invalid flag.
     seq = admin.environments()[ENVIRONMENT] + 1
     change = forged(key, seq, 2, INVALID)
-    write_straight(broker, dumps(change.to_json()), changelog_headers(change))
+    write_straight(worker, dumps(change.to_json()), changelog_headers(change))
     wait_until(lambda: applied_version(worker, key) == 2)
     answer = evaluate(worker, key)
     assert (answer["value"], answer["variant"], answer["reason"]) == (True, "on", "STATIC")
 
     # The same header, and a value that is not even JSON.
     change = forged(key, seq + 1, 3, INVALID)
-    write_straight(broker, b"\xff not json", changelog_headers(change))
+    write_straight(worker, b"\xff not json", changelog_headers(change))
     wait_until(lambda: applied_version(worker, key) == 3)
     assert evaluate(worker, key)["value"] is True
 
     # No header (decoded whole, as records from before the header are): invalid again.
     change = forged(key, seq + 2, 4, INVALID)
-    write_straight(broker, dumps(change.to_json()))
+    write_straight(worker, dumps(change.to_json()))
     wait_until(lambda: applied_version(worker, key) == 4)
     assert evaluate(worker, key)["value"] is True
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.infra.records import AppliedChange, ChangeOp, dumps
 from app.infra.settings import Settings
-from app.infra.topics import FLAGS_CHANGELOG, ensure_topics, partition_for
+from app.infra.topics import Topics, ensure_topics, partition_for
 from tests.conftest import SDK_KEY, Worker, produce
 
 FLAGS = 3000
@@ -46,9 +46,12 @@ def definition(i: int) -> dict[str, Any]:
     return {"state": "ENABLED", "variants": variants, "defaultVariant": "off", "targeting": rule}
 
 
+APP_ID = "flagstream-startup"  # and the topic prefix the changelog is written under
+
+
 def write_changelog(broker: str) -> None:
     """Every flag as an applied change on the environment's changelog partition."""
-    settings = dataclasses.replace(Settings.from_env(), brokers=(broker,))
+    settings = dataclasses.replace(Settings.from_env(), brokers=(broker,), topic_prefix=APP_ID)
     asyncio.run(ensure_topics(settings))
     now = time.time()
     records = [
@@ -72,7 +75,7 @@ def write_changelog(broker: str) -> None:
         for i in range(FLAGS)
     ]
     partition = partition_for(ENVIRONMENT, settings.flag_change_partitions)
-    produce(broker, FLAGS_CHANGELOG, records, partition)
+    produce(broker, Topics.of(settings).flags_changelog, records, partition)
 
 
 def post(connection: http.client.HTTPConnection, path: str) -> tuple[int, Any]:
@@ -87,9 +90,7 @@ def test_a_worker_with_thousands_of_flags_answers_each_at_once_after_ready(
     broker: str, cluster: list[Worker], tmp_path: Path
 ) -> None:
     write_changelog(broker)
-    worker = Worker(
-        broker, tmp_path / "data", "flagstream-startup", FLAGSTREAM_SDK_KEYS=f"{SDK_KEY}=startup"
-    )
+    worker = Worker(broker, tmp_path / "data", APP_ID, FLAGSTREAM_SDK_KEYS=f"{SDK_KEY}=startup")
     cluster.append(worker)
     worker.start(timeout_s=120)
 

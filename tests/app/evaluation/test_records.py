@@ -24,7 +24,10 @@ from app.evaluation.records import (
 )
 from app.infra.json_input import MAX_DEPTH
 from app.infra.records import Rejection
+from app.infra.topics import Topics
 
+TOPICS = Topics.named("flagstream")
+RESULTS = TOPICS.evaluation_results  # where results go unless a request asks otherwise
 GOOD = {"request_id": "r1", "environment": "prod", "flags": ["a"], "context": {"x": 1}}
 
 
@@ -33,14 +36,14 @@ def raw(data: Any) -> bytes:
 
 
 def test_a_single_request() -> None:
-    decoded = decode_requests(raw({"schema": 1, **GOOD}))
+    decoded = decode_requests(raw({"schema": 1, **GOOD}), RESULTS)
     assert decoded == Requests(
-        [Request("r1", "prod", ["a"], {"x": 1})], batch=False, reply_to="evaluation-results"
+        [Request("r1", "prod", ["a"], {"x": 1})], batch=False, reply_to=RESULTS
     )
 
 
 def test_no_flags_means_every_flag_and_no_context_an_empty_one() -> None:
-    decoded = decode_requests(raw({"schema": 1, "request_id": "r", "environment": "e"}))
+    decoded = decode_requests(raw({"schema": 1, "request_id": "r", "environment": "e"}), RESULTS)
     assert isinstance(decoded, Requests)
     assert decoded.items == [Request("r", "e", None, {})]
 
@@ -59,7 +62,7 @@ def test_no_flags_means_every_flag_and_no_context_an_empty_one() -> None:
     ],
 )
 def test_unreadable_records_are_rejections(record: bytes, reason: str) -> None:
-    decoded = decode_requests(record)
+    decoded = decode_requests(record, RESULTS)
     assert isinstance(decoded, Rejection) and reason in decoded.reason
 
 
@@ -69,10 +72,10 @@ def test_a_request_nested_deeper_than_the_bound_is_malformed() -> None:
     context: Any = True
     for _ in range(MAX_DEPTH):
         context = {"k": context}
-    decoded = decode_requests(raw({"schema": 1, **GOOD, "context": context}))
+    decoded = decode_requests(raw({"schema": 1, **GOOD, "context": context}), RESULTS)
     assert isinstance(decoded, Rejection)
     assert f"nested deeper than {MAX_DEPTH} levels" in decoded.reason
-    at_bound = decode_requests(raw({"schema": 1, **GOOD, "context": context["k"]}))
+    at_bound = decode_requests(raw({"schema": 1, **GOOD, "context": context["k"]}), RESULTS)
     assert isinstance(at_bound, Requests)
 
 
@@ -86,19 +89,20 @@ def test_a_request_nested_deeper_than_the_bound_is_malformed() -> None:
         ({"flags": ["a", 3]}, "$.flags"),
         ({"context": [1]}, "$.context"),
         ({"context": "user-1"}, "$.context"),
-        ({"reply_to": "flag-changes"}, "$.reply_to"),
-        ({"reply_to": "evaluation-results.a/b"}, "$.reply_to"),
+        ({"reply_to": TOPICS.flag_changes}, "$.reply_to"),
+        ({"reply_to": f"{RESULTS}.a/b"}, "$.reply_to"),
+        ({"reply_to": "evaluation-results"}, "$.reply_to"),  # no prefix: another deployment's
     ],
 )
 def test_invalid_requests_keep_their_id_when_they_have_one(
     change: dict[str, Any], path: str
 ) -> None:
-    decoded = decode_requests(raw({"schema": 1, **GOOD, **change}))
+    decoded = decode_requests(raw({"schema": 1, **GOOD, **change}), RESULTS)
     assert isinstance(decoded, Requests)
     (item,) = decoded.items
     assert isinstance(item, Invalid) and [p for p, _ in item.problems] == [path]
     assert item.request_id == (None if path == "$.request_id" else "r1")
-    assert decoded.reply_to == "evaluation-results"
+    assert decoded.reply_to == RESULTS
 
 
 def test_a_batch_keeps_order_and_judges_each_item_alone() -> None:
@@ -106,19 +110,20 @@ def test_a_batch_keeps_order_and_judges_each_item_alone() -> None:
         raw(
             {
                 "schema": 1,
-                "reply_to": "evaluation-results.svc",
+                "reply_to": f"{RESULTS}.svc",
                 "requests": [
                     GOOD,
                     {**GOOD, "request_id": "r2", "context": 5},
                     7,
-                    {**GOOD, "request_id": "r4", "reply_to": "evaluation-results.other"},
-                    {**GOOD, "request_id": "r5", "reply_to": "evaluation-results.svc"},
+                    {**GOOD, "request_id": "r4", "reply_to": f"{RESULTS}.other"},
+                    {**GOOD, "request_id": "r5", "reply_to": f"{RESULTS}.svc"},
                 ],
             }
-        )
+        ),
+        RESULTS,
     )
     assert isinstance(decoded, Requests) and decoded.batch
-    assert decoded.reply_to == "evaluation-results.svc"
+    assert decoded.reply_to == f"{RESULTS}.svc"
     kinds = [(type(i).__name__, i.request_id) for i in decoded.items]
     assert kinds == [
         ("Request", "r1"),
@@ -135,19 +140,26 @@ def test_a_batch_keeps_order_and_judges_each_item_alone() -> None:
 
 
 def test_reply_topics_stay_in_the_results_namespace() -> None:
-    assert valid_reply_topic("evaluation-results")
-    assert valid_reply_topic("evaluation-results.checkout-svc_1")
-    for topic in ("flag-changes", "flags-changelog", "evaluation-results.", "evaluation-resultsX"):
-        assert not valid_reply_topic(topic)
+    assert valid_reply_topic(RESULTS, RESULTS)
+    assert valid_reply_topic(f"{RESULTS}.checkout-svc_1", RESULTS)
+    for topic in (
+        TOPICS.flag_changes,
+        TOPICS.flags_changelog,
+        f"{RESULTS}.",
+        f"{RESULTS}X",
+        f"{RESULTS}.a.b",
+        "evaluation-results",  # the same topic of another deployment (or none)
+        Topics.named("other").evaluation_results,
+        f"{Topics.named('other').evaluation_results}.svc",
+    ):
+        assert not valid_reply_topic(topic, RESULTS), topic
 
 
 def test_what_a_client_sends_decodes_and_results_round_trip() -> None:
-    record = encode_requests(
-        [("a", "e", {"k": 1}, None), ("b", "e", {}, ["f"])], "evaluation-results.x"
-    )
-    decoded = decode_requests(record)
+    record = encode_requests([("a", "e", {"k": 1}, None), ("b", "e", {}, ["f"])], f"{RESULTS}.x")
+    decoded = decode_requests(record, RESULTS)
     assert isinstance(decoded, Requests) and len(decoded.items) == 2
-    assert decoded.reply_to == "evaluation-results.x"
+    assert decoded.reply_to == f"{RESULTS}.x"
     invalid = Invalid("b", "e", (("$.context", "must be a JSON object"),))
     ((result,),) = map(decode_results, encode_results([error_json(invalid, 1.0)], batch=False))
     assert result.request_id == "b" and result.error is not None and result.flags == {}
@@ -156,7 +168,7 @@ def test_what_a_client_sends_decodes_and_results_round_trip() -> None:
 
 @given(st.binary())
 def test_decoding_arbitrary_bytes_never_raises(data: bytes) -> None:
-    decode_requests(data)
+    decode_requests(data, RESULTS)
 
 
 json_values = st.recursive(
@@ -175,7 +187,7 @@ json_values = st.recursive(
     )
 )
 def test_decoding_arbitrary_json_never_raises(data: dict[str, Any]) -> None:
-    decoded = decode_requests(raw({"schema": 1, **data}))
+    decoded = decode_requests(raw({"schema": 1, **data}), RESULTS)
     assert isinstance(decoded, Requests | Rejection)
 
 

@@ -14,8 +14,9 @@ from aiokafka import ConsumerRecord
 from app.control.client import AdminClient
 from app.evaluation.client import EvaluationClient
 from app.evaluation.records import EvaluationResult
-from app.infra.topics import EXPOSURES, partition_of
+from app.infra.topics import partition_of
 from tests.conftest import SDK_KEY, Worker, flag, read_records, read_topic, wait_until
+from tests.worker_topics import topics_of
 
 EXPOSURE_PARTITIONS = 8  # the default FLAGSTREAM_EXPOSURE_PARTITIONS
 EXPERIMENT = flag(
@@ -25,10 +26,11 @@ EXPERIMENT = flag(
 )
 
 
-def exposures_of(broker: str, env: str) -> list[dict[str, Any]]:
+def exposures_of(worker: Worker, env: str) -> list[dict[str, Any]]:
+    topic = topics_of(worker).exposures
     return [
         e
-        for e in read_topic(broker, EXPOSURES, EXPOSURE_PARTITIONS, idle_s=0.3)
+        for e in read_topic(worker.brokers, topic, EXPOSURE_PARTITIONS, idle_s=0.3)
         if e["environment"] == env
     ]
 
@@ -37,7 +39,9 @@ def evaluate_over_kafka(
     worker: Worker, env: str, contexts: list[dict[str, Any]]
 ) -> list[EvaluationResult]:
     async def run() -> list[EvaluationResult]:
-        async with EvaluationClient(worker.brokers, timeout_s=30, fetch_max_wait_ms=10) as client:
+        async with EvaluationClient(
+            worker.brokers, topics=topics_of(worker), timeout_s=30, fetch_max_wait_ms=10
+        ) as client:
             return await client.evaluate_many(env, contexts)
 
     return asyncio.run(run())
@@ -57,7 +61,7 @@ def test_one_exposure_per_experiment_evaluation_over_kafka(
     results += evaluate_over_kafka(worker, env, contexts[:10])  # evaluated again: exposed again
 
     exposures = wait_until(
-        lambda: len(found := exposures_of(broker, env)) >= 50 and found, timeout_s=15
+        lambda: len(found := exposures_of(worker, env)) >= 50 and found, timeout_s=15
     )
     assert len(exposures) == 50, (
         "40 + 10 evaluations with a targeting key; none for plain, stopped or anonymous"
@@ -83,7 +87,7 @@ def test_exposures_carry_the_version_evaluated(worker: Worker, broker: str, env:
     evaluate_over_kafka(worker, env, [{"targetingKey": "before"}])
     admin.put(env, "experiment", {**EXPERIMENT, "defaultVariant": "on"})
     evaluate_over_kafka(worker, env, [{"targetingKey": "after"}])
-    exposures = wait_until(lambda: len(found := exposures_of(broker, env)) >= 2 and found)
+    exposures = wait_until(lambda: len(found := exposures_of(worker, env)) >= 2 and found)
     assert {e["targeting_key"]: e["flag_version"] for e in exposures} == {"before": 1, "after": 2}
 
 
@@ -106,7 +110,7 @@ def test_one_exposure_per_experiment_evaluation_over_ofrep(worker: Worker, broke
     assert anonymous.status == 200
 
     def mine() -> list[dict[str, Any]]:
-        return [e for e in exposures_of(broker, "development") if e["flag"] == key]
+        return [e for e in exposures_of(worker, "development") if e["flag"] == key]
 
     exposures = wait_until(lambda: len(found := mine()) >= 13 and found)
     assert len(exposures) == 13, "12 single evaluations + 1 bulk; none without a targeting key"
@@ -128,7 +132,7 @@ def test_many_exposures_are_produced_once_each_keyed_and_partitioned_like_kafka(
         evaluate_over_kafka(worker, env, contexts)
 
     def mine() -> list[ConsumerRecord[bytes, bytes]]:
-        records = read_records(broker, EXPOSURES, EXPOSURE_PARTITIONS, idle_s=0.5)
+        records = read_records(broker, topics_of(worker).exposures, EXPOSURE_PARTITIONS, idle_s=0.5)
         return [r for r in records if json.loads(r.value)["environment"] == env]
 
     records = wait_until(lambda: len(found := mine()) >= 10_000 and found, 30)

@@ -14,6 +14,7 @@ from app.experiments.metric_events import METRIC_EVENT, MetricEvent, event_id
 from app.experiments.record_sink import Channel, RecordSink
 from app.infra.metrics import Metrics
 from app.infra.settings import Settings
+from app.infra.topics import Topics
 
 
 def sample(metrics: Metrics, name: str, outcome: str) -> float:
@@ -23,8 +24,8 @@ def sample(metrics: Metrics, name: str, outcome: str) -> float:
 
 def test_each_channel_is_bounded_and_counted_on_its_own() -> None:
     metrics = Metrics(CollectorRegistry())
-    exposures = Channel(EXPOSURE, 2, metrics.exposures)
-    events = Channel(METRIC_EVENT, 2, metrics.metric_events)
+    exposures = Channel(EXPOSURE, 2, metrics.exposures, topic="records")
+    events = Channel(METRIC_EVENT, 2, metrics.metric_events, topic="records")
     for i in range(3):
         exposures.emit(("env", "f", "on", 1, f"u{i}", 1.0, "sdk", exposure_id(), "f"))
     events.emit(MetricEvent("env", "u0", "buy", 1.0, 1.0, event_id()))
@@ -35,7 +36,7 @@ def test_each_channel_is_bounded_and_counted_on_its_own() -> None:
 
 def test_produce_refuses_at_once_all_of_a_batch_the_buffer_cannot_hold() -> None:
     metrics = Metrics(CollectorRegistry())
-    events = Channel(METRIC_EVENT, 2, metrics.metric_events)
+    events = Channel(METRIC_EVENT, 2, metrics.metric_events, topic="records")
     batch = [MetricEvent("env", f"u{i}", "buy", 1.0, 1.0, event_id()) for i in range(3)]
     assert asyncio.run(events.produce(batch)) is False
     assert events.buffer == []
@@ -67,7 +68,7 @@ async def flushes_idle_then_after_a_record(broker: str, idle_s: float) -> tuple[
         Settings.from_env(), brokers=(broker,), producer_idempotence=False
     )
     metrics = Metrics(CollectorRegistry())
-    exposures = Channel(EXPOSURE, 10, metrics.exposures)
+    exposures = Channel(EXPOSURE, 10, metrics.exposures, topic=Topics.of(settings).exposures)
     sink = RecordSink(settings, (exposures,))
     flushes = [0]
     flushed = asyncio.Event()

@@ -21,7 +21,7 @@ from app.experiments.stats_feed import ExperimentStatsFeed, is_older
 from app.infra.metrics import Metrics
 from app.infra.records import DeadLetterCode, Rejection
 from app.infra.settings import Settings
-from app.infra.topics import EXPERIMENT_STATS, ensure_topics
+from app.infra.topics import Topics, ensure_topics
 from tests.app.experiments.test_report import partial
 
 Rejected = tuple[Rejection, bytes | None, int, int]
@@ -51,7 +51,8 @@ class Running:
         self.rejected.append((rejection, raw, partition, offset))
 
     async def send(self, key: bytes | None, value: bytes | None) -> tuple[int, int]:
-        metadata = await self.producer.send_and_wait(EXPERIMENT_STATS, value, key=key)
+        topic = Topics.of(self.settings).experiment_stats
+        metadata = await self.producer.send_and_wait(topic, value, key=key)
         return metadata.partition, metadata.offset
 
     async def send_partial(self, p: Partial) -> None:

@@ -21,22 +21,25 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.experiments.partials import Progress, encode_progress
 from app.infra.fetch_wait import DEFAULT_IDLE_POLL_MS, pace_when_idle
-from app.infra.topics import EXPERIMENT_STATS
+from app.infra.topics import Topics
 from tests.conftest import Worker, flag, wait_until
 from tests.kafka_counter import CountedBroker, FetchKind
 
 BACKGROUND_POLL_MS = 250  # FLAGSTREAM_BACKGROUND_POLL_MS' default
+# Every worker of this module (each its own groups) on one set of topics, as they fetch them.
+TOPICS = Topics.named("idle-test")
+ON_THE_TOPICS = {"FLAGSTREAM_TOPIC_PREFIX": TOPICS.prefix}
 # Fetch topics of the consumers a flag change crosses: one fetch per idle poll at most.
-WRITE_PATH = {("flag-changes",), ("flags-changelog",)}
+WRITE_PATH = {(TOPICS.flag_changes,), (TOPICS.flags_changelog,)}
 # Every consumer of a worker paced by idle or background poll (the attribution's own wait is
 # 200 ms: FLAGSTREAM_ATTRIBUTION_FETCH_WAIT_MS).
 EVERY_CONSUMER = WRITE_PATH | {
-    ("dead-letters",),
-    ("evaluation-requests",),
-    ("experiment-stats",),
+    (TOPICS.dead_letters,),
+    (TOPICS.evaluation_requests,),
+    (TOPICS.experiment_stats,),
 }
 # The attribution's `experiment-state` reader fetches only while it catches a partition up.
-CATCH_UP_ONLY = ("experiment-state",)
+CATCH_UP_ONLY = (TOPICS.experiment_state,)
 WINDOW_S = 3.0
 
 
@@ -85,7 +88,7 @@ def idle_window(broker: CountedBroker) -> dict[FetchKind, float]:
 def test_an_idle_worker_fetches_at_most_once_per_idle_poll_per_consumer(
     counted: CountedBroker, tmp_path: Path
 ) -> None:
-    worker = Worker(counted.brokers, tmp_path / "data", "idle-test")
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test", **ON_THE_TOPICS)
     try:
         worker.start()
         worker.admin().put("idle", "banner", flag())  # the write path saw data once
@@ -107,7 +110,7 @@ def test_an_idle_worker_reads_experiment_state_only_while_catching_up(
 ) -> None:
     """Left assigned after its catch-up, the reader fetched ~4 times a second for as long as
     the worker ran (seen 4.0/s in the idle window with the old code)."""
-    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-4")
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-4", **ON_THE_TOPICS)
     try:
         worker.start()
         wait_until(lambda: owned_partitions(worker) > 0, 30)  # caught up: reader done
@@ -123,7 +126,7 @@ def test_writes_after_an_idle_spell_are_decided_and_answered(
 ) -> None:
     """The pause ends with data: after silence a write is applied (flag changes, changelog)
     and a conflicting one is answered 409 (its dead letter read back)."""
-    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-2")
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-2", **ON_THE_TOPICS)
     try:
         worker.start()
         admin = worker.admin()
@@ -147,7 +150,7 @@ async def produce_progress_now_and_then(brokers: str, records: int, every_s: flo
     try:
         for i in range(records):
             key, value = encode_progress(Progress(0, {"exposures": i}, 0, time.time()))
-            await producer.send_and_wait(EXPERIMENT_STATS, value, key=key, partition=0)
+            await producer.send_and_wait(TOPICS.experiment_stats, value, key=key, partition=0)
             await asyncio.sleep(every_s)  # the stimulus' own pace, not a synchronisation
     finally:
         await producer.stop()
@@ -162,7 +165,7 @@ def test_records_now_and_then_keep_the_stats_feed_at_its_background_pace(
     second more when idle. The feed now slows down after the first empty fetch: a few
     fetches per record (the wait doubling from 10 ms), not ~60 (seen ~60/s with the old
     pacing)."""
-    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-3")
+    worker = Worker(counted.brokers, tmp_path / "data", "idle-test-3", **ON_THE_TOPICS)
     try:
         worker.start()
         idle_window(counted)
@@ -170,7 +173,9 @@ def test_records_now_and_then_keep_the_stats_feed_at_its_background_pace(
         took = asyncio.run(produce_progress_now_and_then(counted.brokers, 5, 1.0))
         after, _ = counted.snapshot()
         fetches = sum(
-            after[kind] - before[kind] for kind in after if kind.topics == ("experiment-stats",)
+            after[kind] - before[kind]
+            for kind in after
+            if kind.topics == (TOPICS.experiment_stats,)
         )
         rate = fetches / took
         # Per record: the fetch that brings it, then waits of 10, 20, 40, ... 250 ms: ~6

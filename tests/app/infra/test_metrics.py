@@ -10,8 +10,8 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.infra.topics import EVALUATION_REQUESTS
 from tests.conftest import Worker, flag, produce, wait_until
+from tests.worker_topics import topics_of
 
 
 def samples(worker: Worker, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -46,7 +46,7 @@ def test_changelog_lag_is_exported_per_partition_and_zero_once_caught_up(
 
 
 def test_evaluations_lag_is_exported_once_requests_were_read(worker: Worker) -> None:
-    produce(worker.brokers, EVALUATION_REQUESTS, [(None, b"not json")] * 3)
+    produce(worker.brokers, topics_of(worker).evaluation_requests, [(None, b"not json")] * 3)
 
     def evaluation_lags() -> dict[str, float]:
         return {
@@ -62,7 +62,7 @@ def test_evaluations_lag_is_exported_once_requests_were_read(worker: Worker) -> 
 
 def test_dead_letters_are_counted_by_code(worker: Worker) -> None:
     before = value(worker, "flagstream_dead_letters_total", code="MALFORMED") or 0.0
-    produce(worker.brokers, EVALUATION_REQUESTS, [(None, b"{broken")])
+    produce(worker.brokers, topics_of(worker).evaluation_requests, [(None, b"{broken")])
     wait_until(
         lambda: (value(worker, "flagstream_dead_letters_total", code="MALFORMED") or 0.0) > before,
         timeout_s=60,

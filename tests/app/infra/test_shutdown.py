@@ -14,8 +14,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from app.infra.shutdown import stop_group_member
-from app.infra.topics import EVALUATION_REQUESTS
 from tests.conftest import Worker
+from tests.worker_topics import topics_of
 
 # A session long enough that the broker (Tansu holds every JoinGroup for half the session)
 # keeps the worker's rejoin in flight for 10 s: far past a prompt stop, short of the watchdog.
@@ -60,7 +60,9 @@ async def stop_while_rejoining(worker: Worker, broker: str, group: str) -> float
         partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
     )
     await newcomer.start()
-    newcomer.subscribe([EVALUATION_REQUESTS])  # after start: `start` would wait for the join
+    newcomer.subscribe(
+        [topics_of(worker).evaluation_requests]
+    )  # after start: `start` would wait for the join
     try:
         rejoining = REJOINING.format(group=group)
         await until(lambda: rejoining in worker.log_path.read_text(errors="replace"))
