@@ -120,7 +120,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     broker_watch = BrokerWatch(settings, replication, metrics)
     outcomes = Outcomes(flags)
     replication.on_applied(outcomes.heard_applied)
-    dead_letters = DeadLetterReader(settings, outcomes)
+    dead_letters = DeadLetterReader(settings, outcomes, metrics.consumer_lag)
     broker_watch.before_writes(dead_letters.move_to_end)
     writer = Writer(app, outcomes, broker_watch.writable, settings)
     # Compiled in the background once the table caught up: ready never waits for compiling.
@@ -169,10 +169,14 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     FlagChangeAgent(app, settings, flags, replication, broker_watch, metrics).attach()
 
     credentials = Credentials(settings)
-    experiments_api = ExperimentsApi(settings, credentials, live_flags, stats_feed, replication)
-    registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     feed = ChangeFeed(metrics)
     flags.listen(feed.publish)
+    change_stream = ChangeStreamApi(settings, credentials, flags, replication, feed, metrics)
+    # The experiment results streams count against the same worker-wide and per-token caps.
+    experiments_api = ExperimentsApi(
+        settings, credentials, live_flags, stats_feed, replication, slots=change_stream.slots
+    )
+    registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     ofrep = OfrepApi(
         settings, credentials, flags, live_flags, replication, evaluator, feed, metrics
     )
@@ -185,7 +189,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
         EvaluateApi(settings, credentials, flags, live_flags, replication),
         ExposuresApi(settings, credentials, live_flags, replication, exposures, metrics),
         MetricEventsApi(settings, credentials, live_flags, replication, metric_events, metrics),
-        ChangeStreamApi(settings, credentials, flags, replication, feed, metrics),
+        change_stream,
         HealthApi(flags, replication, broker_watch),
         ofrep,
         OfrepEvents(credentials, flags, feed),

@@ -22,14 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.infra.consumer_lag import ConsumerLag, lag_of
 from app.infra.settings import Settings
-from app.infra.topics import (
-    EXPERIMENT_STATS,
-    EXPOSURES,
-    FLAG_CHANGES,
-    FLAGS_CHANGELOG,
-    METRIC_EVENTS,
-    partition_for,
-)
+from app.infra.topics import Topics, partition_for
 from tests.conftest import EXPERIMENT, SDK_KEY, Worker, flag, produce, wait_until
 
 ENVIRONMENT = "development"  # the SDK key's
@@ -135,7 +128,7 @@ def command(env: str, key: str, definition: dict[str, Any]) -> bytes:
 def test_the_flag_change_agent_lag_counts_the_commands_behind_the_one_it_decides(
     worker: Worker, env: str
 ) -> None:
-    topic = FLAG_CHANGES
+    topic = Topics.named(worker.app_id).flag_changes
     partition = partition_for(env, Settings.from_env().flag_change_partitions)
     worker.admin().put(env, "first", flag())  # the agent has decided on this partition
     behind = [command(env, f"quick-{i}", flag()) for i in range(10)]
@@ -154,7 +147,7 @@ def test_the_flag_change_agent_lag_counts_the_commands_behind_the_one_it_decides
 def test_every_consumer_of_a_worker_exports_its_lag_and_reads_zero_once_caught_up(
     worker: Worker, env: str
 ) -> None:
-    settings = Settings.from_env()
+    settings, topics = Settings.from_env(), Topics.named(worker.app_id)
     worker.admin().put(ENVIRONMENT, "lag-experiment", EXPERIMENT)
     for subject in range(20):  # exposures, folded by the attribution, published as stats
         body = json.dumps({"context": {"targetingKey": f"user-{subject}"}}).encode()
@@ -166,11 +159,12 @@ def test_every_consumer_of_a_worker_exports_its_lag_and_reads_zero_once_caught_u
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
     every = {
-        ("flag-changes", FLAG_CHANGES): settings.flag_change_partitions,
-        ("flag-changelog", FLAGS_CHANGELOG): settings.flag_change_partitions,
-        ("experiments", EXPOSURES): settings.exposure_partitions,
-        ("experiments", METRIC_EVENTS): settings.exposure_partitions,
-        ("experiment-stats", EXPERIMENT_STATS): settings.exposure_partitions,
+        ("flag-changes", topics.flag_changes): settings.flag_change_partitions,
+        ("flag-changelog", topics.flags_changelog): settings.flag_change_partitions,
+        ("experiments", topics.exposures): settings.exposure_partitions,
+        ("experiments", topics.metric_events): settings.exposure_partitions,
+        ("experiment-stats", topics.experiment_stats): settings.exposure_partitions,
+        ("dead-letters", topics.dead_letters): 1,
     }
 
     def all_caught_up() -> bool:

@@ -30,6 +30,7 @@ import yaml
 
 from app.evaluation.client import EvaluationClient
 from app.infra.broker import free_port, stop
+from app.infra.topics import Topics
 from tests.app.infra.test_metrics_alerts import exported_names, metric_names, promtool
 from tests.conftest import ADMIN_TOKEN, EXPERIMENT, REPO, SDK_KEY, Worker, flag, wait_until
 
@@ -261,7 +262,9 @@ def drive_once(worker: Worker, round_: int) -> None:
     )
 
     async def kafka() -> None:
-        async with EvaluationClient(worker.brokers, timeout_s=30, fetch_max_wait_ms=10) as client:
+        topics = Topics.named(worker.app_id)
+        options = {"timeout_s": 30, "fetch_max_wait_ms": 10}
+        async with EvaluationClient(worker.brokers, topics=topics, **options) as client:
             await client.evaluate_many(ENVIRONMENT, [{"targetingKey": "k"}], ["plain"])
 
     asyncio.run(kafka())
