@@ -11,7 +11,9 @@ A catch-up (a worker starting, before ready) needs only the mirror to serve: its
 queued (`ChangelogBatch.commit(defer=True)`) and written after ready a batch per loop turn
 (`persist_slice`), each with its offset, so the offset RocksDB holds moves only with what is
 written, and a crash before the write re-reads those records to the same state. What reads
-RocksDB (history, change ids) writes the queue first; `close` writes it (a clean stop).
+RocksDB (history, a version, change ids) reads the queue too, newest first, and RocksDB as the
+queue's writes will leave it (what they will trim is not read): a request right after ready
+never waits for the queue to be written. `close` writes it (a clean stop).
 
 RocksDB keys (UTF-8, "/" separated; environment and flag keys cannot contain "/"), store
 format 2 (`v/format`): each change's value is stored once, as read from the changelog:
@@ -21,8 +23,9 @@ format 2 (`v/format`): each change's value is stored once, as read from the chan
     o/{partition:06d}                 next changelog offset to apply, ":", fingerprint of the
                                       record before it (to recognise the log after a restart)
     h/{env}/{flag}/{version:012d}     the last `history_depth` versions of a flag: the change's
-                                      meta (`app.infra.records.change_meta`), a NUL byte, then
-                                      the changelog record's value as read
+                                      meta (`app.infra.records.change_meta`: binary, its length
+                                      in it; or an older JSON one), a NUL byte, then the
+                                      changelog record's value as read
     f/{env}/{flag}                    the flag's latest version (a deleted flag's too), as ASCII:
                                       its change is the history entry of that version; written
                                       once per flag per write batch (latest wins)
@@ -51,8 +54,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
@@ -63,6 +66,7 @@ from app.infra.records import (
     change_meta,
     dumps,
     loads,
+    meta_length,
     routed_change,
 )
 from tables.rocks import under
@@ -110,6 +114,10 @@ class FlagTable:
         # its writes: `persist_slice`), and how many fresh changes they hold.
         self._pending: deque[_PendingWrite] = deque()
         self._pending_records = 0
+        # The queued changes by environment: by change id (the newest use) and by flag
+        # (oldest first), so a read after ready finds them without scanning the queue.
+        self._queued_ids: dict[str, dict[str, AppliedChange]] = {}
+        self._queued_flags: dict[str, dict[str, deque[AppliedChange]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,10 +174,21 @@ class FlagTable:
         return self._version(environment, flag, int(value))
 
     def _version(self, environment: str, flag: str, version: int) -> AppliedChange | None:
-        """A version of a flag from its history; None when no longer kept."""
-        self.flush()
+        """A version of a flag from its history (queued writes included); None when no
+        longer kept."""
+        if self._pending:
+            queued = self._queued_versions(environment, flag)
+            if version in {c.version - self.history_depth for c in queued}:
+                return None  # a queued write trims it
+            for change in queued:
+                if change.version == version:
+                    return change
         kept = self._open_db().get(f"h/{environment}/{flag}/{version:012d}".encode())
         return None if kept is None else _stored(kept)
+
+    def _queued_versions(self, environment: str, flag: str) -> Sequence[AppliedChange]:
+        """The flag's changes whose writes are queued, oldest first."""
+        return self._queued_flags.get(environment, {}).get(flag, ())
 
     def _load_stream_entry(self, environment: str, seq: int, value: bytes) -> None:
         """Append the change an `s/` entry names to the in-memory log (in seq order); one the
@@ -252,13 +271,22 @@ class FlagTable:
         """The change this change id produced, if it is among the last `change_id_depth` ones.
 
         Its definition comes from the flag's history; a version the history no longer keeps
-        comes back without one.
+        comes back without one. Changes whose writes are queued are looked at first (the
+        newest use of a change id keeps it).
         """
-        self.flush()  # the change-id entries of queued writes too
+        floor = self.environment_seq(environment) - self.change_id_depth  # out of the window
+        queued = self._queued_ids.get(environment, {}).get(change_id) if self._pending else None
+        if queued is not None:  # the newest use: an older one, RocksDB's too, is older still
+            if queued.seq <= floor:
+                return None
+            kept = self._version(environment, queued.flag, queued.version)
+            return kept if kept is not None else replace(queued, definition=None)
         raw = self._open_db().get(f"c/{environment}/{change_id}".encode())
         if raw is None:
             return None
         change = _entry(raw)
+        if self._pending and change.seq <= floor:
+            return None  # a queued write trims it
         kept = self._version(environment, change.flag, change.version)
         return kept if kept is not None else change
 
@@ -283,10 +311,19 @@ class FlagTable:
         return [change for change in log if change.seq > seq]
 
     def history(self, environment: str, flag: str) -> list[AppliedChange]:
-        """The last `history_depth` versions of a flag, newest first."""
-        self.flush()  # the history of queued writes too
+        """The last `history_depth` versions of a flag, newest first (queued writes'
+        versions too)."""
         versions = [_stored(v) for _, v in self._scan(f"h/{environment}/{flag}/")]
-        return versions[::-1]
+        if not self._pending:
+            return versions[::-1]
+        # As the queued writes will leave it: each writes its version and trims the one
+        # `history_depth` below it.
+        by_version = {change.version: change for change in versions}
+        queued = self._queued_versions(environment, flag)
+        by_version.update((change.version, change) for change in queued)
+        for change in queued:
+            by_version.pop(change.version - self.history_depth, None)
+        return [by_version[version] for version in sorted(by_version, reverse=True)]
 
     def position(self, partition: int) -> int:
         """The next changelog offset this table will apply for `partition`."""
@@ -336,16 +373,51 @@ class FlagTable:
         _StateWrite(self, pending).write()
         self._pending.popleft()
         self._pending_records -= pending.records
+        self._unindex(pending)
         return bool(self._pending)
 
     def flush(self) -> None:
-        """Write every queued batch: what reads RocksDB (history, change ids) reads it all."""
+        """Write every queued batch (a clean stop, a test)."""
         while self.persist_slice():
             pass
 
     def _drop_pending(self) -> None:
         self._pending.clear()
         self._pending_records = 0
+        self._queued_ids.clear()
+        self._queued_flags.clear()
+
+    def _queue(self, pending: _PendingWrite) -> None:
+        """Queue a committed batch's write, its changes indexed for reads."""
+        self._pending.append(pending)
+        self._pending_records += pending.records
+        queued_ids, queued_flags = self._queued_ids, self._queued_flags
+        for change, _, _ in pending.entries:
+            environment = change.environment
+            ids = queued_ids.get(environment)
+            if ids is None:
+                ids = queued_ids[environment] = {}
+                queued_flags[environment] = {}
+            ids[change.change_id] = change
+            flags = queued_flags[environment]
+            versions = flags.get(change.flag)
+            if versions is None:
+                flags[change.flag] = deque((change,))
+            else:
+                versions.append(change)
+
+    def _unindex(self, pending: _PendingWrite) -> None:
+        """Forget a written batch's changes from the queue's index (they are the oldest)."""
+        for change, _, _ in pending.entries:
+            environment = change.environment
+            ids = self._queued_ids[environment]
+            if ids.get(change.change_id) is change:
+                del ids[change.change_id]
+            flags = self._queued_flags[environment]
+            versions = flags[change.flag]
+            versions.popleft()
+            if not versions:
+                del flags[change.flag]
 
     def _remember(self, change: AppliedChange) -> None:
         log = self._log.get(change.environment)
@@ -435,8 +507,7 @@ class ChangelogBatch:
             partition, self._next_offset, fingerprint, self._decided, self._entries, self._added
         )
         if defer or table._pending:
-            table._pending.append(pending)
-            table._pending_records += pending.records
+            table._queue(pending)
         else:
             _StateWrite(table, pending).write()
         table._positions[partition] = self._next_offset
@@ -603,8 +674,11 @@ def _stored(value: bytes) -> AppliedChange:
     change's JSON); the definition parsed when first read."""
     if value[:1] == b"{":
         return _load(value)
-    meta, _, raw = value.partition(b"\0")
-    return routed_change(meta, raw)
+    if value[:1] == b"[":  # a JSON meta (format 1) holds no NUL
+        meta, _, raw = value.partition(b"\0")
+        return routed_change(meta, raw)
+    end = meta_length(value)  # a binary meta may hold NULs: its length is in it
+    return routed_change(value[:end], value[end + 1 :])
 
 
 def _entry(value: bytes) -> AppliedChange:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -35,9 +36,11 @@ __all__ = [
     "Rejection",
     "change_from_meta",
     "change_meta",
+    "change_meta_json",
     "changelog_headers",
     "dumps",
     "loads",
+    "meta_length",
     "routed_change",
 ]
 
@@ -169,17 +172,53 @@ _OPS = {op.value: op for op in ChangeOp}
 # -- a changelog record's routing header ----------------------------------------------------
 #
 # The decider writes each change's fields but its definition in a header of the record (its
-# "meta": a JSON array, ~160 bytes), so a replica applies a record without parsing its value:
-# the table stores the value as read and the definition is parsed when first used (compiling,
-# after ready). A record without the header (written before it, or by a foreign producer) is
-# decoded whole, as before.
+# "meta"), so a replica applies a record without parsing its value: the table stores the value
+# as read and the definition is parsed when first used (compiling, after ready). A record
+# without the header (written before it, or by a foreign producer) is decoded whole, as before.
+#
+# Two forms are read. Format 2 (written since issue 11, item 3): binary, a fixed struct then the
+# UTF-8 text fields (`_META_FIXED`), so a replica reads the numbers with one `unpack_from` and
+# builds a change that decodes its other fields only when one is first read (`_HeaderChange`):
+# a catch-up reads thousands of records and needs only their ordering fields before ready.
+# Format 1 (older records): a JSON array, decoded whole.
 
 CHANGE_HEADER = "flagstream-change"
-META_FORMAT = 1  # the meta's first element: a replica reads only the forms it knows
+META_FORMAT = 1  # the JSON meta's first element: a replica reads only the forms it knows
+META_BINARY = 2  # the binary meta's first byte
+# format, op (index in `_OP_LIST`), deleted, seq, version, source partition, source offset,
+# updated_at, produced_at, then the byte lengths of environment, flag, change id, actor, request
+_META_FIXED = struct.Struct("<BBBqqiqddIIIII")
+_OP_LIST = tuple(ChangeOp)
+_OP_INDEX = {op: n for n, op in enumerate(_OP_LIST)}
 
 
 def change_meta(change: AppliedChange) -> bytes:
-    """The header value of `change`: every field but the definition, and whether it is one."""
+    """The header value of `change` (format 2, binary): every field but the definition, and
+    whether it is one."""
+    texts = (
+        change.environment.encode(),
+        change.flag.encode(),
+        change.change_id.encode(),
+        change.actor.encode(),
+        change.request.encode(),
+    )
+    fixed = _META_FIXED.pack(
+        META_BINARY,
+        _OP_INDEX[change.op],
+        change.deleted,
+        change.seq,
+        change.version,
+        change.source_partition,
+        change.source_offset,
+        change.updated_at,
+        change.produced_at,
+        *map(len, texts),
+    )
+    return fixed + b"".join(texts)
+
+
+def change_meta_json(change: AppliedChange) -> bytes:
+    """The format 1 meta (a JSON array) older deciders wrote: still read, no longer written."""
     return orjson.dumps(
         [
             META_FORMAT,
@@ -205,10 +244,19 @@ def changelog_headers(change: AppliedChange) -> list[tuple[str, bytes]]:
     return [(CHANGE_HEADER, change_meta(change))]
 
 
+def meta_length(stored: bytes) -> int:
+    """How many leading bytes of `stored` (a format 2 meta, then anything) are the meta:
+    a table stores a meta, a NUL, then the record's value, and a binary meta may hold NULs."""
+    fields = _META_FIXED.unpack_from(stored)
+    return _META_FIXED.size + int(sum(fields[-5:]))
+
+
 def routed_change(meta: bytes, raw: bytes) -> AppliedChange:
     """The change of a record from its meta header; its definition parsed from `raw` (the
     record's value) when first read. Raises ValueError for a meta it cannot read (the caller
     decodes the value instead)."""
+    if meta[:1] == b"\x02":
+        return _binary_change(meta, raw)
     fields = orjson.loads(meta)
     if (
         type(fields) is not list
@@ -233,6 +281,40 @@ def routed_change(meta: bytes, raw: bytes) -> AppliedChange:
     _set_request(change, fields[12])
     _set_deleted(change, fields[13])
     _set_raw(change, None if fields[13] else raw)
+    return change
+
+
+def _binary_change(meta: bytes, raw: bytes) -> AppliedChange:
+    """A format 2 meta's change: what a replica reads of every record (its place in the order,
+    the command it decided, who waits for it, whether it deletes) set now; its op, version,
+    actor, times and request when first read (`_HeaderChange.__getattr__`)."""
+    try:
+        _, op, deleted, seq, _, partition, offset, _, produced, env, flag, cid, actor, request = (
+            _META_FIXED.unpack_from(meta)
+        )
+    except struct.error:
+        raise ValueError("a binary changelog meta cut short") from None
+    start = _META_FIXED.size
+    if (
+        start + env + flag + cid + actor + request != len(meta)
+        or op >= len(_OP_LIST)
+        or deleted > 1
+    ):
+        raise ValueError("not a changelog meta this worker reads")
+    change = _new(_HeaderChange)
+    # UnicodeDecodeError is a ValueError: the caller decodes the value instead.
+    _set_environment(change, meta[start : start + env].decode())
+    start += env
+    _set_flag(change, meta[start : start + flag].decode())
+    _set_change_id(change, meta[start + flag : start + flag + cid].decode())
+    _set_seq(change, seq)
+    _set_source_partition(change, partition)
+    _set_source_offset(change, offset)
+    _set_produced_at(change, produced)
+    _set_definition(change, None)
+    _set_deleted(change, deleted == 1)
+    _set_raw(change, None if deleted else raw)
+    _set_meta(change, meta)
     return change
 
 
@@ -292,6 +374,34 @@ class _LazyChange(AppliedChange):
     __hash__ = None  # type: ignore[assignment]  # as AppliedChange's: a definition is a dict
 
 
+class _HeaderChange(_LazyChange):
+    """A change read from a format 2 (binary) meta: the fields a replica reads of every record
+    are set when it is read, the others decoded from the meta when one is first read (a slot
+    not set yet: Python then asks `__getattr__`)."""
+
+    __slots__ = ("_meta",)
+
+    _meta: bytes
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _LATE_FIELDS:
+            raise AttributeError(name)
+        _, op, _, _, version, _, _, updated, _, env, flag, cid, actor, _ = _META_FIXED.unpack_from(
+            self._meta
+        )
+        start = _META_FIXED.size + env + flag + cid
+        _set_op(self, _OP_LIST[op])
+        _set_version(self, version)
+        _set_updated_at(self, updated)
+        # Informational text: a foreign writer's bad UTF-8 reads as replacement characters.
+        _set_actor(self, self._meta[start : start + actor].decode(errors="replace"))
+        _set_request(self, self._meta[start + actor :].decode(errors="replace"))
+        return object.__getattribute__(self, name)
+
+
+_LATE_FIELDS = frozenset({"op", "version", "updated_at", "actor", "request"})
+
+
 def _slot_setter(cls: type, name: str) -> Any:
     return cls.__dict__[name].__set__
 
@@ -313,6 +423,7 @@ _set_source_offset = _slot_setter(AppliedChange, "source_offset")
 _set_request = _slot_setter(AppliedChange, "request")
 _set_deleted = _slot_setter(_LazyChange, "_deleted")
 _set_raw = _slot_setter(_LazyChange, "_raw")
+_set_meta = _slot_setter(_HeaderChange, "_meta")
 
 
 _NAMES = (
