@@ -10,9 +10,11 @@ catch-up (before ready, as a starting worker: its RocksDB writes are queued) and
 ready: each slice written as applied). For the catch-up, the CPU of writing what it queued
 (`FlagTable.persist_slice`, after ready, in the background) is measured on its own. The
 reference is the cost of merely walking the records (reading each header), in the same run.
+`--signed` signs the records with a changelog key the replica holds (app.infra.changelog_signing,
+as a worker with FLAGSTREAM_CHANGELOG_KEY) and also reports the verification alone per record.
 
     .venv/bin/python benchmarks/bench_apply.py [--records 6000] [--environments 3]
-        [--rounds 9] [--quick] [--profile] [--json out.json]
+        [--rounds 9] [--quick] [--signed] [--profile] [--json out.json]
 
 `--profile` prints a cProfile of one catch-up round (tottime, top 25).
 """
@@ -42,9 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.control.outcomes import Outcomes
 from app.evaluation.live_flags import LiveFlags
+from app.infra.changelog_signing import ChangelogSigner
 from app.infra.metrics import Metrics
 from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
-from app.infra.settings import Settings
+from app.infra.settings import Settings, changelog_signer
+from app.infra.topics import Topics
 from app.web.change_feed import ChangeFeed
 from benchmarks.flag_corpus import generated_flags
 from tables.flags import FlagTable
@@ -126,6 +130,20 @@ def one_round(
     return cpu, wall, persist
 
 
+def signed(settings: Settings, batch: list[Record]) -> list[Record]:
+    """`batch` with the signature the decider holding the settings' key writes (partition 0)."""
+    signer, topic = changelog_signer(settings), Topics.of(settings).flags_changelog
+    return [r._replace(headers=signer.headers(topic, 0, r.key, r.value, r.headers)) for r in batch]
+
+
+def verify_s(signer: ChangelogSigner, topic: str, batch: list[Record]) -> float:
+    """CPU seconds of the replica's check of every record's signature, alone."""
+    cpu = time.process_time()
+    for record in batch:
+        signer.verify(topic, 0, record.key, record.value, record.headers)
+    return time.process_time() - cpu
+
+
 def walk_s(batch: list[Record]) -> float:
     """The reference: CPU seconds to walk the records and read each one's header."""
     cpu = time.process_time()
@@ -142,13 +160,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--signed", action="store_true", help="records signed, the key held")
     parser.add_argument("--profile", action="store_true", help="cProfile one catch-up round")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.rounds = 3
+    if args.signed:
+        os.environ["FLAGSTREAM_CHANGELOG_KEY"] = os.urandom(32).hex()
     settings = Settings.from_env()
     batch = records(args.records, args.environments, args.seed)
+    verify_us = 0.0
+    if args.signed:
+        batch = signed(settings, batch)
+        topic = Topics.of(settings).flags_changelog
+        verify_us = verify_s(changelog_signer(settings), topic, batch) / len(batch) * 1e6
     workdir = Path(tempfile.mkdtemp(prefix="bench-apply-"))
     try:
         one_round(settings, workdir, batch, ready=False)  # warm-up
@@ -173,7 +199,10 @@ def main() -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{len(batch):,} records, {args.environments} environments, median of {args.rounds}")
+    print(
+        f"{len(batch):,} records{' (signed)' if args.signed else ''}, "
+        f"{args.environments} environments, median of {args.rounds}"
+    )
     print(
         "| mode | CPU us/record (min) | wall us/record | queued writes after ready, CPU us/record |"
         "\n|---|---|---|---|"
@@ -185,12 +214,16 @@ def main() -> None:
             f"| {row['persist_cpu_us_per_record']:.1f} |"
         )
     print(f"reference (walk the records, read each header): {reference:.2f} us/record")
+    if args.signed:
+        print(f"of which the signature check (HMAC-SHA256): {verify_us:.2f} us/record")
     print(
         f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
     if args.json:
         summary = {"records": len(batch), "reference_us": reference, **figures}
+        if args.signed:
+            summary["verify_us"] = verify_us
         args.json.write_text(json.dumps(summary, indent=2))
 
 

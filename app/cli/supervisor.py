@@ -101,6 +101,8 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_PROCESSES": str(processes),
         "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
+        "FLAGSTREAM_CHANGELOG_KEY": os.environ.get("FLAGSTREAM_CHANGELOG_KEY")
+        or keys.changelog_key,
         # Tansu holds a group's first join for its timeouts (about half the session timeout
         # was seen here): short ones make `up` answer in seconds instead of half a minute.
         "FLAGSTREAM_REBALANCE_TIMEOUT_S": os.environ.get("FLAGSTREAM_REBALANCE_TIMEOUT_S", "3"),

@@ -5,7 +5,8 @@ The embedded broker keeps nothing across a restart, but the worker's flag table 
 into the fresh broker (`app.control.restore`), and reuses the admin token and SDK key it made the
 first time, so scripts and SDKs configured against it keep working.
 
-    <data dir>/keys.json     the admin token and the SDK key (mode 0600, made by the first `up`)
+    <data dir>/keys.json     the admin token, the SDK key and the changelog key (mode 0600, made
+                             by the first `up`; a changelog key added to an older file)
     <data dir>/worker/       FLAGSTREAM_DATA_DIR of this run's worker (its tables in p<i>/ when
                              it runs several processes: each holds every flag, p0 is restored)
     <data dir>/previous/     the last run's worker dir, until its table is restored
@@ -37,16 +38,19 @@ KEYS_FILE = "keys.json"
 class Keys:
     admin_token: str
     sdk_key: str
+    # FLAGSTREAM_CHANGELOG_KEY of the worker: `up` signs its changelog like production does.
+    changelog_key: str
 
 
 def load_keys(data_dir: Path) -> Keys:
-    """The keys of this data dir, made and saved (readable by the owner only) the first time."""
+    """The keys of this data dir, made and saved (readable by the owner only) the first time;
+    a file from before changelog signing gains a changelog key."""
     path = data_dir / KEYS_FILE
     if not path.exists():
-        keys = Keys(
-            "admin-" + secrets.token_urlsafe(16), "sdk-development-" + secrets.token_urlsafe(8)
-        )
-        keys_json = {"admin_token": keys.admin_token, "sdk_key": keys.sdk_key}
+        keys_json = {
+            "admin_token": "admin-" + secrets.token_urlsafe(16),
+            "sdk_key": "sdk-development-" + secrets.token_urlsafe(8),
+        }
         _write_private(path, orjson.dumps(keys_json).decode())
     os.chmod(path, 0o600)  # a copied or hand-made file may have been readable by others
     data = orjson.loads(path.read_bytes())
@@ -54,7 +58,10 @@ def load_keys(data_dir: Path) -> Keys:
         isinstance(data.get(name), str) and data[name] for name in ("admin_token", "sdk_key")
     ):
         raise ValueError(f"{path} must hold non-empty strings admin_token and sdk_key")
-    return Keys(data["admin_token"], data["sdk_key"])
+    if not isinstance(data.get("changelog_key"), str) or not data["changelog_key"]:
+        data["changelog_key"] = secrets.token_urlsafe(32)  # 43 characters: over MIN_KEY_BYTES
+        _write_private(path, orjson.dumps(data).decode())
+    return Keys(data["admin_token"], data["sdk_key"], data["changelog_key"])
 
 
 def _write_private(path: Path, text: str) -> None:

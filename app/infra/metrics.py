@@ -36,7 +36,18 @@ class Metrics:
         self.changelog_records = Counter(
             "flagstream_changelog_records_total",
             "Flag-table changelog records read by this worker, by result.",
-            ["result"],  # applied | skipped | fence | undecodable | invalid (never served)
+            # applied | skipped | fence | undecodable | invalid | unsigned | forged (the last
+            # three never served; unsigned and forged: app.infra.changelog_signing)
+            ["result"],
+            registry=registry,
+        )
+        for refused in ("unsigned", "forged"):  # exported at 0: an alert needs the series
+            self.changelog_records.labels(refused)
+        # 0 while the changelog is neither signed nor checked (no FLAGSTREAM_CHANGELOG_KEY):
+        # any producer allowed to write it can then change a flag. Alert on 0 in production.
+        self.changelog_signed = Gauge(
+            "flagstream_changelog_signed",
+            "1 when changelog records are signed and only signed ones applied, else 0.",
             registry=registry,
         )
         # From the writer's produce timestamp to the moment this worker's table holds the

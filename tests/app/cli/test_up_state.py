@@ -115,3 +115,20 @@ def test_up_keeps_flags_history_and_keys_across_a_restart(tmp_path: Path) -> Non
     logs = log.read_text() + (data_dir / "broker.log").read_text(errors="replace")
     assert seen["admin_token"] not in logs and seen["sdk_key"] not in logs
     assert "\n".join(second.console).count(seen["admin_token"]) == 3  # the banner's three
+
+
+def test_up_keeps_a_changelog_key_and_gives_an_older_keys_file_one(tmp_path: Path) -> None:
+    from app.cli.up_state import KEYS_FILE, load_keys
+    from app.infra.changelog_signing import MIN_KEY_BYTES
+
+    first = load_keys(tmp_path)
+    assert len(first.changelog_key) >= MIN_KEY_BYTES
+    assert load_keys(tmp_path) == first  # kept: the next run signs with the same key
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / KEYS_FILE).write_text('{"admin_token": "admin-x", "sdk_key": "sdk-y"}')
+    upgraded = load_keys(older)
+    assert (upgraded.admin_token, upgraded.sdk_key) == ("admin-x", "sdk-y")
+    assert len(upgraded.changelog_key) >= MIN_KEY_BYTES
+    assert stat.S_IMODE((older / KEYS_FILE).stat().st_mode) == 0o600
+    assert load_keys(older) == upgraded
