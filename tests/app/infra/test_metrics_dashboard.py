@@ -39,6 +39,8 @@ DASHBOARD = GRAFANA / "flagstream.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "flagstream.yml"
 ENVIRONMENT = "development"  # the SDK key's environment
+# The live worker signs its changelog, as production should (the changelog panel's "signed").
+CHANGELOG_KEY = "dashboard-test-changelog-key-of-32-bytes-or-more"
 # What Grafana puts for the template variables ("All") and its interval macros.
 SUBSTITUTIONS = {"$instance": ".*", "$environment": ".*", "$__rate_interval": "1m"}
 
@@ -194,7 +196,7 @@ def has_data(result: list[dict[str, Any]]) -> bool:
 def loaded_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A worker whose every dashboard series can be driven cheaply: one change stream at
     most (the second is a 503), shedding at 5 ms of loop lag (a turn budget of 2 ms: a burst
-    sheds), experiment totals published twice a second."""
+    sheds), experiment totals published twice a second, a changelog key (signed records)."""
     started = Worker(
         broker,
         tmp_path_factory.mktemp("dashboard") / "data",
@@ -202,6 +204,7 @@ def loaded_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         FLAGSTREAM_MAX_STREAMS="1",
         FLAGSTREAM_SHED_LOOP_LAG_MS="5",
         FLAGSTREAM_STATS_PUBLISH_MS="500",
+        FLAGSTREAM_CHANGELOG_KEY=CHANGELOG_KEY,
     ).start()
     admin = started.admin()
     admin.put(ENVIRONMENT, "plain", flag("on"))
@@ -320,6 +323,13 @@ def test_every_panel_query_returns_data_from_a_live_prometheus(
             wait_until(all_answered, timeout_s=180, interval_s=1.0)
         except AssertionError:
             raise AssertionError(f"no data for {sorted(waiting)}") from None
+        # The changelog panel shows a worker with a key as signing, and no record refused.
+        (signed,) = prometheus.query('flagstream_changelog_signed{job="flagstream"}')
+        refused = prometheus.query(
+            'flagstream_changelog_records_total{job="flagstream", result=~"unsigned|forged"}'
+        )
+        assert float(signed["value"][1]) == 1.0
+        assert sorted(float(sample["value"][1]) for sample in refused) == [0.0, 0.0]
     finally:
         done.set()
         if driver.is_alive():
