@@ -117,7 +117,7 @@ class FlagTable:
         # The queued changes by environment: by change id (the newest use) and by flag
         # (oldest first), so a read after ready finds them without scanning the queue.
         self._queued_ids: dict[str, dict[str, AppliedChange]] = {}
-        self._queued_flags: dict[str, dict[str, deque[AppliedChange]]] = {}
+        self._queued_flags: dict[str, dict[str, list[AppliedChange]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -388,36 +388,40 @@ class FlagTable:
         self._queued_flags.clear()
 
     def _queue(self, pending: _PendingWrite) -> None:
-        """Queue a committed batch's write, its changes indexed for reads."""
+        """Queue a committed batch's write, its changes indexed for reads (once per record
+        of a catch-up: the environment's two dicts are looked up once per run of it)."""
         self._pending.append(pending)
         self._pending_records += pending.records
-        queued_ids, queued_flags = self._queued_ids, self._queued_flags
+        environment = None
+        ids: dict[str, AppliedChange] = {}
+        flags: dict[str, list[AppliedChange]] = {}
         for change, _, _ in pending.entries:
-            environment = change.environment
-            ids = queued_ids.get(environment)
-            if ids is None:
-                ids = queued_ids[environment] = {}
-                queued_flags[environment] = {}
+            if change.environment != environment:
+                environment = change.environment
+                ids = self._queued_ids.setdefault(environment, {})
+                flags = self._queued_flags.setdefault(environment, {})
             ids[change.change_id] = change
-            flags = queued_flags[environment]
             versions = flags.get(change.flag)
             if versions is None:
-                flags[change.flag] = deque((change,))
+                flags[change.flag] = [change]
             else:
                 versions.append(change)
 
     def _unindex(self, pending: _PendingWrite) -> None:
         """Forget a written batch's changes from the queue's index (they are the oldest)."""
+        written: dict[tuple[str, str], int] = {}
         for change, _, _ in pending.entries:
             environment = change.environment
             ids = self._queued_ids[environment]
             if ids.get(change.change_id) is change:
                 del ids[change.change_id]
+            key = (environment, change.flag)
+            written[key] = written.get(key, 0) + 1
+        for (environment, flag), count in written.items():
             flags = self._queued_flags[environment]
-            versions = flags[change.flag]
-            versions.popleft()
-            if not versions:
-                del flags[change.flag]
+            del flags[flag][:count]  # once per flag: one flag may have thousands queued
+            if not flags[flag]:
+                del flags[flag]
 
     def _remember(self, change: AppliedChange) -> None:
         log = self._log.get(change.environment)

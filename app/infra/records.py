@@ -311,11 +311,10 @@ def _binary_change(meta: bytes, raw: bytes) -> AppliedChange:
     _set_source_partition(change, partition)
     _set_source_offset(change, offset)
     _set_produced_at(change, produced)
-    _set_definition(change, None)
-    _set_deleted(change, deleted == 1)
+    _set_deleted(change, deleted == 1)  # read for every change (compiled flags)
     _set_raw(change, None if deleted else raw)
     _set_meta(change, meta)
-    return change
+    return change  # its definition (None until parsed): `__getattr__`
 
 
 def change_from_meta(meta: bytes) -> AppliedChange:
@@ -384,6 +383,9 @@ class _HeaderChange(_LazyChange):
     _meta: bytes
 
     def __getattr__(self, name: str) -> Any:
+        if name == "definition":  # a deletion's, or one not parsed yet (`definition`)
+            _set_definition(self, None)
+            return None
         if name not in _LATE_FIELDS:
             raise AttributeError(name)
         _, op, _, _, version, _, _, updated, _, env, flag, cid, actor, _ = _META_FIXED.unpack_from(
