@@ -8,7 +8,6 @@ history into a cluster that lost its data.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,20 @@ from app.control.flagfile import flags_of
 from app.control.flagfile import plan as plan_apply
 from app.control.restore import plan, read_table, restore, totals
 
-__all__ = ["RESTORE_JOBS", "apply_file", "run_flags", "run_restore"]
+__all__ = ["RESTORE_JOBS", "admin_token", "apply_file", "run_flags", "run_restore"]
 
 RESTORE_JOBS = 8  # flags restored at once (each flag's versions in order): ~2x one at a time
 PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+
+
+def admin_token(args: argparse.Namespace) -> str:
+    """`--token`, else FLAGSTREAM_ADMIN_TOKEN or the file FLAGSTREAM_ADMIN_TOKEN_FILE names, as
+    the worker reads it (both variables set: a ValueError naming them, never the token)."""
+    # Here, not at the top: the settings module imports Faust (half a second of every command).
+    from app.infra.settings import secret
+
+    token: str | None = args.token
+    return token or secret("FLAGSTREAM_ADMIN_TOKEN")
 
 
 def apply_file(client: AdminClient, path: Path, env: str, *, prune: bool, dry_run: bool) -> int:
@@ -53,7 +62,7 @@ def apply_file(client: AdminClient, path: Path, env: str, *, prune: bool, dry_ru
 
 
 def run_flags(args: argparse.Namespace) -> int:
-    client = AdminClient(args.url, args.token or os.environ.get("FLAGSTREAM_ADMIN_TOKEN", ""))
+    client = AdminClient(args.url, admin_token(args))
     env: str = args.env
     if args.action == "apply":
         apply_file(client, Path(args.file), env, prune=args.prune, dry_run=args.dry_run)
@@ -87,7 +96,7 @@ def run_flags(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     """Restore a stopped worker's table through the admin API; 1 when versions were refused."""
-    client = AdminClient(args.url, args.token or os.environ.get("FLAGSTREAM_ADMIN_TOKEN", ""))
+    client = AdminClient(args.url, admin_token(args))
     with read_table(Path(args.source)) as table:
         steps = plan(table, args.env)
     outcomes = restore(client, steps, force=args.force, jobs=args.jobs)

@@ -23,7 +23,7 @@ from app.cli.flags import RESTORE_JOBS, apply_file
 from app.control.client import AdminClient
 from app.control.restore import RestoreError, plan, read_table, restore
 
-__all__ = ["run_up", "wait_ready"]
+__all__ = ["SECRET_FILES", "inherited_environment", "run_up", "wait_ready", "worker_secrets"]
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -64,6 +64,28 @@ def wait_processes_ready(
             time.sleep(0.25)
 
 
+# The secrets `up` hands its worker as values: their `_FILE` forms are not passed on as well
+# (a worker given both refuses to start).
+SECRET_FILES = ("FLAGSTREAM_ADMIN_TOKEN_FILE", "FLAGSTREAM_CHANGELOG_KEY_FILE")
+
+
+def worker_secrets(keys: up_state.Keys) -> dict[str, str]:
+    """The admin token and changelog key of `up`'s worker: the caller's, read as the worker
+    reads them (the variable, or the file its `_FILE` names), else the data dir's."""
+    from app.infra.settings import secret  # imports Faust: only when `up` runs
+
+    return {
+        "FLAGSTREAM_ADMIN_TOKEN": secret("FLAGSTREAM_ADMIN_TOKEN") or keys.admin_token,
+        "FLAGSTREAM_CHANGELOG_KEY": secret("FLAGSTREAM_CHANGELOG_KEY") or keys.changelog_key,
+    }
+
+
+def inherited_environment(keys: up_state.Keys) -> dict[str, str]:
+    """This process's environment for the worker, its secrets given as values."""
+    passed_on = {name: value for name, value in os.environ.items() if name not in SECRET_FILES}
+    return {**passed_on, **worker_secrets(keys)}
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -86,12 +108,13 @@ def run_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     keys = up_state.load_keys(data_dir)
-    admin_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or keys.admin_token
+    inherited = inherited_environment(keys)
+    admin_token = inherited["FLAGSTREAM_ADMIN_TOKEN"]
     sdk_key = keys.sdk_key
     # Before the worker starts: meeting an empty broker, it would wipe the last run's table.
     previous = up_state.hand_over(data_dir)
     env = {
-        **os.environ,
+        **inherited,
         "FLAGSTREAM_BROKERS": f"{host}:{kafka_port}",
         "FLAGSTREAM_WEB_HOST": host,
         "FLAGSTREAM_WEB_PORT": str(web_port),
@@ -99,10 +122,7 @@ def run_up(args: argparse.Namespace) -> int:
         "FLAGSTREAM_METRICS_PORT": str(metrics_port),
         "FLAGSTREAM_DATA_DIR": str(up_state.worker_dir(data_dir)),
         "FLAGSTREAM_PROCESSES": str(processes),
-        "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         "FLAGSTREAM_SDK_KEYS": f"{sdk_key}=development",
-        "FLAGSTREAM_CHANGELOG_KEY": os.environ.get("FLAGSTREAM_CHANGELOG_KEY")
-        or keys.changelog_key,
         # Tansu holds a group's first join for its timeouts (about half the session timeout
         # was seen here): short ones make `up` answer in seconds instead of half a minute.
         "FLAGSTREAM_REBALANCE_TIMEOUT_S": os.environ.get("FLAGSTREAM_REBALANCE_TIMEOUT_S", "3"),

@@ -14,7 +14,7 @@ from pathlib import Path
 from app.infra.changelog_signing import ChangelogSigner
 from app.infra.kafka_security import KafkaSecurity
 
-__all__ = ["SETTINGS", "Setting", "Settings", "changelog_signer"]
+__all__ = ["SETTINGS", "Setting", "Settings", "changelog_signer", "secret"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +358,13 @@ def _secret(name: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ValueError(f"{name}_FILE: cannot read {path}: {reason}") from None
+
+
+def secret(name: str) -> str:
+    """A secret setting read as the worker reads it (`name`, or the file `name`_FILE names),
+    for the commands that read one without the whole `Settings` (`flagstream flags`, `up`):
+    so a secret given as a file works for every command, not only the worker."""
+    return _secret(name)
 
 
 @dataclass(frozen=True, slots=True)
