@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def default_url() -> str:
 def run_worker(args: argparse.Namespace) -> int:
     """Create the topics, then run the worker until it is stopped: in this process, or as
     `--processes` children sharing the HTTP port (`app.cli.processes`)."""
+    from aiokafka.errors import KafkaConnectionError
+
     from app.cli.processes import process_count, run_processes
     from app.infra.settings import Settings
     from app.infra.topics import TopicMismatchError, ensure_topics
@@ -47,11 +50,17 @@ def run_worker(args: argparse.Namespace) -> int:
     count = process_count(settings.processes if args.processes is None else args.processes)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Once here rather than in each child: N children creating the same topics would race.
+    # The first contact with Kafka: a broker it cannot reach (down, wrong CA, refused
+    # credentials) is told in one line and exit code 1, not a traceback.
     try:
-        asyncio.run(ensure_topics(settings))
+        with UnreachableBroker(settings) as unreachable:
+            asyncio.run(ensure_topics(settings))
     except TopicMismatchError as exc:  # topics this deployment cannot run on: say which, stop
         print(f"flagstream: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KafkaConnectionError:
+        print(f"flagstream: {unreachable.reason()}", file=sys.stderr, flush=True)
+        return 1
     if count > 1:
         print(
             f"flagstream: {count} worker processes on {settings.web_host}:{settings.web_port}",
@@ -60,6 +69,54 @@ def run_worker(args: argparse.Namespace) -> int:
         )
         return run_processes(settings, count)
     return run_in_process(settings)
+
+
+class UnreachableBroker(logging.Filter):
+    """While in its block, holds back aiokafka's "Unable connect" errors and keeps their cause.
+
+    aiokafka logs why a bootstrap connection failed ("certificate verify failed", "Connect call
+    failed") and then raises a KafkaConnectionError that says only "Unable to bootstrap": the
+    cause is read from the held records. A block that ends otherwise logs them after all (a
+    bootstrap server that failed while another answered is still worth a line).
+    """
+
+    LOGGER = "aiokafka"  # aiokafka.client logs under the package name
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.brokers = settings.bootstrap
+        passwords = (settings.kafka_sasl_password, settings.kafka_ssl_key_password)
+        self.secrets = [password for password in passwords if password]
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Unable connect") and isinstance(record.args, tuple):
+            self.held.append(record)
+            return False
+        return True
+
+    def __enter__(self) -> UnreachableBroker:
+        logging.getLogger(self.LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        from aiokafka.errors import KafkaConnectionError
+
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        if kind is None or not issubclass(kind, KafkaConnectionError):  # else: reason() says it
+            for record in self.held:
+                logger.handle(record)
+
+    def reason(self) -> str:
+        """One line: which brokers, and the last connection's cause (never a secret)."""
+        causes = [r.args[-1] for r in self.held if isinstance(r.args, tuple) and r.args]
+        cause = "no answer"
+        if causes:  # a timeout's message is empty: its type says it
+            cause = str(causes[-1]) or type(causes[-1]).__name__
+        for secret in self.secrets:  # a password in an error message would be a bug elsewhere
+            cause = cause.replace(secret, "***")
+        return f"cannot reach Kafka at {self.brokers}: {cause}"
 
 
 def run_in_process(settings: Settings) -> int:

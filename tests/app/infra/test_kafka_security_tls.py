@@ -180,3 +180,7 @@ def test_a_worker_that_does_not_trust_the_broker_fails_clearly(
     assert "certificate verify failed" in log, log[-3000:]
     assert time.monotonic() - started < 90
     assert KEY_PASSWORD not in log
+    # One line that says why, not aiokafka's log line and a traceback.
+    (line,) = log.strip().splitlines()
+    assert line.startswith(f"flagstream: cannot reach Kafka at {tls_broker}: "), line
+    assert "certificate verify failed" in line, line
