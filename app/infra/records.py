@@ -286,12 +286,25 @@ def routed_change(meta: bytes, raw: bytes) -> AppliedChange:
 
 def _binary_change(meta: bytes, raw: bytes) -> AppliedChange:
     """A format 2 meta's change: what a replica reads of every record (its place in the order,
-    the command it decided, who waits for it, whether it deletes) set now; its op, version,
-    actor, times and request when first read (`_HeaderChange.__getattr__`)."""
+    the command it decided, who waits for it, whether it deletes, its version) set now; its
+    op, actor, update time and request when first read (`_HeaderChange`)."""
     try:
-        _, op, deleted, seq, _, partition, offset, _, produced, env, flag, cid, actor, request = (
-            _META_FIXED.unpack_from(meta)
-        )
+        (
+            _,
+            op,
+            deleted,
+            seq,
+            version,
+            partition,
+            offset,
+            _,
+            produced,
+            env,
+            flag,
+            cid,
+            actor,
+            request,
+        ) = _META_FIXED.unpack_from(meta)
     except struct.error:
         raise ValueError("a binary changelog meta cut short") from None
     start = _META_FIXED.size
@@ -308,13 +321,15 @@ def _binary_change(meta: bytes, raw: bytes) -> AppliedChange:
     _set_flag(change, meta[start : start + flag].decode())
     _set_change_id(change, meta[start + flag : start + flag + cid].decode())
     _set_seq(change, seq)
+    _set_version(change, version)  # written to RocksDB after ready, compiled
     _set_source_partition(change, partition)
     _set_source_offset(change, offset)
     _set_produced_at(change, produced)
-    _set_deleted(change, deleted == 1)  # read for every change (compiled flags)
+    _set_definition(change, None)  # parsed from `raw` when read
+    _set_deleted(change, deleted == 1)
     _set_raw(change, None if deleted else raw)
     _set_meta(change, meta)
-    return change  # its definition (None until parsed): `__getattr__`
+    return change
 
 
 def change_from_meta(meta: bytes) -> AppliedChange:
@@ -373,37 +388,6 @@ class _LazyChange(AppliedChange):
     __hash__ = None  # type: ignore[assignment]  # as AppliedChange's: a definition is a dict
 
 
-class _HeaderChange(_LazyChange):
-    """A change read from a format 2 (binary) meta: the fields a replica reads of every record
-    are set when it is read, the others decoded from the meta when one is first read (a slot
-    not set yet: Python then asks `__getattr__`)."""
-
-    __slots__ = ("_meta",)
-
-    _meta: bytes
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "definition":  # a deletion's, or one not parsed yet (`definition`)
-            _set_definition(self, None)
-            return None
-        if name not in _LATE_FIELDS:
-            raise AttributeError(name)
-        _, op, _, _, version, _, _, updated, _, env, flag, cid, actor, _ = _META_FIXED.unpack_from(
-            self._meta
-        )
-        start = _META_FIXED.size + env + flag + cid
-        _set_op(self, _OP_LIST[op])
-        _set_version(self, version)
-        _set_updated_at(self, updated)
-        # Informational text: a foreign writer's bad UTF-8 reads as replacement characters.
-        _set_actor(self, self._meta[start : start + actor].decode(errors="replace"))
-        _set_request(self, self._meta[start + actor :].decode(errors="replace"))
-        return object.__getattribute__(self, name)
-
-
-_LATE_FIELDS = frozenset({"op", "version", "updated_at", "actor", "request"})
-
-
 def _slot_setter(cls: type, name: str) -> Any:
     return cls.__dict__[name].__set__
 
@@ -425,6 +409,48 @@ _set_source_offset = _slot_setter(AppliedChange, "source_offset")
 _set_request = _slot_setter(AppliedChange, "request")
 _set_deleted = _slot_setter(_LazyChange, "_deleted")
 _set_raw = _slot_setter(_LazyChange, "_raw")
+
+
+def _decode_late(change: AppliedChange, meta: bytes) -> None:
+    """Set the fields of a format 2 meta's change that are decoded when first read."""
+    _, op, _, _, _, _, _, updated, _, env, flag, cid, actor, _ = _META_FIXED.unpack_from(meta)
+    start = _META_FIXED.size + env + flag + cid
+    _set_op(change, _OP_LIST[op])
+    _set_updated_at(change, updated)
+    # Informational text: a foreign writer's bad UTF-8 reads as replacement characters.
+    _set_actor(change, meta[start : start + actor].decode(errors="replace"))
+    _set_request(change, meta[start + actor :].decode(errors="replace"))
+
+
+def _late_field(name: str) -> Any:
+    """A property over the field `name` of `AppliedChange` (its slot), decoded from the meta
+    when first read. A property, not `__getattr__`: a class with one reads every attribute
+    through Python, and a replica reads a change's environment and seq many times."""
+    read = AppliedChange.__dict__[name].__get__
+    write = _slot_setter(AppliedChange, name)
+
+    def get(change: _HeaderChange) -> Any:
+        try:
+            return read(change)
+        except AttributeError:  # not decoded yet
+            _decode_late(change, change._meta)
+            return read(change)
+
+    return property(get, write)  # the setter: for the dataclass's `__init__` (`replace`)
+
+
+class _HeaderChange(_LazyChange):
+    """A change read from a format 2 (binary) meta: the fields a replica reads of every record
+    (or writes to RocksDB) are set when it is read; its op, actor, update time and request
+    (read by API answers) are decoded from the meta when one is first read."""
+
+    __slots__ = ("_meta",)
+
+    _meta: bytes
+
+
+for _name in ("op", "updated_at", "actor", "request"):
+    setattr(_HeaderChange, _name, _late_field(_name))
 _set_meta = _slot_setter(_HeaderChange, "_meta")
 
 
