@@ -163,8 +163,8 @@ async def ensure_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap, **kafka_client_options(settings)
     )
-    await admin.start()
     try:
+        await admin.start()  # inside: a failed bootstrap still closes what it opened
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
