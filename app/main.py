@@ -33,6 +33,7 @@ from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.kafka_security import faust_credentials
 from app.infra.metrics import Metrics
+from app.infra.no_auto_topics import refuse_topic_auto_creation
 from app.infra.settings import Settings
 from app.infra.topics import Topics
 from app.web.admin import AdminApi
@@ -107,6 +108,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     metrics = Metrics(registry)
     metrics.worker.info({"worker_id": settings.worker_id, "app_id": settings.app_id})
     bound_fetch_wait(settings.fetch_max_wait_ms, settings.idle_poll_ms)
+    refuse_topic_auto_creation()  # only ensure_topics makes our topics, at their declared size
     app = faust_app_for(settings)
     topics = Topics.of(settings)  # `<prefix>.<topic>`: deployments on one cluster stay apart
 
