@@ -21,6 +21,7 @@ from tables.flags import FlagTable
 from tables.replication import FlagReplication
 from tests.app.evaluation.test_live_flags import CompileCount, until
 from tests.app.evaluation.test_live_flags_startup import (
+    APP_ID,
     CONTEXT,
     ENVIRONMENT,
     FLAGS,
@@ -38,8 +39,13 @@ def test_ready_before_compiling_then_each_flag_right_and_compiled_once(
     broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_changelog(broker)
-    settings = dataclasses.replace(
-        Settings.from_env(), brokers=(broker,), data_dir=tmp_path, fetch_max_wait_ms=10
+    settings = dataclasses.replace(  # the deployment write_changelog wrote the changelog of
+        Settings.from_env(),
+        brokers=(broker,),
+        app_id=APP_ID,
+        topic_prefix=APP_ID,
+        data_dir=tmp_path,
+        fetch_max_wait_ms=10,
     )
     table = FlagTable(tmp_path / "flags", history_depth=3, stream_depth=100, change_id_depth=100)
     replication = FlagReplication(settings, table, Metrics(CollectorRegistry()))
@@ -56,7 +62,10 @@ def test_ready_before_compiling_then_each_flag_right_and_compiled_once(
         await replication.start()
         try:
             await asyncio.wait_for(replication.ready.wait(), 120)
-            assert at_ready == [0, FLAGS], "the catch-up shared no turn of the loop with compiles"
+            compiled_at_ready, queued_at_ready = at_ready
+            read_at_ready = compiled_at_ready + queued_at_ready
+            assert read_at_ready == FLAGS, "the catch-up read every flag of the changelog"
+            assert compiled_at_ready == 0, "the catch-up shared no turn of the loop with compiles"
             before = compiles.calls  # the compiler may have had one slice since ready
             # A request, right after ready, for a flag still queued (the compiler takes the
             # newest first: flag-00042 is among its last).
