@@ -28,11 +28,13 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 from app.infra.settings import Settings
@@ -42,6 +44,7 @@ __all__ = [
     "consecutive_free_ports",
     "cores",
     "die_with_parent",
+    "ephemeral_ports",
     "process_count",
     "run_processes",
 ]
@@ -70,10 +73,15 @@ def process_count(requested: int) -> int:
 
 def consecutive_free_ports(host: str, count: int, first: int | None = None) -> int:
     """`first` if it and the `count - 1` ports after it can be bound now, else the first of
-    another such run (the processes of a worker serve metrics on consecutive ports).
+    another such run (the processes of a worker serve metrics on consecutive ports), found
+    below the kernel's ephemeral range when there is room.
 
     Bound to test, not connected to: a port an outgoing connection holds answers no connect
-    but cannot be bound either.
+    but cannot be bound either. A run found by `bind(0)` would lie in the ephemeral range,
+    where every outgoing connection takes its local port: Linux gives `bind(0)` odd ports and
+    `connect()` even ones, so the second port of such a run was exactly the kind a connection
+    made before the child bound it could hold (`up` saw its second process exit on "address
+    already in use").
     """
     base = first
     while (
@@ -81,10 +89,31 @@ def consecutive_free_ports(host: str, count: int, first: int | None = None) -> i
         or base + count > 65536
         or not all(_bindable(host, port) for port in range(base, base + count))
     ):
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            base = int(sock.getsockname()[1])
+        base = _candidate_base(host, count)
     return base
+
+
+# The lowest port a searched run starts at: below it are the well-known services' ports.
+LOWEST_SEARCHED_PORT = 10000
+
+
+def ephemeral_ports() -> tuple[int, int] | None:
+    """The kernel's range of local ports for outgoing connections (Linux), else None."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(low), int(high)
+
+
+def _candidate_base(host: str, count: int) -> int:
+    """A random first port of `count` below the ephemeral range; `bind(0)`'s if no room."""
+    ephemeral = ephemeral_ports()
+    if ephemeral is not None and ephemeral[0] - count > LOWEST_SEARCHED_PORT:
+        return LOWEST_SEARCHED_PORT + secrets.randbelow(ephemeral[0] - count - LOWEST_SEARCHED_PORT)
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -240,3 +240,19 @@ def test_the_children_stop_when_the_parent_is_killed(parent: Parent) -> None:
     parent.process.send_signal(signal.SIGKILL)
     parent.process.wait(timeout=10)
     wait_until(lambda: all(gone(pid) for pid in pids), timeout_s=40, interval_s=0.25)
+
+
+def test_a_searched_run_of_metrics_ports_is_none_an_outgoing_connection_can_take() -> None:
+    """A run of ports found for a worker's processes lies below the ephemeral range: there,
+    `bind(0)` gives odd ports and `connect()` even ones, so the second port after a `bind(0)`
+    one was the very kind an outgoing connection could hold before the child bound it (the CI
+    failure of stop 20: `up`'s p1 exited on "address already in use")."""
+    from app.cli.processes import ephemeral_ports
+
+    ephemeral = ephemeral_ports()
+    if ephemeral is None:
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range (not Linux)")
+    low, high = ephemeral
+    for _ in range(20):
+        first = consecutive_free_ports("127.0.0.1", CHILDREN)
+        assert not any(low <= port <= high for port in range(first, first + CHILDREN)), first

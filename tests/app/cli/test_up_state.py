@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from app.cli.processes import consecutive_free_ports
 from app.control.client import AdminClient
 from app.control.restore import origin
 from app.infra.broker import free_port
@@ -28,7 +29,10 @@ class Up:
 
     def __init__(self, data_dir: Path, log: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGSTREAM_")}
-        ports = {name: str(free_port()) for name in ("--port", "--kafka-port", "--metrics-port")}
+        ports = {name: str(free_port()) for name in ("--port", "--kafka-port")}
+        # Two processes serve metrics on two consecutive ports: a run outside the ephemeral
+        # range, which a connection made before the worker binds it cannot hold.
+        ports["--metrics-port"] = str(consecutive_free_ports("127.0.0.1", 2))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data_dir), "--log", str(log)]
             + [word for pair in ports.items() for word in pair],
