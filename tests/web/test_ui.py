@@ -336,6 +336,25 @@ def test_an_experiment_is_listed_and_read_as_a_forest_plot(
 
 
 @needs_chromium
+def test_the_experiment_list_shows_figures_that_come_after_it_was_opened(
+    tab: webdriver.Chrome, worker: Worker, broker: str, env: str
+) -> None:
+    """Opened before any figure (as a newcomer does right after `up`): "no data", then
+    "running" once figures come, without a reload (the CI failure of stop 20 waited on a list
+    read once)."""
+    key = "figures-come-later"
+    worker.admin().put(env, key, experiment_flag())
+    sign_in(tab, worker, f"/e/{env}/x", READ_TOKEN)
+    text_of(tab, f'tr[data-experiment="{key}"]', "no data")
+    partials = moved(two_partitions(), env, key)
+    publish(broker, *partials)
+    subjects = sum(v.subjects for p in partials for v in p.totals.variants.values())
+    wait_until(lambda: subjects_are(worker, env, key, subjects), timeout_s=30)
+    row = text_of(tab, f'tr[data-experiment="{key}"]', "running")
+    assert str(subjects) in row
+
+
+@needs_chromium
 def test_a_banner_says_when_the_worker_serves_stale_flags(
     tab: webdriver.Chrome, tmp_path: Path
 ) -> None:

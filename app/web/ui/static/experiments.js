@@ -27,10 +27,30 @@ const statusBadge = (status) =>
 
 // -- the list ------------------------------------------------------------------------------
 
+// While an experiment of the list has no figures yet (`up`'s simulated users are still being
+// folded), the list is read again this often: a newcomer who opened it early sees "running"
+// arrive without reloading.
+const NO_DATA_REREAD_MS = 2000;
+
 export async function experimentList(page, env) {
-  const answer = await call("GET", `${API}/${enc(env)}/experiments`);
-  if (answer.status !== 200) return fill(page, h("h1", {}, "Experiments"), h("p", { class: "error" }, messageOf(answer))), null;
-  const rows = answer.body.experiments.map((experiment) => h("tr", { "data-experiment": experiment.key },
+  let left = false;
+  let timer = null;
+  const show = async () => {
+    const answer = await call("GET", `${API}/${enc(env)}/experiments`);
+    if (left) return;
+    if (answer.status !== 200) return void fill(page, h("h1", {}, "Experiments"), h("p", { class: "error" }, messageOf(answer)));
+    paintList(page, env, answer.body.experiments);
+    if (answer.body.experiments.some((experiment) => experiment.status === "no_data")) timer = setTimeout(show, NO_DATA_REREAD_MS);
+  };
+  await show();
+  return () => {
+    left = true;
+    clearTimeout(timer);
+  };
+}
+
+function paintList(page, env, experiments) {
+  const rows = experiments.map((experiment) => h("tr", { "data-experiment": experiment.key },
     h("th", { scope: "row" }, h("a", { href: `#/e/${enc(env)}/x/${enc(experiment.key)}` }, experiment.key)),
     h("td", {}, experiment.flag ? h("a", { href: `#/e/${enc(env)}/f/${enc(experiment.flag)}` }, experiment.flag) : "—"),
     h("td", {}, statusBadge(experiment.status)),
@@ -42,7 +62,6 @@ export async function experimentList(page, env) {
         h("thead", {}, h("tr", {}, ["Experiment", "Flag", "Status", "Subjects", "Sample ratio"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, rows)))
       : h("p", {}, "No flag of this environment runs an experiment (metadata \"experiment\": true)."));
-  return null;
 }
 
 // -- one experiment ------------------------------------------------------------------------
