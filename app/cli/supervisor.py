@@ -156,9 +156,11 @@ def run_up(args: argparse.Namespace) -> int:
         wait_ready(url, worker, timeout_s=120)
         wait_processes_ready(host, metrics_port, processes, worker, timeout_s=120)
         client = AdminClient(url, admin_token, actor="flagstream-up")
-        if previous is not None:
-            restore_last_run(client, previous)
-        if not client.environments().get("development"):
+        restored = restore_last_run(client, previous) if previous is not None else set()
+        # Asked of the restore, not of the API: with several processes a read may come from a
+        # replica that has not applied the restored changes yet, and the examples would then be
+        # written on top of them.
+        if "development" not in restored and not client.environments().get("development"):
             apply_file(client, Path(args.file), "development", prune=False, dry_run=False)
             if Path(args.file).resolve() == EXAMPLES:
                 seed_demo_exposures(url, sdk_key)
@@ -220,8 +222,9 @@ def metrics_urls(host: str, first_port: int, processes: int) -> str:
     return " ".join(f"http://{host}:{first_port + i}/metrics" for i in range(processes))
 
 
-def restore_last_run(client: AdminClient, previous: Path) -> None:
-    """Write the last run's flags and history into this run's empty broker."""
+def restore_last_run(client: AdminClient, previous: Path) -> set[str]:
+    """Write the last run's flags and history into this run's empty broker; the environments
+    it wrote."""
     print(f"restoring the flags of the last run from {previous} ...", flush=True)
     with read_table(up_state.table_dir(previous) or previous) as table:
         steps = plan(table)
@@ -235,6 +238,7 @@ def restore_last_run(client: AdminClient, previous: Path) -> None:
             "without it"
         )
     up_state.drop_previous(previous)
+    return {environment for environment, environment_steps in steps.items() if environment_steps}
 
 
 # -- managing flags ------------------------------------------------------------------------

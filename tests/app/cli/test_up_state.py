@@ -27,7 +27,7 @@ BANNER_END = "Ctrl-C stops everything."
 class Up:
     """One `flagstream up` process; its console read line by line as it comes."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, *options: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGSTREAM_")}
         ports = {name: str(free_port()) for name in ("--port", "--kafka-port")}
         # Two processes serve metrics on two consecutive ports: a run outside the ephemeral
@@ -35,7 +35,8 @@ class Up:
         ports["--metrics-port"] = str(consecutive_free_ports("127.0.0.1", 2))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data_dir), "--log", str(log)]
-            + [word for pair in ports.items() for word in pair],
+            + [word for pair in ports.items() for word in pair]
+            + [*options],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -84,7 +85,9 @@ class Up:
 
 def test_up_keeps_flags_history_and_keys_across_a_restart(tmp_path: Path) -> None:
     data_dir, log = tmp_path / "up", tmp_path / "worker.log"
-    first = Up(data_dir, log)
+    # One process: this test reads what it wrote back at once, and two processes are two
+    # replicas, each applying the changes in its own time.
+    first = Up(data_dir, log, "--processes", "1")
     try:
         seen = first.banner()
         admin = AdminClient(seen["url"], seen["admin_token"])
@@ -100,7 +103,7 @@ def test_up_keeps_flags_history_and_keys_across_a_restart(tmp_path: Path) -> Non
     keys = data_dir / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
 
-    second = Up(data_dir, log)
+    second = Up(data_dir, log, "--processes", "1")
     try:
         again = second.banner()
         assert (again["admin_token"], again["sdk_key"]) == (seen["admin_token"], seen["sdk_key"])
