@@ -46,6 +46,7 @@ from app.infra.broker import free_port, start_broker, stop  # noqa: E402
 from tests.app.experiments.test_report import experiment_flag, two_partitions  # noqa: E402
 from tests.conftest import ADMIN_TOKEN, Worker, flag, wait_until  # noqa: E402
 from tests.web.test_experiments_api import moved, publish, subjects_are  # noqa: E402
+from tests.worker_topics import SHARED_WORKER_TOPICS  # noqa: E402
 
 ENV = "bench-ui"
 EXPERIMENT = "checkout-button"
@@ -127,7 +128,10 @@ def run(flags: int, loads: int) -> dict[str, Any]:
     pages: dict[str, dict[str, Any]] = {}
     try:
         data = Path(tempfile.mkdtemp(prefix="bench-ui-")) / "data"
-        worker = Worker(f"127.0.0.1:{port}", data, "bench-ui").start()
+        # The topics `publish` (tests/web/test_experiments_api.py) writes the experiment to.
+        prefix = SHARED_WORKER_TOPICS.prefix
+        worker = Worker(f"127.0.0.1:{port}", data, "bench-ui", FLAGSTREAM_TOPIC_PREFIX=prefix)
+        worker.start()
         admin = worker.admin()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda i: admin.put(ENV, f"flag-{i:05d}", flag()), range(flags)))
