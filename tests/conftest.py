@@ -259,6 +259,22 @@ def read_records(
     return asyncio.run(run())
 
 
+def run_flagstream(
+    *args: str, timeout_s: float = 60.0, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """The `flagstream` command, run to its end, with only the FLAGSTREAM_* variables given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLAGSTREAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:

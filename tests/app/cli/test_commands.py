@@ -5,20 +5,15 @@ address where nothing listens, the mistake a newcomer makes first."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from app.infra.broker import free_port
-from tests.conftest import REPO
+from tests.conftest import run_flagstream
 
 
 def test_a_worker_whose_broker_is_not_there_says_so_in_one_line(tmp_path: Path) -> None:
     brokers = f"127.0.0.1:{free_port()}"  # a port nothing listens on
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLAGSTREAM_")}
     env = {
-        **clean,
         "FLAGSTREAM_BROKERS": brokers,
         "FLAGSTREAM_DATA_DIR": str(tmp_path / "data"),
         "FLAGSTREAM_ADMIN_TOKEN": "not-to-be-printed-admin-token",
@@ -27,15 +22,7 @@ def test_a_worker_whose_broker_is_not_there_says_so_in_one_line(tmp_path: Path) 
         "FLAGSTREAM_KAFKA_SASL_USERNAME": "worker",
         "FLAGSTREAM_KAFKA_SASL_PASSWORD": "not-to-be-printed-password",
     }
-    ran = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    ran = run_flagstream("worker", timeout_s=120, **env)
     assert ran.returncode == 1, ran.stderr
     (line,) = (ran.stdout + ran.stderr).strip().splitlines()
     assert line.startswith(f"flagstream: cannot reach Kafka at {brokers}: "), line

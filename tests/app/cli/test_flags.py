@@ -3,26 +3,10 @@ the worker reads it, so a Docker or Kubernetes secret file works for the CLI too
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ADMIN_TOKEN, REPO, Worker, flag
-
-
-def flagstream(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The `flagstream` command with only the FLAGSTREAM_* variables given here."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLAGSTREAM_")}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.conftest import ADMIN_TOKEN, Worker, flag
+from tests.conftest import run_flagstream as flagstream
 
 
 def token_file(tmp_path: Path) -> Path:
