@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -126,7 +127,10 @@ def tab(browser: webdriver.Chrome) -> Iterator[webdriver.Chrome]:
 
 
 def until(driver: webdriver.Chrome, condition: Callable[[Any], Any]) -> Any:
-    return WebDriverWait(driver, WAIT_S).until(condition)
+    """`condition` once true; an element a page redrew between finding and reading it (the
+    experiment list redraws while it waits for figures) is looked for again."""
+    waiting = WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(condition)
 
 
 def shown(driver: webdriver.Chrome, css: str) -> WebElement:
