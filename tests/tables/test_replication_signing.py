@@ -4,19 +4,17 @@ signed with it (or an old key) for the partition they are in; anything else writ
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-from aiokafka import AIOKafkaProducer
 
 from app.infra.changelog_signing import SIGNATURE_HEADER, ChangelogSigner
 from app.infra.records import AppliedChange, ChangeOp, changelog_headers, dumps
 from app.infra.settings import Settings
 from app.infra.topics import partition_for
 from tests.agents.test_bad_records import metric
+from tests.app.evaluation.test_live_flags_invalid import write_straight as write_value_straight
 from tests.conftest import Worker, flag, wait_until
 from tests.worker_topics import topics_of
 
@@ -50,22 +48,7 @@ def write_straight(
     worker: Worker, record: AppliedChange, partition: int, headers: list[tuple[str, bytes]]
 ) -> None:
     """Append `record` to the changelog's `partition`, as a foreign producer."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=worker.brokers)
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                topics_of(worker).flags_changelog,
-                dumps(record.to_json()),
-                key=ENVIRONMENT.encode(),
-                partition=partition,
-                headers=headers,
-            )
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
+    write_value_straight(worker, dumps(record.to_json()), headers, partition)
 
 
 def signed_for(

