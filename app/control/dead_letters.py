@@ -18,7 +18,7 @@ from mode import Service
 
 from app.control.outcomes import Outcomes
 from app.infra.consumer_lag import ConsumerLag, ReadPositions
-from app.infra.fetch_wait import pace_when_idle
+from app.infra.fetch_wait import LOOP_WAKE_MS, quiet_poll_ms
 from app.infra.kafka_security import kafka_client_options
 from app.infra.records import DeadLetter, loads
 from app.infra.settings import Settings
@@ -60,13 +60,13 @@ class DeadLetterReader(Service):
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",  # a position the topic lost: only new letters matter
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            # Only a rejected write (rare) waits for its dead letter: every fetch waits the
+            # quiet poll at the broker, which answers when a letter comes (Kafka at once, the
+            # embedded broker within about half of it), and an idle worker pays one fetch
+            # per quiet poll here.
+            fetch_max_wait_ms=quiet_poll_ms(self.settings.background_poll_ms),
         )
         await self._consumer.start()
-        # Only a rejected write waits for its dead letter: the background pace is enough.
-        pace_when_idle(
-            self._consumer, self.settings.fetch_max_wait_ms, self.settings.background_poll_ms
-        )
         self._consumer.assign([self._partition])
         if self._lag is not None:
             self._lag.watch("dead-letters", self._consumer, self._positions)
@@ -96,7 +96,7 @@ class DeadLetterReader(Service):
             return
         while not self.should_stop:
             try:
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
+                batches = await self._consumer.getmany(timeout_ms=LOOP_WAKE_MS, max_records=500)
             except KafkaError as exc:
                 log.warning("dead letters cannot be read (%r): retrying", exc)
                 await self.sleep(UNREADABLE_PAUSE_S)

@@ -27,10 +27,33 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["DEFAULT_IDLE_POLL_MS", "FetchPacer", "bound_fetch_wait", "pace_when_idle"]
+__all__ = [
+    "DEFAULT_IDLE_POLL_MS",
+    "LOOP_WAKE_MS",
+    "QUIET_POLL_MS",
+    "FetchPacer",
+    "bound_fetch_wait",
+    "pace_when_idle",
+    "quiet_poll_ms",
+]
 
 DEFAULT_IDLE_POLL_MS = 40  # FLAGSTREAM_IDLE_POLL_MS' default
 HOT_S = 1.0  # after records, keep the short wait this long: a burst keeps today's latency
+# The idle pace of the consumers no flag change crosses and nothing times in milliseconds:
+# the experiment-stats feed (results are read by people) and the dead letters (only a
+# rejected write waits for one: after silence up to ~half this on the embedded broker, none on
+# Kafka). An idle worker's CPU is its fetches (~1 ms each on either side at the embedded
+# broker); at the 250 ms background poll these two made ~8 of its ~60 a second.
+QUIET_POLL_MS = 1000
+# How long a consumer loop's `getmany` waits for records before it turns again: the fetcher
+# delivers records the moment they come, so a short timeout only wakes the loop for nothing
+# (at 200 ms, five turns a second per loop at saturation, each a turn an OFREP request waits).
+LOOP_WAKE_MS = 1000
+
+
+def quiet_poll_ms(background_poll_ms: int) -> int:
+    """The idle pace of a quiet consumer: `QUIET_POLL_MS`, or the background poll if longer."""
+    return max(QUIET_POLL_MS, background_poll_ms)
 
 
 class FetchPacer:
