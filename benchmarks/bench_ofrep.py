@@ -15,9 +15,12 @@ One run, six servers, each its own process, driven in turn by the same `wrk` com
     and returning the same bytes: the ceiling of any aiohttp handler doing this work;
 (e) the same-stack ceiling: the fast path's own server (`FastPathSite` over an aiohttp
     runner, as tests/web/test_fast_path_site.py builds it) whose `Answer` returns the body as
-    a constant after the same SDK-key check at the head: what (b) would answer if flagstream's
-    own work (key lookup, body parse, engine, counts) cost nothing;
-(f) aiohttp's low-level `web.Server` (no application, no router) answering the constant.
+    a constant after the same SDK-key check at the head, on the worker's event loop (uvloop,
+    FLAGSTREAM_EVENT_LOOP's default): what (b) would answer if flagstream's own work (key
+    lookup, body parse, engine, counts) cost nothing;
+(f) aiohttp's low-level `web.Server` (no application, no router) answering the constant;
+(g) (e) on asyncio's own loop: the same-stack reference as runs before stop 21 measured it
+    (their (e) ran on asyncio's loop while the worker ran on uvloop; kept to compare).
 
 Goals (issue 11, item 1): (b) ≥ 0.8x the requests/s of (e), p99 ≤ 1.25x (e)'s; (b) against
 (a) is issue 4's goal, kept. Every figure is the median of `--rounds` (3) runs, the rounds
@@ -72,17 +75,18 @@ FLAG = {
 }
 CONTEXT = {"context": {"targetingKey": "user-1234", "email": "ann@example.com"}}
 PATH = f"/ofrep/v1/evaluate/flags/{FLAG_KEY}"
-REF, OURS, ROUTE, WORK, SAME_STACK, LOW_LEVEL = (
+REF, OURS, ROUTE, WORK, SAME_STACK, LOW_LEVEL, SAME_STACK_ASYNCIO = (
     "(a) bare aiohttp",
     "(b) flagstream OFREP",
     "(c) flagstream, no fast path",
     "(d) bare + same work",
     "(e) fast path site, constant",
     "(f) aiohttp web.Server, constant",
+    "(g) (e) on asyncio's loop",
 )
 
 # The reference servers, each `python -c BARE PORT BODY_HEX MODE FLAG_KEY FLAG_JSON SDK_KEY`
-# with MODE one of constant (a), work (d), fast-path (e), server (f).
+# with MODE one of constant (a), work (d), fast-path (e), server (f), fast-path-asyncio (g).
 BARE = """
 import asyncio, hmac, json, sys, time
 import orjson
@@ -137,6 +141,10 @@ async def serve_low_level():
     await asyncio.Event().wait()
 
 if mode == "fast-path":
+    import uvloop  # the worker's loop (app/infra/event_loop.py): like for like
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(serve_fast_path())
+elif mode == "fast-path-asyncio":
     asyncio.run(serve_fast_path())
 elif mode == "server":
     asyncio.run(serve_low_level())
@@ -366,6 +374,7 @@ def main() -> None:
             WORK: reference("work"),
             SAME_STACK: reference("fast-path"),
             LOW_LEVEL: reference("server"),
+            SAME_STACK_ASYNCIO: reference("fast-path-asyncio"),
         }
         for (name, _), other in zip(args.variant, variants, strict=True):
             assert other.process is not None
@@ -463,6 +472,7 @@ def report(results: dict[str, list[Figures]], idle: dict[str, float]) -> dict[st
         )
     goals = {
         SAME_STACK: "throughput ≥ 0.80, p99 ≤ 1.25 (issue 11)",
+        SAME_STACK_ASYNCIO: "(the reference of earlier runs)",
         LOW_LEVEL: "",
         REF: "throughput ≥ 0.80, p99 ≤ 1.25 (issue 4)",
     }

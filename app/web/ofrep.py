@@ -50,6 +50,7 @@ from app.web.change_feed import ChangeFeed
 from app.web.ofrep_events import EVENTS_PATH, INACTIVITY_DELAY_S
 from app.web.ofrep_wire import (
     PREFIX,
+    Contexts,
     EncodedBodies,
     bad_request,
     parse_context,
@@ -108,6 +109,7 @@ class OfrepApi:
         self.ready = replication.ready
         self.feed = feed
         self.encoded = EncodedBodies()
+        self.contexts = Contexts()  # the fast path's parse, by the body's bytes
         self.overload = LoopLag(settings.shed_loop_lag_ms / 1000, metrics.shed_requests)
         metrics.loop_lag_seconds.set_function(lambda: self.overload.sampled_s)
 
@@ -185,7 +187,7 @@ class OfrepApi:
         environment = self.credentials.admitted_environment(token)  # one object per connection
         if environment is None or not self.ready.is_set():
             return None
-        context = parse_context(raw)
+        context = self.contexts(raw)
         if not isinstance(context, dict):
             return None
         # `answer_flag` inlined, through the evaluator's one-flag shortcut: every call saved
