@@ -23,8 +23,15 @@ Pass worker settings to compare, e.g. today's behaviour before the idle pacing:
 with the deployed group timings (heartbeat 3 s, session 30 s), not the tests' faster ones: a
 heartbeat is a request like a fetch, and the tests' 1 s heartbeats add ~2 requests/s.
 
+A/B of two versions of the code, interleaved in one run (the machine is shared: a load that
+changes between two separate runs moves every figure more than a small change does):
+`git worktree add --detach /tmp/before <commit>`, then `--against /tmp/before --rounds 3`
+runs this very benchmark from that tree (its workers import that tree's code) and from this
+one in turn, round after round, and ends in a table of medians with each round's load.
+
     .venv/bin/python benchmarks/bench_idle.py [--seconds 30] [--changes 40] [--quick]
         [--idle-polls 20,40] [--fetch-wait-ms 10] [--env NAME=VALUE ...] [--json out.json]
+        [--against TREE --rounds 3]
 """
 
 from __future__ import annotations
@@ -364,6 +371,64 @@ def report_run(result: dict[str, Any], run: dict[str, Any]) -> None:
         )
 
 
+# -- A/B against another tree, interleaved ----------------------------------------------------
+
+AB_COLUMNS = ("worker CPU %", "broker CPU %", "fetches/s", "event on B p50 ms", "p99 ms")
+
+
+def interleaved(args: argparse.Namespace, passed: list[str]) -> None:
+    """Run this benchmark from `args.against` (A) and from this tree (B) in turn, `rounds`
+    times, each a fresh process with the same options; print each round and the medians."""
+    rows: dict[str, list[tuple[float, ...]]] = {"A": [], "B": []}
+    trees = {"A": Path(args.against).resolve(), "B": REPO}
+    with tempfile.TemporaryDirectory(prefix="bench-idle-ab-") as scratch:
+        for round_no in range(1, args.rounds + 1):
+            for side, tree in trees.items():
+                out = Path(scratch) / f"{side}{round_no}.json"
+                load = os.getloadavg()[0]
+                command = [sys.executable, str(tree / "benchmarks" / "bench_idle.py")]
+                subprocess.run([*command, *passed, "--json", str(out)], check=True)
+                figures = ab_figures(json.loads(out.read_text()))
+                rows[side].append(figures)
+                print(f"round {round_no} {side} (load {load:.2f}): " + ab_line(figures), flush=True)
+    print(f"\nA = {trees['A']}, B = {trees['B']}; medians of {args.rounds} interleaved rounds:")
+    print("| side | " + " | ".join(AB_COLUMNS) + " |\n|---|" + "---:|" * len(AB_COLUMNS))
+    for side, measured in rows.items():
+        medians = tuple(statistics.median(column) for column in zip(*measured, strict=True))
+        print(f"| {side} | " + " | ".join(f"{v:.1f}" for v in medians) + " |")
+
+
+def ab_figures(result: dict[str, Any]) -> tuple[float, ...]:
+    """The first run's idle CPU (worker, broker), fetches/s and after-silence p50 / p99."""
+    run = result["runs"][0]
+    to_b = run["isolated"]["to_b_ms"]
+    worker = run["worker"]
+    return (
+        worker["worker"],
+        worker["broker"],
+        worker["fetches_per_s"],
+        statistics.median(to_b),
+        percentile(to_b, 0.99),
+    )
+
+
+def ab_line(figures: tuple[float, ...]) -> str:
+    return ", ".join(f"{name} {value:.1f}" for name, value in zip(AB_COLUMNS, figures, strict=True))
+
+
+def without_ab_options(argv: list[str]) -> list[str]:
+    """The command line minus --against/--rounds/--json (each side gets its own --json)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--against", "--rounds", "--json"):
+            skip = True
+        elif not arg.startswith(("--against=", "--rounds=", "--json=")):
+            kept.append(arg)
+    return kept
+
+
 def key_value(text: str) -> tuple[str, str]:
     name, _, value = text.partition("=")
     return name, value
@@ -387,7 +452,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="10 s measurements, 10 changes")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--against", help="A/B: a tree (git worktree) of the code to compare")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B: interleaved rounds")
     args = parser.parse_args()
+    if args.against:
+        interleaved(args, without_ab_options(sys.argv[1:]))
+        return
     if args.quick:
         args.seconds, args.changes, args.settle_s = 10.0, 10, 3.0
     result = run(args)
