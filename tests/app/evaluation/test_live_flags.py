@@ -320,3 +320,36 @@ def test_an_invalid_first_version_has_nothing_to_fall_back_to(tmp_path: Path) ->
     put(table, 1, {"state": "ENABLED"}, 10.0)
     served = live.get("dev", "f")
     assert served is not None and served.flag is None and served.problems, "PARSE_ERROR"
+
+
+def test_a_catch_up_is_taken_in_from_the_table_once_the_gate_opens(tmp_path: Path) -> None:
+    """Before `compile_after` is set (a catch-up) a table write costs LiveFlags nothing per
+    change: what it had taken in is dropped, and the table is taken in when the gate opens,
+    each flag at its latest version (a deleted one gone, an invalid one at its last valid)."""
+    table = FlagTable(tmp_path, history_depth=10, stream_depth=10, change_id_depth=10)
+    table.open()
+    gate = asyncio.Event()
+    live = LiveFlags(table, compile_after=gate)
+    put(table, 1, FLAG, 10.0, key="kept")
+    assert live.get("dev", "kept") is not None, "a read before the gate reads the table"
+    put(table, 2, {**FLAG, "defaultVariant": "on"}, 20.0, key="kept")
+    put(table, 3, FLAG, 30.0, key="gone")
+    put(table, 4, None, 40.0, key="gone")
+    put(table, 5, FLAG, 50.0, key="forged")
+    forged = AppliedChange("c6", "dev", "forged", ChangeOp.PUT, 6, 6, {}, "x", 60.0, 60.0)
+    table.apply(0, 5, routed_change(change_meta(forged), b"not json"))
+    assert not live._compiled and not live._queued, "nothing followed change by change"
+
+    async def open_gate() -> None:
+        gate.set()
+        await live.compile_all()
+
+    asyncio.run(open_gate())
+    kept, forged_now = live.get("dev", "kept"), live.get("dev", "forged")
+    assert kept is not None and kept.version == 2 and kept.flag is not None
+    assert kept.flag.default_variant == "on", "not the version read before the gate"
+    assert live.get("dev", "gone") is None
+    assert forged_now is not None and forged_now.version == 5 and forged_now.flag is not None
+    put(table, 7, FLAG, 70.0, key="kept")
+    after = live.get("dev", "kept")
+    assert after is not None and after.version == 7, "after the gate: change by change"
