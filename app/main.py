@@ -34,6 +34,7 @@ from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.kafka_security import faust_credentials
 from app.infra.metrics import Metrics
 from app.infra.no_auto_topics import refuse_topic_auto_creation
+from app.infra.prompt_tables import PromptTableManager
 from app.infra.quiet_monitor import QuietMonitor
 from app.infra.settings import Settings
 from app.infra.topics import Topics
@@ -102,6 +103,7 @@ def faust_app_for(settings: Settings) -> faust.App:
         topic_disable_leader=True,  # no leader election: it would need one more topic
         producer_acks=-1,
         Monitor=QuietMonitor,  # its 1 s sampler feeds only Faust's stats pages (off above)
+        TableManager=PromptTableManager,  # no 1 s nap before the agents subscribe
     )
 
 

@@ -52,6 +52,7 @@ class DeadLetterReader(Service):
         self._consumer: AIOKafkaConsumer | None = None
         # Not `_started`: that is mode's own flag, set before on_start has made the consumer.
         self._consumer_ready = asyncio.Event()
+        self._at_end_from_start = False  # on_start's seek to the end, not yet taken by writes
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -71,6 +72,7 @@ class DeadLetterReader(Service):
         if self._lag is not None:
             self._lag.watch("dead-letters", self._consumer, self._positions)
         await self._read_from_end()
+        self._at_end_from_start = True
         self._consumer_ready.set()
 
     async def _read_from_end(self) -> None:
@@ -85,8 +87,14 @@ class DeadLetterReader(Service):
             await stop_within(self._consumer.stop())
 
     async def move_to_end(self) -> None:
-        """Read only dead letters written from now on (a `BrokerWatch.before_writes` step)."""
+        """Read only dead letters written from now on (a `BrokerWatch.before_writes` step:
+        once at start, where `on_start` has just done it, and after each recovery)."""
         await self._consumer_ready.wait()
+        if self._at_end_from_start:
+            # A second seek now would wait for the position behind the fetch in flight (up
+            # to the quiet poll): every worker's start waited that long for its writes.
+            self._at_end_from_start = False
+            return
         await self._read_from_end()
 
     @Service.task

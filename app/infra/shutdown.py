@@ -105,13 +105,35 @@ async def stop_group_member(
     member then leaves the group by session expiry, not by LeaveGroup) and what the cancelled
     stop left running, the coordinator's background tasks, the fetcher and the connections,
     is closed here.
+
+    A member not in a generation (its first join still in flight, as when a worker stops soon
+    after it started) has nothing to leave or commit (aiokafka sends LeaveGroup only from a
+    generation), so its join is cancelled at once instead of waited for.
     """
+    if not _in_a_generation(consumer):
+        _cancel_coordination(consumer)
+        await _close_what_stop_left(consumer)
+        return
     try:
         await asyncio.wait_for(consumer.stop(), timeout_s)
         return
     except (TimeoutError, KafkaError, OSError) as exc:
         log.warning("a group consumer did not stop within %.0fs: %r", timeout_s, exc)
     await _close_what_stop_left(consumer)
+
+
+def _in_a_generation(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the member has joined its group (generation -1 until a join succeeds)."""
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    return coordinator is None or coordinator.generation >= 0
+
+
+def _cancel_coordination(consumer: AIOKafkaConsumer) -> None:
+    """Cancel the coordinator's task (its join in flight), as a cancelled `stop` would."""
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_coordination_task", None)
+    if task is not None:
+        task.cancel()
 
 
 async def _close_what_stop_left(consumer: AIOKafkaConsumer) -> None:

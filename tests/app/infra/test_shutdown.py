@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 import uuid
@@ -72,6 +73,56 @@ async def stop_while_rejoining(worker: Worker, broker: str, group: str) -> float
         return time.monotonic() - started
     finally:
         await stop_group_member(newcomer)
+
+
+def test_a_member_whose_first_join_is_in_flight_stops_at_once(broker: str) -> None:
+    """A worker stopped soon after its start: its group consumers' first joins are held by the
+    broker (Tansu holds a new group's first join for the whole rebalance timeout). Seen failing
+    without the not-in-a-generation branch of `stop_group_member`: 2.0 s, its bound."""
+    stopped_in_s = asyncio.run(stop_during_first_join(broker))
+    assert stopped_in_s < FIRST_JOIN_STOP_S, f"the stop took {stopped_in_s:.2f}s"
+
+
+# The stop closes a fetcher and a connection: milliseconds, against the 2 s bound it would
+# otherwise wait out.
+FIRST_JOIN_STOP_S = 1.0
+
+
+async def stop_during_first_join(broker: str) -> float:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker,
+        group_id=f"first-join-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        rebalance_timeout_ms=30_000,  # the broker holds the first join this long
+    )
+    joining, logger = JoinSeen(), logging.getLogger("aiokafka.consumer.group_coordinator")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(joining)
+    try:
+        await consumer.start()
+        consumer.subscribe(["first-join"])
+        fetching = asyncio.ensure_future(consumer.getmany(timeout_ms=30_000))
+        await until(lambda: joining.seen)  # the JoinGroup is sent in the same turn
+        started = time.monotonic()
+        await stop_group_member(consumer)
+        elapsed = time.monotonic() - started
+        fetching.cancel()
+        return elapsed
+    finally:
+        logger.removeHandler(joining)
+        logger.setLevel(level)
+
+
+class JoinSeen(logging.Handler):
+    """Notes aiokafka's "(Re-)joining group" line: its JoinGroup request goes out next."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = self.seen or record.getMessage().startswith("(Re-)joining group")
 
 
 async def until(condition: object, timeout_s: float = 60.0) -> None:
