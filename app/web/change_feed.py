@@ -1,9 +1,9 @@
 """Applied changes, fanned out to the open event streams of their environment.
 
 Both event streams (the admin API's change stream and OFREP's notifications) subscribe here:
-the flag table calls `publish` for every change it applies, and each open stream has a bounded
-queue (`Subscriber`). An environment's subscriber set goes with its last subscriber, so names
-a client made up leave nothing behind.
+the flag table calls `publish` for every change it applies (or `publish_all` with the changes
+of each write), and each open stream has a bounded queue (`Subscriber`). An environment's
+subscriber set goes with its last subscriber, so names a client made up leave nothing behind.
 """
 
 from __future__ import annotations
@@ -55,6 +55,15 @@ class ChangeFeed:
     def publish(self, change: AppliedChange) -> None:
         for subscriber in self.subscribers.get(change.environment, ()):
             subscriber.offer(change)
+
+    def publish_all(self, changes: list[AppliedChange]) -> None:
+        """`publish` each of the changes of one table write, in order (a table batch
+        listener: `FlagTable.listen_batches`). A catch-up's writes, thousands of changes
+        before any stream is open, cost one call each and no look per change."""
+        if not self.subscribers:
+            return
+        for change in changes:
+            self.publish(change)
 
     def subscribe(self, environment: str, subscriber: Subscriber) -> None:
         self.subscribers.setdefault(environment, set()).add(subscriber)
