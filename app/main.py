@@ -182,6 +182,7 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     experiments_api = ExperimentsApi(
         settings, credentials, live_flags, stats_feed, replication, slots=change_stream.slots
     )
+    flags.listen(experiments_api.heard_change)  # a flag turned off: its results pages redraw
     registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     ofrep = OfrepApi(
         settings, credentials, flags, live_flags, replication, evaluator, feed, metrics

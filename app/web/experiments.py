@@ -8,10 +8,11 @@ worker's flag table has caught up both answer 503 `NOT_READY`, as the evaluation
 design comes from the flags, and a partial table would call running experiments stopped.
 
 `GET …/{env}/experiments/{key}/stream` tells an open results page when to read the results
-again: a `changed` event at once and after every new partial of the experiment (several close
-together are one event), keepalive comments in between. It carries no figures, so a client that
-missed events loses nothing: its next read has them all. It is bounded like the change stream:
-a read token, the same per-token and per-worker caps (`StreamSlots`), and an experiment that
+again: a `changed` event at once, after every new partial of the experiment and after every
+flag change in its environment (several close together are one event), keepalive comments in
+between. It carries no figures, so a client that missed events loses nothing: its next read has
+them all. It is bounded like the change stream: a read token, the same per-token and per-worker
+caps (`StreamSlots`), and an experiment that
 exists on this worker, so a made-up name holds nothing.
 """
 
@@ -32,6 +33,7 @@ from app.experiments.design import ExperimentDesign, design_of
 from app.experiments.report import report, summary
 from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.metrics import Metrics
+from app.infra.records import AppliedChange
 from app.infra.settings import Settings
 from app.web.admin_answers import API, check_keys, not_ready
 from app.web.auth import Access, Credentials, bearer
@@ -58,6 +60,13 @@ class ResultSignals:
         """An `ExperimentStatsFeed` listener: wake the streams of this experiment."""
         for signal in self.waiting.get((environment, experiment), ()):
             signal.set()
+
+    def tell_environment(self, environment: str) -> None:
+        """Wake the streams of every experiment of `environment`."""
+        for (env, _), signals in self.waiting.items():
+            if env == environment:
+                for signal in signals:
+                    signal.set()
 
     @asynccontextmanager
     async def watching(self, environment: str, experiment: str) -> AsyncIterator[asyncio.Event]:
@@ -107,6 +116,13 @@ class ExperimentsApi:
             web.get(experiments + "/{key}/results", self.results),
             web.get(experiments + "/{key}/stream", self.stream),
         ]
+
+    def heard_change(self, change: AppliedChange) -> None:
+        """A `FlagTable` listener: a flag change can stop an experiment or change its design
+        (a flag turned off, a guardrail's rollback) with no new figure, so the open results
+        streams of its environment are told to read again (flag changes are rare: no need to
+        find which experiments the flag ran)."""
+        self.signals.tell_environment(change.environment)
 
     def design(self, environment: str, experiment: str) -> ExperimentDesign | None:
         """The design of the live flag that runs `experiment` (an enabled one first, then by

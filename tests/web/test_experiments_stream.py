@@ -12,7 +12,7 @@ import pytest
 from app.experiments.partials import Partial
 from tests.app.experiments.test_report import experiment_flag, partial, two_partitions
 from tests.conftest import READ_TOKEN, EventStream, Worker, wait_until
-from tests.web.test_experiments_api import moved, publish, subjects_are
+from tests.web.test_experiments_api import moved, publish, results_of, subjects_are
 from tests.web.test_stream import open_stream
 
 
@@ -58,6 +58,23 @@ def test_a_reader_is_told_at_once_and_again_when_new_figures_come(
         before = sum(v.subjects for p in partials for v in p.totals.variants.values())
         grew = 100 * len(partials[0].totals.variants)
         assert subjects_are(worker, env, key, before + grew), "the event came after the figures"
+    finally:
+        events.close()
+
+
+def test_a_reader_is_told_when_the_experiment_s_flag_is_turned_off(
+    worker: Worker, broker: str, env: str
+) -> None:
+    """No new figure comes when an experiment stops: the flag change is the news. Seen failing
+    without the table listener (no second event: the read timed out)."""
+    key = "exp-" + uuid.uuid4().hex[:8]
+    seeded(worker, broker, env, key)
+    events = EventStream(stream_url(worker, env, key), token=READ_TOKEN)
+    try:
+        assert events.next() == (1, "changed", {"environment": env, "key": key})
+        worker.admin().set_state(env, key, "DISABLED")
+        assert events.next() == (2, "changed", {"environment": env, "key": key})
+        assert results_of(worker, env, key).body["status"] == "stopped"
     finally:
         events.close()
 
