@@ -12,8 +12,8 @@ again: a `changed` event at once, after every new partial of the experiment and 
 flag change in its environment (several close together are one event), keepalive comments in
 between. It carries no figures, so a client that missed events loses nothing: its next read has
 them all. It is bounded like the change stream: a read token, the same per-token and per-worker
-caps (`StreamSlots`), and an experiment that
-exists on this worker, so a made-up name holds nothing.
+caps (`StreamSlots`), and an experiment that exists on this worker, so a made-up name holds
+nothing.
 """
 
 from __future__ import annotations
