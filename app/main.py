@@ -176,13 +176,13 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
 
     credentials = Credentials(settings)
     feed = ChangeFeed(metrics)
-    flags.listen(feed.publish)
+    flags.listen_batches(feed.publish_all)  # one call per table write, not per change
     change_stream = ChangeStreamApi(settings, credentials, flags, replication, feed, metrics)
     # The experiment results streams count against the same worker-wide and per-token caps.
     experiments_api = ExperimentsApi(
         settings, credentials, live_flags, stats_feed, replication, slots=change_stream.slots
     )
-    flags.listen(experiments_api.heard_change)  # a flag turned off: its results pages redraw
+    flags.listen_batches(experiments_api.heard_changes)  # a flag turned off: results redraw
     registry.register(ExperimentHealth(stats_feed, experiments_api.design))
     ofrep = OfrepApi(
         settings, credentials, flags, live_flags, replication, evaluator, feed, metrics

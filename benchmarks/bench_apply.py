@@ -105,7 +105,7 @@ def one_round(
         replication.ready.set()
     live = LiveFlags(table, compile_after=replication.ready)
     feed = ChangeFeed(metrics)
-    table.listen(feed.publish)
+    table.listen_batches(feed.publish_all)
     replication.on_applied(Outcomes(table).heard_applied)
     gc.collect()
 

@@ -117,12 +117,14 @@ class ExperimentsApi:
             web.get(experiments + "/{key}/stream", self.stream),
         ]
 
-    def heard_change(self, change: AppliedChange) -> None:
-        """A `FlagTable` listener: a flag change can stop an experiment or change its design
-        (a flag turned off, a guardrail's rollback) with no new figure, so the open results
-        streams of its environment are told to read again (flag changes are rare: no need to
-        find which experiments the flag ran)."""
-        self.signals.tell_environment(change.environment)
+    def heard_changes(self, changes: list[AppliedChange]) -> None:
+        """A `FlagTable` batch listener: a flag change can stop an experiment or change its
+        design (a flag turned off, a guardrail's rollback) with no new figure, so the open
+        results streams of its environment are told to read again (flag changes are rare: no
+        need to find which experiments the flag ran)."""
+        if self.signals.waiting:  # none open during a catch-up
+            for environment in {change.environment for change in changes}:
+                self.signals.tell_environment(environment)
 
     def design(self, environment: str, experiment: str) -> ExperimentDesign | None:
         """The design of the live flag that runs `experiment` (an enabled one first, then by
