@@ -54,6 +54,7 @@ def table_state(worker: Worker) -> dict[str, object]:
         state[f"{env}/versions"] = {row["flag"]: row["version"] for row in summary}
         for row in summary:
             state[f"{env}/{row['flag']}/last-history"] = admin.history(env, row["flag"])[0]
+        assert summary, f"{env}: no flags on a ready worker\n{worker.log_tail()}"
         seq = max(row["seq"] for row in summary)
         events = EventStream(
             f"{worker.url}/api/v1/environments/{env}/stream", last_event_id=seq - 1
@@ -155,8 +156,9 @@ def test_a_restarted_worker_resumes_from_its_data_dir_and_sees_changes_made_whil
         two.admin().put(env, "y", flag())
     again = Worker(broker, tmp_path / "one", "flagstream-recovery", **PATIENT).start()
     cluster.append(again)
-    assert table_state(again) == table_state(two)
-    assert "rebuilding the table" not in again.log_path.read_text(), "it resumed, not rebuilt"
+    state = table_state(again)
+    assert "rebuilding the table" not in again.log_path.read_text(), again.log_tail()
+    assert state == table_state(two)
 
 
 def test_a_change_written_through_one_worker_is_served_by_the_other(
