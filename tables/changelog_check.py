@@ -46,7 +46,9 @@ async def same_log(
 ) -> bool:
     """Whether the record before each stored position is the one the table applied.
 
-    Read with a consumer of its own, so the replication's positions are left alone.
+    Read with a consumer of its own, so the replication's positions are left alone. Raises
+    `TimeoutError` when the broker did not answer in time: a slow broker (a loaded machine)
+    is not another log, and taking it for one threw a good table away.
     """
     expected = {
         tp: (table.position(tp.partition) - 1, table.last_fingerprint(tp.partition))
@@ -75,7 +77,12 @@ async def _records_match(
     expected: dict[TopicPartition, tuple[int, str]],
     timeout_s: float,
 ) -> bool:
-    """Read the record at each expected offset and compare (offset, fingerprint)."""
+    """Read the record at each expected offset and compare (offset, fingerprint).
+
+    A partition's log ends before the offset when a fetch answered with a high watermark at
+    or below it (Kafka answers out of range instead; the embedded broker answers empty, and
+    its fetch high watermark is the true end where its ListOffsets is not).
+    """
     consumer.assign(list(expected))
     ends = await asyncio.wait_for(consumer.end_offsets(list(expected)), timeout_s)
     if any(ends[tp] == 0 for tp in expected):
@@ -84,7 +91,9 @@ async def _records_match(
         consumer.seek(tp, offset)
     found: dict[TopicPartition, tuple[int, str]] = {}
     deadline = time.monotonic() + timeout_s
-    while len(found) < len(expected) and time.monotonic() < deadline:
+    while len(found) < len(expected):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"read {len(found)} of {len(expected)} changelog records")
         try:
             batches = await consumer.getmany(*expected, timeout_ms=200, max_records=1)
         except KafkaError:  # out of range: that offset is not in this log
@@ -92,6 +101,10 @@ async def _records_match(
         for tp, records in batches.items():
             if records and tp not in found:
                 found[tp] = (records[0].offset, fingerprint(records[0].key, records[0].value))
+        for tp, (offset, _) in expected.items():
+            end = consumer.highwater(tp)
+            if tp not in found and end is not None and end <= offset:
+                return False  # a fetch answered: the log ends before the record
     return all(found.get(tp) == want for tp, want in expected.items())
 
 

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 FENCE_KEY = b"__fence__"
 READY_WAIT_S = 5.0  # how long a request to a worker still recovering waits for it
+LOG_CHECK_ATTEMPTS = 3  # checks of the changelog at start the broker may leave unanswered
 FENCE_ATTEMPTS = 5  # sends of one fence: a re-created topic may fail its first produce
 UNREADABLE_PAUSE_S = 1.0  # pause between reads while the log cannot be read (awaiting recover)
 FETCH_MAX_RECORDS = 500  # records per fetch: aiokafka parses them in one turn of the loop
@@ -145,12 +146,24 @@ class FlagReplication(Service):
         await self._producer.start()
         await self._consumer.start()
         pace_when_idle(self._consumer, self.settings.fetch_max_wait_ms, self.settings.idle_poll_ms)
-        if not await same_log(self.settings, self.table, self.partitions):
+        if not await self._same_log_at_start():
             self._move_table_aside()
         self._consumer.assign(self.partitions)
         self._seek_to_table()
         self.metrics.consumer_lag.watch("flag-changelog", self._consumer, self._table_position)
         self.add_future(self._catch_up())
+
+    async def _same_log_at_start(self) -> bool:
+        """`same_log`, asked again while the broker is too slow to answer it: a slow answer
+        says nothing about the log (after a recovery the broker watch asks again itself)."""
+        for attempt in range(1, LOG_CHECK_ATTEMPTS + 1):
+            try:
+                return await same_log(self.settings, self.table, self.partitions)
+            except TimeoutError:
+                if attempt == LOG_CHECK_ATTEMPTS:
+                    raise
+                log.warning("the changelog check had no answer in time: asking again")
+        raise AssertionError("unreachable")
 
     def _say_how_records_are_trusted(self) -> None:
         """Export whether the changelog is authenticated, and warn when it is not."""

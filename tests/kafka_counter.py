@@ -74,6 +74,8 @@ class CountedBroker:
         self.brokers = f"{host}:{self.proxy_port}"
         self.fetches: collections.Counter[FetchKind] = collections.Counter()
         self.requests: collections.Counter[int] = collections.Counter()
+        # While set, Fetch requests are counted but not passed on: a broker too slow to answer.
+        self.hold_fetches = False
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -124,7 +126,8 @@ class CountedBroker:
             while True:
                 head = await client.readexactly(4)
                 frame = await client.readexactly(struct.unpack(">i", head)[0])
-                self._count(frame)
+                if self._count(frame) and self.hold_fetches:
+                    continue
                 to_broker.write(head + frame)
                 await to_broker.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -144,9 +147,11 @@ class CountedBroker:
         finally:
             sink.close()
 
-    def _count(self, frame: bytes) -> None:
+    def _count(self, frame: bytes) -> bool:
+        """Count the request; whether it is a Fetch."""
         kind = fetch_kind(frame)
         with self._lock:
             self.requests[struct.unpack_from(">h", frame, 0)[0]] += 1
             if kind is not None:
                 self.fetches[kind] += 1
+        return kind is not None
