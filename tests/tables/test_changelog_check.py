@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,12 @@ from app.infra.settings import Settings
 from tables.changelog_check import fingerprint, same_log
 from tables.flags import FlagTable
 from tests.conftest import produce
-from tests.kafka_counter import CountedBroker
+from tests.kafka_counter import CountedBroker, counted_broker
 
 RECORDS = [(b"k%d" % i, b"v%d" % i) for i in range(7)]  # one batch: Tansu's end offset says 1
 
 
-@pytest.fixture(scope="module")
-def counted() -> Iterator[CountedBroker]:
-    broker = CountedBroker().start()
-    yield broker
-    broker.stop()
+counted = pytest.fixture(counted_broker, scope="module", name="counted")
 
 
 def a_log(brokers: str) -> TopicPartition:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from app.experiments.partials import Progress, encode_progress
 from app.infra.fetch_wait import DEFAULT_IDLE_POLL_MS, QUIET_POLL_MS, pace_when_idle
 from app.infra.topics import Topics
 from tests.conftest import Worker, flag, wait_until
-from tests.kafka_counter import CountedBroker, FetchKind
+from tests.kafka_counter import CountedBroker, FetchKind, counted_broker
 
 BACKGROUND_POLL_MS = 250  # FLAGSTREAM_BACKGROUND_POLL_MS' default
 # Every worker of this module (each its own groups) on one set of topics, as they fetch them.
@@ -47,11 +46,7 @@ CATCH_UP_ONLY = (TOPICS.experiment_state,)
 WINDOW_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def counted() -> Iterator[CountedBroker]:
-    broker = CountedBroker().start()
-    yield broker
-    broker.stop()
+counted = pytest.fixture(counted_broker, scope="module", name="counted")
 
 
 def bound_per_s(kind: FetchKind) -> float:
