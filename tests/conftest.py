@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hypothesis import HealthCheck, settings
 
 from app.cli.supervisor import wait_ready
@@ -194,6 +195,18 @@ def flag(default: str = "off", state: str = "ENABLED", **extra: Any) -> dict[str
         "defaultVariant": default,
         **extra,
     }
+
+
+async def create_topic(brokers: str, prefix: str, partitions: int = 1) -> str:
+    """A new topic of its own name (`<prefix>-<random>`), for a test that writes raw records."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    return topic
 
 
 def produce(

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.infra.settings import Settings
 from tables.changelog_check import fingerprint, same_log
 from tables.flags import FlagTable
-from tests.conftest import produce
+from tests.conftest import create_topic, produce
 from tests.kafka_counter import CountedBroker, counted_broker
 
 RECORDS = [(b"k%d" % i, b"v%d" % i) for i in range(7)]  # one batch: Tansu's end offset says 1
@@ -25,17 +23,7 @@ counted = pytest.fixture(counted_broker, scope="module", name="counted")
 
 def a_log(brokers: str) -> TopicPartition:
     """A one-partition topic holding RECORDS, written in one batch."""
-    topic = f"check-{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, 1, 1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    topic = asyncio.run(create_topic(brokers, "check"))
     produce(brokers, topic, RECORDS, partition=0)
     return TopicPartition(topic, 0)
 

@@ -25,11 +25,10 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.infra.broker import free_port
 from app.infra.shutdown import stop_group_member
-from tests.conftest import Worker, run_flagstream
+from tests.conftest import Worker, create_topic, run_flagstream
 
 PARTITIONS = 2
 # The group timings every test worker and `flagstream up` use (tests/conftest.py Worker).
@@ -97,17 +96,6 @@ async def joined(consumer: AIOKafkaConsumer, topic: str) -> None:
     consumer.subscribe([topic])
 
 
-async def create_topic(broker: str) -> str:
-    topic = f"groups-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
-    return topic
-
-
 def test_a_group_whose_leader_left_last_assigns_no_new_member_but_a_fresh_group_does(
     broker: str,
 ) -> None:
@@ -128,7 +116,7 @@ def test_a_group_whose_leader_left_last_assigns_no_new_member_but_a_fresh_group_
         reused = await assigned(group, STUCK_FOR_S)
         return reused, await assigned(f"fresh-{uuid.uuid4().hex[:8]}", ASSIGNED_WITHIN_S)
 
-    topic = asyncio.run(create_topic(broker))
+    topic = asyncio.run(create_topic(broker, "groups", PARTITIONS))
     group = f"reused-{uuid.uuid4().hex[:8]}"
     reused_assigned, fresh_assigned = asyncio.run(asyncio.wait_for(run(), SCENARIO_WITHIN_S))
     # If this fails on `reused_assigned`, the broker elects a new leader now: the tests may

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.experiments.partials import Progress, encode_progress
 from app.infra.fetch_wait import DEFAULT_IDLE_POLL_MS, QUIET_POLL_MS, pace_when_idle
 from app.infra.topics import Topics
-from tests.conftest import Worker, flag, wait_until
+from tests.conftest import Worker, create_topic, flag, wait_until
 from tests.kafka_counter import CountedBroker, FetchKind, counted_broker
 
 BACKGROUND_POLL_MS = 250  # FLAGSTREAM_BACKGROUND_POLL_MS' default
@@ -213,13 +212,7 @@ IDLE_POLL_MS = 800  # long against a loaded machine's delays: half of it is the 
 async def first_records_after_idle(brokers: str, trials: int) -> list[float]:
     """Seconds from producing a record, just as an idle paced consumer's empty fetch came
     back, to the consumer holding it; one figure per trial."""
-    topic = f"idle-latency-{time.monotonic_ns()}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    topic = await create_topic(brokers, "idle-latency")
     producer = AIOKafkaProducer(bootstrap_servers=brokers)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=10
