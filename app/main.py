@@ -158,9 +158,12 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     # Every worker watches every experiment's guardrails; the change id applies a rollback once.
     guardrails = GuardrailWatch(settings, metrics, live_flags, writer, stats_feed)
 
+    # The table's catch-up starts with the app, before Faust's consumer joins its group (a
+    # join waits out the broker's rebalance delay: seconds, spent idle): the flags are read
+    # in that wait. Ready still waits for the writes to open (`BrokerWatch`, a service below).
+    app.add_dependency(replication)
     # Faust starts extra services with the app and accepts an instance as well as a class.
     for service in (
-        replication,
         broker_watch,
         dead_letters,
         record_sink,

@@ -194,14 +194,15 @@ class FlagReplication(Service):
     async def _catch_up(self) -> None:
         started = time.monotonic()
         await self.sync(range(self.settings.flag_change_partitions))
-        for step in self._before_ready:
-            await step()
-        self._set_ready()
         log.info(
             "flag table caught up in %.2fs: %d environments",
             time.monotonic() - started,
             len(self.table.environments()),
         )
+        for step in self._before_ready:
+            await step()
+        self._set_ready()
+        log.info("flag table ready %.2fs after its start", time.monotonic() - started)
 
     def _set_ready(self) -> None:
         """Say the table serves the changelog's tail, and write what its catch-up queued."""
