@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -44,10 +45,11 @@ from app.infra.settings import Settings, changelog_signer
 from app.infra.shutdown import stop_within
 from app.infra.topics import Topics, ensure_topics
 from tables.changelog_check import fingerprint, keep_lost_table, same_log
-from tables.flags import FlagTable
+from tables.flags import CLOCK_EVERY, ChangelogBatch, FlagTable, RecordReader
 
 __all__ = [
     "APPLY_SLICE_S",
+    "CLOCK_EVERY",
     "FENCE_KEY",
     "READY_WAIT_S",
     "AppliedListener",
@@ -65,7 +67,7 @@ FETCH_MAX_RECORDS = 500  # records per fetch: aiokafka parses them in one turn o
 # Applying time per turn of the event loop (a catch-up reads thousands of records): the most
 # an answer waits behind it, plus one record and the slice's single RocksDB write.
 APPLY_SLICE_S = 0.005
-CLOCK_EVERY = 8  # records applied between two looks at the clock (~6 us each in a catch-up)
+# CLOCK_EVERY (tables.flags): records applied between two looks at the clock (a few us each)
 
 # Called with every change read from the changelog and whether it was new to the table.
 AppliedListener = Callable[[AppliedChange, bool], None]
@@ -386,26 +388,20 @@ class FlagReplication(Service):
         """
         deadline = time.perf_counter() + budget_s
         batch = self.table.batch(partition)
-        add, metrics, signed = batch.add, self.metrics, self.signer.enabled
-        changes: list[tuple[AppliedChange, bool]] = []
-        end, count = start, len(records)
-        while end < count:
-            record = records[end]
-            end += 1
-            if signed:
-                change, meta = self._read_trusted(partition, record)
-            else:
-                change, meta = _read(record, metrics)
-            fresh = add(record.offset, change, record.value, meta)
-            if change is not None:
-                changes.append((change, fresh))
-            if not end % CLOCK_EVERY and time.perf_counter() >= deadline:
-                break
+        heard: list[tuple[AppliedChange, bool]] | None = [] if self._applied_listeners else None
+        end = batch.add_records(records, start, self._reader(partition), deadline, heard)
         last = records[end - 1]
         # Before ready the RocksDB write waits (`_persist`): ready needs only the mirror.
-        batch.commit(fingerprint(last.key, last.value), defer=not self.ready.is_set())
-        self._heard(changes)
+        fresh = batch.commit(fingerprint(last.key, last.value), defer=not self.ready.is_set())
+        self._heard(fresh, batch, heard)
         return end
+
+    def _reader(self, partition: int) -> RecordReader:
+        """How the records of `partition` are read: by their header alone, unless a
+        changelog key must vouch for each first."""
+        if self.signer.enabled:
+            return partial(self._read_trusted, partition)
+        return partial(_read, metrics=self.metrics)
 
     def _read_trusted(
         self, partition: int, record: Any
@@ -435,28 +431,30 @@ class FlagReplication(Service):
             verdict.value,
         )
 
-    def _heard(self, changes: list[tuple[AppliedChange, bool]]) -> None:
-        """Count the changes of a committed batch and tell the `on_applied` listeners (the
-        newest produce time of the batch told the metrics once, not once per change)."""
-        metrics, listeners = self.metrics, self._applied_listeners
-        observe = metrics.propagation_seconds.observe if self.ready.is_set() else None
-        now = time.time()
-        fresh_count, newest = 0, -math.inf
-        for change, fresh in changes:
-            if fresh:
-                fresh_count += 1
-                produced = change.produced_at
-                if produced > newest:
-                    newest = produced
-                if observe is not None:
-                    observe(max(0.0, now - produced))
+    def _heard(
+        self,
+        fresh: list[AppliedChange],
+        batch: ChangelogBatch,
+        heard: list[tuple[AppliedChange, bool]] | None,
+    ) -> None:
+        """Count the changes of a committed batch (`fresh`: the ones it applied) and tell the
+        `on_applied` listeners what `heard` collected; the newest produce time of the batch
+        told the metrics once, not once per change."""
+        metrics = self.metrics
+        if fresh:
+            metrics.changelog_records.labels("applied").inc(len(fresh))
+            produced = list(map(_produced_at, fresh))
+            metrics.applied_change(max(produced))
+            if self.ready.is_set():
+                observe, now = metrics.propagation_seconds.observe, time.time()
+                for at in produced:
+                    observe(max(0.0, now - at))
+        if batch.stale:
+            metrics.changelog_records.labels("skipped").inc(batch.stale)
+        listeners = self._applied_listeners
+        for change, was_fresh in heard or ():
             for listener in listeners:
-                listener(change, fresh)
-        if fresh_count:
-            metrics.changelog_records.labels("applied").inc(fresh_count)
-            metrics.applied_change(newest)
-        if len(changes) > fresh_count:
-            metrics.changelog_records.labels("skipped").inc(len(changes) - fresh_count)
+                listener(change, was_fresh)
 
     def _table_position(self, tp: TopicPartition) -> int:
         """The next changelog offset the table reads (its consumer lag is counted from it)."""
@@ -466,6 +464,9 @@ class FlagReplication(Service):
         if self._consumer is None:
             raise RuntimeError("the replication is not started")
         return self._consumer
+
+
+_produced_at = attrgetter("produced_at")
 
 
 def _read(record: Any, metrics: Metrics) -> tuple[AppliedChange | None, bytes | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from rocksdict import Options, Rdict
@@ -17,7 +18,7 @@ from app.infra.records import (
     dumps,
     routed_change,
 )
-from tables.flags import RANGE_TRIM_MIN, STORE_FORMAT, FlagTable
+from tables.flags import CLOCK_EVERY, RANGE_TRIM_MIN, STORE_FORMAT, FlagTable
 from tables.rocks import under
 
 FLAG = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
@@ -384,3 +385,56 @@ def test_history_entries_with_an_older_json_meta_still_read(tmp_path: Path) -> N
     assert again.history("dev", "f") == [new, old]
     assert again.applied("dev", "c1") == old and again.applied("dev", "c2") == new
     again.close()
+
+
+class Fetched(NamedTuple):
+    """A fetched changelog record, as much of it as `add_records` reads."""
+
+    offset: int
+    value: bytes | None
+    change: AppliedChange | None
+
+
+def test_adding_fetched_records_in_one_loop_decides_as_adding_them_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """`add_records` (a catch-up's loop) makes the table `add` record by record makes: fresh
+    and stale changes, fences, decided offsets, the queue's index; it tells `heard` each
+    change in order, counts the stale ones and stops at the first look at the clock past
+    its deadline (every `CLOCK_EVERY` records)."""
+    changes = [
+        replace(change(seq, flag=f"f{seq % 3}"), source_partition=0, source_offset=seq)
+        for seq in range(1, 20)
+    ]
+    fetched = [Fetched(n, dumps(c.to_json()), c) for n, c in enumerate(changes)]
+    fetched.insert(5, Fetched(5, None, None))  # a fence
+    fetched.insert(9, Fetched(9, None, replace(changes[3], source_offset=40)))  # stale
+    fetched = [f._replace(offset=n) for n, f in enumerate(fetched)]
+
+    def read(record: Fetched) -> tuple[AppliedChange | None, bytes | None]:
+        return record.change, None if record.change is None else change_meta(record.change)
+
+    by_one = open_table(tmp_path / "one")
+    batch = by_one.batch(0)
+    for record in fetched:
+        applied, meta = read(record)
+        batch.add(record.offset, applied, record.value, meta)
+    batch.commit("fp", defer=True)
+
+    in_loop = open_table(tmp_path / "loop")
+    batch = in_loop.batch(0)
+    heard: list[tuple[AppliedChange, bool]] = []
+    first = batch.add_records(fetched, 0, read, deadline=0.0, heard=heard)
+    assert first == CLOCK_EVERY, "the first look at the clock stops it"
+    assert batch.add_records(fetched, first, read, time.perf_counter() + 60, heard) == len(fetched)
+    assert batch.stale == 1
+    batch.commit("fp", defer=True)
+    assert heard == [(r.change, r.offset != 9) for r in fetched if r.change is not None]
+
+    for table in (by_one, in_loop):
+        assert table.position(0) == len(fetched) and table.decided(0) == 40
+        assert table.environment_seq("dev") == 19 and table.pending() == len(fetched)
+    assert reads(in_loop, ["f0", "f1", "f2"], changes) == reads(by_one, ["f0", "f1", "f2"], changes)
+    in_loop.flush()
+    by_one.flush()
+    assert stored(in_loop) == stored(by_one)

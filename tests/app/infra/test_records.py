@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import FrozenInstanceError, asdict, replace
 
 import pytest
 
@@ -99,3 +99,21 @@ def test_the_decider_writes_a_binary_meta_whose_other_fields_are_decoded_when_fi
     assert stored[meta_length(stored) + 1 :] == b"the value", "a table finds where it ends"
     without = change_from_meta(meta)
     assert without.definition is None and without.version == 4 and without.request == "d"
+
+
+def test_a_change_read_from_a_binary_meta_is_as_frozen_as_the_one_written() -> None:
+    """A replica builds the change of each record through plain slot stores (a builder
+    class, cheaper than the frozen dataclass's), then hands out a frozen change: no field,
+    nor its class, can be set afterwards, and a deleted flag's definition reads None."""
+    change = AppliedChange("c1", "dev", "f", ChangeOp.PUT, 3, 2, DEFINITION, "me", 1.0, 2.0, 0, 5)
+    routed = routed_change(change_meta(change), dumps(change.to_json()))
+    assert type(routed).__name__ == "_HeaderChange" and routed == change
+    for name, value in [("seq", 4), ("environment", "prod"), ("actor", "you")]:
+        with pytest.raises(FrozenInstanceError):
+            setattr(routed, name, value)
+    with pytest.raises(FrozenInstanceError):
+        del routed.flag
+    assert routed.seq == 3 and routed.environment == "dev"
+    gone = replace(change, definition=None)
+    deleted = routed_change(change_meta(gone), dumps(gone.to_json()))
+    assert deleted.deleted and deleted.definition is None and deleted == gone
