@@ -32,11 +32,13 @@ from app.experiments.record_sink import RecordSink
 from app.experiments.stats_feed import ExperimentStatsFeed
 from app.infra.fetch_wait import bound_fetch_wait
 from app.infra.kafka_security import faust_credentials
+from app.infra.log_limit import RepeatLimiter
 from app.infra.metrics import Metrics
 from app.infra.no_auto_topics import refuse_topic_auto_creation
 from app.infra.prompt_tables import PromptTableManager
 from app.infra.quiet_monitor import QuietMonitor
 from app.infra.settings import Settings
+from app.infra.shutdown import ShutdownWatchdog
 from app.infra.topics import Topics
 from app.web.admin import AdminApi
 from app.web.auth import Credentials
@@ -114,6 +116,11 @@ def build(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Worker:
     bound_fetch_wait(settings.fetch_max_wait_ms, settings.idle_poll_ms)
     refuse_topic_auto_creation()  # only ensure_topics makes our topics, at their declared size
     app = faust_app_for(settings)
+    # First of all, started with the app: a broker outage must neither flood the log nor keep
+    # a stopping worker alive, from the start on (a start that fails with the broker gone
+    # stops the worker too, and that stop waits on the broker like any other).
+    app.add_dependency(RepeatLimiter())
+    app.add_dependency(ShutdownWatchdog(settings.shutdown_timeout_s))
     topics = Topics.of(settings)  # `<prefix>.<topic>`: deployments on one cluster stay apart
 
     flags = FlagTable(

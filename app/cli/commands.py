@@ -122,16 +122,10 @@ class UnreachableBroker(logging.Filter):
 def run_in_process(settings: Settings) -> int:
     """The Faust worker in this process, until it is stopped."""
     from app.infra.event_loop import use_event_loop
-    from app.infra.log_limit import RepeatLimiter
-    from app.infra.shutdown import ShutdownWatchdog
     from app.main import build
 
     use_event_loop(settings.event_loop)  # before build: Faust makes its loops from the policy
     worker = build(settings)
-    # A broker outage must neither flood the log nor keep a stopping worker alive.
-    # faust annotates `service` for a class only; it starts an instance just as well.
-    worker.app.service(RepeatLimiter())  # type: ignore[arg-type]
-    worker.app.service(ShutdownWatchdog(settings.shutdown_timeout_s))  # type: ignore[arg-type]
     sys.argv = ["flagstream", "worker", "-l", settings.log_level]
     worker.app.main()
     return 0

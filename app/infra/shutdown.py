@@ -39,9 +39,9 @@ EXIT_CODE = 70  # EX_SOFTWARE: the clean stop did not finish in time
 class ShutdownWatchdog(Service):
     """Exits the process `timeout_s` after the first SIGTERM/SIGINT if it is still running.
 
-    Started as a Faust service, after the worker installed its own signal handling on the
-    event loop: that is kept (asyncio learns of signals through its wake-up fd, whatever
-    Python-level handler is installed), and this one only adds the timer.
+    Started with the Faust app (its first dependency), after the worker installed its own
+    signal handling on the event loop: that is kept (asyncio learns of signals through its
+    wake-up fd, whatever Python-level handler is installed), and this one only adds the timer.
     """
 
     def __init__(self, timeout_s: float, **kwargs: Any) -> None:

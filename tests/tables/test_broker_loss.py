@@ -229,6 +229,39 @@ def test_a_fresh_worker_starts_on_the_broker_that_came_back(outage: Outage) -> N
     wait_until(lambda: set(admin(outage.worker).flags(ENV)) == {"new", "newer", *late})
 
 
+@pytest.mark.parametrize("gone_at", ["(Re-)joining group", "Joined group"])
+def test_sigterm_to_a_worker_whose_broker_went_away_while_it_started(
+    tmp_path: Path, gone_at: str
+) -> None:
+    """The shutdown bound holds from the start of the app, not from its last service: a
+    broker lost while Faust's consumer joins its group, or while the services that start
+    after the join start, left a worker that SIGTERM did not end (the watchdog was one of
+    those services). Seen failing at "Joined group" before the watchdog and the log limiter
+    started with the app: still running 15 s after SIGTERM."""
+    port = free_port()
+    broker = start_broker("127.0.0.1", port, tmp_path / "broker.log")
+    worker = Worker(
+        f"127.0.0.1:{port}",
+        tmp_path / "w",
+        APP_ID + "-gone-at-start",
+        FLAGSTREAM_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
+    )
+    try:
+        worker.launch()
+        wait_until(lambda: gone_at in worker.log_path.read_text(errors="replace"), 60)
+        stop(broker)
+        assert worker.process is not None
+        started = time.monotonic()
+        worker.process.terminate()
+        try:
+            worker.process.wait(SHUTDOWN_TIMEOUT_S + 10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {time.monotonic() - started:.0f}s after SIGTERM")
+    finally:
+        worker.stop()
+        stop(broker)
+
+
 def test_sigterm_during_a_broker_outage_stops_the_worker_in_bounded_time(
     tmp_path: Path,
 ) -> None:
