@@ -557,6 +557,7 @@ class ChangelogBatch:
         )
         environment_seq, table_decided = table.environment_seq, table.decided
         clock = time.perf_counter
+        floors: dict[int, int] = {}  # the table's decided offsets looked up (-1: foreign records)
         end, count, stale = start, len(records), 0
         while end < count:
             record = records[end]
@@ -579,7 +580,9 @@ class ChangelogBatch:
                 source, source_offset = change.source_partition, change.source_offset
                 highest = decided.get(source)
                 if highest is None:
-                    highest = table_decided(source)
+                    highest = floors.get(source)
+                    if highest is None:
+                        highest = floors[source] = table_decided(source)
                 if source_offset > highest:
                     decided[source] = source_offset
                 if heard is not None:

@@ -40,6 +40,7 @@ from app.infra.changelog_signing import Verdict
 from app.infra.fetch_wait import pace_when_idle
 from app.infra.kafka_security import kafka_client_options
 from app.infra.metrics import Metrics
+from app.infra.raw_records import RAW_RECORDS, install_raw_records
 from app.infra.records import CHANGE_HEADER, AppliedChange, loads, routed_change
 from app.infra.settings import Settings, changelog_signer
 from app.infra.shutdown import stop_within
@@ -129,6 +130,7 @@ class FlagReplication(Service):
 
     async def on_start(self) -> None:
         self.table.open()
+        install_raw_records()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap,
             **kafka_client_options(self.settings),
@@ -143,6 +145,9 @@ class FlagReplication(Service):
             # says so; Tansu answers empty and the broker watch's log check notices instead).
             auto_offset_reset="none",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            # Records as aiokafka's reader yields them (offset, key, value, headers), not
+            # `ConsumerRecord`s: a sixth of a catch-up (app.infra.raw_records).
+            key_deserializer=RAW_RECORDS,
         )
         self._say_how_records_are_trusted()
         await self._producer.start()
@@ -401,7 +406,7 @@ class FlagReplication(Service):
         changelog key must vouch for each first."""
         if self.signer.enabled:
             return partial(self._read_trusted, partition)
-        return partial(_read, metrics=self.metrics)
+        return partial(_read, self.metrics)
 
     def _read_trusted(
         self, partition: int, record: Any
@@ -416,7 +421,7 @@ class FlagReplication(Service):
             if not signer.trusts(verdict):
                 self._refuse(partition, record.offset, verdict)
                 return None, None
-        return _read(record, self.metrics)
+        return _read(self.metrics, record)
 
     def _refuse(self, partition: int, offset: int, verdict: Verdict) -> None:
         """Count and log (without its content) a record no changelog key vouches for."""
@@ -469,7 +474,7 @@ class FlagReplication(Service):
 _produced_at = attrgetter("produced_at")
 
 
-def _read(record: Any, metrics: Metrics) -> tuple[AppliedChange | None, bytes | None]:
+def _read(metrics: Metrics, record: Any) -> tuple[AppliedChange | None, bytes | None]:
     """The change a changelog record holds, and its meta header when it was read from it.
 
     The decider writes each change's meta in a header (`app.infra.records.changelog_headers`):
