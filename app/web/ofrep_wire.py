@@ -25,6 +25,7 @@ __all__ = [
     "Contexts",
     "EncodedBodies",
     "bad_request",
+    "encode_resolution",
     "parse_context",
     "refused",
     "resolution_body",
@@ -81,6 +82,12 @@ def resolution_body(key: str, resolution: Resolution) -> tuple[int, dict[str, An
     return (404 if code is ErrorCode.FLAG_NOT_FOUND else 400), failure
 
 
+def encode_resolution(key: str, resolution: Resolution) -> tuple[int, bytes]:
+    """`resolution_body` as the status and the bytes sent."""
+    status, body = resolution_body(key, resolution)
+    return status, dumps(body)
+
+
 class EncodedBodies:
     """`resolution_body` as bytes, encoded once per pre-built resolution.
 
@@ -98,8 +105,7 @@ class EncodedBodies:
         cached = self._bodies.get(id(resolution))
         if cached is not None and cached[0] is resolution and cached[1] == key:
             return cached[2], cached[3]
-        status, body = resolution_body(key, resolution)
-        raw = dumps(body)
+        status, raw = encode_resolution(key, resolution)
         if resolution.error_code is None:
             if len(self._bodies) >= self.size:
                 self._bodies.clear()

@@ -453,6 +453,40 @@ def test_fast_path_evaluations_and_hand_offs_are_counted(flags: Worker) -> None:
     assert re.search(r"flagstream_ofrep_fast_path_connections_total [1-9]", text)
 
 
+def evaluations_scraped(worker: Worker, flag_key: str) -> dict[str, float]:
+    """The worker's OFREP evaluation counts of one flag, by variant."""
+    labels = f'environment="development",flag="{re.escape(flag_key)}",path="ofrep"'
+    pattern = (
+        r"flagstream_evaluations_total\{" + labels + r',reason="[A-Z_]+",variant="([^"]*)"\} (\S+)'
+    )
+
+    return {variant: float(value) for variant, value in re.findall(pattern, worker.metrics())}
+
+
+def test_a_scrape_after_n_fast_answers_shows_exactly_n_more(flags: Worker) -> None:
+    """The fast path counts each answer in place (`app.evaluation.stats.Tallies`) and the
+    counts are folded in at the scrape: every answer is counted once, whichever variant."""
+    before = evaluations_scraped(flags, "fp-targeted")
+    connection = Connection(flags.port)
+    try:
+        for n in range(40):
+            email = "ann@example.com" if n % 4 else "bob@other.org"  # control by rule
+            connection.send(evaluation("fp-targeted", {"targetingKey": f"u{n}", "email": email}))
+        replies = [connection.reply() for _ in range(40)]
+        assert all(reply.status == 200 and reply.fast for reply in replies)
+        sent = {"control": 0, "treatment": 0}
+        for reply in replies:
+            sent[reply.json()["variant"]] += 1
+        after = evaluations_scraped(flags, "fp-targeted")
+        assert {v: after.get(v, 0) - before.get(v, 0) for v in sent} == sent
+        connection.send(evaluation("fp-targeted", {"targetingKey": "u1", "email": "x@y.z"}))
+        assert connection.reply().fast
+    finally:
+        connection.close()
+    again = evaluations_scraped(flags, "fp-targeted")
+    assert sum(again.values()) - sum(before.values()) == 41
+
+
 def test_a_connection_whose_credential_changes_is_checked_again(connection: Connection) -> None:
     """The fast path remembers the credential headers it admitted on a connection (the key is
     not looked up again while they stay the same): a request carrying anything else is
