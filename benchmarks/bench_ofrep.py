@@ -88,7 +88,7 @@ REF, OURS, ROUTE, WORK, SAME_STACK, LOW_LEVEL, SAME_STACK_ASYNCIO = (
 # The reference servers, each `python -c BARE PORT BODY_HEX MODE FLAG_KEY FLAG_JSON SDK_KEY`
 # with MODE one of constant (a), work (d), fast-path (e), server (f), fast-path-asyncio (g).
 BARE = """
-import asyncio, hmac, json, os, sys, time
+import asyncio, hmac, json, sys, time
 import orjson
 from aiohttp import web
 
@@ -142,12 +142,7 @@ async def serve_low_level():
 
 if mode == "fast-path":
     import uvloop  # the worker's loop (app/infra/event_loop.py): like for like
-    from app.infra.collector import tune_collector
-    from app.infra.settings import SETTINGS
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    # The worker's collector too (FLAGSTREAM_GC_YOUNG_THRESHOLD): like for like.
-    gc_young = next(s.default for s in SETTINGS if s.env == "FLAGSTREAM_GC_YOUNG_THRESHOLD")
-    tune_collector(int(os.environ.get("FLAGSTREAM_GC_YOUNG_THRESHOLD", gc_young)))
     asyncio.run(serve_fast_path())
 elif mode == "fast-path-asyncio":
     asyncio.run(serve_fast_path())

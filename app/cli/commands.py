@@ -121,12 +121,10 @@ class UnreachableBroker(logging.Filter):
 
 def run_in_process(settings: Settings) -> int:
     """The Faust worker in this process, until it is stopped."""
-    from app.infra.collector import tune_collector
     from app.infra.event_loop import use_event_loop
     from app.main import build
 
     use_event_loop(settings.event_loop)  # before build: Faust makes its loops from the policy
-    tune_collector(settings.gc_young_threshold)
     worker = build(settings)
     sys.argv = ["flagstream", "worker", "-l", settings.log_level]
     worker.app.main()

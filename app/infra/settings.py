@@ -311,13 +311,6 @@ SETTINGS: tuple[Setting, ...] = (
         "Event loop of a worker: `uvloop` or `asyncio` (app/infra/event_loop.py).",
     ),
     Setting(
-        "FLAGSTREAM_GC_YOUNG_THRESHOLD",
-        "50000",
-        "Allocations between two young-generation garbage collections in a worker (CPython's"
-        " default 700; 0 keeps it): fewer passes cost 5-14% less CPU per OFREP request"
-        " (app/infra/collector.py).",
-    ),
-    Setting(
         "FLAGSTREAM_LOG_LEVEL",
         "info",
         "Worker log level (info: Faust's default `warn` costs ~12% throughput).",
@@ -440,7 +433,6 @@ class Settings:
     idle_poll_ms: int
     background_poll_ms: int
     event_loop: str
-    gc_young_threshold: int
     log_level: str
 
     @classmethod
@@ -512,7 +504,6 @@ class Settings:
             idle_poll_ms=int(_env("FLAGSTREAM_IDLE_POLL_MS")),
             background_poll_ms=int(_env("FLAGSTREAM_BACKGROUND_POLL_MS")),
             event_loop=_env("FLAGSTREAM_EVENT_LOOP"),
-            gc_young_threshold=int(_env("FLAGSTREAM_GC_YOUNG_THRESHOLD")),
             log_level=_env("FLAGSTREAM_LOG_LEVEL"),
         )
         KafkaSecurity.from_settings(settings)  # a bad combination fails here, at start
