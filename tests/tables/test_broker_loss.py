@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,42 +239,43 @@ def test_sigterm_to_a_worker_whose_broker_went_away_while_it_started(
     after the join start, left a worker that SIGTERM did not end (the watchdog was one of
     those services). Seen failing at both points before the watchdog and the log limiter
     started with the app: still running 15 s after SIGTERM."""
-    port = free_port()
-    broker = start_broker("127.0.0.1", port, tmp_path / "broker.log")
-    worker = Worker(
-        f"127.0.0.1:{port}",
-        tmp_path / "w",
-        APP_ID + "-gone-at-start",
-        FLAGSTREAM_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
-    )
-    try:
+    with worker_on_its_own_broker(tmp_path, "-gone-at-start") as (worker, broker):
         worker.launch()
         wait_until(lambda: gone_at in worker.log_path.read_text(errors="replace"), 60)
         stop(broker)
         terminate_within_the_shutdown_bound(worker)
-    finally:
-        worker.stop()
-        stop(broker)
 
 
 def test_sigterm_during_a_broker_outage_stops_the_worker_in_bounded_time(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    broker = start_broker("127.0.0.1", port, tmp_path / "broker.log")
-    worker = Worker(
-        f"127.0.0.1:{port}",
-        tmp_path / "w",
-        APP_ID + "-stop",
-        FLAGSTREAM_WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S),
-        FLAGSTREAM_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
-    )
-    try:
+    with worker_on_its_own_broker(
+        tmp_path, "-stop", FLAGSTREAM_WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S)
+    ) as (worker, broker):
         worker.start()
         admin(worker).put(ENV, "x", flag())
         stop(broker)
         timed_put(worker, "during")  # leaves a record for a broker that is not there
         terminate_within_the_shutdown_bound(worker)
+
+
+@contextmanager
+def worker_on_its_own_broker(
+    tmp_path: Path, app_suffix: str, **env: str
+) -> Iterator[tuple[Worker, subprocess.Popen[bytes]]]:
+    """A broker of its own (a test stops it) and a worker for it, not started, with the
+    shutdown timeout the SIGTERM tests bound; both stopped after."""
+    port = free_port()
+    broker = start_broker("127.0.0.1", port, tmp_path / "broker.log")
+    worker = Worker(
+        f"127.0.0.1:{port}",
+        tmp_path / "w",
+        APP_ID + app_suffix,
+        FLAGSTREAM_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S),
+        **env,
+    )
+    try:
+        yield worker, broker
     finally:
         worker.stop()
         stop(broker)
