@@ -53,6 +53,7 @@ sent again as a new record (a writer's retry with its `Idempotency-Key`), within
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -63,12 +64,15 @@ from typing import Any
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from app.infra.records import (
+    CHANGE_HEADER,
     AppliedChange,
+    MetaFields,
     change_from_meta,
     change_meta,
     dumps,
     loads,
     meta_length,
+    read_binary_meta,
     routed_change,
 )
 from tables.rocks import under
@@ -90,6 +94,11 @@ BatchListener = Callable[[list[AppliedChange]], None]
 # What a changelog record holds: its change (None: a fence, a record refused or unreadable)
 # and the meta header it was read from (None: decoded from its value).
 RecordReader = Callable[[Any], tuple[AppliedChange | None, bytes | None]]
+# A fresh change of a batch as its loop read it: the change, its record's value and meta as
+# read (None: encoded when written), then what the table reads of every change it takes in
+# (environment, flag, change id) or writes (seq, version), from the loop's own unpack of the
+# meta: an undecoded change (`app.infra.records.undecoded_change`) stays so until ready.
+Entry = tuple[AppliedChange, bytes | None, bytes | None, str, str, str, int, int]
 
 CLOCK_EVERY = 8  # records added between two looks at the clock (`ChangelogBatch.add_records`)
 
@@ -123,9 +132,12 @@ class FlagTable:
         self._pending: deque[_PendingWrite] = deque()
         self._pending_records = 0
         # The queued changes by environment: by change id (the newest use) and by flag
-        # (oldest first), so a read after ready finds them without scanning the queue.
+        # (oldest first), so a read after ready finds them without scanning the queue. Built
+        # at the first read that needs it (`_index_queue`), not by the catch-up that queues:
+        # most catch-ups are written before anything reads the queue.
         self._queued_ids: dict[str, dict[str, AppliedChange]] = {}
         self._queued_flags: dict[str, dict[str, list[AppliedChange]]] = {}
+        self._indexed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -196,7 +208,29 @@ class FlagTable:
 
     def _queued_versions(self, environment: str, flag: str) -> Sequence[AppliedChange]:
         """The flag's changes whose writes are queued, oldest first."""
+        self._index_queue()
         return self._queued_flags.get(environment, {}).get(flag, ())
+
+    def _queued_change(self, environment: str, change_id: str) -> AppliedChange | None:
+        """The newest queued change with this change id."""
+        self._index_queue()
+        return self._queued_ids.get(environment, {}).get(change_id)
+
+    def _index_queue(self) -> None:
+        """Index the queued changes (`_queued_ids`, `_queued_flags`) if not done yet: once,
+        at the first read that needs it; from then on each batch queued is indexed as it is
+        taken in (`_take_in`) and each one written forgotten (`_unindex`)."""
+        if self._indexed or not self._pending:
+            return
+        self._indexed = True
+        for pending in self._pending:
+            self._index(pending.entries)
+
+    def _index(self, entries: Sequence[Entry]) -> None:
+        ids, flags = self._queued_ids, self._queued_flags
+        for change, _, _, environment, flag, change_id, _, _ in entries:
+            ids.setdefault(environment, {})[change_id] = change
+            flags.setdefault(environment, {}).setdefault(flag, []).append(change)
 
     def _load_stream_entry(self, environment: str, seq: int, value: bytes) -> None:
         """Append the change an `s/` entry names to the in-memory log (in seq order); one the
@@ -283,7 +317,7 @@ class FlagTable:
         newest use of a change id keeps it).
         """
         floor = self.environment_seq(environment) - self.change_id_depth  # out of the window
-        queued = self._queued_ids.get(environment, {}).get(change_id) if self._pending else None
+        queued = self._queued_change(environment, change_id) if self._pending else None
         if queued is not None:  # the newest use: an older one, RocksDB's too, is older still
             if queued.seq <= floor:
                 return None
@@ -381,7 +415,10 @@ class FlagTable:
         _StateWrite(self, pending).write()
         self._pending.popleft()
         self._pending_records -= pending.records
-        self._unindex(pending)
+        if not self._pending:
+            self._drop_index()
+        elif self._indexed:
+            self._unindex(pending)
         return bool(self._pending)
 
     def flush(self) -> None:
@@ -392,8 +429,12 @@ class FlagTable:
     def _drop_pending(self) -> None:
         self._pending.clear()
         self._pending_records = 0
+        self._drop_index()
+
+    def _drop_index(self) -> None:
         self._queued_ids.clear()
         self._queued_flags.clear()
+        self._indexed = False
 
     def _queue(self, pending: _PendingWrite) -> None:
         """Queue a committed batch's write (its changes are indexed for reads as they are
@@ -401,50 +442,41 @@ class FlagTable:
         self._pending.append(pending)
         self._pending_records += pending.records
 
-    def _take_in(self, fresh: list[AppliedChange], queued: bool) -> None:
+    def _take_in(self, entries: list[Entry], queued: bool) -> None:
         """Put a committed batch's fresh changes in the mirror (each flag's latest, each
-        environment's change log) and, when its write is `queued`, in the queue's index.
+        environment's change log) and, when its write is `queued` and the queue is indexed,
+        in the queue's index.
 
-        One pass over the batch, each environment's dicts looked up once per run of it: a
+        One pass over the batch, each environment's dicts looked up once per run of it, the
+        environment and flag as the batch's loop read them (the changes are not read): a
         catch-up takes in every record of the changelog here (a run is most of a batch).
         """
+        if queued:  # indexed as taken in: a read right after ready must not index a queue
+            self._indexed = True
+            self._index(entries)
         latest, logs, stream_depth = self._latest, self._log, self.stream_depth
-        environment = None
+        current = None
         flags: dict[str, AppliedChange] = {}
         log: deque[AppliedChange] = deque()
-        ids: dict[str, AppliedChange] = {}
-        queued_flags: dict[str, list[AppliedChange]] = {}
-        for change in fresh:
-            if change.environment != environment:
-                environment = change.environment
+        for change, _, _, environment, flag, _, _, _ in entries:
+            if environment != current:
+                current = environment
                 flags = latest.setdefault(environment, {})
                 found = logs.get(environment)
                 if found is None:
                     found = logs[environment] = deque(maxlen=stream_depth)
                 log = found
-                if queued:
-                    ids = self._queued_ids.setdefault(environment, {})
-                    queued_flags = self._queued_flags.setdefault(environment, {})
-            flag = change.flag
             flags[flag] = change
             log.append(change)  # the oldest falls out past `stream_depth`
-            if queued:
-                ids[change.change_id] = change
-                versions = queued_flags.get(flag)
-                if versions is None:
-                    queued_flags[flag] = [change]
-                else:
-                    versions.append(change)
 
     def _unindex(self, pending: _PendingWrite) -> None:
         """Forget a written batch's changes from the queue's index (they are the oldest)."""
         written: dict[tuple[str, str], int] = {}
-        for change, _, _ in pending.entries:
-            environment = change.environment
+        for change, _, _, environment, flag, change_id, _, _ in pending.entries:
             ids = self._queued_ids[environment]
-            if ids.get(change.change_id) is change:
-                del ids[change.change_id]
-            key = (environment, change.flag)
+            if ids.get(change_id) is change:
+                del ids[change_id]
+            key = (environment, flag)
             written[key] = written.get(key, 0) + 1
         for (environment, flag), count in written.items():
             flags = self._queued_flags[environment]
@@ -489,11 +521,16 @@ class ChangelogBatch:
         self._next_offset: int | None = None
         self._added = 0  # records, fences and stale ones too
         self.stale = 0  # changes added that the table already reflected
-        self._seqs: dict[str, int] = {}
-        self._decided: dict[int, int] = {}
-        self._fresh: list[AppliedChange] = []
-        # Each fresh change with its record's value and meta header as read, to store.
-        self._entries: list[tuple[AppliedChange, bytes | None, bytes | None]] = []
+        self._newest = -math.inf  # the newest produce time of the fresh changes
+        # Each environment's seq and each source partition's decided offset as the batch
+        # leaves them (the table's for one the batch has not moved).
+        self._seqs = _FromTable(table.environment_seq)
+        self._decided = _FromTable(table.decided)
+        # Each fresh change with what the table reads of it (`Entry`), in changelog order.
+        self._entries: list[Entry] = []
+        # Each stale change, after how many fresh ones it came (for `heard`).
+        self._stale_at: list[tuple[int, AppliedChange]] = []
+        self._fresh: list[AppliedChange] = []  # the fresh changes, once committed
 
     def add(
         self,
@@ -512,25 +549,25 @@ class ChangelogBatch:
         if change is None:
             return False
         environment = change.environment
-        seq = self._seqs.get(environment)
-        if seq is None:
-            seq = self._table.environment_seq(environment)
-        fresh = change.seq > seq
+        fresh = change.seq > self._seqs[environment]
         if fresh:
             self._seqs[environment] = change.seq
-            self._entries.append((change, raw, meta))
-            self._fresh.append(change)
+            self._entries.append(_entry_of(change, raw, meta))
+            self._newest = max(self._newest, change.produced_at)
+        else:
+            self.stale += 1
+            self._stale_at.append((len(self._entries), change))
         # A stale record still decided its command: its writer heard so, and a redelivery of
         # that command must not be decided again.
         source = change.source_partition
-        decided = self._decided.get(source)
-        if decided is None:
-            decided = self._table.decided(source)
-        if change.source_offset > decided:
+        if change.source_offset > self._decided[source]:
             self._decided[source] = change.source_offset
-        if not fresh:
-            self.stale += 1
         return fresh
+
+    @property
+    def newest_produced(self) -> float | None:
+        """The newest produce time of the fresh changes added (None: none)."""
+        return None if self._newest == -math.inf else self._newest
 
     def add_records(
         self,
@@ -538,62 +575,72 @@ class ChangelogBatch:
         start: int,
         read: RecordReader,
         deadline: float,
-        heard: list[tuple[AppliedChange, bool]] | None = None,
+        *,
+        by_header: bool = False,
     ) -> int:
-        """`add` each of `records[start:]` (fetched records: `offset`, `value`; `read` gives
-        its change and meta) until `deadline` (`time.perf_counter`) has passed, looked at
-        every `CLOCK_EVERY` records; one record at least. The index of the first record left.
-        `heard` (when given) gets each change and whether it was fresh, in order.
+        """`add` each of `records[start:]` (fetched records: `offset`, `value`, `headers`)
+        until `deadline` (`time.perf_counter`) has passed, looked at every `CLOCK_EVERY`
+        records; one record at least. The index of the first record left.
+
+        `by_header` (no changelog key must vouch for a record first): a record with a binary
+        meta header is read by `app.infra.records.read_binary_meta`, its change left
+        undecoded: what the decision and the table need comes from that one unpack, not
+        from the change. Every other record (a fence, an older or foreign record, a meta
+        this worker cannot read, a signed log) is read by `read`.
 
         `add`'s decision inlined in one loop: a catch-up runs it for every record of the
         changelog, and a call per record (with its attribute lookups) was a fifth of it.
         """
-        table = self._table
-        seqs, decided, entries, fresh_changes = (
-            self._seqs,
-            self._decided,
-            self._entries,
-            self._fresh,
-        )
-        environment_seq, table_decided = table.environment_seq, table.decided
-        clock = time.perf_counter
-        floors: dict[int, int] = {}  # the table's decided offsets looked up (-1: foreign records)
+        seqs, decided, entries = self._seqs, self._decided, self._entries
+        clock, newest = time.perf_counter, self._newest
         end, count, stale = start, len(records), 0
         while end < count:
             record = records[end]
             end += 1
-            change, meta = read(record)
-            if change is not None:
-                environment, seq = change.environment, change.seq
-                known = seqs.get(environment)
-                if known is None:
-                    known = environment_seq(environment)
-                if seq > known:
+            fields: MetaFields | None = None
+            if by_header:
+                for name, meta in record.headers:
+                    if name == CHANGE_HEADER:
+                        fields = read_binary_meta(meta, record.value)
+                        break
+            if fields is None:
+                fields, meta = _read_whole(record, read)
+            if fields is not None:
+                change, environment, flag, change_id, seq, version, source, offset, produced = (
+                    fields
+                )
+                if seq > seqs[environment]:
                     seqs[environment] = seq
-                    entries.append((change, record.value, meta))
-                    fresh_changes.append(change)
-                    fresh = True
+                    entries.append(
+                        (change, record.value, meta, environment, flag, change_id, seq, version)
+                    )
+                    newest = max(newest, produced)
                 else:
                     stale += 1
-                    fresh = False
+                    self._stale_at.append((len(entries), change))
                 # A stale record still decided its command (as in `add`).
-                source, source_offset = change.source_partition, change.source_offset
-                highest = decided.get(source)
-                if highest is None:
-                    highest = floors.get(source)
-                    if highest is None:
-                        highest = floors[source] = table_decided(source)
-                if source_offset > highest:
-                    decided[source] = source_offset
-                if heard is not None:
-                    heard.append((change, fresh))
+                if offset > decided[source]:
+                    decided[source] = offset
             if not end % CLOCK_EVERY and clock() >= deadline:
                 break
         self._added += end - start
         self.stale += stale
-        if end > start:
-            self._next_offset = records[end - 1].offset + 1
+        self._newest = newest
+        self._next_offset = records[end - 1].offset + 1
         return end
+
+    def heard(self) -> Iterator[tuple[list[AppliedChange], bool]]:
+        """The changes added, in changelog order, as runs: (changes, whether they were
+        fresh). Mostly one run of fresh ones (stale records are rare: a rewritten log)."""
+        fresh = self._fresh
+        done = 0
+        for at, change in self._stale_at:
+            if at > done:
+                yield fresh[done:at], True
+                done = at
+            yield [change], False
+        if len(fresh) > done:
+            yield fresh[done:], True
 
     def commit(self, fingerprint: str = "", *, defer: bool = False) -> list[AppliedChange]:
         """Write what was added (or queue the write: `defer`, or writes queued before it),
@@ -613,8 +660,8 @@ class ChangelogBatch:
         table._positions[partition] = self._next_offset
         table._fingerprints[partition] = fingerprint
         table._decided.update(self._decided)
-        fresh = self._fresh
-        table._take_in(fresh, queued)
+        table._take_in(self._entries, queued)
+        fresh = self._fresh = [entry[0] for entry in self._entries]
         if fresh:
             for many in table._batch_listeners:
                 many(fresh)
@@ -623,7 +670,53 @@ class ChangelogBatch:
             for listener in listeners:
                 listener(change)
         self._next_offset = None
-        return self._fresh
+        return fresh
+
+
+class _FromTable(dict[Any, int]):
+    """A batch's values by key (what it moved), the table's for a key it has not moved
+    (`table_value`, not stored): one lookup in C per record of a catch-up."""
+
+    def __init__(self, table_value: Callable[[Any], int]) -> None:
+        super().__init__()
+        self._table_value = table_value
+
+    def __missing__(self, key: Any) -> int:
+        return self._table_value(key)
+
+
+def _read_whole(record: Any, read: RecordReader) -> tuple[MetaFields | None, bytes | None]:
+    """What `add_records` reads of a record it does not read by its binary meta: `read`'s
+    change (None: a fence, a record refused) and its fields, and the meta it was read from."""
+    change, meta = read(record)
+    if change is None:
+        return None, None
+    fields = (
+        change,
+        change.environment,
+        change.flag,
+        change.change_id,
+        change.seq,
+        change.version,
+        change.source_partition,
+        change.source_offset,
+        change.produced_at,
+    )
+    return fields, meta
+
+
+def _entry_of(change: AppliedChange, raw: bytes | None, meta: bytes | None) -> Entry:
+    """The `Entry` of a change read by its fields (not by a loop's own unpack)."""
+    return (
+        change,
+        raw,
+        meta,
+        change.environment,
+        change.flag,
+        change.change_id,
+        change.seq,
+        change.version,
+    )
 
 
 @dataclass(slots=True)
@@ -635,7 +728,7 @@ class _PendingWrite:
     next_offset: int
     fingerprint: str
     decided: dict[int, int]
-    entries: list[tuple[AppliedChange, bytes | None, bytes | None]]
+    entries: list[Entry]
     records: int  # records of the changelog it covers (fences and stale ones too)
 
 
@@ -666,10 +759,8 @@ class _StateWrite:
 
     def write(self) -> None:
         pending, write = self._pending, self._write
-        for change, raw, meta in pending.entries:
-            if raw is None:
-                raw = dumps(change.to_json())
-            self._stage(change, raw, change_meta(change) if meta is None else meta)
+        for entry in pending.entries:
+            self._stage(entry)
         write.put(
             f"o/{pending.partition:06d}".encode(),
             f"{pending.next_offset}:{pending.fingerprint}".encode(),
@@ -681,7 +772,7 @@ class _StateWrite:
             write.put(f"d/{source:06d}".encode(), str(offset).encode())
         self._table._open_db().write(write)
 
-    def _stage(self, change: AppliedChange, value: bytes, meta: bytes) -> None:
+    def _stage(self, entry: Entry) -> None:
         """Stage a fresh change: its value once (the history entry), pointers to it, the
         change-id entries, and the trims of what fell out of each window.
 
@@ -689,11 +780,15 @@ class _StateWrite:
         half what formatting text and encoding it does) from the environment's cached prefix.
         """
         table, put, delete = self._table, self._put, self._delete
-        env, version, seq = change.environment, change.version, change.seq
+        change, value, meta, env, flag, change_id, seq, version = entry
+        if value is None:
+            value = dumps(change.to_json())
+        if meta is None:
+            meta = change_meta(change)
         env_key = self._env_keys.get(env)
         if env_key is None:
             env_key = self._env_keys[env] = env.encode() + b"/"
-        flag_key = change.flag.encode()
+        flag_key = flag.encode()
         put(b"h/%s%s/%012d" % (env_key, flag_key, version), b"%s\0%s" % (meta, value))
         put(b"s/%s%012d" % (env_key, seq), b"%s/%d" % (flag_key, version))
         self._versions[env_key + flag_key] = version
@@ -704,13 +799,13 @@ class _StateWrite:
             span = self._stream_trims.get(env_key)
             self._stream_trims[env_key] = (trimmed, trimmed) if span is None else (span[0], trimmed)
         # The change-id entries, as `_index_put` writes them (inlined: once per record).
-        index, change_id = self._index, change.change_id.encode()
-        key = b"c/%s%s" % (env_key, change_id)
+        index, id_key = self._index, change_id.encode()
+        key = b"c/%s%s" % (env_key, id_key)
         put(key, meta)
         index[key] = meta
         key = b"n/%s%012d" % (env_key, seq)
-        put(key, change_id)
-        index[key] = change_id
+        put(key, id_key)
+        index[key] = id_key
         if seq > table.change_id_depth:
             self._forget_change_id(env_key, seq - table.change_id_depth)
 

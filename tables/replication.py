@@ -70,8 +70,9 @@ FETCH_MAX_RECORDS = 500  # records per fetch: aiokafka parses them in one turn o
 APPLY_SLICE_S = 0.005
 # CLOCK_EVERY (tables.flags): records applied between two looks at the clock (a few us each)
 
-# Called with every change read from the changelog and whether it was new to the table.
-AppliedListener = Callable[[AppliedChange, bool], None]
+# Called with the changes read from the changelog, in runs of consecutive ones (in changelog
+# order), and whether the run was new to the table (fresh) or already reflected in it.
+AppliedListener = Callable[[list[AppliedChange], bool], None]
 
 
 class FlagReplication(Service):
@@ -107,8 +108,11 @@ class FlagReplication(Service):
     # -- subscriptions ----------------------------------------------------------------------
 
     def on_applied(self, listener: AppliedListener) -> None:
-        """Call `listener(change, fresh)` for every change read from the changelog: `fresh`
-        when the table applied it, False for a record the table already reflects."""
+        """Call `listener(changes, fresh)` for every change read from the changelog, a run
+        of consecutive ones per call (a catch-up's slice is mostly one run): `fresh` when
+        the table applied them, False for records the table already reflects. Before ready
+        nobody waits for a change: a listener should look at a change only when it must
+        (a change's fields are decoded when first read)."""
         self._applied_listeners.append(listener)
 
     def before_ready(self, step: Callable[[], Awaitable[None]]) -> None:
@@ -393,12 +397,14 @@ class FlagReplication(Service):
         """
         deadline = time.perf_counter() + budget_s
         batch = self.table.batch(partition)
-        heard: list[tuple[AppliedChange, bool]] | None = [] if self._applied_listeners else None
-        end = batch.add_records(records, start, self._reader(partition), deadline, heard)
+        by_header = not self.signer.enabled
+        end = batch.add_records(
+            records, start, self._reader(partition), deadline, by_header=by_header
+        )
         last = records[end - 1]
         # Before ready the RocksDB write waits (`_persist`): ready needs only the mirror.
         fresh = batch.commit(fingerprint(last.key, last.value), defer=not self.ready.is_set())
-        self._heard(fresh, batch, heard)
+        self._heard(fresh, batch)
         return end
 
     def _reader(self, partition: int) -> RecordReader:
@@ -436,30 +442,27 @@ class FlagReplication(Service):
             verdict.value,
         )
 
-    def _heard(
-        self,
-        fresh: list[AppliedChange],
-        batch: ChangelogBatch,
-        heard: list[tuple[AppliedChange, bool]] | None,
-    ) -> None:
+    def _heard(self, fresh: list[AppliedChange], batch: ChangelogBatch) -> None:
         """Count the changes of a committed batch (`fresh`: the ones it applied) and tell the
-        `on_applied` listeners what `heard` collected; the newest produce time of the batch
-        told the metrics once, not once per change."""
+        `on_applied` listeners what it read, in runs; the newest produce time of the batch
+        told the metrics once, not once per change (from the batch's loop: a change is not
+        read before ready)."""
         metrics = self.metrics
         if fresh:
             metrics.changelog_records.labels("applied").inc(len(fresh))
-            produced = list(map(_produced_at, fresh))
-            metrics.applied_change(max(produced))
+            if batch.newest_produced is not None:
+                metrics.applied_change(batch.newest_produced)
             if self.ready.is_set():
                 observe, now = metrics.propagation_seconds.observe, time.time()
-                for at in produced:
+                for at in map(_produced_at, fresh):
                     observe(max(0.0, now - at))
         if batch.stale:
             metrics.changelog_records.labels("skipped").inc(batch.stale)
         listeners = self._applied_listeners
-        for change, was_fresh in heard or ():
-            for listener in listeners:
-                listener(change, was_fresh)
+        if listeners:
+            for changes, were_fresh in batch.heard():
+                for listener in listeners:
+                    listener(changes, were_fresh)
 
     def _table_position(self, tp: TopicPartition) -> int:
         """The next changelog offset the table reads (its consumer lag is counted from it)."""

@@ -64,10 +64,17 @@ class Outcomes:
         if future is not None and not future.done():
             future.set_result(outcome)
 
-    def heard_applied(self, change: AppliedChange, fresh: bool) -> None:
-        """A changelog record was read (`fresh`: the table applied it): tell its writer."""
-        if change.change_id in self._waiting:
-            self.resolve(change.change_id, self._outcome(change, fresh))
+    def heard_applied(self, changes: list[AppliedChange], fresh: bool) -> None:
+        """Changelog records were read (`fresh`: the table applied them): tell their
+        writers. A `FlagReplication.on_applied` listener: with no writer waiting (a
+        catch-up) no change is read, so none is decoded (a change decodes its fields when
+        one is first read: `app.infra.records.undecoded_change`)."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        for change in changes:
+            if change.change_id in waiting:
+                self.resolve(change.change_id, self._outcome(change, fresh))
 
     def _outcome(self, change: AppliedChange, fresh: bool) -> AppliedChange | Rejection:
         """What the writer of `change` learns: its applied version, or that it was lost.

@@ -33,6 +33,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterCode",
     "FlagChange",
+    "MetaFields",
     "Rejection",
     "change_from_meta",
     "change_meta",
@@ -41,6 +42,7 @@ __all__ = [
     "dumps",
     "loads",
     "meta_length",
+    "read_binary_meta",
     "routed_change",
 ]
 
@@ -177,18 +179,20 @@ _OPS = {op.value: op for op in ChangeOp}
 # without the header (written before it, or by a foreign producer) is decoded whole, as before.
 #
 # Two forms are read. Format 2 (written since issue 11, item 3): binary, a fixed struct then the
-# UTF-8 text fields (`_META_FIXED`), so a replica reads the numbers with one `unpack_from` and
-# builds a change that decodes its other fields only when one is first read (`_HeaderChange`):
-# a catch-up reads thousands of records and needs only their ordering fields before ready.
-# Format 1 (older records): a JSON array, decoded whole.
+# UTF-8 text fields (`META_FIXED`), so a replica reads the numbers with one `unpack_from`; its
+# change holds the meta and decodes every field when one is first read (`undecoded_change`):
+# a catch-up reads thousands of records and needs only their ordering fields before ready,
+# which its loop unpacks itself. Format 1 (older records): a JSON array, decoded whole.
 
 CHANGE_HEADER = "flagstream-change"
 META_FORMAT = 1  # the JSON meta's first element: a replica reads only the forms it knows
 META_BINARY = 2  # the binary meta's first byte
 # format, op (index in `_OP_LIST`), deleted, seq, version, source partition, source offset,
 # updated_at, produced_at, then the byte lengths of environment, flag, change id, actor, request
-_META_FIXED = struct.Struct("<BBBqqiqddIIIII")
+META_FIXED = struct.Struct("<BBBqqiqddIIIII")
+META_TEXT_START = META_FIXED.size  # where the text fields start, in that order
 _OP_LIST = tuple(ChangeOp)
+OP_COUNT = len(_OP_LIST)  # a binary meta's op is an index below it
 _OP_INDEX = {op: n for n, op in enumerate(_OP_LIST)}
 
 
@@ -202,7 +206,7 @@ def change_meta(change: AppliedChange) -> bytes:
         change.actor.encode(),
         change.request.encode(),
     )
-    fixed = _META_FIXED.pack(
+    fixed = META_FIXED.pack(
         META_BINARY,
         _OP_INDEX[change.op],
         change.deleted,
@@ -247,8 +251,8 @@ def changelog_headers(change: AppliedChange) -> list[tuple[str, bytes]]:
 def meta_length(stored: bytes) -> int:
     """How many leading bytes of `stored` (a format 2 meta, then anything) are the meta:
     a table stores a meta, a NUL, then the record's value, and a binary meta may hold NULs."""
-    fields = _META_FIXED.unpack_from(stored)
-    return _META_FIXED.size + int(sum(fields[-5:]))
+    fields = META_FIXED.unpack_from(stored)
+    return META_TEXT_START + int(sum(fields[-5:]))
 
 
 def routed_change(meta: bytes, raw: bytes) -> AppliedChange:
@@ -285,55 +289,89 @@ def routed_change(meta: bytes, raw: bytes) -> AppliedChange:
 
 
 def _binary_change(meta: bytes, raw: bytes) -> AppliedChange:
-    """A format 2 meta's change: what a replica reads of every record (its place in the order,
-    the command it decided, who waits for it, whether it deletes, its version) set now; its
-    op, actor, update time and request when first read (`_HeaderChange`)."""
+    """A format 2 meta's change, decoded when a field is first read; ValueError for a meta
+    this worker cannot read (the caller decodes the value)."""
+    read = read_binary_meta(meta, raw)
+    if read is None:
+        raise ValueError("not a changelog meta this worker reads")
+    return read[0]
+
+
+# What `read_binary_meta` reads of a record: its change (undecoded), then its environment,
+# flag, change id, seq, version, source partition, source offset and produce time.
+MetaFields = tuple[AppliedChange, str, str, str, int, int, int, int, float]
+
+
+def read_binary_meta(meta: bytes, raw: bytes | None) -> MetaFields | None:
+    """The undecoded change of a record (`raw`: its value) with a format 2 `meta`, and the
+    fields a replica decides it by, from one `unpack_from`; None for anything else (a JSON
+    meta, one cut short or of another length, an unknown op, environment, flag or change id
+    not UTF-8, no value): the caller reads that record another way.
+
+    Once per record of a catch-up (`tables.flags.ChangelogBatch.add_records`): the change id
+    is checked with the environment and flag in one decode, and ASCII text (the usual) is
+    cut from it rather than decoded again.
+    """
     try:
         (
-            _,
+            form,
             op,
             deleted,
             seq,
             version,
-            partition,
-            offset,
+            source,
+            source_offset,
             _,
             produced,
-            env,
-            flag,
-            cid,
-            actor,
-            request,
-        ) = _META_FIXED.unpack_from(meta)
-    except struct.error:
-        raise ValueError("a binary changelog meta cut short") from None
-    start = _META_FIXED.size
-    if (
-        start + env + flag + cid + actor + request != len(meta)
-        or op >= len(_OP_LIST)
-        or deleted > 1
-    ):
-        raise ValueError("not a changelog meta this worker reads")
-    # Built through a twin class whose attributes are plain slot stores (a frozen dataclass's
-    # descriptor calls cost ~0.15 us each, a dozen per record of a catch-up), then made the
-    # frozen `_HeaderChange` it is read as.
-    change: Any = _new(_HeaderChangeBuilder)
-    # UnicodeDecodeError is a ValueError: the caller decodes the value instead.
-    env_end = start + env
-    flag_end = env_end + flag
-    change.environment = meta[start:env_end].decode()
-    change.flag = meta[env_end:flag_end].decode()
-    change.change_id = meta[flag_end : flag_end + cid].decode()
-    change.seq = seq
-    change.version = version  # written to RocksDB after ready, compiled
-    change.source_partition = partition
-    change.source_offset = offset
-    change.produced_at = produced
-    _set_definition(change, None)  # parsed from `raw` when read
-    change._deleted = deleted == 1
-    change._raw = None if deleted else raw
-    change._meta = meta
-    change.__class__ = _HeaderChange
+            env_bytes,
+            flag_bytes,
+            id_bytes,
+            actor_bytes,
+            request_bytes,
+        ) = META_FIXED.unpack_from(meta)  # a header without a value: TypeError
+        flag_start = META_TEXT_START + env_bytes
+        id_end = flag_start + flag_bytes + id_bytes
+        if (
+            form != META_BINARY
+            or id_end + actor_bytes + request_bytes != len(meta)
+            or op >= OP_COUNT
+            or deleted > 1
+            or raw is None
+        ):
+            return None
+        text = meta[META_TEXT_START:id_end].decode()
+        if text.isascii():
+            environment, flag = text[:env_bytes], text[env_bytes : env_bytes + flag_bytes]
+            change_id = text[env_bytes + flag_bytes :]
+        else:
+            environment = meta[META_TEXT_START:flag_start].decode()
+            flag = meta[flag_start : flag_start + flag_bytes].decode()
+            change_id = meta[flag_start + flag_bytes : id_end].decode()
+    except (struct.error, ValueError, TypeError):  # UnicodeDecodeError is a ValueError
+        return None
+    # `undecoded_change`, inlined (a call per record of a catch-up).
+    change = _new(_UndecodedChange)
+    _set_meta(change, meta)
+    _set_raw(change, None if deleted else raw)
+    _set_deleted(change, deleted == 1)
+    return change, environment, flag, change_id, seq, version, source, source_offset, produced
+
+
+def undecoded_change(meta: bytes, raw: bytes, deleted: bool) -> AppliedChange:
+    """The change of a checked format 2 meta (its length, op, deleted flag, and UTF-8
+    environment, flag and change id: as `_binary_change` checks them), holding only its meta,
+    its record's value and whether it deletes: three slot stores.
+
+    A catch-up reads every record of the changelog before ready and decides each by the
+    fields it unpacked itself (`tables.flags.ChangelogBatch.add_records`); nothing reads the
+    change before ready. Its first field read (after ready: an API answer, a compile, a
+    RocksDB write) decodes them all from the meta and makes it the plain decoded change in
+    place (`_HeaderChange`: same slots, same identity), so later reads are slot reads.
+    """
+    change = _new(_UndecodedChange)
+    _set_meta(change, meta)
+    _set_raw(change, None if deleted else raw)
+    _set_deleted(change, deleted)
     built: AppliedChange = change
     return built
 
@@ -417,56 +455,78 @@ _set_deleted = _slot_setter(_LazyChange, "_deleted")
 _set_raw = _slot_setter(_LazyChange, "_raw")
 
 
-def _decode_late(change: AppliedChange, meta: bytes) -> None:
-    """Set the fields of a format 2 meta's change that are decoded when first read."""
-    _, op, _, _, _, _, _, updated, _, env, flag, cid, actor, _ = _META_FIXED.unpack_from(meta)
-    start = _META_FIXED.size + env + flag + cid
+def _decode_meta(change: _UndecodedChange) -> None:
+    """Set every field of an undecoded change from its meta, then make it the decoded class
+    (`_HeaderChange`: the same slots, so in place). Cannot fail: `undecoded_change` takes
+    only metas whose numbers and environment, flag and change id were checked."""
+    meta = change._meta
+    (
+        _,
+        op,
+        _,
+        seq,
+        version,
+        partition,
+        offset,
+        updated,
+        produced,
+        env,
+        flag,
+        cid,
+        actor,
+        _,
+    ) = META_FIXED.unpack_from(meta)
+    env_end = META_TEXT_START + env
+    flag_end = env_end + flag
+    cid_end = flag_end + cid
+    _set_environment(change, meta[META_TEXT_START:env_end].decode())
+    _set_flag(change, meta[env_end:flag_end].decode())
+    _set_change_id(change, meta[flag_end:cid_end].decode())
     _set_op(change, _OP_LIST[op])
+    _set_seq(change, seq)
+    _set_version(change, version)
     _set_updated_at(change, updated)
+    _set_produced_at(change, produced)
+    _set_source_partition(change, partition)
+    _set_source_offset(change, offset)
     # Informational text: a foreign writer's bad UTF-8 reads as replacement characters.
-    _set_actor(change, meta[start : start + actor].decode(errors="replace"))
-    _set_request(change, meta[start + actor :].decode(errors="replace"))
-
-
-def _late_field(name: str) -> Any:
-    """A property over the field `name` of `AppliedChange` (its slot), decoded from the meta
-    when first read. A property, not `__getattr__`: a class with one reads every attribute
-    through Python, and a replica reads a change's environment and seq many times."""
-    read = AppliedChange.__dict__[name].__get__
-    write = _slot_setter(AppliedChange, name)
-
-    def get(change: _HeaderChange) -> Any:
-        try:
-            return read(change)
-        except AttributeError:  # not decoded yet
-            _decode_late(change, change._meta)
-            return read(change)
-
-    return property(get, write)  # the setter: for the dataclass's `__init__` (`replace`)
+    _set_actor(change, meta[cid_end : cid_end + actor].decode(errors="replace"))
+    _set_request(change, meta[cid_end + actor :].decode(errors="replace"))
+    if change._raw is None:  # deleted (or a change-id entry): no definition to parse
+        _set_definition(change, None)
+    object.__setattr__(change, "__class__", _HeaderChange)  # frozen: past its __setattr__
 
 
 class _HeaderChange(_LazyChange):
-    """A change read from a format 2 (binary) meta: the fields a replica reads of every record
-    (or writes to RocksDB) are set when it is read; its op, actor, update time and request
-    (read by API answers) are decoded from the meta when one is first read."""
+    """A change read from a format 2 (binary) meta, decoded: every field but the definition
+    in its slot (the definition parsed from the record's value when first read)."""
 
     __slots__ = ("_meta",)
 
     _meta: bytes
 
 
-for _name in ("op", "updated_at", "actor", "request"):
-    setattr(_HeaderChange, _name, _late_field(_name))
 _set_meta = _slot_setter(_HeaderChange, "_meta")
 
 
-class _HeaderChangeBuilder(_HeaderChange):
-    """`_HeaderChange`'s layout with plain attribute stores: `_binary_change` fills one, then
-    makes it a `_HeaderChange` (frozen from then on)."""
+def _decoded_field(name: str) -> Any:
+    """A property over the field `name` of an undecoded change: the first read of any field
+    decodes them all (`_decode_meta`), then the field is read from its slot. A property, not
+    `__getattr__`: a class with one reads every attribute through Python."""
+
+    def get(change: _UndecodedChange) -> Any:
+        _decode_meta(change)
+        return getattr(change, name)
+
+    return property(get)
+
+
+class _UndecodedChange(_HeaderChange):
+    """A `_HeaderChange` whose fields are not decoded yet (`undecoded_change`): its meta, its
+    record's value and whether it deletes only. Equal, field by field, to the change
+    decoded from the same meta (it is that change once a field is read)."""
 
     __slots__ = ()
-    __setattr__ = object.__setattr__
-    __delattr__ = object.__delattr__
 
 
 _NAMES = (
@@ -484,6 +544,10 @@ _NAMES = (
     "source_offset",
     "request",
 )
+
+
+for _name in _NAMES:
+    setattr(_UndecodedChange, _name, _decoded_field(_name))
 
 
 def _fields(change: AppliedChange) -> tuple[Any, ...]:

@@ -11,6 +11,7 @@ import pytest
 from rocksdict import Options, Rdict
 
 from app.infra.records import (
+    CHANGE_HEADER,
     AppliedChange,
     ChangeOp,
     change_meta,
@@ -393,22 +394,35 @@ class Fetched(NamedTuple):
     offset: int
     value: bytes | None
     change: AppliedChange | None
+    headers: list[tuple[str, bytes]]
 
 
+@pytest.mark.parametrize("by_header", [False, True])
 def test_adding_fetched_records_in_one_loop_decides_as_adding_them_one_by_one(
-    tmp_path: Path,
+    tmp_path: Path, by_header: bool
 ) -> None:
     """`add_records` (a catch-up's loop) makes the table `add` record by record makes: fresh
-    and stale changes, fences, decided offsets, the queue's index; it tells `heard` each
-    change in order, counts the stale ones and stops at the first look at the clock past
-    its deadline (every `CLOCK_EVERY` records)."""
+    and stale changes, fences, decided offsets, the queue's index; `heard` gives each change
+    in order with whether it was fresh, the stale ones are counted, the newest produce time
+    kept, and it stops at the first look at the clock past its deadline (every
+    `CLOCK_EVERY` records). `by_header`: the loop reads the binary metas itself (a record
+    without one, a fence, by `read`) and leaves the changes undecoded, to the same table."""
     changes = [
-        replace(change(seq, flag=f"f{seq % 3}"), source_partition=0, source_offset=seq)
+        replace(
+            change(seq, flag=f"f{seq % 3}"),
+            source_partition=0,
+            source_offset=seq,
+            produced_at=float(seq % 7),
+        )
         for seq in range(1, 20)
     ]
-    fetched = [Fetched(n, dumps(c.to_json()), c) for n, c in enumerate(changes)]
-    fetched.insert(5, Fetched(5, None, None))  # a fence
-    fetched.insert(9, Fetched(9, None, replace(changes[3], source_offset=40)))  # stale
+    fetched = [
+        Fetched(n, dumps(c.to_json()), c, [(CHANGE_HEADER, change_meta(c))])
+        for n, c in enumerate(changes)
+    ]
+    fetched.insert(5, Fetched(5, None, None, []))  # a fence
+    stale = replace(changes[3], source_offset=40)
+    fetched.insert(9, Fetched(9, dumps(stale.to_json()), stale, []))  # stale, read by `read`
     fetched = [f._replace(offset=n) for n, f in enumerate(fetched)]
 
     def read(record: Fetched) -> tuple[AppliedChange | None, bytes | None]:
@@ -423,12 +437,15 @@ def test_adding_fetched_records_in_one_loop_decides_as_adding_them_one_by_one(
 
     in_loop = open_table(tmp_path / "loop")
     batch = in_loop.batch(0)
-    heard: list[tuple[AppliedChange, bool]] = []
-    first = batch.add_records(fetched, 0, read, deadline=0.0, heard=heard)
+    first = batch.add_records(fetched, 0, read, deadline=0.0, by_header=by_header)
     assert first == CLOCK_EVERY, "the first look at the clock stops it"
-    assert batch.add_records(fetched, first, read, time.perf_counter() + 60, heard) == len(fetched)
-    assert batch.stale == 1
-    batch.commit("fp", defer=True)
+    last = batch.add_records(fetched, first, read, time.perf_counter() + 60, by_header=by_header)
+    assert last == len(fetched)
+    assert batch.stale == 1 and batch.newest_produced == 6.0
+    fresh = batch.commit("fp", defer=True)
+    undecoded = [c for c in fresh if type(c).__name__ == "_UndecodedChange"]
+    assert len(undecoded) == (len(fresh) if by_header else 0), "nothing read them"
+    heard = [(c, was_fresh) for run, was_fresh in batch.heard() for c in run]
     assert heard == [(r.change, r.offset != 9) for r in fetched if r.change is not None]
 
     for table in (by_one, in_loop):

@@ -17,7 +17,9 @@ from app.infra.records import (
     DeadLetter,
     DeadLetterCode,
     Rejection,
+    change_meta,
     dumps,
+    read_binary_meta,
 )
 from app.infra.settings import Settings
 from tables.flags import FlagTable
@@ -107,3 +109,31 @@ def test_a_dead_letter_read_back_is_the_rejection_its_writer_hears() -> None:
 def test_an_unreadable_dead_letter_is_none_not_an_exception() -> None:
     for raw in (None, b"", b"[1]", b"\xff", b'{"code": "NOT_A_CODE"}', b'{"code": "MALFORMED"}'):
         assert decode_dead_letter(raw) is None
+
+
+def test_a_writer_hears_its_change_and_no_change_is_read_while_none_waits(
+    tmp_path: Path,
+) -> None:
+    """`heard_applied` gets the changes a slice read, in runs: with no writer waiting (a
+    catch-up) it reads none of them, so none is decoded; a waiting writer gets its own."""
+    table = FlagTable(tmp_path, history_depth=5, stream_depth=5, change_id_depth=5)
+    table.open()
+    outcomes = Outcomes(table)
+    changes = [lazy(change(f"c{n}", n, n)) for n in (1, 2)]
+    outcomes.heard_applied(changes, True)
+    assert [type(c).__name__ for c in changes] == ["_UndecodedChange"] * 2, "none read"
+
+    async def waited() -> object:
+        waiting = outcomes.expect("c2")
+        outcomes.heard_applied(changes, True)
+        return await waiting
+
+    assert asyncio.run(waited()) is changes[1]
+    table.close()
+
+
+def lazy(applied: AppliedChange) -> AppliedChange:
+    """`applied` as a catch-up reads it from its record: undecoded."""
+    read = read_binary_meta(change_meta(applied), dumps(applied.to_json()))
+    assert read is not None
+    return read[0]

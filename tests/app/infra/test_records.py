@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError, asdict, replace
+from dataclasses import FrozenInstanceError, asdict, fields, replace
 
 import pytest
 
@@ -18,6 +18,7 @@ from app.infra.records import (
     dumps,
     loads,
     meta_length,
+    read_binary_meta,
     routed_change,
 )
 
@@ -102,12 +103,16 @@ def test_the_decider_writes_a_binary_meta_whose_other_fields_are_decoded_when_fi
 
 
 def test_a_change_read_from_a_binary_meta_is_as_frozen_as_the_one_written() -> None:
-    """A replica builds the change of each record through plain slot stores (a builder
-    class, cheaper than the frozen dataclass's), then hands out a frozen change: no field,
-    nor its class, can be set afterwards, and a deleted flag's definition reads None."""
+    """A replica builds the change of each record through three slot stores (its meta, its
+    value, whether it deletes), then hands out a frozen change: no field, nor its class, can
+    be set, before or after its fields are decoded, and a deleted flag's definition reads
+    None."""
     change = AppliedChange("c1", "dev", "f", ChangeOp.PUT, 3, 2, DEFINITION, "me", 1.0, 2.0, 0, 5)
     routed = routed_change(change_meta(change), dumps(change.to_json()))
-    assert type(routed).__name__ == "_HeaderChange" and routed == change
+    for name, value in [("seq", 4), ("environment", "prod"), ("actor", "you")]:
+        with pytest.raises(FrozenInstanceError):
+            setattr(routed, name, value)  # undecoded yet
+    assert routed == change and type(routed).__name__ == "_HeaderChange", "decoded in place"
     for name, value in [("seq", 4), ("environment", "prod"), ("actor", "you")]:
         with pytest.raises(FrozenInstanceError):
             setattr(routed, name, value)
@@ -117,3 +122,93 @@ def test_a_change_read_from_a_binary_meta_is_as_frozen_as_the_one_written() -> N
     gone = replace(change, definition=None)
     deleted = routed_change(change_meta(gone), dumps(gone.to_json()))
     assert deleted.deleted and deleted.definition is None and deleted == gone
+
+
+LAZY_CASES = [
+    AppliedChange(
+        "c\u00e9-1",
+        "dev",
+        "f/\u00fc",
+        ChangeOp.STATE,
+        9,
+        4,
+        DEFINITION,
+        "m\0e",
+        1.5,
+        2.5,
+        3,
+        7,
+        "d",
+    ),
+    AppliedChange("c2", "prod", "flag", ChangeOp.PUT, 1, 1, DEFINITION, "me", 3.0, 4.0),
+    AppliedChange("c3", "prod", "flag", ChangeOp.DELETE, 2, 2, None, "you", 5.0, 6.0, 0, 9, "x"),
+]
+
+
+def undecoded(applied: AppliedChange) -> AppliedChange:
+    """The change a catch-up's loop makes of `applied`'s record (meta header and value)."""
+    read = read_binary_meta(change_meta(applied), dumps(applied.to_json()))
+    assert read is not None
+    fields = (
+        applied.environment,
+        applied.flag,
+        applied.change_id,
+        applied.seq,
+        applied.version,
+        applied.source_partition,
+        applied.source_offset,
+        applied.produced_at,
+    )
+    assert read[1:] == fields, "what the loop decides by, from the unpack"
+    assert type(read[0]).__name__ == "_UndecodedChange"
+    return read[0]
+
+
+@pytest.mark.parametrize("applied", LAZY_CASES, ids=lambda c: str(c.op))
+def test_an_undecoded_change_reads_field_by_field_as_the_change_written(
+    applied: AppliedChange,
+) -> None:
+    """A catch-up's change holds its meta and value only: whichever field is read first
+    decodes them all, in place (same object, the plain decoded class, later reads slot
+    reads), and every field then equals the change written. Whether it deletes is read
+    without decoding (a table's live flags are listed by it)."""
+    names = [f.name for f in fields(AppliedChange)]
+    for first in names:
+        lazy = undecoded(applied)
+        for name in names:
+            with pytest.raises(AttributeError):
+                AppliedChange.__dict__[name].__get__(lazy)  # its slot: nothing decoded
+        assert lazy.deleted == applied.deleted
+        assert type(lazy).__name__ == "_UndecodedChange", "`deleted` decodes nothing"
+        before = id(lazy)
+        assert getattr(lazy, first) == getattr(applied, first), f"{first}, read first"
+        assert type(lazy).__name__ == "_HeaderChange" and id(lazy) == before
+        for name in names:
+            assert getattr(lazy, name) == getattr(applied, name), f"{name}, after {first}"
+        assert lazy == applied and lazy.to_json() == applied.to_json()
+    assert undecoded(applied) == applied and applied == undecoded(applied), "equal both ways"
+    assert repr(undecoded(applied)).partition("(")[2] == repr(applied).partition("(")[2]
+    assert replace(undecoded(applied), seq=99) == replace(applied, seq=99)
+
+
+def test_a_meta_the_catch_up_cannot_read_is_left_to_decoding_the_value() -> None:
+    """`read_binary_meta` (the catch-up's own read) refuses every meta `routed_change`
+    refuses, a change id that is not UTF-8 and a record without a value too: the replica
+    then decodes the record's value (tests/tables/test_replication_apply.py)."""
+    change = AppliedChange("c1", "dev", "f", ChangeOp.PUT, 3, 2, DEFINITION, "me", 1.5, 2.5)
+    meta = change_meta(change)
+    ids_at = len(meta) - len(b"c1me")
+    for bad in (
+        change_meta_json(change),  # format 1: read by `routed_change`
+        meta[:20],  # cut short
+        meta + b"x",  # a byte more than its lengths say
+        meta[:-1],  # a byte less
+        meta[:1] + b"\x07" + meta[2:],  # an unknown op
+        meta[:2] + b"\x02" + meta[3:],  # deleted neither 0 nor 1
+        b"\x01" + meta[1:],  # another format
+        meta[:ids_at] + b"\xff\xfe" + meta[ids_at + 2 :],  # a change id not UTF-8
+    ):
+        assert read_binary_meta(bad, b"{}") is None, bad
+    assert read_binary_meta(meta, None) is None, "a record without a value"
+    with pytest.raises(ValueError):
+        routed_change(meta[:ids_at] + b"\xff\xfe" + meta[ids_at + 2 :], b"{}")
