@@ -264,6 +264,64 @@ def test_connections_read_in_one_turn_are_answered_together_each_in_order(
     assert max(turns) > 1
 
 
+def test_a_turn_frames_every_read_then_evaluates_them_in_arrival_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn frames every read before it evaluates any (`Connections.answer_ready` says why)
+    and evaluates them in the order it framed them; a request the `Answer` declines then
+    still goes to aiohttp with its connection, and the others of its turn are answered."""
+    events: list[tuple[str, str]] = []
+    answer_ready, frame_head = fast_path.Connections.answer_ready, fast_path.FastPath._frame_head
+
+    def turn(self: fast_path.Connections) -> None:
+        events.append(("turn", ""))
+        answer_ready(self)
+
+    def framing(self: fast_path.FastPath, buffer: bytes | bytearray, start: int) -> str | None:
+        reason = frame_head(self, buffer, start)
+        events.append(("frame", self._key))
+        return reason
+
+    def declining(token: str | None, key: str, body: bytes) -> tuple[int, bytes] | None:
+        events.append(("answer", key))
+        return None if key == "declined" else answer(token, key, body)
+
+    monkeypatch.setattr(fast_path.Connections, "answer_ready", turn)
+    monkeypatch.setattr(fast_path.FastPath, "_frame_head", framing)
+    keys = [b"declined" if n == 3 else b"c%d" % n for n in range(8)]
+
+    async def scenario() -> None:
+        routes = [web.post("/ofrep/v1/evaluate/flags/{key}", aiohttp_answer)]
+        options: dict[str, Any] = {"admits": admits, "max_body": 1024, "metrics": METRICS}
+        async with site_with(routes, answer=declining, **options) as site:
+            clients = [await asyncio.open_connection("127.0.0.1", site.port) for _ in keys]
+            for key, (_, writer) in zip(keys, clients, strict=True):  # sent before any read
+                writer.write(REQUEST % key)
+            for key, (reader, writer) in zip(keys, clients, strict=True):
+                reply = await answer_of(reader)
+                if key == b"declined":
+                    assert reply.endswith(b'{"by": "aiohttp", "key": "declined"}')
+                    again = await exchange(reader, writer, REQUEST % b"after")  # aiohttp's now
+                    assert again.endswith(b'{"by": "aiohttp", "key": "after"}')
+                else:
+                    assert reply.endswith(b'{"key":"%s"}' % key)
+                writer.close()
+
+    asyncio.run(scenario())
+    turns: list[list[tuple[str, str]]] = []
+    for event in events:
+        if event[0] == "turn":
+            turns.append([])
+        else:
+            turns[-1].append(event)
+    assert max(len(events) for events in turns) > 2  # some turn read several connections
+    for events in turns:
+        framed = [key for kind, key in events if kind == "frame"]
+        answered = [key for kind, key in events if kind == "answer"]
+        assert events == [("frame", key) for key in framed] + [("answer", key) for key in framed]
+        assert answered == framed
+
+
 def test_a_client_that_closes_its_side_after_its_requests_reads_every_answer() -> None:
     """The end of the client's stream arrives with its requests, before they are answered."""
 
