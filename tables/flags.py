@@ -133,11 +133,10 @@ class FlagTable:
         self._pending_records = 0
         # The queued changes by environment: by change id (the newest use) and by flag
         # (oldest first), so a read after ready finds them without scanning the queue. Built
-        # at the first read that needs it (`_index_queue`), not by the catch-up that queues:
-        # most catch-ups are written before anything reads the queue.
+        # as each batch is taken in (`_take_in`): built at the first read instead, that read
+        # (right after ready) would index a whole catch-up's queue first.
         self._queued_ids: dict[str, dict[str, AppliedChange]] = {}
         self._queued_flags: dict[str, dict[str, list[AppliedChange]]] = {}
-        self._indexed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,23 +207,11 @@ class FlagTable:
 
     def _queued_versions(self, environment: str, flag: str) -> Sequence[AppliedChange]:
         """The flag's changes whose writes are queued, oldest first."""
-        self._index_queue()
         return self._queued_flags.get(environment, {}).get(flag, ())
 
     def _queued_change(self, environment: str, change_id: str) -> AppliedChange | None:
         """The newest queued change with this change id."""
-        self._index_queue()
         return self._queued_ids.get(environment, {}).get(change_id)
-
-    def _index_queue(self) -> None:
-        """Index the queued changes (`_queued_ids`, `_queued_flags`) if not done yet: once,
-        at the first read that needs it; from then on each batch queued is indexed as it is
-        taken in (`_take_in`) and each one written forgotten (`_unindex`)."""
-        if self._indexed or not self._pending:
-            return
-        self._indexed = True
-        for pending in self._pending:
-            self._index(pending.entries)
 
     def _index(self, entries: Sequence[Entry]) -> None:
         ids, flags = self._queued_ids, self._queued_flags
@@ -417,7 +404,7 @@ class FlagTable:
         self._pending_records -= pending.records
         if not self._pending:
             self._drop_index()
-        elif self._indexed:
+        else:
             self._unindex(pending)
         return bool(self._pending)
 
@@ -434,7 +421,6 @@ class FlagTable:
     def _drop_index(self) -> None:
         self._queued_ids.clear()
         self._queued_flags.clear()
-        self._indexed = False
 
     def _queue(self, pending: _PendingWrite) -> None:
         """Queue a committed batch's write (its changes are indexed for reads as they are
@@ -444,15 +430,14 @@ class FlagTable:
 
     def _take_in(self, entries: list[Entry], queued: bool) -> None:
         """Put a committed batch's fresh changes in the mirror (each flag's latest, each
-        environment's change log) and, when its write is `queued` and the queue is indexed,
-        in the queue's index.
+        environment's change log) and, when its write is `queued`, in
+        the queue's index.
 
         One pass over the batch, each environment's dicts looked up once per run of it, the
         environment and flag as the batch's loop read them (the changes are not read): a
         catch-up takes in every record of the changelog here (a run is most of a batch).
         """
-        if queued:  # indexed as taken in: a read right after ready must not index a queue
-            self._indexed = True
+        if queued:
             self._index(entries)
         latest, logs, stream_depth = self._latest, self._log, self.stream_depth
         current = None
