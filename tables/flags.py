@@ -97,7 +97,7 @@ RecordReader = Callable[[Any], tuple[AppliedChange | None, bytes | None]]
 # A fresh change of a batch as its loop read it: the change, its record's value and meta as
 # read (None: encoded when written), then what the table reads of every change it takes in
 # (environment, flag, change id) or writes (seq, version), from the loop's own unpack of the
-# meta: an undecoded change (`app.infra.records.undecoded_change`) stays so until ready.
+# meta: an undecoded change (`app.infra.records.read_binary_meta`) stays so until ready.
 Entry = tuple[AppliedChange, bytes | None, bytes | None, str, str, str, int, int]
 
 CLOCK_EVERY = 8  # records added between two looks at the clock (`ChangelogBatch.add_records`)

@@ -68,7 +68,7 @@ class Outcomes:
         """Changelog records were read (`fresh`: the table applied them): tell their
         writers. A `FlagReplication.on_applied` listener: with no writer waiting (a
         catch-up) no change is read, so none is decoded (a change decodes its fields when
-        one is first read: `app.infra.records.undecoded_change`)."""
+        one is first read: `app.infra.records.read_binary_meta`)."""
         waiting = self._waiting
         if not waiting:
             return

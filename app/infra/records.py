@@ -180,7 +180,7 @@ _OPS = {op.value: op for op in ChangeOp}
 #
 # Two forms are read. Format 2 (written since issue 11, item 3): binary, a fixed struct then the
 # UTF-8 text fields (`META_FIXED`), so a replica reads the numbers with one `unpack_from`; its
-# change holds the meta and decodes every field when one is first read (`undecoded_change`):
+# change holds the meta and decodes every field when one is first read (`_UndecodedChange`):
 # a catch-up reads thousands of records and needs only their ordering fields before ready,
 # which its loop unpacks itself. Format 1 (older records): a JSON array, decoded whole.
 
@@ -349,31 +349,11 @@ def read_binary_meta(meta: bytes, raw: bytes | None) -> MetaFields | None:
             change_id = meta[flag_start + flag_bytes : id_end].decode()
     except (struct.error, ValueError, TypeError):  # UnicodeDecodeError is a ValueError
         return None
-    # `undecoded_change`, inlined (a call per record of a catch-up).
     change = _new(_UndecodedChange)
     _set_meta(change, meta)
     _set_raw(change, None if deleted else raw)
     _set_deleted(change, deleted == 1)
     return change, environment, flag, change_id, seq, version, source, source_offset, produced
-
-
-def undecoded_change(meta: bytes, raw: bytes, deleted: bool) -> AppliedChange:
-    """The change of a checked format 2 meta (its length, op, deleted flag, and UTF-8
-    environment, flag and change id: as `_binary_change` checks them), holding only its meta,
-    its record's value and whether it deletes: three slot stores.
-
-    A catch-up reads every record of the changelog before ready and decides each by the
-    fields it unpacked itself (`tables.flags.ChangelogBatch.add_records`); nothing reads the
-    change before ready. Its first field read (after ready: an API answer, a compile, a
-    RocksDB write) decodes them all from the meta and makes it the plain decoded change in
-    place (`_HeaderChange`: same slots, same identity), so later reads are slot reads.
-    """
-    change = _new(_UndecodedChange)
-    _set_meta(change, meta)
-    _set_raw(change, None if deleted else raw)
-    _set_deleted(change, deleted)
-    built: AppliedChange = change
-    return built
 
 
 def change_from_meta(meta: bytes) -> AppliedChange:
@@ -457,8 +437,8 @@ _set_raw = _slot_setter(_LazyChange, "_raw")
 
 def _decode_meta(change: _UndecodedChange) -> None:
     """Set every field of an undecoded change from its meta, then make it the decoded class
-    (`_HeaderChange`: the same slots, so in place). Cannot fail: `undecoded_change` takes
-    only metas whose numbers and environment, flag and change id were checked."""
+    (`_HeaderChange`: the same slots, so in place). Cannot fail: `read_binary_meta` builds one
+    only from a meta whose numbers and environment, flag and change id it checked."""
     meta = change._meta
     (
         _,
@@ -522,9 +502,16 @@ def _decoded_field(name: str) -> Any:
 
 
 class _UndecodedChange(_HeaderChange):
-    """A `_HeaderChange` whose fields are not decoded yet (`undecoded_change`): its meta, its
-    record's value and whether it deletes only. Equal, field by field, to the change
-    decoded from the same meta (it is that change once a field is read)."""
+    """A `_HeaderChange` whose fields are not decoded yet (`read_binary_meta` builds it): its
+    meta, its record's value and whether it deletes only, three slot stores. Equal, field by
+    field, to the change decoded from the same meta (it is that change once a field is read).
+
+    A catch-up reads every record of the changelog before ready and decides each by the
+    fields it unpacked itself (`tables.flags.ChangelogBatch.add_records`); nothing reads the
+    change before ready. Its first field read (after ready: an API answer, a compile, a
+    RocksDB write) decodes them all from the meta and makes it the plain decoded change in
+    place (`_HeaderChange`: same slots, same identity), so later reads are slot reads.
+    """
 
     __slots__ = ()
 
